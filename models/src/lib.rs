@@ -1,0 +1,1 @@
+//! quilt models and pipelines.

@@ -1,0 +1,1 @@
+//! ORT plugin-EP glue. (Being written.)

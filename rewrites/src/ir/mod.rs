@@ -1,0 +1,7 @@
+//! The intermediate representation: typed ops over symbolic shapes.
+
+pub mod graph;
+pub mod op;
+
+pub use graph::{Edge, Graph, GraphOutput, Node, TensorType, ValueRef};
+pub use op::{BinaryOp, CoordMode, NearestMode, Op, PadMode, ReduceKind, ResizeMode, SymScale, UnaryOp};

@@ -1,0 +1,230 @@
+//! The operations of the IR, in canonical form.
+//!
+//! Import resolves every ONNX "parameter input" (Reshape's shape, Unsqueeze's axes, Slice's
+//! starts/ends, ReduceMean's axes, Resize's scales, Clip's bounds, …) into attributes here, as
+//! symbolic dims where they depend on input sizes. Negative axes are normalised. So an op never
+//! reads a shape tensor at run time, and `Squeeze`/`Unsqueeze`/`Flatten` are all `Reshape`.
+//! Each variant's data inputs are listed in its doc comment, in ONNX order; `None` slots in
+//! `Node::inputs` are absent optional inputs.
+
+use std::sync::Arc;
+
+use crate::dtype::DType;
+use crate::sym::SymDim;
+use crate::tensor::Tensor;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Identity,
+    Relu,
+    Sigmoid,
+    Tanh,
+    Erf,
+    Sqrt,
+    Exp,
+    Log,
+    Neg,
+    Abs,
+    Reciprocal,
+    Sin,
+    Cos,
+    Floor,
+    Ceil,
+    /// Round half to even, as ONNX specifies.
+    Round,
+    Sign,
+    Softplus,
+    /// Logical not (bool only).
+    Not,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    /// Integer division truncates toward zero (as ORT's CPU EP does).
+    Div,
+    Pow,
+    Max,
+    Min,
+    /// ONNX `Mod` with `fmod = 0` (sign of the divisor, integers only).
+    Mod,
+    /// ONNX `Mod` with `fmod = 1` (C fmod: sign of the dividend).
+    Fmod,
+    Equal,
+    Less,
+    LessOrEqual,
+    Greater,
+    GreaterOrEqual,
+    And,
+    Or,
+    Xor,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceKind {
+    Sum,
+    Mean,
+    Max,
+    Min,
+    Prod,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PadMode {
+    Constant,
+    Reflect,
+    Edge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResizeMode {
+    Nearest,
+    Linear,
+    Cubic,
+}
+
+/// ONNX Resize `coordinate_transformation_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CoordMode {
+    HalfPixel,
+    PytorchHalfPixel,
+    AlignCorners,
+    Asymmetric,
+    HalfPixelSymmetric,
+}
+
+/// ONNX Resize `nearest_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NearestMode {
+    RoundPreferFloor,
+    RoundPreferCeil,
+    Floor,
+    Ceil,
+}
+
+/// A Resize scale per axis: a plain factor (from the `scales` input), or `out / in` when the
+/// model gave `sizes` (possibly symbolic).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SymScale {
+    Factor(f32),
+    Ratio { out: SymDim, input: SymDim },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A graph input; bound at run time. No inputs.
+    Input { name: String },
+    /// A constant with its data: initializers, `Constant` nodes and folded values. No inputs.
+    Constant(Arc<Tensor>),
+    /// An initializer whose data was not loaded (graph-only models): plans can be built and
+    /// printed, not run. No inputs.
+    Weight { name: String },
+    /// An int64 tensor of rank 0 (one value) or 1 whose elements are symbolic dims, evaluated at
+    /// run time: a shape computation whose result is used as data. No inputs.
+    SymbolicValue { values: Vec<SymDim>, scalar: bool },
+    /// Elementwise: `[x]`.
+    Unary(UnaryOp),
+    /// Elementwise with ONNX multidirectional broadcasting: `[a, b]`.
+    Binary(BinaryOp),
+    /// `[cond, x, y]`, broadcasting.
+    Where,
+    /// `[x]`.
+    Cast { to: DType },
+    /// `[x]`; bounds resolved from the optional min/max inputs (or opset-6 attributes).
+    Clip { min: Option<f64>, max: Option<f64> },
+    /// `[x]`.
+    LeakyRelu { alpha: f32 },
+    /// `[x]`; ONNX Gelu (opset 20): exact erf form, or the tanh approximation.
+    Gelu { tanh: bool },
+    /// `[a, b]` with numpy matmul semantics (1-D promotion, batch broadcasting).
+    MatMul,
+    /// `[a, b, c?]`: `alpha * op(a) @ op(b) + beta * c`, c broadcast to the output.
+    Gemm { alpha: f32, beta: f32, trans_a: bool, trans_b: bool },
+    /// `[x, w, b?]`, N C spatial… layout. `pads` = begins then ends (auto_pad already resolved).
+    Conv { strides: Vec<usize>, pads: Vec<usize>, dilations: Vec<usize>, group: usize },
+    /// `[x, scale, bias]`.
+    InstanceNorm { epsilon: f32 },
+    /// `[x, scale, bias]`; scale/bias have C entries if `per_channel_affine` (opset 21), else
+    /// `num_groups` entries (opset 18).
+    GroupNorm { epsilon: f32, num_groups: usize, per_channel_affine: bool },
+    /// `[x, scale, bias?]`, normalising axes `axis..rank`; only the first output (Y) is produced.
+    LayerNorm { axis: usize, epsilon: f32 },
+    /// `[x]` along one axis (opset ≥ 13 semantics).
+    Softmax { axis: usize },
+    /// `[x]` along one axis (opset ≥ 13 semantics).
+    LogSoftmax { axis: usize },
+    /// `[x]`; `axes` sorted and non-empty (reducing over nothing is folded to Identity at import).
+    Reduce { kind: ReduceKind, axes: Vec<usize>, keepdims: bool },
+    /// `[x]`, int64 result.
+    ArgMax { axis: usize, keepdims: bool, select_last_index: bool },
+    /// `[x]`, int64 result.
+    ArgMin { axis: usize, keepdims: bool, select_last_index: bool },
+    /// `[x]`: the same elements in the node's output shape (Reshape, Squeeze, Unsqueeze, Flatten).
+    Reshape,
+    /// `[x]`: broadcast to the node's output shape.
+    Expand,
+    /// `[x]`.
+    Transpose { perm: Vec<usize> },
+    /// `[x0, x1, ...]`.
+    Concat { axis: usize },
+    /// `[x]` → one output per piece; each piece's size along `axis` is its output shape's.
+    Split { axis: usize },
+    /// `[x]`: per sliced axis, the first index (already clamped into range) and the step; the
+    /// output shape gives each length.
+    Slice { axes: Vec<usize>, starts: Vec<SymDim>, steps: Vec<i64> },
+    /// `[data, indices]`; negative indices count from the end of `axis`.
+    Gather { axis: usize },
+    /// `[data, indices]`.
+    GatherElements { axis: usize },
+    /// `[data, indices]`.
+    GatherND { batch_dims: usize },
+    /// `[x]`; `pads` = begins then ends per axis (negative values crop).
+    Pad { pads: Vec<SymDim>, mode: PadMode, value: f64 },
+    /// `[x]`; output shape is the node's.
+    Resize {
+        mode: ResizeMode,
+        coord: CoordMode,
+        nearest: NearestMode,
+        cubic_coeff_a: f32,
+        exclude_outside: bool,
+        scales: Vec<SymScale>,
+    },
+    /// No inputs: every element equals `value`, in the node's output shape and dtype
+    /// (ConstantOfShape with a symbolic shape).
+    Fill { value: f64 },
+    /// No inputs: element i is `start + i * delta`, length from the output shape (Range with a
+    /// symbolic limit).
+    Range { start: f64, delta: f64 },
+    /// `[x]`.
+    Trilu { upper: bool, k: i64 },
+    /// `[x]`.
+    CumSum { axis: usize, exclusive: bool, reverse: bool },
+    /// `[x]`; the output shape is input × repeats per axis.
+    Tile,
+    /// A node quilt does not run (lenient import only). Outputs carry the types the model declared.
+    Opaque { op_type: String, domain: String, reason: String },
+}
+
+impl Op {
+    /// Short name for messages and plan printing (the ONNX spelling where there is one).
+    pub fn name(&self) -> String {
+        match self {
+            Op::Unary(u) => format!("{u:?}"),
+            Op::Binary(b) => format!("{b:?}"),
+            Op::Reduce { kind, .. } => format!("Reduce{kind:?}"),
+            Op::Opaque { op_type, .. } => op_type.clone(),
+            Op::Constant(_) => "Constant".into(),
+            other => {
+                let s = format!("{other:?}");
+                s.split([' ', '{', '(']).next().unwrap_or("").to_string()
+            }
+        }
+    }
+
+    /// Ops with no inputs that only provide a value (graph inputs, constants, weights).
+    pub fn is_source(&self) -> bool {
+        matches!(self, Op::Input { .. } | Op::Constant(_) | Op::Weight { .. })
+    }
+}

@@ -1,0 +1,1 @@
+//! ONNX protobuf (`ModelProto`) → `SourceGraph`. (Being written.)

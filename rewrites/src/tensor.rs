@@ -1,0 +1,178 @@
+//! Host tensors: weights, constants, and the CPU backend's values.
+
+use crate::dtype::DType;
+use half::{bf16, f16};
+
+/// The elements of a tensor, stored in its own dtype (f16/bf16 stay 2 bytes wide).
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+    I32(Vec<i32>),
+    I8(Vec<i8>),
+    U8(Vec<u8>),
+    Bool(Vec<bool>),
+}
+
+/// A dense row-major tensor with a concrete shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: TensorData,
+}
+
+impl TensorData {
+    pub fn dtype(&self) -> DType {
+        match self {
+            TensorData::F32(_) => DType::F32,
+            TensorData::F16(_) => DType::F16,
+            TensorData::BF16(_) => DType::BF16,
+            TensorData::F64(_) => DType::F64,
+            TensorData::I64(_) => DType::I64,
+            TensorData::I32(_) => DType::I32,
+            TensorData::I8(_) => DType::I8,
+            TensorData::U8(_) => DType::U8,
+            TensorData::Bool(_) => DType::Bool,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::F32(v) => v.len(),
+            TensorData::F16(v) => v.len(),
+            TensorData::BF16(v) => v.len(),
+            TensorData::F64(v) => v.len(),
+            TensorData::I64(v) => v.len(),
+            TensorData::I32(v) => v.len(),
+            TensorData::I8(v) => v.len(),
+            TensorData::U8(v) => v.len(),
+            TensorData::Bool(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `n` zero elements of `dtype`.
+    pub fn zeros(dtype: DType, n: usize) -> TensorData {
+        match dtype {
+            DType::F32 => TensorData::F32(vec![0.0; n]),
+            DType::F16 => TensorData::F16(vec![f16::ZERO; n]),
+            DType::BF16 => TensorData::BF16(vec![bf16::ZERO; n]),
+            DType::F64 => TensorData::F64(vec![0.0; n]),
+            DType::I64 => TensorData::I64(vec![0; n]),
+            DType::I32 => TensorData::I32(vec![0; n]),
+            DType::I8 => TensorData::I8(vec![0; n]),
+            DType::U8 => TensorData::U8(vec![0; n]),
+            DType::Bool => TensorData::Bool(vec![false; n]),
+        }
+    }
+
+    /// Decodes little-endian raw bytes (ONNX `raw_data`, an ORT tensor buffer).
+    pub fn from_le_bytes(dtype: DType, bytes: &[u8]) -> Option<TensorData> {
+        let n = dtype.size_bytes();
+        if bytes.len() % n != 0 {
+            return None;
+        }
+        let chunks = bytes.chunks_exact(n);
+        Some(match dtype {
+            DType::F32 => TensorData::F32(chunks.map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
+            DType::F16 => TensorData::F16(chunks.map(|c| f16::from_le_bytes(c.try_into().unwrap())).collect()),
+            DType::BF16 => TensorData::BF16(chunks.map(|c| bf16::from_le_bytes(c.try_into().unwrap())).collect()),
+            DType::F64 => TensorData::F64(chunks.map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()),
+            DType::I64 => TensorData::I64(chunks.map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
+            DType::I32 => TensorData::I32(chunks.map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect()),
+            DType::I8 => TensorData::I8(bytes.iter().map(|&b| b as i8).collect()),
+            DType::U8 => TensorData::U8(bytes.to_vec()),
+            DType::Bool => TensorData::Bool(bytes.iter().map(|&b| b != 0).collect()),
+        })
+    }
+
+    /// Encodes as little-endian bytes (the layout ORT tensors use).
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match self {
+            TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::BF16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I8(v) => v.iter().map(|&x| x as u8).collect(),
+            TensorData::U8(v) => v.clone(),
+            TensorData::Bool(v) => v.iter().map(|&x| x as u8).collect(),
+        }
+    }
+
+    /// Every element widened to f64 (exact for all types quilt stores).
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        match self {
+            TensorData::F32(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            TensorData::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
+            TensorData::F64(v) => v.clone(),
+            TensorData::I64(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::I32(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::I8(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::U8(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::Bool(v) => v.iter().map(|&x| x as u8 as f64).collect(),
+        }
+    }
+
+    /// Integer view of integer and bool data (shape values, indices, axes); `None` for floats.
+    pub fn to_i64_vec(&self) -> Option<Vec<i64>> {
+        Some(match self {
+            TensorData::I64(v) => v.clone(),
+            TensorData::I32(v) => v.iter().map(|&x| x as i64).collect(),
+            TensorData::I8(v) => v.iter().map(|&x| x as i64).collect(),
+            TensorData::U8(v) => v.iter().map(|&x| x as i64).collect(),
+            TensorData::Bool(v) => v.iter().map(|&x| x as i64).collect(),
+            _ => return None,
+        })
+    }
+
+    /// Builds data of `dtype` from f64 values (rounding/truncating as ONNX Cast does).
+    pub fn from_f64(dtype: DType, v: &[f64]) -> TensorData {
+        match dtype {
+            DType::F32 => TensorData::F32(v.iter().map(|&x| x as f32).collect()),
+            DType::F16 => TensorData::F16(v.iter().map(|&x| f16::from_f64(x)).collect()),
+            DType::BF16 => TensorData::BF16(v.iter().map(|&x| bf16::from_f64(x)).collect()),
+            DType::F64 => TensorData::F64(v.to_vec()),
+            DType::I64 => TensorData::I64(v.iter().map(|&x| x as i64).collect()),
+            DType::I32 => TensorData::I32(v.iter().map(|&x| x as i32).collect()),
+            DType::I8 => TensorData::I8(v.iter().map(|&x| x as i8).collect()),
+            DType::U8 => TensorData::U8(v.iter().map(|&x| x as u8).collect()),
+            DType::Bool => TensorData::Bool(v.iter().map(|&x| x != 0.0).collect()),
+        }
+    }
+}
+
+impl Tensor {
+    pub fn new(shape: Vec<usize>, data: TensorData) -> Tensor {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor { shape, data }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.data.dtype()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn scalar_i64(v: i64) -> Tensor {
+        Tensor::new(vec![], TensorData::I64(vec![v]))
+    }
+
+    pub fn from_i64s(shape: Vec<usize>, v: Vec<i64>) -> Tensor {
+        Tensor::new(shape, TensorData::I64(v))
+    }
+
+    pub fn from_f32s(shape: Vec<usize>, v: Vec<f32>) -> Tensor {
+        Tensor::new(shape, TensorData::F32(v))
+    }
+}
