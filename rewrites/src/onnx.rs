@@ -1,1 +1,0 @@
-//! ONNX protobuf (`ModelProto`) → `SourceGraph`. (Being written.)
