@@ -1,1 +1,14 @@
-//! quilt models and pipelines.
+//! quilt models and pipelines: the fixture manifest, seeded test inputs, and the quilt-vs-CPU-EP
+//! comparison that the `quilt run` CLI and the `ort` integration tests share.
+
+pub mod cli;
+pub mod compare;
+pub mod equivalence;
+pub mod error;
+pub mod manifest;
+pub mod plan_dump;
+pub mod random;
+pub mod runtime;
+pub mod tensor;
+
+pub use error::{ModelsError, Result};
