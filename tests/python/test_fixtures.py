@@ -1,0 +1,73 @@
+"""Every manifest fixture (tiny Stable Diffusion exports) through ORT with quilt vs ORT's CPU EP.
+
+One quilt session per model serves every test_dims entry (different batch and latent sizes), which
+is the point of quilt's symbolic shapes: one compile, every shape.
+"""
+
+import onnx
+import onnxruntime as ort
+import pytest
+
+from conftest import (FP32_ATOL, FP32_RTOL, MANIFEST, assert_close, cpu_session, load_manifest,
+                      quilt_session, random_inputs, read_taken_nodes)
+
+
+def _models():
+    if not MANIFEST.is_file():
+        return []
+    return load_manifest()["models"]
+
+
+def test_manifest_exists_and_lists_models():
+    assert MANIFEST.is_file(), f"{MANIFEST} is missing (the SD fixtures have not been generated)"
+    models = _models()
+    assert models, "manifest lists no models"
+    for m in models:
+        assert (MANIFEST.parent / m["file"]).is_file(), f"manifest entry {m['name']}: {m['file']} is missing"
+        assert m["test_dims"], f"manifest entry {m['name']} has no test_dims"
+
+
+# Tolerance per model: fp32 exports all use (atol, rtol) = (1e-4, 1e-3) against ORT's CPU EP.
+# Loosen an entry only with a comment saying why (measured error, which op accumulates it).
+TOLERANCES = {}
+
+
+@pytest.mark.parametrize("entry", _models(), ids=lambda m: m["name"])
+def test_fixture_matches_cpu_ep(entry, dump_dir):
+    path = MANIFEST.parent / entry["file"]
+    atol, rtol = TOLERANCES.get(entry["name"], (FP32_ATOL, FP32_RTOL))
+    quilt = quilt_session(path, {"dump_plans": str(dump_dir)})  # fallback disabled: quilt takes every node
+    cpu = cpu_session(path)
+
+    taken = read_taken_nodes(dump_dir)
+    assert taken and any(nodes for _, nodes in taken), f"{entry['name']}: dump_plans wrote no *.nodes.txt"
+    model_ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    taken_ops = {op for _, nodes in taken for _, op in nodes}
+    assert taken_ops <= model_ops, f"{entry['name']}: quilt reports ops not in the model: {taken_ops - model_ops}"
+
+    output_names = [o.name for o in cpu.get_outputs()]
+    failures = []
+    for i, dims in enumerate(entry["test_dims"]):
+        feeds = random_inputs(entry["inputs"], dims, seed=1000 + i)
+        got = quilt.run(output_names, feeds)
+        want = cpu.run(output_names, feeds)
+        for name, g, w in zip(output_names, got, want):
+            try:
+                assert_close(g, w, atol, rtol, f"{entry['name']} output {name} at {dims}")
+            except AssertionError as e:
+                failures.append(str(e))
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("entry", _models(), ids=lambda m: m["name"])
+def test_quilt_takes_every_node_of_the_unoptimized_graph(entry, dump_dir):
+    """With ORT's graph optimizations off, the nodes quilt reports are exactly the ONNX file's nodes."""
+    path = MANIFEST.parent / entry["file"]
+    quilt_session(path, {"dump_plans": str(dump_dir)}, optimization=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    want = sorted((n.name, n.op_type) for n in graph.node)
+    got = sorted(node for _, nodes in read_taken_nodes(dump_dir) for node in nodes)
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    assert len(got) == len(want) and not missing and not extra, (
+        f"{entry['name']}: quilt took {len(got)} of {len(want)} nodes; "
+        f"missing (first 10) {missing[:10]}; unexpected (first 10) {extra[:10]}")
