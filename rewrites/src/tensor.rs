@@ -150,6 +150,40 @@ impl TensorData {
     }
 }
 
+impl TensorData {
+    /// The elements at the given flat indices, in that order (gathers, slices and transposes of
+    /// constants at import time).
+    pub fn take(&self, idx: &[usize]) -> TensorData {
+        fn pick<T: Copy>(v: &[T], idx: &[usize]) -> Vec<T> {
+            idx.iter().map(|&i| v[i]).collect()
+        }
+        match self {
+            TensorData::F32(v) => TensorData::F32(pick(v, idx)),
+            TensorData::F16(v) => TensorData::F16(pick(v, idx)),
+            TensorData::BF16(v) => TensorData::BF16(pick(v, idx)),
+            TensorData::F64(v) => TensorData::F64(pick(v, idx)),
+            TensorData::I64(v) => TensorData::I64(pick(v, idx)),
+            TensorData::I32(v) => TensorData::I32(pick(v, idx)),
+            TensorData::I8(v) => TensorData::I8(pick(v, idx)),
+            TensorData::U8(v) => TensorData::U8(pick(v, idx)),
+            TensorData::Bool(v) => TensorData::Bool(pick(v, idx)),
+        }
+    }
+
+    /// Builds data of an integer or bool `dtype` from i64 values (wrapping as a C cast does);
+    /// float dtypes convert through f64.
+    pub fn from_i64(dtype: DType, v: &[i64]) -> TensorData {
+        match dtype {
+            DType::I64 => TensorData::I64(v.to_vec()),
+            DType::I32 => TensorData::I32(v.iter().map(|&x| x as i32).collect()),
+            DType::I8 => TensorData::I8(v.iter().map(|&x| x as i8).collect()),
+            DType::U8 => TensorData::U8(v.iter().map(|&x| x as u8).collect()),
+            DType::Bool => TensorData::Bool(v.iter().map(|&x| x != 0).collect()),
+            _ => TensorData::from_f64(dtype, &v.iter().map(|&x| x as f64).collect::<Vec<_>>()),
+        }
+    }
+}
+
 impl Tensor {
     pub fn new(shape: Vec<usize>, data: TensorData) -> Tensor {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
@@ -174,5 +208,24 @@ impl Tensor {
 
     pub fn from_f32s(shape: Vec<usize>, v: Vec<f32>) -> Tensor {
         Tensor::new(shape, TensorData::F32(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn take_picks_flat_indices_in_order() {
+        let d = TensorData::F16(vec![f16::from_f32(1.0), f16::from_f32(2.5), f16::from_f32(-3.0)]);
+        assert_eq!(d.take(&[2, 0, 2]).to_f64_vec(), vec![-3.0, 1.0, -3.0]);
+        assert_eq!(TensorData::Bool(vec![true, false]).take(&[1]), TensorData::Bool(vec![false]));
+    }
+
+    #[test]
+    fn from_i64_wraps_like_a_cast() {
+        assert_eq!(TensorData::from_i64(DType::I32, &[1 << 33 | 5, -2]), TensorData::I32(vec![5, -2]));
+        assert_eq!(TensorData::from_i64(DType::Bool, &[0, 7]), TensorData::Bool(vec![false, true]));
+        assert_eq!(TensorData::from_i64(DType::F32, &[3]), TensorData::F32(vec![3.0]));
     }
 }
