@@ -12,3 +12,8 @@ pub mod runtime;
 pub mod tensor;
 
 pub use error::{ModelsError, Result};
+
+// Compiles the README's Rust snippet (`cargo test --doc -p quilt-models`), so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
