@@ -1,18 +1,104 @@
-//! The CPU reference interpreter of a `Plan` (f32 math, f16/bf16 storage). (Being written.)
+//! The CPU reference interpreter of a `Plan` (f32 math, f16/bf16 storage).
+//!
+//! `new` validates the plan once (every op implemented, every weight loaded, dtypes supported);
+//! `run` binds the plan's symbols from the input shapes, evaluates every buffer's shape, executes
+//! the steps in order (each kernel lives in its own module), checks each result against its
+//! buffer's evaluated type and frees intermediates after their last use.
 
-use quilt_rewrites::{Plan, Tensor};
+mod bind;
+mod broadcast;
+mod conv;
+mod data;
+mod elementwise;
+mod fill;
+mod gather;
+mod layout;
+mod matmul;
+mod norm;
+mod reduce;
+mod resize;
+mod softmax;
+mod validate;
+
+#[cfg(test)]
+mod testing;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use quilt_rewrites::plan::{BufferId, BufferKind, Step};
+use quilt_rewrites::{DType, Op, Plan, SymDim, Tensor};
 
 use crate::error::{Error, Result};
+use bind::Bindings;
 
 /// A plan prepared for the CPU.
 pub struct CpuExecutable {
     plan: Plan,
+    /// Per buffer, the last step that reads it.
+    last_uses: Vec<Option<usize>>,
+    /// Per buffer, whether it is a plan output (never freed early).
+    is_output: Vec<bool>,
+    /// Per buffer, the step that writes it.
+    producer: Vec<Option<usize>>,
+}
+
+/// What a kernel sees: its inputs and the evaluated types of its outputs.
+pub(crate) struct StepCtx<'a> {
+    pub inputs: &'a [Option<&'a Tensor>],
+    /// Per output: the dtype and concrete shape of its buffer.
+    pub outs: &'a [(DType, Vec<usize>)],
+    pub bindings: &'a Bindings,
+}
+
+impl StepCtx<'_> {
+    pub fn input(&self, i: usize) -> std::result::Result<&Tensor, String> {
+        self.inputs.get(i).copied().flatten().ok_or_else(|| format!("input {i} is missing"))
+    }
+
+    pub fn opt_input(&self, i: usize) -> Option<&Tensor> {
+        self.inputs.get(i).copied().flatten()
+    }
+
+    pub fn out_shape(&self, i: usize) -> &[usize] {
+        &self.outs[i].1
+    }
+
+    pub fn out_dtype(&self, i: usize) -> DType {
+        self.outs[i].0
+    }
+
+    pub fn eval(&self, d: &SymDim) -> std::result::Result<i64, String> {
+        self.bindings.eval(d)
+    }
+}
+
+/// The value a buffer holds while the plan runs.
+enum Slot<'a> {
+    Empty,
+    Borrowed(&'a Tensor),
+    Owned(Tensor),
+}
+
+impl Slot<'_> {
+    fn get(&self) -> Option<&Tensor> {
+        match self {
+            Slot::Empty => None,
+            Slot::Borrowed(t) => Some(t),
+            Slot::Owned(t) => Some(t),
+        }
+    }
 }
 
 impl CpuExecutable {
     /// Checks that every step is one the interpreter implements and every weight is loaded.
     pub fn new(plan: Plan) -> Result<CpuExecutable> {
-        Ok(CpuExecutable { plan })
+        let producer = validate::validate(&plan)?;
+        let last_uses = plan.last_uses();
+        let mut is_output = vec![false; plan.buffers.len()];
+        for v in &plan.outputs {
+            is_output[v.buffer] = true;
+        }
+        Ok(CpuExecutable { plan, last_uses, is_output, producer })
     }
 
     pub fn plan(&self) -> &Plan {
@@ -21,7 +107,166 @@ impl CpuExecutable {
 
     /// Runs the plan on inputs given in `plan.inputs` order; returns outputs in `plan.outputs` order.
     /// Input shapes bind the plan's symbols; a wrong rank, dtype or size is an `Error::Input`.
-    pub fn run(&self, _inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        Err(Error::Plan("the CPU interpreter is being written".into()))
+    pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let plan = &self.plan;
+        let bindings = bind::bind_inputs(plan, inputs)?;
+        let shapes = bind::buffer_shapes(plan, &bindings, &self.producer)?;
+
+        let mut slots: Vec<Slot> = plan
+            .buffers
+            .iter()
+            .map(|b| match &b.kind {
+                BufferKind::Weight(t) => Slot::Borrowed(t),
+                BufferKind::Input(i) => Slot::Borrowed(&inputs[*i]),
+                _ => Slot::Empty,
+            })
+            .collect();
+
+        for (index, step) in plan.steps.iter().enumerate() {
+            let Step::Op(s) = step;
+            let fail = |msg: String| Error::Step { node: s.node.clone(), op: s.op.name(), msg };
+            let outs: Vec<(DType, Vec<usize>)> =
+                s.outputs.iter().map(|&b| (plan.buffers[b].ty.dtype, shapes[b].clone())).collect();
+            let results = {
+                let mut ins: Vec<Option<&Tensor>> = Vec::with_capacity(s.inputs.len());
+                for (slot, b) in s.inputs.iter().enumerate() {
+                    ins.push(match b {
+                        None => None,
+                        Some(b) => Some(slots[*b].get().ok_or_else(|| {
+                            fail(format!("input {slot} (buffer %{b}) holds no value when this step runs"))
+                        })?),
+                    });
+                }
+                let cx = StepCtx { inputs: &ins, outs: &outs, bindings: &bindings };
+                match catch_unwind(AssertUnwindSafe(|| dispatch(&s.op, &cx))) {
+                    Ok(r) => r.map_err(fail)?,
+                    Err(panic) => return Err(fail(format!("internal error (panic): {}", panic_message(&panic)))),
+                }
+            };
+            if results.len() != s.outputs.len() {
+                return Err(fail(format!("produced {} outputs, the plan has {}", results.len(), s.outputs.len())));
+            }
+            for (k, (t, &b)) in results.into_iter().zip(&s.outputs).enumerate() {
+                let (dtype, shape) = &outs[k];
+                if t.dtype() != *dtype {
+                    return Err(fail(format!("output {k} has dtype {}, the plan says {dtype}", t.dtype())));
+                }
+                if t.shape != *shape {
+                    return Err(fail(format!(
+                        "output {k} has shape {:?}, the plan says {} = {:?}",
+                        t.shape,
+                        quilt_rewrites::sym::shape_string(&plan.buffers[b].ty.shape),
+                        shape
+                    )));
+                }
+                if t.data.len() != shape.iter().product::<usize>() {
+                    return Err(fail(format!("output {k} has {} elements for shape {shape:?}", t.data.len())));
+                }
+                slots[b] = Slot::Owned(t);
+            }
+            // Free what no later step reads (outputs nobody reads are freed right away).
+            for &b in s.inputs.iter().flatten().chain(&s.outputs) {
+                if self.is_freeable(b, index) {
+                    slots[b] = Slot::Empty;
+                }
+            }
+        }
+
+        let mut outputs = Vec::with_capacity(plan.outputs.len());
+        for (i, v) in plan.outputs.iter().enumerate() {
+            let taken_later = plan.outputs[i + 1..].iter().any(|w| w.buffer == v.buffer);
+            let t = match std::mem::replace(&mut slots[v.buffer], Slot::Empty) {
+                Slot::Owned(t) if taken_later => {
+                    let c = t.clone();
+                    slots[v.buffer] = Slot::Owned(t);
+                    c
+                }
+                Slot::Owned(t) => t,
+                Slot::Borrowed(t) => {
+                    slots[v.buffer] = Slot::Borrowed(t);
+                    t.clone()
+                }
+                Slot::Empty => return Err(Error::Plan(format!("output '{}' (buffer %{}) was never written", v.name, v.buffer))),
+            };
+            outputs.push(t);
+        }
+        Ok(outputs)
+    }
+
+    fn is_freeable(&self, b: BufferId, step: usize) -> bool {
+        matches!(self.plan.buffers[b].kind, BufferKind::Intermediate)
+            && !self.is_output[b]
+            && self.last_uses[b].is_none_or(|last| last <= step)
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+/// Runs one op; errors are plain messages that the caller prefixes with the node and op.
+fn dispatch(op: &Op, cx: &StepCtx) -> std::result::Result<Vec<Tensor>, String> {
+    let one = |t: std::result::Result<Tensor, String>| t.map(|t| vec![t]);
+    match op {
+        Op::Unary(u) => one(elementwise::unary(cx, *u)),
+        Op::Binary(b) => one(elementwise::binary(cx, *b)),
+        Op::Where => one(elementwise::where_select(cx)),
+        Op::Cast { to } => one(elementwise::cast(cx, *to)),
+        Op::Clip { min, max } => one(elementwise::clip(cx, *min, *max)),
+        Op::LeakyRelu { alpha } => one(elementwise::leaky_relu(cx, *alpha)),
+        Op::Gelu { tanh } => one(elementwise::gelu(cx, *tanh)),
+        Op::MatMul => one(matmul::matmul(cx)),
+        Op::Gemm { alpha, beta, trans_a, trans_b } => one(matmul::gemm(cx, *alpha, *beta, *trans_a, *trans_b)),
+        Op::Conv { strides, pads, dilations, group } => one(conv::conv(cx, strides, pads, dilations, *group)),
+        Op::InstanceNorm { epsilon } => one(norm::instance_norm(cx, *epsilon)),
+        Op::GroupNorm { epsilon, num_groups, per_channel_affine } => {
+            one(norm::group_norm(cx, *epsilon, *num_groups, *per_channel_affine))
+        }
+        Op::LayerNorm { axis, epsilon } => one(norm::layer_norm(cx, *axis, *epsilon)),
+        Op::Softmax { axis } => one(softmax::softmax(cx, *axis, false)),
+        Op::LogSoftmax { axis } => one(softmax::softmax(cx, *axis, true)),
+        Op::Reduce { kind, axes, keepdims } => one(reduce::reduce(cx, *kind, axes, *keepdims)),
+        Op::ArgMax { axis, keepdims, select_last_index } => {
+            one(reduce::arg_extreme(cx, *axis, *keepdims, *select_last_index, true))
+        }
+        Op::ArgMin { axis, keepdims, select_last_index } => {
+            one(reduce::arg_extreme(cx, *axis, *keepdims, *select_last_index, false))
+        }
+        Op::CumSum { axis, exclusive, reverse } => one(reduce::cumsum(cx, *axis, *exclusive, *reverse)),
+        Op::Reshape => one(layout::reshape(cx)),
+        Op::Expand => one(layout::expand(cx)),
+        Op::Transpose { perm } => one(layout::transpose(cx, perm)),
+        Op::Concat { axis } => one(layout::concat(cx, *axis)),
+        Op::Split { axis } => layout::split(cx, *axis),
+        Op::Slice { axes, starts, steps } => one(layout::slice(cx, axes, starts, steps)),
+        Op::Tile => one(layout::tile(cx)),
+        Op::Pad { pads, mode, value } => one(layout::pad(cx, pads, *mode, *value)),
+        Op::Trilu { upper, k } => one(layout::trilu(cx, *upper, *k)),
+        Op::Gather { axis } => one(gather::gather(cx, *axis)),
+        Op::GatherElements { axis } => one(gather::gather_elements(cx, *axis)),
+        Op::GatherND { batch_dims } => one(gather::gather_nd(cx, *batch_dims)),
+        Op::Resize { mode, coord, nearest, cubic_coeff_a, exclude_outside, scales } => one(resize::resize(
+            cx,
+            &resize::ResizeParams {
+                mode: *mode,
+                coord: *coord,
+                nearest: *nearest,
+                cubic_coeff_a: *cubic_coeff_a,
+                exclude_outside: *exclude_outside,
+                scales,
+            },
+        )),
+        Op::Fill { value } => one(fill::fill(cx, *value)),
+        Op::Range { start, delta } => one(fill::range(cx, *start, *delta)),
+        Op::SymbolicValue { values, scalar } => one(fill::symbolic_value(cx, values, *scalar)),
+        Op::Input { .. } | Op::Constant(_) | Op::Weight { .. } | Op::Opaque { .. } => {
+            Err("this op is not executable as a step".into())
+        }
     }
 }

@@ -1,0 +1,105 @@
+//! Binding the plan's symbols from the actual input shapes, and evaluating every buffer's shape.
+
+use std::collections::HashMap;
+
+use quilt_rewrites::plan::{BufferKind, Step};
+use quilt_rewrites::{Plan, SymDim, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Symbol values for one run.
+#[derive(Default, Debug)]
+pub(crate) struct Bindings(HashMap<String, i64>);
+
+impl Bindings {
+    pub fn eval(&self, d: &SymDim) -> std::result::Result<i64, String> {
+        d.eval(&|s| self.0.get(s).copied())
+    }
+}
+
+/// Checks every input's dtype, rank and element count, binds each symbol that appears as a bare
+/// dim, then checks every input dim (constants and expressions) against the actual size.
+pub(crate) fn bind_inputs(plan: &Plan, inputs: &[Tensor]) -> Result<Bindings> {
+    if inputs.len() != plan.inputs.len() {
+        let names: Vec<&str> = plan.inputs.iter().map(|v| v.name.as_str()).collect();
+        return Err(Error::Plan(format!(
+            "expected {} inputs ({}), got {}",
+            plan.inputs.len(),
+            names.join(", "),
+            inputs.len()
+        )));
+    }
+    let mut bindings = Bindings::default();
+    let mut bound_by: HashMap<String, (String, usize)> = HashMap::new();
+    for (v, t) in plan.inputs.iter().zip(inputs) {
+        let err = |msg: String| Error::Input { name: v.name.clone(), msg };
+        let ty = &plan.buffers[v.buffer].ty;
+        if t.dtype() != ty.dtype {
+            return Err(err(format!("dtype {} given, the model expects {}", t.dtype(), ty.dtype)));
+        }
+        if t.shape.len() != ty.rank() {
+            return Err(err(format!("rank {} given (shape {:?}), the model expects rank {} ({ty})", t.shape.len(), t.shape, ty.rank())));
+        }
+        let numel: usize = t.shape.iter().product();
+        if numel != t.data.len() {
+            return Err(err(format!("shape {:?} has {numel} elements but the data holds {}", t.shape, t.data.len())));
+        }
+        for (axis, (d, &actual)) in ty.shape.iter().zip(&t.shape).enumerate() {
+            if let SymDim::Sym(s) = d {
+                match bindings.0.get(&**s) {
+                    None => {
+                        bindings.0.insert(s.to_string(), actual as i64);
+                        bound_by.insert(s.to_string(), (v.name.clone(), axis));
+                    }
+                    Some(&prev) if prev != actual as i64 => {
+                        let (first, first_axis) = &bound_by[&**s];
+                        return Err(err(format!(
+                            "axis {axis} is {actual}, but symbol '{s}' is {prev} (from input '{first}' axis {first_axis})"
+                        )));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    for (v, t) in plan.inputs.iter().zip(inputs) {
+        let ty = &plan.buffers[v.buffer].ty;
+        for (axis, (d, &actual)) in ty.shape.iter().zip(&t.shape).enumerate() {
+            let expected = bindings.eval(d).map_err(|e| Error::Input { name: v.name.clone(), msg: format!("axis {axis} ({d}): {e}") })?;
+            if expected != actual as i64 {
+                return Err(Error::Input {
+                    name: v.name.clone(),
+                    msg: format!("axis {axis} is {actual}, expected {d} = {expected} (shape {:?} given, {ty} expected)", t.shape),
+                });
+            }
+        }
+    }
+    Ok(bindings)
+}
+
+/// Every buffer's concrete shape; errors name the step that writes the buffer.
+pub(crate) fn buffer_shapes(plan: &Plan, bindings: &Bindings, producer: &[Option<usize>]) -> Result<Vec<Vec<usize>>> {
+    plan.buffers
+        .iter()
+        .enumerate()
+        .map(|(b, buf)| {
+            let err = |msg: String| match (producer[b], &buf.kind) {
+                (Some(i), _) => {
+                    let Step::Op(s) = &plan.steps[i];
+                    Error::Step { node: s.node.clone(), op: s.op.name(), msg }
+                }
+                (None, BufferKind::Weight(_)) => Error::Plan(format!("weight buffer %{b}: {msg}")),
+                _ => Error::Plan(format!("buffer %{b}: {msg}")),
+            };
+            buf.ty
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(axis, d)| {
+                    let v = bindings.eval(d).map_err(|e| err(format!("output shape axis {axis} ({d}): {e}")))?;
+                    usize::try_from(v).map_err(|_| err(format!("output shape axis {axis} ({d}) is {v}, negative")))
+                })
+                .collect()
+        })
+        .collect()
+}

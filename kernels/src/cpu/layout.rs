@@ -1,0 +1,265 @@
+//! Ops that only move elements: Reshape, Expand, Transpose, Concat, Split, Slice, Tile, Pad, Trilu.
+
+use quilt_rewrites::ir::PadMode;
+use quilt_rewrites::{SymDim, Tensor};
+
+use super::broadcast::broadcast_to;
+use super::data::{elems, gather_axes, outer_axis_inner, strides, with_elem, Elem};
+use super::StepCtx;
+
+pub(crate) fn reshape(cx: &StepCtx) -> Result<Tensor, String> {
+    let x = cx.input(0)?;
+    let shape = cx.out_shape(0).to_vec();
+    let n: usize = shape.iter().product();
+    if n != x.data.len() {
+        return Err(format!("cannot reshape {:?} ({} elements) to {shape:?} ({n} elements)", x.shape, x.data.len()));
+    }
+    Ok(Tensor { shape, data: x.data.clone() })
+}
+
+pub(crate) fn expand(cx: &StepCtx) -> Result<Tensor, String> {
+    let x = cx.input(0)?;
+    let shape = cx.out_shape(0).to_vec();
+    let data = broadcast_to(&x.data, &x.shape, &shape)?;
+    Ok(Tensor { shape, data })
+}
+
+pub(crate) fn transpose(cx: &StepCtx, perm: &[usize]) -> Result<Tensor, String> {
+    let x = cx.input(0)?;
+    let rank = x.shape.len();
+    let mut seen = vec![false; rank];
+    if perm.len() != rank || perm.iter().any(|&p| p >= rank || std::mem::replace(&mut seen[p], true)) {
+        return Err(format!("perm {perm:?} is not a permutation of the {rank} axes of {:?}", x.shape));
+    }
+    let in_strides = strides(&x.shape);
+    let shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
+    let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
+    let data = with_elem!(x.dtype(), T => T::wrap(permute(elems::<T>(x, "data", x.dtype())?, &shape, &src_strides)));
+    Ok(Tensor { shape, data })
+}
+
+/// Output in row-major order of `shape`, reading the input at `src_strides` per output axis.
+fn permute<T: Copy>(v: &[T], shape: &[usize], src_strides: &[usize]) -> Vec<T> {
+    let numel: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(numel);
+    if numel == 0 {
+        return out;
+    }
+    let Some((&n, outer)) = shape.split_last() else {
+        out.push(v[0]);
+        return out;
+    };
+    let s_last = src_strides[src_strides.len() - 1];
+    let mut pos = vec![0usize; outer.len()];
+    let mut base = 0usize;
+    loop {
+        out.extend((0..n).map(|i| v[base + i * s_last]));
+        let mut d = outer.len();
+        loop {
+            if d == 0 {
+                return out;
+            }
+            d -= 1;
+            pos[d] += 1;
+            base += src_strides[d];
+            if pos[d] < outer[d] {
+                break;
+            }
+            base -= src_strides[d] * outer[d];
+            pos[d] = 0;
+        }
+    }
+}
+
+pub(crate) fn concat(cx: &StepCtx, axis: usize) -> Result<Tensor, String> {
+    let inputs: Vec<&Tensor> = (0..cx.inputs.len()).map(|i| cx.input(i)).collect::<Result<_, _>>()?;
+    let first = inputs.first().ok_or("no inputs")?;
+    let rank = first.shape.len();
+    if axis >= rank {
+        return Err(format!("axis {axis} is out of range for rank {rank}"));
+    }
+    let mut shape = first.shape.clone();
+    shape[axis] = 0;
+    for (i, t) in inputs.iter().enumerate() {
+        let same_rest = t.shape.len() == rank && (0..rank).all(|d| d == axis || t.shape[d] == first.shape[d]);
+        if !same_rest {
+            return Err(format!("input {i} has shape {:?}, which does not match input 0 {:?} outside axis {axis}", t.shape, first.shape));
+        }
+        shape[axis] += t.shape[axis];
+    }
+    let (outer, _, inner) = outer_axis_inner(&first.shape, axis);
+    let dtype = first.dtype();
+    let data = with_elem!(dtype, T => {
+        let parts: Vec<&[T]> = inputs.iter().enumerate().map(|(i, t)| elems::<T>(t, &format!("input {i}"), dtype)).collect::<Result<_, _>>()?;
+        let mut out: Vec<T> = Vec::with_capacity(shape.iter().product());
+        for o in 0..outer {
+            for (p, t) in parts.iter().zip(&inputs) {
+                let block = t.shape[axis] * inner;
+                out.extend_from_slice(&p[o * block..(o + 1) * block]);
+            }
+        }
+        T::wrap(out)
+    });
+    Ok(Tensor { shape, data })
+}
+
+pub(crate) fn split(cx: &StepCtx, axis: usize) -> Result<Vec<Tensor>, String> {
+    let x = cx.input(0)?;
+    if axis >= x.shape.len() {
+        return Err(format!("axis {axis} is out of range for shape {:?}", x.shape));
+    }
+    let sizes: Vec<usize> = (0..cx.outs.len()).map(|i| cx.out_shape(i).get(axis).copied().unwrap_or(0)).collect();
+    if sizes.iter().sum::<usize>() != x.shape[axis] {
+        return Err(format!("output sizes {sizes:?} along axis {axis} do not add up to the input's {}", x.shape[axis]));
+    }
+    let (outer, len, inner) = outer_axis_inner(&x.shape, axis);
+    let dtype = x.dtype();
+    with_elem!(dtype, T => {
+        let v = elems::<T>(x, "input", dtype)?;
+        let mut start = 0usize;
+        Ok(sizes
+            .iter()
+            .map(|&size| {
+                let mut out: Vec<T> = Vec::with_capacity(outer * size * inner);
+                for o in 0..outer {
+                    let from = (o * len + start) * inner;
+                    out.extend_from_slice(&v[from..from + size * inner]);
+                }
+                start += size;
+                let mut shape = x.shape.clone();
+                shape[axis] = size;
+                Tensor { shape, data: T::wrap(out) }
+            })
+            .collect())
+    })
+}
+
+pub(crate) fn slice(cx: &StepCtx, axes: &[usize], starts: &[SymDim], steps: &[i64]) -> Result<Tensor, String> {
+    let x = cx.input(0)?;
+    let shape = cx.out_shape(0).to_vec();
+    if shape.len() != x.shape.len() || axes.len() != starts.len() || axes.len() != steps.len() {
+        return Err(format!("output rank {} / axes {axes:?} / starts / steps do not fit input {:?}", shape.len(), x.shape));
+    }
+    let mut idx: Vec<Vec<usize>> = x.shape.iter().zip(&shape).map(|(_, &o)| (0..o).collect()).collect();
+    for (d, (&n, &o)) in x.shape.iter().zip(&shape).enumerate() {
+        if !axes.contains(&d) && n != o {
+            return Err(format!("axis {d} is not sliced but has size {o} in the output and {n} in the input"));
+        }
+    }
+    for ((&axis, start), &step) in axes.iter().zip(starts).zip(steps) {
+        let (Some(&n), Some(&o)) = (x.shape.get(axis), shape.get(axis)) else {
+            return Err(format!("axis {axis} is out of range for shape {:?}", x.shape));
+        };
+        let start = cx.eval(start)?;
+        if step == 0 {
+            return Err(format!("step 0 on axis {axis}"));
+        }
+        if o > 0 {
+            let last = start + (o as i64 - 1) * step;
+            if start < 0 || start >= n as i64 || last < 0 || last >= n as i64 {
+                return Err(format!("axis {axis}: {o} elements from {start} by step {step} leave the input's 0..{n}"));
+            }
+        }
+        idx[axis] = (0..o as i64).map(|i| (start + i * step) as usize).collect();
+    }
+    let dtype = x.dtype();
+    let data = with_elem!(dtype, T => {
+        let v = elems::<T>(x, "data", dtype)?;
+        T::wrap(gather_axes(v, &x.shape, &idx, T::from_f64(0.0)))
+    });
+    Ok(Tensor { shape, data })
+}
+
+pub(crate) fn tile(cx: &StepCtx) -> Result<Tensor, String> {
+    let x = cx.input(0)?;
+    let shape = cx.out_shape(0).to_vec();
+    if shape.len() != x.shape.len() {
+        return Err(format!("output rank {} differs from input {:?}", shape.len(), x.shape));
+    }
+    let mut idx = Vec::with_capacity(shape.len());
+    for (d, (&n, &o)) in x.shape.iter().zip(&shape).enumerate() {
+        if (n == 0 && o != 0) || (n != 0 && o % n != 0) {
+            return Err(format!("axis {d}: output size {o} is not a multiple of the input's {n}"));
+        }
+        idx.push((0..o).map(|i| i % n.max(1)).collect::<Vec<usize>>());
+    }
+    let dtype = x.dtype();
+    let data = with_elem!(dtype, T => {
+        let v = elems::<T>(x, "input", dtype)?;
+        T::wrap(gather_axes(v, &x.shape, &idx, T::from_f64(0.0)))
+    });
+    Ok(Tensor { shape, data })
+}
+
+/// Source index along one axis for output position `o` of a pad by `begin`, or `usize::MAX`
+/// where a constant pad fills in.
+fn pad_source(o: i64, begin: i64, n: usize, mode: PadMode) -> usize {
+    let i = o - begin;
+    let n = n as i64;
+    if (0..n).contains(&i) {
+        return i as usize;
+    }
+    match mode {
+        PadMode::Constant => usize::MAX,
+        PadMode::Edge => i.clamp(0, n - 1) as usize,
+        PadMode::Reflect if n == 1 => 0,
+        // Mirror without repeating the edge: period 2(n-1).
+        PadMode::Reflect => {
+            let period = 2 * (n - 1);
+            let m = i.rem_euclid(period);
+            (if m >= n { period - m } else { m }) as usize
+        }
+    }
+}
+
+pub(crate) fn pad(cx: &StepCtx, pads: &[SymDim], mode: PadMode, value: f64) -> Result<Tensor, String> {
+    let x = cx.input(0)?;
+    let rank = x.shape.len();
+    if pads.len() != 2 * rank {
+        return Err(format!("{} pads for rank {rank}", pads.len()));
+    }
+    let pads: Vec<i64> = pads.iter().map(|p| cx.eval(p)).collect::<Result<_, _>>()?;
+    let mut idx = Vec::with_capacity(rank);
+    let mut shape = Vec::with_capacity(rank);
+    for d in 0..rank {
+        let (b, e, n) = (pads[d], pads[rank + d], x.shape[d]);
+        let o = n as i64 + b + e;
+        if o < 0 {
+            return Err(format!("axis {d}: pads ({b}, {e}) crop more than its {n} elements"));
+        }
+        if n == 0 && o > 0 && mode != PadMode::Constant {
+            return Err(format!("axis {d} is empty, so {mode:?} padding has nothing to copy"));
+        }
+        idx.push((0..o).map(|i| pad_source(i, b, n, mode)).collect::<Vec<usize>>());
+        shape.push(o as usize);
+    }
+    let dtype = x.dtype();
+    let data = with_elem!(dtype, T => {
+        let v = elems::<T>(x, "data", dtype)?;
+        T::wrap(gather_axes(v, &x.shape, &idx, T::from_f64(value)))
+    });
+    Ok(Tensor { shape, data })
+}
+
+pub(crate) fn trilu(cx: &StepCtx, upper: bool, k: i64) -> Result<Tensor, String> {
+    let x = cx.input(0)?;
+    let rank = x.shape.len();
+    if rank < 2 {
+        return Err(format!("input must have rank >= 2, got {:?}", x.shape));
+    }
+    let (rows, cols) = (x.shape[rank - 2], x.shape[rank - 1]);
+    let dtype = x.dtype();
+    let data = with_elem!(dtype, T => {
+        let mut v = elems::<T>(x, "input", dtype)?.to_vec();
+        let zero = T::from_f64(0.0);
+        for (e, slot) in v.iter_mut().enumerate() {
+            let (i, j) = (((e / cols.max(1)) % rows.max(1)) as i64, (e % cols.max(1)) as i64);
+            let keep = if upper { j - i >= k } else { j - i <= k };
+            if !keep {
+                *slot = zero;
+            }
+        }
+        T::wrap(v)
+    });
+    Ok(Tensor { shape: x.shape.clone(), data })
+}
