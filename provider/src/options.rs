@@ -1,0 +1,116 @@
+//! quilt's session options. ORT stores the provider options given at append time as session
+//! config entries named `ep.quiltexecutionprovider.<key>`; every key with that prefix is a quilt
+//! option and must be in [`OPTIONS`]. New options are added to that table only.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::log::LogLevel;
+
+/// The session-config prefix of quilt's options (`ep.` + lower-case EP name + `.`).
+pub const PREFIX: &str = "ep.quiltexecutionprovider.";
+
+/// The parsed options of one session.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    /// Directory that receives `<fused node name>.plan.txt` for every compiled subgraph.
+    pub dump_plans: Option<PathBuf>,
+    pub log_level: LogLevel,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { dump_plans: None, log_level: LogLevel::Warning }
+    }
+}
+
+/// One known option: its key (without the prefix), what it does, and how its value is applied.
+pub struct OptionSpec {
+    pub key: &'static str,
+    pub description: &'static str,
+    pub apply: fn(&mut Options, &str) -> std::result::Result<(), String>,
+}
+
+pub const OPTIONS: &[OptionSpec] = &[
+    OptionSpec {
+        key: "dump_plans",
+        description: "directory; each compiled subgraph's plan is written there as <fused node name>.plan.txt",
+        apply: |o, v| {
+            if v.is_empty() {
+                return Err("expected a directory path".into());
+            }
+            o.dump_plans = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    OptionSpec {
+        key: "log_level",
+        description: "error|warning|info|verbose (default warning)",
+        apply: |o, v| {
+            o.log_level = LogLevel::parse(v).ok_or_else(|| "expected one of error, warning, info, verbose".to_string())?;
+            Ok(())
+        },
+    },
+];
+
+impl Options {
+    /// Parses the session config entries (all of them; those without [`PREFIX`] are ignored).
+    /// An unknown quilt key or a bad value is an error that lists the known options.
+    pub fn from_config<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Options> {
+        let mut options = Options::default();
+        for (full_key, value) in entries {
+            let Some(key) = full_key.strip_prefix(PREFIX) else { continue };
+            let Some(spec) = OPTIONS.iter().find(|s| s.key == key) else {
+                return Err(Error::Option {
+                    key: full_key.to_string(),
+                    msg: format!("unknown quilt option; known options are: {}", known_options()),
+                });
+            };
+            (spec.apply)(&mut options, value).map_err(|msg| Error::Option {
+                key: full_key.to_string(),
+                msg: format!("bad value '{value}': {msg}"),
+            })?;
+        }
+        Ok(options)
+    }
+}
+
+fn known_options() -> String {
+    OPTIONS.iter().map(|s| format!("{} ({})", s.key, s.description)).collect::<Vec<_>>().join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_options_and_ignores_other_prefixes() {
+        let o = Options::from_config([
+            ("session.disable_cpu_ep_fallback", "1"),
+            ("ep.quiltexecutionprovider.log_level", "verbose"),
+            ("ep.quiltexecutionprovider.dump_plans", "/tmp/plans"),
+            ("ep.cuda.whatever", "x"),
+        ])
+        .unwrap();
+        assert_eq!(o.log_level, LogLevel::Verbose);
+        assert_eq!(o.dump_plans, Some(PathBuf::from("/tmp/plans")));
+    }
+
+    #[test]
+    fn defaults_without_entries() {
+        assert_eq!(Options::from_config([]).unwrap(), Options::default());
+    }
+
+    #[test]
+    fn unknown_key_lists_the_known_ones() {
+        let e = Options::from_config([("ep.quiltexecutionprovider.fast", "1")]).unwrap_err().to_string();
+        assert!(e.contains("ep.quiltexecutionprovider.fast"), "{e}");
+        assert!(e.contains("dump_plans") && e.contains("log_level"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_value() {
+        let e = Options::from_config([("ep.quiltexecutionprovider.log_level", "loud")]).unwrap_err().to_string();
+        assert!(e.contains("log_level") && e.contains("loud"), "{e}");
+    }
+}
