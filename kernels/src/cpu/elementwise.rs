@@ -343,3 +343,131 @@ pub(crate) fn gelu(cx: &StepCtx, tanh: bool) -> Result<Tensor, String> {
     })?;
     Ok(Tensor { shape: x.shape.clone(), data })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{assert_close, f32s, i64s, run_one, Rng};
+    use super::*;
+    use quilt_rewrites::Op;
+
+    fn t(shape: &[usize], v: &[f32]) -> Tensor {
+        Tensor::from_f32s(shape.to_vec(), v.to_vec())
+    }
+
+    #[test]
+    fn unary_values() {
+        let x = t(&[6], &[-2.5, -0.5, 0.5, 1.5, 2.5, 0.3]);
+        let round = run_one(Op::Unary(UnaryOp::Round), &[&x], DType::F32, &[6]).unwrap();
+        assert_eq!(f32s(&round), vec![-2.0, -0.0, 0.0, 2.0, 2.0, 0.0]);
+        let mut rng = Rng::new(7);
+        let x = rng.tensor(&[64]);
+        let xs = f32s(&x).into_iter().map(|v| v * 8.0).collect::<Vec<_>>();
+        let x = t(&[64], &xs);
+        let cases: [(UnaryOp, fn(f64) -> f64); 6] = [
+            (UnaryOp::Sigmoid, |v| 1.0 / (1.0 + (-v).exp())),
+            (UnaryOp::Tanh, f64::tanh),
+            (UnaryOp::Softplus, |v| (1.0 + v.exp()).ln()),
+            (UnaryOp::Exp, f64::exp),
+            (UnaryOp::Sign, |v| if v > 0.0 { 1.0 } else if v < 0.0 { -1.0 } else { 0.0 }),
+            (UnaryOp::Erf, |v| libm::erf(v)),
+        ];
+        for (op, f) in cases {
+            let got = run_one(Op::Unary(op), &[&x], DType::F32, &[64]).unwrap();
+            let want: Vec<f32> = xs.iter().map(|&v| f(v as f64) as f32).collect();
+            assert_close(&f32s(&got), &want, 1e-6, 1e-5);
+        }
+        // Gelu against the erf formula written out in f64.
+        let got = run_one(Op::Gelu { tanh: false }, &[&x], DType::F32, &[64]).unwrap();
+        let want: Vec<f32> = xs.iter().map(|&v| (0.5 * v as f64 * (1.0 + libm::erf(v as f64 / 2f64.sqrt()))) as f32).collect();
+        assert_close(&f32s(&got), &want, 1e-5, 1e-5);
+        let got = run_one(Op::Gelu { tanh: true }, &[&x], DType::F32, &[64]).unwrap();
+        let want: Vec<f32> = xs
+            .iter()
+            .map(|&v| {
+                let v = v as f64;
+                (0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh())) as f32
+            })
+            .collect();
+        assert_close(&f32s(&got), &want, 1e-5, 1e-5);
+    }
+
+    #[test]
+    fn binary_broadcasts_and_f16_storage_rounds() {
+        let mut rng = Rng::new(3);
+        let a = rng.tensor(&[2, 3, 4]);
+        let b = rng.tensor(&[3, 1]);
+        let got = run_one(Op::Binary(BinaryOp::Sub), &[&a, &b], DType::F32, &[2, 3, 4]).unwrap();
+        let (av, bv) = (f32s(&a), f32s(&b));
+        let want: Vec<f32> = (0..24).map(|i| av[i] - bv[(i / 4) % 3]).collect();
+        assert_eq!(f32s(&got), want);
+
+        let h = |v: &[f32], s: &[usize]| Tensor::new(s.to_vec(), TensorData::F16(v.iter().map(|&x| f16::from_f32(x)).collect()));
+        let (a16, b16) = (h(&av, &[2, 3, 4]), h(&bv, &[3, 1]));
+        let got = run_one(Op::Binary(BinaryOp::Mul), &[&a16, &b16], DType::F16, &[2, 3, 4]).unwrap();
+        assert_eq!(got.dtype(), DType::F16);
+        let (a16v, b16v) = (f32s(&a16), f32s(&b16));
+        let want: Vec<f32> = (0..24).map(|i| f16::from_f32(a16v[i] * b16v[(i / 4) % 3]).to_f32()).collect();
+        assert_eq!(f32s(&got), want);
+    }
+
+    #[test]
+    fn integer_division_mod_and_errors() {
+        let a = Tensor::from_i64s(vec![4], vec![7, -7, 7, -7]);
+        let b = Tensor::from_i64s(vec![4], vec![2, 2, -2, -2]);
+        let div = run_one(Op::Binary(BinaryOp::Div), &[&a, &b], DType::I64, &[4]).unwrap();
+        assert_eq!(i64s(&div), vec![3, -3, -3, 3]);
+        let m = run_one(Op::Binary(BinaryOp::Mod), &[&a, &b], DType::I64, &[4]).unwrap();
+        assert_eq!(i64s(&m), vec![1, 1, -1, -1]);
+        let f = run_one(Op::Binary(BinaryOp::Fmod), &[&a, &b], DType::I64, &[4]).unwrap();
+        assert_eq!(i64s(&f), vec![1, -1, 1, -1]);
+        let p = run_one(Op::Binary(BinaryOp::Pow), &[&a, &b], DType::I64, &[4]).unwrap();
+        assert_eq!(i64s(&p), vec![49, 49, 0, 0]);
+        let zero = Tensor::from_i64s(vec![1], vec![0]);
+        let e = run_one(Op::Binary(BinaryOp::Div), &[&a, &zero], DType::I64, &[4]).unwrap_err().to_string();
+        assert!(e.contains("node 'node' (Div)") && e.contains("by zero"), "{e}");
+        let i32s = Tensor::new(vec![2], TensorData::I32(vec![i32::MAX, 5]));
+        let one = Tensor::new(vec![1], TensorData::I32(vec![1]));
+        let s = run_one(Op::Binary(BinaryOp::Add), &[&i32s, &one], DType::I32, &[2]).unwrap();
+        assert_eq!(s.data, TensorData::I32(vec![i32::MIN, 6]), "i32 addition wraps");
+    }
+
+    #[test]
+    fn float_mod_pow_and_compare() {
+        let a = t(&[3], &[5.5, -5.5, 2.0]);
+        let b = t(&[3], &[2.0, 2.0, -3.0]);
+        assert_eq!(f32s(&run_one(Op::Binary(BinaryOp::Fmod), &[&a, &b], DType::F32, &[3]).unwrap()), vec![1.5, -1.5, 2.0]);
+        assert_eq!(f32s(&run_one(Op::Binary(BinaryOp::Mod), &[&a, &b], DType::F32, &[3]).unwrap()), vec![1.5, 0.5, -1.0]);
+        let e = Tensor::from_i64s(vec![1], vec![2]);
+        assert_eq!(f32s(&run_one(Op::Binary(BinaryOp::Pow), &[&a, &e], DType::F32, &[3]).unwrap()), vec![30.25, 30.25, 4.0]);
+        let lt = run_one(Op::Binary(BinaryOp::Less), &[&a, &b], DType::Bool, &[3]).unwrap();
+        assert_eq!(lt.data, TensorData::Bool(vec![false, true, false]));
+        let c = Tensor::new(vec![3], TensorData::Bool(vec![true, false, true]));
+        let w = run_one(Op::Where, &[&c, &a, &b], DType::F32, &[3]).unwrap();
+        assert_eq!(f32s(&w), vec![5.5, 2.0, 2.0]);
+    }
+
+    #[test]
+    fn cast_follows_onnx() {
+        let x = t(&[5], &[-1.7, 1.7, 0.0, 300.4, f32::NAN]);
+        let i = run_one(Op::Cast { to: DType::I32 }, &[&x], DType::I32, &[5]).unwrap();
+        assert_eq!(i.data, TensorData::I32(vec![-1, 1, 0, 300, 0]));
+        let b = run_one(Op::Cast { to: DType::Bool }, &[&x], DType::Bool, &[5]).unwrap();
+        assert_eq!(b.data, TensorData::Bool(vec![true, true, false, true, true]));
+        let h = run_one(Op::Cast { to: DType::F16 }, &[&x], DType::F16, &[5]).unwrap();
+        assert_eq!(f32s(&h)[..4], [-1.7001953, 1.7001953, 0.0, 300.5]);
+        let ints = Tensor::from_i64s(vec![2], vec![300, -1]);
+        let u = run_one(Op::Cast { to: DType::U8 }, &[&ints], DType::U8, &[2]).unwrap();
+        assert_eq!(u.data, TensorData::U8(vec![44, 255]));
+    }
+
+    #[test]
+    fn clip_and_leaky_relu() {
+        let x = t(&[4], &[-2.0, -0.5, 0.5, 2.0]);
+        let c = run_one(Op::Clip { min: Some(-1.0), max: Some(1.0) }, &[&x], DType::F32, &[4]).unwrap();
+        assert_eq!(f32s(&c), vec![-1.0, -0.5, 0.5, 1.0]);
+        let c = run_one(Op::Clip { min: Some(1.0), max: Some(0.0) }, &[&x], DType::F32, &[4]).unwrap();
+        assert_eq!(f32s(&c), vec![0.0; 4], "min > max gives max everywhere");
+        let l = run_one(Op::LeakyRelu { alpha: 0.1 }, &[&x], DType::F32, &[4]).unwrap();
+        assert_close(&f32s(&l), &[-0.2, -0.05, 0.5, 2.0], 1e-7, 0.0);
+    }
+}

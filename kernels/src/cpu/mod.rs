@@ -270,3 +270,134 @@ fn dispatch(op: &Op, cx: &StepCtx) -> std::result::Result<Vec<Tensor>, String> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{dims, f32s, konst, PlanBuilder, Rng};
+    use super::*;
+    use quilt_rewrites::ir::{BinaryOp, UnaryOp};
+    use quilt_rewrites::plan::Buffer;
+    use quilt_rewrites::TensorData;
+
+    /// y = relu(x + b) with x: [N, 3] symbolic, b: [3] weight; z = reshape(y, [3N]).
+    fn symbolic_plan() -> CpuExecutable {
+        let mut p = PlanBuilder::default();
+        let x = p.input("x", DType::F32, dims(&["N", "3"]));
+        let b = p.weight(Tensor::from_f32s(vec![3], vec![1.0, -2.0, 0.5]));
+        let s = p.op("add", Op::Binary(BinaryOp::Add), &[x, b], DType::F32, dims(&["N", "3"]));
+        let r = p.op("relu", Op::Unary(UnaryOp::Relu), &[s], DType::F32, dims(&["N", "3"]));
+        let flat = vec![SymDim::sym("N") * SymDim::konst(3)];
+        let z = p.op("flatten", Op::Reshape, &[r], DType::F32, flat);
+        p.output("y", r);
+        p.output("z", z);
+        p.build()
+    }
+
+    #[test]
+    fn one_plan_runs_at_two_sizes() {
+        let exe = symbolic_plan();
+        let mut rng = Rng::new(1);
+        for n in [1usize, 4] {
+            let x = rng.tensor(&[n, 3]);
+            let out = exe.run(std::slice::from_ref(&x)).unwrap();
+            let xv = f32s(&x);
+            let want: Vec<f32> = xv.iter().enumerate().map(|(i, v)| (v + [1.0, -2.0, 0.5][i % 3]).max(0.0)).collect();
+            assert_eq!(out[0].shape, vec![n, 3]);
+            assert_eq!(f32s(&out[0]), want);
+            assert_eq!(out[1].shape, vec![3 * n]);
+            assert_eq!(f32s(&out[1]), want);
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_named_errors() {
+        let exe = symbolic_plan();
+        let e = exe.run(&[]).unwrap_err().to_string();
+        assert!(e.contains("expected 1 inputs"), "{e}");
+        let e = exe.run(&[Tensor::from_f32s(vec![6], vec![0.0; 6])]).unwrap_err().to_string();
+        assert!(e.contains("input 'x'") && e.contains("rank 1"), "{e}");
+        let e = exe.run(&[Tensor::from_i64s(vec![2, 3], vec![0; 6])]).unwrap_err().to_string();
+        assert!(e.contains("input 'x'") && e.contains("dtype i64"), "{e}");
+        let e = exe.run(&[Tensor::from_f32s(vec![2, 4], vec![0.0; 8])]).unwrap_err().to_string();
+        assert!(e.contains("input 'x'") && e.contains("axis 1 is 4"), "{e}");
+        let e = exe.run(&[Tensor { shape: vec![2, 3], data: TensorData::F32(vec![0.0; 5]) }]).unwrap_err().to_string();
+        assert!(e.contains("5"), "{e}");
+    }
+
+    #[test]
+    fn a_symbol_bound_twice_must_agree() {
+        let mut p = PlanBuilder::default();
+        let a = p.input("a", DType::F32, dims(&["N"]));
+        let b = p.input("b", DType::F32, dims(&["N"]));
+        let s = p.op("add", Op::Binary(BinaryOp::Add), &[a, b], DType::F32, dims(&["N"]));
+        p.output("s", s);
+        let exe = p.build();
+        let e = exe.run(&[Tensor::from_f32s(vec![2], vec![1.0, 2.0]), Tensor::from_f32s(vec![3], vec![1.0; 3])]).unwrap_err().to_string();
+        assert!(e.contains("input 'b'") && e.contains("axis 0 is 3") && e.contains("'N' is 2") && e.contains("'a'"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_output_shape_names_the_node() {
+        // The plan claims the reshape keeps N*3 elements in [N, 2]: wrong at run time.
+        let mut p = PlanBuilder::default();
+        let x = p.input("x", DType::F32, dims(&["N", "3"]));
+        let r = p.op("bad_reshape", Op::Reshape, &[x], DType::F32, dims(&["N", "2"]));
+        p.output("r", r);
+        let e = p.build().run(&[Tensor::from_f32s(vec![2, 3], vec![0.0; 6])]).unwrap_err().to_string();
+        assert!(e.contains("bad_reshape") && e.contains("Reshape") && e.contains("6 elements"), "{e}");
+        // A broadcast that the plan got wrong: [N] + [M] with N != M at run time.
+        let mut p = PlanBuilder::default();
+        let a = p.input("a", DType::F32, dims(&["N"]));
+        let b = p.input("b", DType::F32, dims(&["M"]));
+        let s = p.op("bad_add", Op::Binary(BinaryOp::Add), &[a, b], DType::F32, dims(&["N"]));
+        p.output("s", s);
+        let e = p.build().run(&[Tensor::from_f32s(vec![2], vec![0.0; 2]), Tensor::from_f32s(vec![3], vec![0.0; 3])]).unwrap_err().to_string();
+        assert!(e.contains("bad_add") && e.contains("cannot be broadcast"), "{e}");
+    }
+
+    #[test]
+    fn new_rejects_what_cannot_run() {
+        let mut p = PlanBuilder::default();
+        p.plan.buffers.push(Buffer {
+            ty: quilt_rewrites::TensorType::new(DType::F32, konst(&[2])),
+            kind: BufferKind::MissingWeight("w0".into()),
+        });
+        let x = p.input("x", DType::F32, konst(&[2]));
+        let y = p.op("uses_w", Op::Binary(BinaryOp::Add), &[x, 0], DType::F32, konst(&[2]));
+        p.output("y", y);
+        let e = CpuExecutable::new(p.plan).err().unwrap().to_string();
+        assert!(e.contains("uses_w") && e.contains("'w0'") && e.contains("not loaded"), "{e}");
+
+        let mut p = PlanBuilder::default();
+        let x = p.input("x", DType::F32, konst(&[2]));
+        let op = Op::Opaque { op_type: "Foo".into(), domain: "".into(), reason: "unknown op".into() };
+        let y = p.op("foo", op, &[x], DType::F32, konst(&[2]));
+        p.output("y", y);
+        let e = CpuExecutable::new(p.plan).err().unwrap().to_string();
+        assert!(e.contains("foo") && e.contains("unknown op"), "{e}");
+
+        let mut p = PlanBuilder::default();
+        let x = p.input("x", DType::I64, konst(&[2]));
+        let y = p.op("softmax_int", Op::Softmax { axis: 0 }, &[x], DType::I64, konst(&[2]));
+        p.output("y", y);
+        let e = CpuExecutable::new(p.plan).err().unwrap().to_string();
+        assert!(e.contains("softmax_int") && e.contains("i64"), "{e}");
+    }
+
+    #[test]
+    fn intermediates_are_freed_but_outputs_survive() {
+        // x -> a -> b -> c, output a and c: a is read later and is an output, b is freed.
+        let mut p = PlanBuilder::default();
+        let x = p.input("x", DType::F32, konst(&[2]));
+        let a = p.op("a", Op::Unary(UnaryOp::Neg), &[x], DType::F32, konst(&[2]));
+        let b = p.op("b", Op::Unary(UnaryOp::Abs), &[a], DType::F32, konst(&[2]));
+        let c = p.op("c", Op::Binary(BinaryOp::Add), &[b, a], DType::F32, konst(&[2]));
+        p.output("a", a);
+        p.output("c", c);
+        let exe = p.build();
+        assert!(exe.is_freeable(b, 2) && !exe.is_freeable(a, 2) && !exe.is_freeable(b, 1));
+        let out = exe.run(&[Tensor::from_f32s(vec![2], vec![1.5, -2.0])]).unwrap();
+        assert_eq!(f32s(&out[0]), vec![-1.5, 2.0]);
+        assert_eq!(f32s(&out[1]), vec![0.0, 4.0]);
+    }
+}
