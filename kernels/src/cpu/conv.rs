@@ -197,3 +197,111 @@ pub(crate) fn conv(cx: &StepCtx, strides: &[usize], pads: &[usize], dilations: &
     })?;
     Ok(Tensor { shape: out_shape, data })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{assert_close, f32s, run_one, Rng};
+    use quilt_rewrites::{DType, Op, Tensor};
+
+    /// Direct 2-D convolution by its definition (no im2col).
+    #[allow(clippy::too_many_arguments)]
+    fn direct2d(x: &[f32], xs: [usize; 4], w: &[f32], ws: [usize; 4], b: &[f32], s: [usize; 2], p: [usize; 4], d: [usize; 2], g: usize) -> (Vec<f32>, Vec<usize>) {
+        let [n, c, h, wd] = xs;
+        let [m, cg, kh, kw] = ws;
+        let oh = (h + p[0] + p[2] - d[0] * (kh - 1) - 1) / s[0] + 1;
+        let ow = (wd + p[1] + p[3] - d[1] * (kw - 1) - 1) / s[1] + 1;
+        let mg = m / g;
+        let mut out = vec![0.0f32; n * m * oh * ow];
+        for ni in 0..n {
+            for mi in 0..m {
+                let gi = mi / mg;
+                for y in 0..oh {
+                    for xo in 0..ow {
+                        let mut acc = b.get(mi).copied().unwrap_or(0.0) as f64;
+                        for ci in 0..cg {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (y * s[0] + ky * d[0]) as isize - p[0] as isize;
+                                    let ix = (xo * s[1] + kx * d[1]) as isize - p[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((ni * c + gi * cg + ci) * h + iy as usize) * wd + ix as usize];
+                                    let wv = w[((mi * cg + ci) * kh + ky) * kw + kx];
+                                    acc += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        out[((ni * m + mi) * oh + y) * ow + xo] = acc as f32;
+                    }
+                }
+            }
+        }
+        (out, vec![n, m, oh, ow])
+    }
+
+    #[test]
+    fn conv2d_matches_direct_convolution() {
+        let mut rng = Rng::new(21);
+        // (x shape, w shape, strides, pads, dilations, group)
+        let cases: [([usize; 4], [usize; 4], [usize; 2], [usize; 4], [usize; 2], usize); 5] = [
+            ([1, 3, 7, 6], [4, 3, 3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1),
+            ([2, 4, 9, 8], [6, 2, 3, 2], [2, 1], [0, 1, 2, 0], [1, 2], 2),
+            ([1, 4, 5, 5], [4, 1, 3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 4),
+            ([2, 8, 4, 4], [5, 8, 1, 1], [1, 1], [0, 0, 0, 0], [1, 1], 1),
+            ([1, 2, 6, 6], [3, 2, 2, 2], [3, 3], [0, 0, 1, 1], [2, 2], 1),
+        ];
+        for (xs, ws, s, p, d, g) in cases {
+            let x = rng.tensor(&xs);
+            let w = rng.tensor(&ws);
+            let b = rng.tensor(&[ws[0]]);
+            let (want, shape) = direct2d(&f32s(&x), xs, &f32s(&w), ws, &f32s(&b), s, p, d, g);
+            let op = Op::Conv { strides: s.to_vec(), pads: p.to_vec(), dilations: d.to_vec(), group: g };
+            let got = run_one(op, &[&x, &w, &b], DType::F32, &shape).unwrap();
+            assert_close(&f32s(&got), &want, 1e-5, 1e-5);
+        }
+    }
+
+    #[test]
+    fn conv1d_and_bad_geometry() {
+        let x = Tensor::from_f32s(vec![1, 1, 5], vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+        let w = Tensor::from_f32s(vec![1, 1, 2], vec![1.0, -1.0]);
+        let op = Op::Conv { strides: vec![2], pads: vec![1, 0], dilations: vec![1], group: 1 };
+        let got = run_one(op, &[&x, &w], DType::F32, &[1, 1, 3]).unwrap();
+        // Padded input [0,1,2,3,4,5] at positions 0, 2, 4.
+        assert_eq!(f32s(&got), vec![-1.0, -1.0, -1.0]);
+        let w3 = Tensor::from_f32s(vec![1, 2, 2], vec![0.0; 4]);
+        let op = Op::Conv { strides: vec![1], pads: vec![0, 0], dilations: vec![1], group: 1 };
+        let e = run_one(op, &[&x, &w3], DType::F32, &[1, 1, 4]).unwrap_err().to_string();
+        assert!(e.contains("group"), "{e}");
+    }
+
+    #[test]
+    fn sd_sized_conv_is_fast() {
+        let mut rng = Rng::new(22);
+        let x = rng.tensor(&[2, 64, 32, 32]);
+        let w = rng.tensor(&[64, 64, 3, 3]);
+        let op = Op::Conv { strides: vec![1, 1], pads: vec![1, 1, 1, 1], dilations: vec![1, 1], group: 1 };
+        let start = std::time::Instant::now();
+        let got = run_one(op, &[&x, &w], DType::F32, &[2, 64, 32, 32]).unwrap();
+        let took = start.elapsed();
+        assert!(took.as_secs_f64() < 1.0, "3x3 conv 64->64 on 2x32x32 took {took:?}");
+        // Spot-check one output against the direct sum.
+        let (xv, wv) = (f32s(&x), f32s(&w));
+        let (m, y, xo) = (5usize, 7usize, 0usize);
+        let mut acc = 0.0f64;
+        for c in 0..64 {
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let (iy, ix) = (y + ky, xo + kx);
+                    if iy < 1 || ix < 1 || iy > 32 || ix > 32 {
+                        continue;
+                    }
+                    acc += xv[(c * 32 + iy - 1) * 32 + ix - 1] as f64 * wv[((m * 64 + c) * 3 + ky) * 3 + kx] as f64;
+                }
+            }
+        }
+        let g = f32s(&got)[(m * 32 + y) * 32 + xo];
+        assert!((g as f64 - acc).abs() < 1e-4, "{g} vs {acc}");
+    }
+}

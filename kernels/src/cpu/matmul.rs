@@ -160,3 +160,75 @@ pub(crate) fn gemm(cx: &StepCtx, alpha: f32, beta: f32, trans_a: bool, trans_b: 
     })?;
     Ok(Tensor { shape: vec![m, n], data })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{assert_close, f32s, run_one, Rng};
+    use quilt_rewrites::{DType, Op, Tensor};
+
+    /// Naive (…, m, k) @ (…, k, n) for one batch with explicit indexing.
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut c = vec![0.0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] as f64 * b[p * n + j] as f64).sum::<f64>() as f32;
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn matmul_broadcasts_batches_and_promotes_vectors() {
+        let mut rng = Rng::new(11);
+        // [2, 1, 3, 5] @ [4, 5, 6] -> [2, 4, 3, 6]
+        let a = rng.tensor(&[2, 1, 3, 5]);
+        let b = rng.tensor(&[4, 5, 6]);
+        let got = run_one(Op::MatMul, &[&a, &b], DType::F32, &[2, 4, 3, 6]).unwrap();
+        let (av, bv) = (f32s(&a), f32s(&b));
+        let mut want = Vec::new();
+        for i in 0..2 {
+            for j in 0..4 {
+                want.extend(naive(&av[i * 15..(i + 1) * 15], &bv[j * 30..(j + 1) * 30], 3, 5, 6));
+            }
+        }
+        assert_close(&f32s(&got), &want, 1e-5, 1e-5);
+        // 1-D @ 2-D and 2-D @ 1-D.
+        let v = rng.tensor(&[5]);
+        let m = rng.tensor(&[5, 6]);
+        let got = run_one(Op::MatMul, &[&v, &m], DType::F32, &[6]).unwrap();
+        assert_close(&f32s(&got), &naive(&f32s(&v), &f32s(&m), 1, 5, 6), 1e-5, 1e-5);
+        let m2 = rng.tensor(&[3, 5]);
+        let got = run_one(Op::MatMul, &[&m2, &v], DType::F32, &[3]).unwrap();
+        assert_close(&f32s(&got), &naive(&f32s(&m2), &f32s(&v), 3, 5, 1), 1e-5, 1e-5);
+        // Large enough to take the parallel row split.
+        let a = rng.tensor(&[130, 70]);
+        let b = rng.tensor(&[70, 90]);
+        let got = run_one(Op::MatMul, &[&a, &b], DType::F32, &[130, 90]).unwrap();
+        assert_close(&f32s(&got), &naive(&f32s(&a), &f32s(&b), 130, 70, 90), 1e-4, 1e-4);
+        let e = run_one(Op::MatMul, &[&a, &a], DType::F32, &[130, 70]).unwrap_err().to_string();
+        assert!(e.contains("inner dimensions differ"), "{e}");
+    }
+
+    #[test]
+    fn gemm_transposes_scales_and_broadcasts_c() {
+        let mut rng = Rng::new(12);
+        let a = rng.tensor(&[4, 3]); // transposed: op(A) is 3x4
+        let b = rng.tensor(&[5, 4]); // transposed: op(B) is 4x5
+        let c = rng.tensor(&[5]);
+        let op = Op::Gemm { alpha: 0.5, beta: 2.0, trans_a: true, trans_b: true };
+        let got = run_one(op, &[&a, &b, &c], DType::F32, &[3, 5]).unwrap();
+        let (av, bv, cv) = (f32s(&a), f32s(&b), f32s(&c));
+        let mut want = vec![0.0f32; 15];
+        for i in 0..3 {
+            for j in 0..5 {
+                let dot: f32 = (0..4).map(|p| av[p * 3 + i] * bv[j * 4 + p]).sum();
+                want[i * 5 + j] = 0.5 * dot + 2.0 * cv[j];
+            }
+        }
+        assert_close(&f32s(&got), &want, 1e-5, 1e-5);
+        let f64s = |t: &Tensor| Tensor::new(t.shape.clone(), quilt_rewrites::TensorData::F64(t.data.to_f64_vec()));
+        let op = Op::Gemm { alpha: 0.5, beta: 2.0, trans_a: true, trans_b: true };
+        let got = run_one(op, &[&f64s(&a), &f64s(&b), &f64s(&c)], DType::F64, &[3, 5]).unwrap();
+        assert_close(&f32s(&got), &want, 1e-5, 1e-5);
+    }
+}

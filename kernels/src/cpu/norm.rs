@@ -109,3 +109,61 @@ pub(crate) fn layer_norm(cx: &StepCtx, axis: usize, epsilon: f32) -> Result<Tens
     })?;
     Ok(Tensor { shape: x.shape.clone(), data })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{assert_close, f32s, run_one, Rng};
+    use quilt_rewrites::{DType, Op};
+
+    /// Normalises `x` in groups of `len` with f64 statistics.
+    fn naive(x: &[f32], len: usize, eps: f64) -> Vec<f64> {
+        x.chunks(len)
+            .flat_map(|r| {
+                let mean = r.iter().map(|&v| v as f64).sum::<f64>() / len as f64;
+                let var = r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / len as f64;
+                r.iter().map(move |&v| (v as f64 - mean) / (var + eps).sqrt()).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn group_norm_both_affine_layouts() {
+        let mut rng = Rng::new(31);
+        let x = rng.tensor(&[2, 6, 3, 2]);
+        let z = naive(&f32s(&x), 12, 1e-5); // 3 groups of 2 channels × 6 positions
+        let sc = rng.tensor(&[6]);
+        let bi = rng.tensor(&[6]);
+        let op = Op::GroupNorm { epsilon: 1e-5, num_groups: 3, per_channel_affine: true };
+        let got = run_one(op, &[&x, &sc, &bi], DType::F32, &[2, 6, 3, 2]).unwrap();
+        let (s, b) = (f32s(&sc), f32s(&bi));
+        let want: Vec<f32> = z.iter().enumerate().map(|(i, &v)| (v * s[(i / 6) % 6] as f64 + b[(i / 6) % 6] as f64) as f32).collect();
+        assert_close(&f32s(&got), &want, 1e-5, 1e-4);
+        let sg = rng.tensor(&[3]);
+        let bg = rng.tensor(&[3]);
+        let op = Op::GroupNorm { epsilon: 1e-5, num_groups: 3, per_channel_affine: false };
+        let got = run_one(op, &[&x, &sg, &bg], DType::F32, &[2, 6, 3, 2]).unwrap();
+        let (s, b) = (f32s(&sg), f32s(&bg));
+        let want: Vec<f32> = z.iter().enumerate().map(|(i, &v)| (v * s[(i / 12) % 3] as f64 + b[(i / 12) % 3] as f64) as f32).collect();
+        assert_close(&f32s(&got), &want, 1e-5, 1e-4);
+    }
+
+    #[test]
+    fn instance_and_layer_norm() {
+        let mut rng = Rng::new(32);
+        let x = rng.tensor(&[2, 3, 5]);
+        let sc = rng.tensor(&[3]);
+        let bi = rng.tensor(&[3]);
+        let got = run_one(Op::InstanceNorm { epsilon: 1e-3 }, &[&x, &sc, &bi], DType::F32, &[2, 3, 5]).unwrap();
+        let z = naive(&f32s(&x), 5, 1e-3);
+        let (s, b) = (f32s(&sc), f32s(&bi));
+        let want: Vec<f32> = z.iter().enumerate().map(|(i, &v)| (v * s[(i / 5) % 3] as f64 + b[(i / 5) % 3] as f64) as f32).collect();
+        assert_close(&f32s(&got), &want, 1e-5, 1e-4);
+
+        let ls = rng.tensor(&[3, 5]);
+        let got = run_one(Op::LayerNorm { axis: 1, epsilon: 1e-5 }, &[&x, &ls], DType::F32, &[2, 3, 5]).unwrap();
+        let z = naive(&f32s(&x), 15, 1e-5);
+        let s = f32s(&ls);
+        let want: Vec<f32> = z.iter().enumerate().map(|(i, &v)| (v * s[i % 15] as f64) as f32).collect();
+        assert_close(&f32s(&got), &want, 1e-5, 1e-4);
+    }
+}

@@ -47,3 +47,33 @@ pub(crate) fn softmax(cx: &StepCtx, axis: usize, log: bool) -> Result<Tensor, St
     })?;
     Ok(Tensor { shape: x.shape.clone(), data })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{assert_close, f32s, run_one, Rng};
+    use quilt_rewrites::{DType, Op};
+
+    #[test]
+    fn softmax_along_a_middle_axis() {
+        let mut rng = Rng::new(41);
+        let x = rng.tensor(&[2, 4, 3]);
+        let xv: Vec<f32> = f32s(&x).iter().map(|v| v * 30.0).collect();
+        let x = quilt_rewrites::Tensor::from_f32s(vec![2, 4, 3], xv.clone());
+        let got = run_one(Op::Softmax { axis: 1 }, &[&x], DType::F32, &[2, 4, 3]).unwrap();
+        let lgot = run_one(Op::LogSoftmax { axis: 1 }, &[&x], DType::F32, &[2, 4, 3]).unwrap();
+        let mut want = vec![0.0f32; 24];
+        let mut lwant = vec![0.0f32; 24];
+        for o in 0..2 {
+            for i in 0..3 {
+                let idx = |j: usize| (o * 4 + j) * 3 + i;
+                let sum: f64 = (0..4).map(|j| (xv[idx(j)] as f64).exp()).sum();
+                for j in 0..4 {
+                    want[idx(j)] = ((xv[idx(j)] as f64).exp() / sum) as f32;
+                    lwant[idx(j)] = (xv[idx(j)] as f64 - sum.ln()) as f32;
+                }
+            }
+        }
+        assert_close(&f32s(&got), &want, 1e-6, 1e-5);
+        assert_close(&f32s(&lgot), &lwant, 1e-5, 1e-5);
+    }
+}
