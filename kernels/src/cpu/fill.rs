@@ -55,3 +55,30 @@ pub(crate) fn symbolic_value(cx: &StepCtx, values: &[SymDim], scalar: bool) -> R
     };
     Ok(Tensor { shape, data })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{dims, f32s, i64s, PlanBuilder};
+    use quilt_rewrites::{DType, Op, SymDim, Tensor};
+
+    #[test]
+    fn sourceless_ops_follow_the_bound_symbols() {
+        let mut p = PlanBuilder::default();
+        let x = p.input("x", DType::F32, dims(&["B", "L"]));
+        let n = SymDim::sym("L");
+        let fill = p.step("fill", Op::Fill { value: 2.5 }, &[], vec![(DType::F32, dims(&["B", "L"]))])[0];
+        let range = p.step("range", Op::Range { start: 1.0, delta: 3.0 }, &[], vec![(DType::I64, dims(&["L"]))])[0];
+        let shape = p.step("shape", Op::SymbolicValue { values: vec![SymDim::sym("B"), n * SymDim::konst(2)], scalar: false }, &[], vec![(DType::I64, dims(&["2"]))])[0];
+        let scalar = p.step("scalar", Op::SymbolicValue { values: vec![SymDim::sym("B")], scalar: true }, &[], vec![(DType::I64, vec![])])[0];
+        let _ = x;
+        p.output("fill", fill);
+        p.output("range", range);
+        p.output("shape", shape);
+        p.output("scalar", scalar);
+        let out = p.build().run(&[Tensor::from_f32s(vec![2, 3], vec![0.0; 6])]).unwrap();
+        assert_eq!(f32s(&out[0]), vec![2.5; 6]);
+        assert_eq!(i64s(&out[1]), vec![1, 4, 7]);
+        assert_eq!(i64s(&out[2]), vec![2, 6]);
+        assert_eq!((out[3].shape.clone(), i64s(&out[3])), (vec![], vec![2]));
+    }
+}

@@ -105,3 +105,40 @@ pub(crate) fn gather_nd(cx: &StepCtx, batch_dims: usize) -> Result<Tensor, Strin
     shape.extend(&data.shape[batch_dims + k..]);
     Ok(Tensor { shape, data: gather_map(&data.data, &map, 0.0) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{i64s, run_one};
+    use quilt_rewrites::{DType, Op, Tensor};
+
+    fn iota(shape: &[usize]) -> Tensor {
+        Tensor::from_i64s(shape.to_vec(), (0..shape.iter().product::<usize>() as i64).collect())
+    }
+
+    #[test]
+    fn gather_negative_and_out_of_range() {
+        let data = iota(&[3, 4]);
+        let idx = Tensor::from_i64s(vec![2], vec![-1, 0]);
+        let got = run_one(Op::Gather { axis: 1 }, &[&data, &idx], DType::I64, &[3, 2]).unwrap();
+        assert_eq!(i64s(&got), vec![3, 0, 7, 4, 11, 8]);
+        let bad = Tensor::from_i64s(vec![1], vec![3]);
+        let e = run_one(Op::Gather { axis: 0 }, &[&data, &bad], DType::I64, &[1, 4]).unwrap_err().to_string();
+        assert!(e.contains("node 'node' (Gather)") && e.contains("index 3 is out of range for size 3"), "{e}");
+    }
+
+    #[test]
+    fn gather_elements_and_nd() {
+        let data = iota(&[2, 3]);
+        let idx = Tensor::from_i64s(vec![2, 2], vec![2, 0, -1, 1]);
+        let got = run_one(Op::GatherElements { axis: 1 }, &[&data, &idx], DType::I64, &[2, 2]).unwrap();
+        assert_eq!(i64s(&got), vec![2, 0, 5, 4]);
+        // batch_dims = 1: data [2, 3, 2], indices [2, 1, 1] pick row idx of each batch.
+        let data = iota(&[2, 3, 2]);
+        let idx = Tensor::from_i64s(vec![2, 1, 1], vec![2, 0]);
+        let got = run_one(Op::GatherND { batch_dims: 1 }, &[&data, &idx], DType::I64, &[2, 1, 2]).unwrap();
+        assert_eq!(i64s(&got), vec![4, 5, 6, 7]);
+        let idx = Tensor::from_i64s(vec![2, 2], vec![0, 1, 1, 2]);
+        let got = run_one(Op::GatherND { batch_dims: 0 }, &[&data, &idx], DType::I64, &[2, 2]).unwrap();
+        assert_eq!(i64s(&got), vec![2, 3, 10, 11]);
+    }
+}

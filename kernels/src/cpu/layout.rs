@@ -263,3 +263,95 @@ pub(crate) fn trilu(cx: &StepCtx, upper: bool, k: i64) -> Result<Tensor, String>
     });
     Ok(Tensor { shape: x.shape.clone(), data })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{dims, f32s, i64s, konst, run_one, PlanBuilder, Rng};
+    use quilt_rewrites::ir::PadMode;
+    use quilt_rewrites::{DType, Op, SymDim, Tensor};
+
+    fn iota(shape: &[usize]) -> Tensor {
+        Tensor::from_i64s(shape.to_vec(), (0..shape.iter().product::<usize>() as i64).collect())
+    }
+
+    #[test]
+    fn transpose_against_index_arithmetic() {
+        let x = iota(&[2, 3, 4]);
+        let got = run_one(Op::Transpose { perm: vec![2, 0, 1] }, &[&x], DType::I64, &[4, 2, 3]).unwrap();
+        let want: Vec<i64> = (0..24).map(|e| {
+            let (k, i, j) = (e / 6, (e / 3) % 2, e % 3);
+            ((i * 3 + j) * 4 + k) as i64
+        }).collect();
+        assert_eq!(i64s(&got), want);
+        let e = run_one(Op::Transpose { perm: vec![0, 0, 1] }, &[&x], DType::I64, &[2, 2, 3]).unwrap_err().to_string();
+        assert!(e.contains("not a permutation"), "{e}");
+    }
+
+    #[test]
+    fn concat_then_split_round_trips() {
+        let mut rng = Rng::new(61);
+        let a = rng.tensor(&[2, 1, 3]);
+        let b = rng.tensor(&[2, 2, 3]);
+        let mut p = PlanBuilder::default();
+        let ia = p.input("a", DType::F32, konst(&[2, 1, 3]));
+        let ib = p.input("b", DType::F32, konst(&[2, 2, 3]));
+        let c = p.op("cat", Op::Concat { axis: 1 }, &[ia, ib], DType::F32, konst(&[2, 3, 3]));
+        let parts = p.step("split", Op::Split { axis: 1 }, &[Some(c)], vec![(DType::F32, konst(&[2, 1, 3])), (DType::F32, konst(&[2, 2, 3]))]);
+        p.output("c", c);
+        p.output("a2", parts[0]);
+        p.output("b2", parts[1]);
+        let out = p.build().run(&[a.clone(), b.clone()]).unwrap();
+        let (av, bv, cv) = (f32s(&a), f32s(&b), f32s(&out[0]));
+        for i in 0..2 {
+            assert_eq!(cv[i * 9..i * 9 + 3], av[i * 3..i * 3 + 3]);
+            assert_eq!(cv[i * 9 + 3..i * 9 + 9], bv[i * 6..i * 6 + 6]);
+        }
+        assert_eq!(out[1], a);
+        assert_eq!(out[2], b);
+    }
+
+    #[test]
+    fn slice_with_negative_step_and_symbolic_start() {
+        // x[N, 6]: rows from the end backwards by 2 starting at N-1, columns 1..4.
+        let mut p = PlanBuilder::default();
+        let x = p.input("x", DType::I64, dims(&["N", "6"]));
+        let n = SymDim::sym("N");
+        let rows = (n.clone() + SymDim::konst(1)).floor_div(&SymDim::konst(2));
+        let op = Op::Slice { axes: vec![0, 1], starts: vec![n - SymDim::konst(1), SymDim::konst(1)], steps: vec![-2, 1] };
+        let y = p.op("slice", op, &[x], DType::I64, vec![rows, SymDim::konst(3)]);
+        p.output("y", y);
+        let exe = p.build();
+        let out = exe.run(&[iota(&[5, 6])]).unwrap();
+        assert_eq!(i64s(&out[0]), vec![25, 26, 27, 13, 14, 15, 1, 2, 3]);
+        let out = exe.run(&[iota(&[2, 6])]).unwrap();
+        assert_eq!(i64s(&out[0]), vec![7, 8, 9]);
+    }
+
+    #[test]
+    fn pad_modes_and_cropping() {
+        let x = Tensor::from_f32s(vec![1, 3], vec![1.0, 2.0, 3.0]);
+        let pads = |v: [i64; 4]| v.iter().map(|&p| SymDim::konst(p)).collect::<Vec<_>>();
+        let reflect = run_one(Op::Pad { pads: pads([0, 2, 0, 2]), mode: PadMode::Reflect, value: 0.0 }, &[&x], DType::F32, &[1, 7]).unwrap();
+        assert_eq!(f32s(&reflect), vec![3.0, 2.0, 1.0, 2.0, 3.0, 2.0, 1.0]);
+        let edge = run_one(Op::Pad { pads: pads([0, 1, 0, 2]), mode: PadMode::Edge, value: 0.0 }, &[&x], DType::F32, &[1, 6]).unwrap();
+        assert_eq!(f32s(&edge), vec![1.0, 1.0, 2.0, 3.0, 3.0, 3.0]);
+        let constant = run_one(Op::Pad { pads: pads([1, -1, 0, 1]), mode: PadMode::Constant, value: 9.5 }, &[&x], DType::F32, &[2, 3]).unwrap();
+        assert_eq!(f32s(&constant), vec![9.5, 9.5, 9.5, 2.0, 3.0, 9.5]);
+    }
+
+    #[test]
+    fn tile_expand_trilu_reshape() {
+        let x = iota(&[2, 1]);
+        assert_eq!(i64s(&run_one(Op::Tile, &[&x], DType::I64, &[4, 3]).unwrap()), vec![0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1]);
+        assert_eq!(i64s(&run_one(Op::Expand, &[&x], DType::I64, &[2, 2, 3]).unwrap()), vec![0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1]);
+        let e = run_one(Op::Expand, &[&x], DType::I64, &[3, 3]).unwrap_err().to_string();
+        assert!(e.contains("cannot be broadcast"), "{e}");
+        let m = iota(&[3, 3]);
+        let up = run_one(Op::Trilu { upper: true, k: 1 }, &[&m], DType::I64, &[3, 3]).unwrap();
+        assert_eq!(i64s(&up), vec![0, 1, 2, 0, 0, 5, 0, 0, 0]);
+        let lo = run_one(Op::Trilu { upper: false, k: -1 }, &[&m], DType::I64, &[3, 3]).unwrap();
+        assert_eq!(i64s(&lo), vec![0, 0, 0, 3, 0, 0, 6, 7, 0]);
+        let r = run_one(Op::Reshape, &[&m], DType::I64, &[9]).unwrap();
+        assert_eq!(i64s(&r), (0..9).collect::<Vec<_>>());
+    }
+}

@@ -161,3 +161,52 @@ pub(crate) fn cumsum(cx: &StepCtx, axis: usize, exclusive: bool, reverse: bool) 
     };
     Ok(Tensor { shape: x.shape.clone(), data })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{assert_close, f32s, i64s, run_one, Rng};
+    use quilt_rewrites::ir::ReduceKind;
+    use quilt_rewrites::{DType, Op, Tensor};
+
+    #[test]
+    fn reduce_over_two_axes_against_loops() {
+        let mut rng = Rng::new(51);
+        let x = rng.tensor(&[3, 4, 5]);
+        let v = f32s(&x);
+        let at = |i: usize, j: usize, k: usize| v[(i * 4 + j) * 5 + k] as f64;
+        for (kind, init, f) in [
+            (ReduceKind::Sum, 0.0, (|a: f64, b: f64| a + b) as fn(f64, f64) -> f64),
+            (ReduceKind::Max, f64::NEG_INFINITY, f64::max),
+            (ReduceKind::Min, f64::INFINITY, f64::min),
+            (ReduceKind::Prod, 1.0, |a, b| a * b),
+        ] {
+            // Axes 0 and 2, keepdims: [1, 4, 1].
+            let got = run_one(Op::Reduce { kind, axes: vec![0, 2], keepdims: true }, &[&x], DType::F32, &[1, 4, 1]).unwrap();
+            let want: Vec<f32> = (0..4).map(|j| (0..3).flat_map(|i| (0..5).map(move |k| (i, k))).fold(init, |a, (i, k)| f(a, at(i, j, k))) as f32).collect();
+            assert_close(&f32s(&got), &want, 1e-5, 1e-5);
+        }
+        let got = run_one(Op::Reduce { kind: ReduceKind::Mean, axes: vec![1], keepdims: false }, &[&x], DType::F32, &[3, 5]).unwrap();
+        let want: Vec<f32> = (0..15).map(|e| ((0..4).map(|j| at(e / 5, j, e % 5)).sum::<f64>() / 4.0) as f32).collect();
+        assert_close(&f32s(&got), &want, 1e-6, 1e-5);
+        let ints = Tensor::from_i64s(vec![2, 3], vec![1, 2, 3, 4, 5, 6]);
+        let got = run_one(Op::Reduce { kind: ReduceKind::Sum, axes: vec![1], keepdims: false }, &[&ints], DType::I64, &[2]).unwrap();
+        assert_eq!(i64s(&got), vec![6, 15]);
+    }
+
+    #[test]
+    fn argmax_ties_and_cumsum_modes() {
+        let x = Tensor::from_f32s(vec![2, 3], vec![1.0, 3.0, 3.0, 2.0, 0.0, 2.0]);
+        let first = run_one(Op::ArgMax { axis: 1, keepdims: false, select_last_index: false }, &[&x], DType::I64, &[2]).unwrap();
+        assert_eq!(i64s(&first), vec![1, 0]);
+        let last = run_one(Op::ArgMax { axis: 1, keepdims: true, select_last_index: true }, &[&x], DType::I64, &[2, 1]).unwrap();
+        assert_eq!(i64s(&last), vec![2, 2]);
+        let min = run_one(Op::ArgMin { axis: 0, keepdims: false, select_last_index: false }, &[&x], DType::I64, &[3]).unwrap();
+        assert_eq!(i64s(&min), vec![0, 1, 1]);
+        let x = Tensor::from_f32s(vec![4], vec![1.0, 2.0, 3.0, 4.0]);
+        let cases = [(false, false, [1.0, 3.0, 6.0, 10.0]), (true, false, [0.0, 1.0, 3.0, 6.0]), (false, true, [10.0, 9.0, 7.0, 4.0]), (true, true, [9.0, 7.0, 4.0, 0.0])];
+        for (exclusive, reverse, want) in cases {
+            let got = run_one(Op::CumSum { axis: 0, exclusive, reverse }, &[&x], DType::F32, &[4]).unwrap();
+            assert_eq!(f32s(&got), want, "exclusive={exclusive} reverse={reverse}");
+        }
+    }
+}
