@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Download the Python wheels the GPU machine lacks for models/fixtures/make_fixtures.py into the
+# repo's ignored .whl/ folder (carried to the device machine; see the device tool's README).
+#
+# The machine's image (Python 3.12, manylinux x86_64) already has torch 2.11, transformers 5.17.0,
+# tokenizers, huggingface_hub 1.33, safetensors, regex, onnxscript 0.7.2, onnx_ir 1.0.0 and
+# ml_dtypes, all of which work with diffusers 0.42.1 (checked here with the same versions). Missing
+# or at another version there: diffusers (its importlib_metadata requirement is only imported on
+# Python < 3.8), onnx (1.23.1 there; pinned to 1.20.1 here, the version the fixtures were checked
+# with) and onnxruntime (1.30.0 there; CI uses 1.31.1).
+#
+# On the device: python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+#     --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+
+exclude=.git/info/exclude
+mkdir -p "$(dirname "$exclude")"
+grep -qxF '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
+
+WHEELS=(
+  diffusers==0.42.1
+  onnx==1.20.1
+  onnxruntime==1.31.1
+)
+
+rm -rf .whl
+mkdir -p .whl
+python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
+  -d .whl "${WHEELS[@]}"
+ls -la .whl
+du -sh .whl
