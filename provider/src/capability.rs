@@ -157,6 +157,7 @@ pub unsafe fn claim(ep: &QuiltEp, graph: *const OrtGraph, info: *mut OrtEpGraphS
     if src.nodes.is_empty() {
         return Ok(());
     }
+    ep.log.verbose(|| format!("GetCapability on {}", crate::ort_graph::describe(src)));
     let imported = import(src, &ImportOptions { lenient: true })?;
     if imported.node_status.len() != src.nodes.len() {
         return Err(Error::Graph(format!(

@@ -80,7 +80,7 @@ unsafe extern "C" fn get_name(_this: *const OrtEp) -> *const c_char {
 unsafe extern "C" fn get_capability(this: *mut OrtEp, graph: *const OrtGraph, info: *mut OrtEpGraphSupportInfo) -> OrtStatusPtr {
     let ep = quilt_ep(this);
     guard::status(ep.api, "GetCapability", || {
-        if let Err(e) = capability::claim(ep, graph, info) {
+        if let Err(e) = guard::result("GetCapability", || capability::claim(ep, graph, info)) {
             ep.log.warning(&format!("claiming nothing in this graph: {e}"));
         }
         Ok(())

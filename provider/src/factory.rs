@@ -88,6 +88,7 @@ pub unsafe fn create_ep_factories(
     if !num_factories.is_null() {
         *num_factories = 0;
     }
+    guard::install_panic_hook();
     let api = match Api::from_base(api_base) {
         Ok(api) => api,
         Err(status) => return status,

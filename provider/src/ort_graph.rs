@@ -124,6 +124,11 @@ pub unsafe fn convert(api: Api, graph: *const OrtGraph, io: GraphIo, weights: We
         let (_, outs) = reader.node_values(v.node)?;
         for vi in outs.into_iter().filter(|p| !p.is_null()) {
             let decl = reader.value_decl(vi)?;
+            // ORT reports an unknown rank as rank 0, indistinguishable from a scalar; the
+            // importer infers intermediate types itself, so such declarations are left out.
+            if decl.dims.as_ref().is_some_and(Vec::is_empty) {
+                continue;
+            }
             src.value_info.insert(decl.name.clone(), decl);
         }
     }
@@ -132,6 +137,56 @@ pub unsafe fn convert(api: Api, graph: *const OrtGraph, io: GraphIo, weights: We
     let assigned_ep = views.iter().map(|v| v.assigned_ep.clone()).collect();
     src.nodes = views.into_iter().map(|v| v.source).collect();
     Ok(Converted { source: src, nodes, assigned_ep, num_io_inputs })
+}
+
+/// A compact multi-line description of a converted graph (for verbose logs): declarations,
+/// initializers by shape only, and nodes with their attributes.
+pub fn describe(src: &SourceGraph) -> String {
+    fn decl(d: &ValueDecl) -> String {
+        let dims = match &d.dims {
+            None => "?".to_string(),
+            Some(dims) => dims
+                .iter()
+                .map(|d| match d {
+                    SourceDim::Fixed(n) => n.to_string(),
+                    SourceDim::Named(s) => s.clone(),
+                    SourceDim::Unknown => "?".to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let dtype = d.dtype.map_or(format!("type#{}", d.onnx_type), |t| t.to_string());
+        format!("{}: {dtype}[{dims}]", d.name)
+    }
+    let mut out = format!("graph '{}' opset {}\n", src.name, src.opset);
+    for d in &src.inputs {
+        out += &format!("  input {}\n", decl(d));
+    }
+    for (name, init) in &src.initializers {
+        out += &match init {
+            Initializer::Data(t) => format!("  weight {name}: {}{:?} (data)\n", t.dtype(), t.shape),
+            Initializer::Absent { dtype, shape } => format!("  weight {name}: {dtype}{shape:?} (not copied)\n"),
+        };
+    }
+    for n in &src.nodes {
+        let attrs: Vec<String> = n.attrs.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        out += &format!(
+            "  node '{}' {}{}({}) -> ({}) {}\n",
+            n.name,
+            if n.domain.is_empty() { String::new() } else { format!("{}::", n.domain) },
+            n.op_type,
+            n.inputs.join(", "),
+            n.outputs.join(", "),
+            attrs.join(" ")
+        );
+    }
+    for d in &src.outputs {
+        out += &format!("  output {}\n", decl(d));
+    }
+    for d in src.value_info.values() {
+        out += &format!("  value {}\n", decl(d));
+    }
+    out
 }
 
 /// Orders nodes so every producer precedes its consumers (stable: ties keep ORT's order).
