@@ -210,6 +210,9 @@ fn print_taken(dump_dir: &Path) -> Result<()> {
     if !taken.nodes.is_empty() {
         println!("  ops: {}", taken.histogram_line());
     }
+    if !taken.without_node_list.is_empty() {
+        println!("  ({} subgraph(s) have a plan but no .nodes.txt, so their nodes are not counted)", taken.without_node_list.len());
+    }
     Ok(())
 }
 

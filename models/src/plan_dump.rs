@@ -12,6 +12,8 @@ pub struct TakenNodes {
     pub subgraphs: Vec<(String, usize)>,
     /// `(node name, op type)` of every node quilt took.
     pub nodes: Vec<(String, String)>,
+    /// Subgraphs with a `.plan.txt` but no `.nodes.txt` (their nodes are not in `nodes`).
+    pub without_node_list: Vec<String>,
 }
 
 impl TakenNodes {
@@ -33,6 +35,17 @@ impl TakenNodes {
                 count += 1;
             }
             taken.subgraphs.push((fused.to_string(), count));
+        }
+        // A plan without a node list still is a compiled subgraph; count it, and say so.
+        let mut plans: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| ModelsError::io(dir, e))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".plan.txt").map(str::to_string))
+            .filter(|stem| !taken.subgraphs.iter().any(|(name, _)| name == stem))
+            .collect();
+        plans.sort();
+        for stem in plans {
+            taken.subgraphs.push((stem.clone(), 0));
+            taken.without_node_list.push(stem);
         }
         Ok(taken)
     }
@@ -65,8 +78,10 @@ mod tests {
         std::fs::write(dir.join("QuiltExecutionProvider_0.nodes.txt"), "conv1\tConv\nadd1\tAdd\nadd2\tAdd\n").unwrap();
         std::fs::write(dir.join("QuiltExecutionProvider_0.plan.txt"), "plan").unwrap();
         std::fs::write(dir.join("QuiltExecutionProvider_1.nodes.txt"), "relu\tRelu\n").unwrap();
+        std::fs::write(dir.join("QuiltExecutionProvider_2.plan.txt"), "plan").unwrap();
         let taken = TakenNodes::read(&dir).unwrap();
-        assert_eq!(taken.subgraphs.len(), 2);
+        assert_eq!(taken.subgraphs.len(), 3);
+        assert_eq!(taken.without_node_list, vec!["QuiltExecutionProvider_2".to_string()]);
         assert_eq!(taken.nodes.len(), 4);
         assert_eq!(taken.histogram()["Add"], 2);
         assert_eq!(taken.histogram_line(), "Add 2, Conv 1, Relu 1");

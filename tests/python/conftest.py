@@ -79,7 +79,9 @@ def quilt_session(path, options=None, allow_fallback=False, optimization=None):
     so.add_provider_for_devices(quilt_devices(), dict(options or {}))
     model = str(path) if isinstance(path, Path) else path
     try:
-        return ort.InferenceSession(model, sess_options=so)
+        # enable_fallback=0: otherwise onnxruntime's Python wrapper answers an EP error (at creation or
+        # at run time) by silently rebuilding the session on the CPU EP, which would hide quilt failures.
+        return ort.InferenceSession(model, sess_options=so, enable_fallback=0)
     except Exception as e:  # onnxruntime raises several exception types; all carry the message
         if not allow_fallback and FALLBACK_DISABLED_MARKER in str(e):
             raise Declined(str(e)) from e

@@ -1,0 +1,93 @@
+//! ONNX node conformance straight through quilt (no ONNX Runtime): every case under
+//! `$QUILT_ONNX_NODE_TESTS` is loaded, strictly imported, lowered and run on the CPU backend.
+//! Declined cases are fine (quilt says no up front); a case that runs and disagrees fails the test.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use quilt_tests::conformance::{case_dirs, run_case, Outcome};
+
+#[test]
+fn onnx_node_conformance_direct() {
+    let Some(root) = std::env::var_os("QUILT_ONNX_NODE_TESTS").map(PathBuf::from) else {
+        eprintln!("skipped: set QUILT_ONNX_NODE_TESTS to onnx/backend/test/data/node of an installed onnx package");
+        return;
+    };
+    let cases = case_dirs(&root).unwrap_or_else(|e| panic!("QUILT_ONNX_NODE_TESTS={}: {e}", root.display()));
+    assert!(!cases.is_empty(), "no cases under {}", root.display());
+
+    // op type → (passed, failed, declined)
+    let mut per_op: BTreeMap<String, [usize; 3]> = BTreeMap::new();
+    let mut failures = Vec::new();
+    let mut passed_frozen = 0;
+    let mut declined_reasons: BTreeMap<String, usize> = BTreeMap::new();
+    // QUILT_CONFORMANCE_VERBOSE=1 prints every declined case with its reason.
+    let verbose = std::env::var_os("QUILT_CONFORMANCE_VERBOSE").is_some();
+    for dir in &cases {
+        let mut r = run_case(dir);
+        if r.op_type.contains('+') {
+            // Multi-node cases (function expansions) are grouped together.
+            r.op_type = "(multi-node)".into();
+        }
+        if let (true, Outcome::Declined(why)) = (verbose, &r.outcome) {
+            println!("declined {} [{}]: {why}", r.name, r.op_type);
+        }
+        let slot = match &r.outcome {
+            Outcome::Passed => {
+                passed_frozen += !r.frozen.is_empty() as usize;
+                0
+            }
+            Outcome::Failed(why) => {
+                let frozen = if r.frozen.is_empty() { String::new() } else { format!(" (frozen: {})", r.frozen.join(", ")) };
+                failures.push(format!("{} [{}]{frozen}: {why}", r.name, r.op_type));
+                1
+            }
+            Outcome::Declined(why) => {
+                *declined_reasons.entry(reason_class(why)).or_default() += 1;
+                2
+            }
+        };
+        per_op.entry(r.op_type).or_default()[slot] += 1;
+    }
+    let total = |k: usize| per_op.values().map(|c| c[k]).sum::<usize>();
+    println!("per op type (passed / failed / declined):");
+    for (op, c) in &per_op {
+        if c[0] + c[1] > 0 {
+            println!("  {op:<28} {:>3} / {:>3} / {:>3}", c[0], c[1], c[2]);
+        }
+    }
+    let fully_declined: Vec<&str> = per_op.iter().filter(|(_, c)| c[0] + c[1] == 0).map(|(o, _)| o.as_str()).collect();
+    println!("op types with every case declined ({}): {}", fully_declined.len(), fully_declined.join(" "));
+    println!("most common decline reasons:");
+    let mut reasons: Vec<(&String, &usize)> = declined_reasons.iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(a.1));
+    for (why, n) in reasons.iter().take(25) {
+        println!("  {n:>4}  {why}");
+    }
+    println!(
+        "conformance: {} cases: {} passed ({} with parameter inputs frozen to their test data), {} failed, {} declined",
+        cases.len(),
+        total(0),
+        passed_frozen,
+        total(1),
+        total(2)
+    );
+    if !failures.is_empty() {
+        println!("FAILED cases:");
+        for f in &failures {
+            println!("  {f}");
+        }
+    }
+    assert!(failures.is_empty(), "{} conformance cases failed (listed above)", failures.len());
+}
+
+/// A decline reason without the node and value names, so reasons group across cases.
+fn reason_class(why: &str) -> String {
+    let mut s = why.to_string();
+    if let Some(i) = s.find("): ") {
+        if s.starts_with("import: node '") {
+            s = format!("import: {}", &s[i + 3..]);
+        }
+    }
+    s.chars().take(110).collect()
+}
