@@ -1,1 +1,2 @@
 //! Shared helpers for the integration tests.
+pub mod conformance;

@@ -75,6 +75,16 @@ pub(crate) fn resize(ctx: &NodeCtx) -> Build {
                 }
                 shape.push(scaled_dim(d, f as f32)?);
             }
+            // With align_corners the reference uses the unrounded `in * scale` as the resized
+            // length while ORT uses the output size; they agree only when the product is whole.
+            if coord == CoordMode::AlignCorners {
+                for (d, &f) in x.shape().iter().zip(&s) {
+                    let whole = d.as_const().map_or(f.fract() == 0.0, |d| ((d as f32) * f as f32).fract() == 0.0);
+                    if !whole {
+                        return unsup(format!("align_corners with scale {f} of size {d} (not a whole output size) is ambiguous"));
+                    }
+                }
+            }
             (s.iter().map(|&f| SymScale::Factor(f as f32)).collect(), shape)
         }
         (false, true) => {

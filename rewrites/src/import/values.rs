@@ -96,7 +96,7 @@ pub(crate) fn range(ctx: &NodeCtx) -> Build {
         match ctx.input(i)?.known.clone() {
             Some(k) if k.numel() == 1 => Ok(k),
             Some(_) => unsup(format!("{what} must be a scalar")),
-            None => unsup(format!("{what} (input {i}) is not known at import time")),
+            None => unsup(format!("{what} (input {i}, '{}') is not known at import time", ctx.input_name(i))),
         }
     };
     let (start, limit, delta) = (scalar(0, "start")?, scalar(1, "limit")?, scalar(2, "delta")?);

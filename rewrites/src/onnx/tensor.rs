@@ -25,6 +25,10 @@ pub(crate) fn proto_type(t: &TensorProto) -> Result<(DType, Vec<usize>)> {
         }
         shape.push(d as usize);
     }
+    let bytes = shape.iter().try_fold(dtype.size_bytes(), |acc, &d| acc.checked_mul(d));
+    if bytes.is_none_or(|b| b > isize::MAX as usize) {
+        return Err(value_err(t, format!("dims {:?} are too large", t.dims)));
+    }
     Ok((dtype, shape))
 }
 
@@ -149,6 +153,9 @@ mod tests {
         let mut t = proto(DType::I64, &[3]);
         t.data_type = 8; // string
         assert!(tensor_from_proto(&t, None).unwrap_err().to_string().contains("element type"));
+        let mut t = proto(DType::F32, &[1 << 40, 1 << 40]);
+        t.float_data = vec![1.0];
+        assert!(tensor_from_proto(&t, None).unwrap_err().to_string().contains("too large"));
     }
 
     #[test]
