@@ -241,6 +241,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn conv2d_matches_direct_convolution() {
         let mut rng = Rng::new(21);
         // (x shape, w shape, strides, pads, dilations, group)

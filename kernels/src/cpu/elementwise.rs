@@ -355,6 +355,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn unary_values() {
         let x = t(&[6], &[-2.5, -0.5, 0.5, 1.5, 2.5, 0.3]);
         let round = run_one(Op::Unary(UnaryOp::Round), &[&x], DType::F32, &[6]).unwrap();

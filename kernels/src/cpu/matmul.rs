@@ -30,6 +30,7 @@ impl<F> Mat<'_, F> {
 
 /// `c = alpha * a @ b + beta * c`, with c (m×n) row-major and contiguous; `beta == 0` ignores
 /// c's old values. Splits rows across threads when the product is large.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_into<F: Real>(m: usize, k: usize, n: usize, alpha: F, a: Mat<F>, b: Mat<F>, beta: F, c: &mut [F]) -> Result<(), String> {
     if !a.fits(m, k) || !b.fits(k, n) || c.len() != m * n {
         return Err(format!("internal: GEMM operands do not fit a {m}x{k} by {k}x{n} product"));

@@ -162,3 +162,46 @@ pub(crate) fn resize(cx: &StepCtx, p: &ResizeParams) -> Result<Tensor, String> {
     };
     Ok(Tensor { shape: out_shape, data })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{assert_close, f32s, run_one};
+    use quilt_rewrites::ir::{CoordMode::*, NearestMode::*, ResizeMode::*, SymScale};
+    use quilt_rewrites::ir::{CoordMode, NearestMode, ResizeMode};
+    use quilt_rewrites::{DType, Op, SymDim, Tensor};
+
+    type Case = (ResizeMode, CoordMode, NearestMode, f32, bool, Option<&'static [f32]>, &'static [usize], &'static [f32]);
+
+    /// Expected outputs from the ONNX reference implementation (onnx 1.20.1,
+    /// `onnx.reference.ReferenceEvaluator`, opset 19) on the 1×1×3×4 input below; `None` scales
+    /// means the case gave `sizes` (scale = out / in).
+    const CASES: &[Case] = &[
+    (Nearest, Asymmetric, Floor, -0.75, false, Some(&[1.0, 1.0, 2.0, 2.0]), &[1, 1, 6, 8], &[0.0, 0.0, 2.0, 2.0, 1.0, 1.0, 4.3, 4.3, 0.0, 0.0, 2.0, 2.0, 1.0, 1.0, 4.3, 4.3, 2.8, 2.8, 4.8, 4.8, 3.8, 3.8, 7.1, 7.1, 2.8, 2.8, 4.8, 4.8, 3.8, 3.8, 7.1, 7.1, 5.6, 5.6, 7.6, 7.6, 6.6, 6.6, 9.9, 9.9, 5.6, 5.6, 7.6, 7.6, 6.6, 6.6, 9.9, 9.9]),
+    (Nearest, HalfPixel, RoundPreferFloor, -0.75, false, None, &[1, 1, 5, 7], &[0.0, 0.0, 2.0, 2.0, 1.0, 4.3, 4.3, 0.0, 0.0, 2.0, 2.0, 1.0, 4.3, 4.3, 2.8, 2.8, 4.8, 4.8, 3.8, 7.1, 7.1, 5.6, 5.6, 7.6, 7.6, 6.6, 9.9, 9.9, 5.6, 5.6, 7.6, 7.6, 6.6, 9.9, 9.9]),
+    (Nearest, AlignCorners, RoundPreferCeil, -0.75, false, None, &[1, 1, 2, 3], &[0.0, 1.0, 4.3, 5.6, 6.6, 9.9]),
+    (Nearest, PytorchHalfPixel, Ceil, -0.75, false, None, &[1, 1, 1, 6], &[0.0, 2.0, 1.0, 1.0, 4.3, 4.3]),
+    (Linear, HalfPixel, RoundPreferFloor, -0.75, false, None, &[1, 1, 5, 7], &[0.0, 0.714286, 1.85714, 1.5, 1.23571, 3.12143, 4.3, 1.12, 1.83429, 2.97714, 2.62, 2.35571, 4.24143, 5.42, 2.8, 3.51429, 4.65714, 4.3, 4.03571, 5.92143, 7.1, 4.48, 5.19429, 6.33714, 5.98, 5.71571, 7.60143, 8.78, 5.6, 6.31429, 7.45714, 7.1, 6.83571, 8.72143, 9.9]),
+    (Linear, AlignCorners, RoundPreferFloor, -0.75, false, None, &[1, 1, 4, 3], &[0.0, 1.5, 4.3, 1.86667, 3.36667, 6.16667, 3.73333, 5.23333, 8.03333, 5.6, 7.1, 9.9]),
+    (Linear, Asymmetric, RoundPreferFloor, -0.75, false, Some(&[1.0, 1.0, 0.6, 2.5]), &[1, 1, 1, 10], &[0.0, 0.8, 1.6, 1.8, 1.4, 1.0, 2.32, 3.64, 4.3, 4.3]),
+    (Linear, PytorchHalfPixel, RoundPreferFloor, -0.75, false, None, &[1, 1, 1, 6], &[0.0, 1.0, 1.83333, 1.16667, 2.65, 4.3]),
+    (Linear, HalfPixelSymmetric, RoundPreferFloor, -0.75, false, Some(&[1.0, 1.0, 1.7, 2.3]), &[1, 1, 5, 9], &[0.0, 0.391304, 1.26087, 1.93478, 1.5, 1.06522, 2.21957, 3.65435, 4.3, 1.15294, 1.54425, 2.41381, 3.08772, 2.65294, 2.21816, 3.37251, 4.80729, 5.45294, 2.8, 3.1913, 4.06087, 4.73478, 4.3, 3.86522, 5.01957, 6.45435, 7.1, 4.44706, 4.83836, 5.70793, 6.38184, 5.94706, 5.51228, 6.66662, 8.10141, 8.74706, 5.6, 5.9913, 6.86087, 7.53478, 7.1, 6.66522, 7.81957, 9.25435, 9.9]),
+    (Cubic, HalfPixel, RoundPreferFloor, -0.75, false, None, &[1, 1, 5, 7], &[-0.467233, 0.474185, 1.66296, 1.10932, 0.87382, 2.84525, 4.35861, 0.686367, 1.62778, 2.81656, 2.26292, 2.02742, 3.99885, 5.51221, 2.60157, 3.54298, 4.73176, 4.17812, 3.94262, 5.91405, 7.42741, 4.51677, 5.45818, 6.64696, 6.09332, 5.85782, 7.82925, 9.34261, 5.67037, 6.61178, 7.80056, 7.24692, 7.01142, 8.98285, 10.4962]),
+    (Cubic, AlignCorners, RoundPreferFloor, -0.5, false, None, &[1, 1, 4, 6], &[0.0, 1.32, 1.9232, 0.9728, 2.1688, 4.3, 1.76296, 3.08296, 3.68616, 2.73576, 3.93176, 6.06296, 3.83704, 5.15704, 5.76024, 4.80984, 6.00584, 8.13704, 5.6, 6.92, 7.5232, 6.5728, 7.7688, 9.9]),
+    (Cubic, HalfPixel, RoundPreferFloor, -0.5, true, Some(&[1.0, 1.0, 0.8, 1.6]), &[1, 1, 2, 6], &[0.0622395, 1.04609, 2.21817, 1.30179, 2.11102, 4.38597, 3.89762, 4.88147, 6.05356, 5.13718, 5.9464, 8.22135]),
+    (Cubic, Asymmetric, RoundPreferFloor, -0.75, true, None, &[1, 1, 6, 5], &[0.0, 1.70312, 1.1756, 2.3153, 4.68447, 1.04, 2.74313, 2.2156, 3.3553, 5.72447, 2.8, 4.50313, 3.9756, 5.1153, 7.48447, 4.56, 6.26312, 5.7356, 6.8753, 9.24447, 5.6, 7.30312, 6.7756, 7.9153, 10.2845, 6.125, 7.82812, 7.3006, 8.4403, 10.8095]),
+    ];
+
+    #[test]
+    fn resize_matches_the_onnx_reference() {
+        let x = Tensor::from_f32s(vec![1, 1, 3, 4], vec![0.0, 2.0, 1.0, 4.3, 2.8, 4.8, 3.8, 7.1, 5.6, 7.6, 6.6, 9.9]);
+        for &(mode, coord, nearest, a, exclude, scales, shape, want) in CASES {
+            let scales: Vec<SymScale> = match scales {
+                Some(s) => s.iter().map(|&f| SymScale::Factor(f)).collect(),
+                None => shape.iter().zip(&x.shape).map(|(&o, &i)| SymScale::Ratio { out: SymDim::from(o), input: SymDim::from(i) }).collect(),
+            };
+            let op = Op::Resize { mode, coord, nearest, cubic_coeff_a: a, exclude_outside: exclude, scales };
+            let got = run_one(op, &[&x], DType::F32, shape).unwrap();
+            assert_close(&f32s(&got), want, 2e-5, 1e-5);
+        }
+    }
+}
