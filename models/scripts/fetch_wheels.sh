@@ -6,8 +6,11 @@
 # tokenizers, huggingface_hub 1.33, safetensors, regex, onnxscript 0.7.2, onnx_ir 1.0.0 and
 # ml_dtypes, all of which work with diffusers 0.42.1 (checked here with the same versions). Missing
 # or at another version there: diffusers (its importlib_metadata requirement is only imported on
-# Python < 3.8), onnx (1.23.1 there; pinned to 1.20.1 here, the version the fixtures were checked
-# with) and onnxruntime (1.30.0 there; CI uses 1.31.1).
+# Python < 3.8) and onnxruntime (1.30.0 there; CI uses 1.31.1).
+#
+# onnx is left out on purpose: the machine's onnx 1.23.1 gives byte-identical fixtures to the
+# pinned 1.20.1 (checked), and its 17.5 MB wheel would push the carried tree (repo with ~22 MB of
+# fixtures + .whl) past the tool's 64 MiB limit. Keep .whl + `git ls-files` under 64 MiB.
 #
 # On the device: python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
 #     --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
@@ -20,7 +23,6 @@ grep -qxF '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
 
 WHEELS=(
   diffusers==0.42.1
-  onnx==1.20.1
   onnxruntime==1.31.1
 )
 
