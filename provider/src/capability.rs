@@ -45,6 +45,29 @@ pub fn fusion_groups(src: &SourceGraph, supported: &[bool]) -> Vec<Vec<usize>> {
         stage[i] = producers(i).map(|p| stage[p] + usize::from(!supported[p])).max().unwrap_or(0);
     }
 
+    // Shape computations (values derived only from `Shape`/`Size` and constants) are moved to the
+    // latest stage their consumers allow, so a shape chain lands in the group of the op that
+    // reads it (a Reshape, say) instead of crossing a group boundary, where the importer would
+    // no longer know its value. Any stage assignment that never decreases along an edge and
+    // increases after an unsupported node keeps the argument above valid; moving a supported
+    // node up to the minimum stage of its consumers, in reverse topological order, preserves that.
+    let shape_like = shape_computations(src, &producer);
+    let graph_outputs: HashSet<&str> = src.outputs.iter().map(|d| d.name.as_str()).collect();
+    let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for i in 0..n {
+        for p in producers(i) {
+            consumers[p].push(i);
+        }
+    }
+    for i in (0..n).rev() {
+        let is_output = src.nodes[i].outputs.iter().any(|o| graph_outputs.contains(o.as_str()));
+        if supported[i] && shape_like[i] && !is_output {
+            if let Some(latest) = consumers[i].iter().map(|&c| stage[c]).min() {
+                stage[i] = stage[i].max(latest);
+            }
+        }
+    }
+
     let mut parent: Vec<usize> = (0..n).collect();
     fn root(parent: &mut [usize], mut i: usize) -> usize {
         while parent[i] != i {
@@ -70,9 +93,29 @@ pub fn fusion_groups(src: &SourceGraph, supported: &[bool]) -> Vec<Vec<usize>> {
     groups.into_values().collect()
 }
 
+/// Which nodes compute only from tensor shapes and constants: `Shape`/`Size`/`Constant`, and
+/// nodes whose every input is an initializer or such a node's output.
+fn shape_computations(src: &SourceGraph, producer: &HashMap<&str, usize>) -> Vec<bool> {
+    let mut shape_like = vec![false; src.nodes.len()];
+    for (i, node) in src.nodes.iter().enumerate() {
+        shape_like[i] = match node.op_type.as_str() {
+            "Shape" | "Size" | "Constant" if node.domain.is_empty() => true,
+            _ => {
+                let mut present = node.inputs.iter().filter(|v| !v.is_empty()).peekable();
+                present.peek().is_some()
+                    && present.all(|v| {
+                        src.initializers.contains_key(v) || producer.get(v.as_str()).is_some_and(|&p| shape_like[p])
+                    })
+            }
+        };
+    }
+    shape_like
+}
+
 /// The stand-alone graph of one group, as Compile will see it: inputs are the values it reads
 /// from outside (weights stay initializers), outputs the values read outside it or by the graph.
-pub fn group_graph(src: &SourceGraph, group: &[usize]) -> SourceGraph {
+/// `extra_decls` are declarations to use for values `src.value_info` lacks.
+pub fn group_graph(src: &SourceGraph, extra_decls: &BTreeMap<String, ValueDecl>, group: &[usize]) -> SourceGraph {
     let members: HashSet<usize> = group.iter().copied().collect();
     let produced_inside: HashSet<&str> =
         group.iter().flat_map(|&i| src.nodes[i].outputs.iter().map(String::as_str)).filter(|s| !s.is_empty()).collect();
@@ -81,6 +124,7 @@ pub fn group_graph(src: &SourceGraph, group: &[usize]) -> SourceGraph {
             .get(name)
             .or_else(|| src.inputs.iter().find(|d| d.name == name))
             .or_else(|| src.outputs.iter().find(|d| d.name == name))
+            .or_else(|| extra_decls.get(name))
             .cloned()
             .unwrap_or(ValueDecl { name: name.to_string(), dtype: None, onnx_type: 0, dims: None })
     };
@@ -128,8 +172,12 @@ pub fn group_graph(src: &SourceGraph, group: &[usize]) -> SourceGraph {
 /// Checks that a group compiles on its own (import + optimize, as in Compile). On failure,
 /// returns the nodes to stop claiming: the failing node if the error names exactly one member,
 /// else the whole group.
-fn check_group(src: &SourceGraph, group: &[usize]) -> std::result::Result<(), (Vec<usize>, String)> {
-    let g = group_graph(src, group);
+fn check_group(
+    src: &SourceGraph,
+    extra_decls: &BTreeMap<String, ValueDecl>,
+    group: &[usize],
+) -> std::result::Result<(), (Vec<usize>, String)> {
+    let g = group_graph(src, extra_decls, group);
     let result = import(&g, &ImportOptions { lenient: false }).and_then(|imported| quilt_rewrites::optimize(&imported.graph));
     match result {
         Ok(_) => Ok(()),
@@ -138,6 +186,12 @@ fn check_group(src: &SourceGraph, group: &[usize]) -> std::result::Result<(), (V
                 quilt_rewrites::Error::Node { node, .. } if !node.is_empty() => {
                     let hits: Vec<usize> = group.iter().copied().filter(|&i| src.nodes[i].name == *node).collect();
                     (hits.len() == 1).then_some(hits)
+                }
+                // A value the group cannot take in: stop claiming the members that read it.
+                quilt_rewrites::Error::Value { name, .. } => {
+                    let hits: Vec<usize> =
+                        group.iter().copied().filter(|&i| src.nodes[i].inputs.iter().any(|v| v == name)).collect();
+                    (!hits.is_empty()).then_some(hits)
                 }
                 _ => None,
             };
@@ -184,7 +238,7 @@ pub unsafe fn claim(ep: &QuiltEp, graph: *const OrtGraph, info: *mut OrtEpGraphS
         let groups = fusion_groups(src, &supported);
         let mut changed = false;
         for group in &groups {
-            if let Err((drop, why)) = check_group(src, group) {
+            if let Err((drop, why)) = check_group(src, &converted.rank0_values, group) {
                 for &i in &drop {
                     supported[i] = false;
                 }
@@ -225,7 +279,8 @@ mod tests {
                 .iter()
                 .map(|(name, ins)| SourceNode {
                     name: name.to_string(),
-                    op_type: "Op".into(),
+                    // Nodes named "shape…" are Shape ops (shape computations move to later stages).
+                    op_type: if name.starts_with("shape") { "Shape".into() } else { "Op".into() },
                     domain: String::new(),
                     inputs: ins.iter().map(|s| s.to_string()).collect(),
                     outputs: vec![name.to_string()],
@@ -262,6 +317,17 @@ mod tests {
         // a -> u -> c ; a -> d (d independent of u) ; c and d both outputs.
         let g = graph(&[("a", &["x"]), ("u", &["a"]), ("c", &["u"]), ("d", &["a"])], &["c", "d"]);
         assert_eq!(names(&g, &fusion_groups(&g, &[true, false, true, true])), [vec!["a", "d"], vec!["c"]]);
+    }
+
+    #[test]
+    fn shape_chain_joins_the_group_of_its_consumer() {
+        // a -> u -> r, and shape(a) -> g -> r: the chain {shape, g} moves to r's stage.
+        let mut g = graph(&[("a", &["x"]), ("u", &["a"]), ("shape", &["a"]), ("g", &["shape", "k"]), ("r", &["u", "g"])], &["r"]);
+        g.initializers.insert(
+            "k".into(),
+            quilt_rewrites::source::Initializer::Absent { dtype: quilt_rewrites::DType::I64, shape: vec![1] },
+        );
+        assert_eq!(names(&g, &fusion_groups(&g, &[true, false, true, true, true])), [vec!["a"], vec!["shape", "g", "r"]]);
     }
 
     #[test]
@@ -331,14 +397,17 @@ mod tests {
         for _ in 0..300 {
             let n = 2 + next(12) as usize;
             let mut nodes: Vec<(String, Vec<String>)> = Vec::new();
+            let mut names: Vec<String> = Vec::new();
             for i in 0..n {
                 let mut ins = vec!["x".to_string()];
-                for j in 0..i {
+                for name in &names {
                     if next(3) == 0 {
-                        ins.push(format!("n{j}"));
+                        ins.push(name.clone());
                     }
                 }
-                nodes.push((format!("n{i}"), ins));
+                let name = if next(4) == 0 { format!("shape{i}") } else { format!("n{i}") };
+                names.push(name.clone());
+                nodes.push((name, ins));
             }
             let spec: Vec<(&str, Vec<&str>)> =
                 nodes.iter().map(|(n, ins)| (n.as_str(), ins.iter().map(String::as_str).collect())).collect();
@@ -356,10 +425,10 @@ mod tests {
     #[test]
     fn group_graph_takes_outside_values_as_inputs_and_exports_what_is_read_outside() {
         let g = graph(&[("a", &["x"]), ("b", &["a"]), ("u", &["b"]), ("c", &["u", "a"])], &["c"]);
-        let sub = group_graph(&g, &[0, 1]);
+        let sub = group_graph(&g, &BTreeMap::new(), &[0, 1]);
         assert_eq!(sub.inputs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["x"]);
         assert_eq!(sub.outputs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-        let sub = group_graph(&g, &[3]);
+        let sub = group_graph(&g, &BTreeMap::new(), &[3]);
         assert_eq!(sub.inputs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["u", "a"]);
         assert_eq!(sub.outputs.iter().map(|d| d.name.as_str()).collect::<Vec<_>>(), ["c"]);
     }

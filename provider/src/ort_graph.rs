@@ -50,6 +50,10 @@ pub struct Converted {
     /// The ORT node of each `source.nodes` entry (same order, topological).
     pub nodes: Vec<*const OrtNode>,
     pub assigned_ep: Vec<String>,
+    /// Node outputs ORT declares with rank 0 (a scalar or an unknown rank), left out of
+    /// `source.value_info`. A group boundary through one of them gets exactly this declaration
+    /// as a fused-node input in Compile, so capability checks use it too.
+    pub rank0_values: BTreeMap<String, ValueDecl>,
     /// How many of `source.inputs` came from the [`GraphIo`] (the rest are values read from
     /// outside that it did not list).
     pub num_io_inputs: usize,
@@ -120,6 +124,7 @@ pub unsafe fn convert(api: Api, graph: *const OrtGraph, io: GraphIo, weights: We
         }
     }
 
+    let mut rank0_values = BTreeMap::new();
     for v in &views {
         let (_, outs) = reader.node_values(v.node)?;
         for vi in outs.into_iter().filter(|p| !p.is_null()) {
@@ -127,6 +132,7 @@ pub unsafe fn convert(api: Api, graph: *const OrtGraph, io: GraphIo, weights: We
             // ORT reports an unknown rank as rank 0, indistinguishable from a scalar; the
             // importer infers intermediate types itself, so such declarations are left out.
             if decl.dims.as_ref().is_some_and(Vec::is_empty) {
+                rank0_values.insert(decl.name.clone(), decl);
                 continue;
             }
             src.value_info.insert(decl.name.clone(), decl);
@@ -136,7 +142,7 @@ pub unsafe fn convert(api: Api, graph: *const OrtGraph, io: GraphIo, weights: We
     let nodes = views.iter().map(|v| v.node).collect();
     let assigned_ep = views.iter().map(|v| v.assigned_ep.clone()).collect();
     src.nodes = views.into_iter().map(|v| v.source).collect();
-    Ok(Converted { source: src, nodes, assigned_ep, num_io_inputs })
+    Ok(Converted { source: src, nodes, assigned_ep, rank0_values, num_io_inputs })
 }
 
 /// A compact multi-line description of a converted graph (for verbose logs): declarations,
