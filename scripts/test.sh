@@ -41,7 +41,7 @@ skip() {
 
 step "build EP library (release)" cargo build --release -p quilt-capi
 step "build quilt CLI (release)" cargo build --release -p quilt-models --bin quilt
-step "cargo test --workspace" cargo test --workspace
+step "cargo test --workspace" cargo test --workspace --no-fail-fast
 if [[ -f "$UNET" ]]; then
     step "quilt run $UNET" target/release/quilt run "$UNET"
 else
