@@ -258,6 +258,14 @@ pub(crate) fn broadcast_dim(a: &SymDim, b: &SymDim) -> Result<SymDim, Unsupporte
     if a.as_const() == Some(1) {
         return Ok(b.clone());
     }
+    // max(a, min(a, c)) = a: a slice clamped to a dim, broadcast against that dim.
+    for (x, y) in [(a, b), (b, a)] {
+        if let SymDim::Min(m) = y {
+            if &m.0 == x || &m.1 == x {
+                return Ok(x.clone());
+            }
+        }
+    }
     if let (Some(x), Some(y)) = (a.as_const(), b.as_const()) {
         return unsup(format!("dimensions {x} and {y} do not broadcast"));
     }
@@ -302,5 +310,44 @@ pub(crate) fn min_bounded(a: &SymDim, b: &SymDim) -> SymDim {
         (Some(c), None) if c <= b.lower_bound() => a.clone(),
         (None, Some(c)) if c <= a.lower_bound() => b.clone(),
         _ => a.min_of(b),
+    }
+}
+
+/// `m*(a / c) + k` (c > 0, m dividing k) rewritten as `m*((a + (k/m)*c) / c)`, so sizes that
+/// shape arithmetic computes (`(H - 1) / 2 + 1`) meet the ones Conv inference gives
+/// (`(H + 1) / 2`); applied through the whole expression.
+pub(crate) fn absorb_offset(d: SymDim) -> SymDim {
+    match &d {
+        SymDim::Add(terms) => {
+            let terms: Vec<SymDim> = terms.iter().cloned().map(absorb_offset).collect();
+            let sum: SymDim = terms.into_iter().sum();
+            if let SymDim::Add(t) = &sum {
+                if let [div_term, SymDim::Const(k)] = &t[..] {
+                    let (m, div) = match div_term {
+                        SymDim::Mul(f) if f.len() == 2 => match (&f[0], &f[1]) {
+                            (SymDim::Const(m), q @ SymDim::FloorDiv(_)) => (*m, q.clone()),
+                            _ => return sum,
+                        },
+                        q @ SymDim::FloorDiv(_) => (1, q.clone()),
+                        _ => return sum,
+                    };
+                    if let SymDim::FloorDiv(ac) = &div {
+                        if let Some(c) = ac.1.as_const().filter(|&c| c > 0) {
+                            if m != 0 && k % m == 0 {
+                                let q = (ac.0.clone() + SymDim::from(k / m * c)).floor_div(&ac.1);
+                                return SymDim::from(m) * q;
+                            }
+                        }
+                    }
+                }
+            }
+            sum
+        }
+        SymDim::Mul(fs) => fs.iter().cloned().map(absorb_offset).product(),
+        SymDim::FloorDiv(ab) => absorb_offset(ab.0.clone()).floor_div(&absorb_offset(ab.1.clone())),
+        SymDim::Mod(ab) => absorb_offset(ab.0.clone()).rem(&absorb_offset(ab.1.clone())),
+        SymDim::Min(ab) => absorb_offset(ab.0.clone()).min_of(&absorb_offset(ab.1.clone())),
+        SymDim::Max(ab) => absorb_offset(ab.0.clone()).max_of(&absorb_offset(ab.1.clone())),
+        _ => d,
     }
 }

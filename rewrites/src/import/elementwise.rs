@@ -14,7 +14,7 @@ use super::known::{broadcast_indices, Known, SMALL};
 
 fn unary_kind(op_type: &str) -> Option<(UnaryOp, &'static [DType])> {
     Some(match op_type {
-        "Relu" => (UnaryOp::Relu, FLOATS),
+        "Relu" => (UnaryOp::Relu, NUMERIC),
         "Sigmoid" => (UnaryOp::Sigmoid, FLOATS),
         "Tanh" => (UnaryOp::Tanh, FLOATS),
         "Erf" => (UnaryOp::Erf, FLOATS),
@@ -179,7 +179,10 @@ fn float_op(op: BinaryOp, x: f64, y: f64) -> Option<f64> {
 /// One element of integer/bool arithmetic on dims; `None` when it depends on symbol values.
 fn int_op(op: BinaryOp, x: &SymDim, y: &SymDim) -> Result<Option<SymDim>, Unsupported> {
     let consts = (x.as_const(), y.as_const());
-    let diff = (x.clone() - y.clone()).as_const();
+    // Bounds on x - y: torch exports compare shape values with -1 (`Where(Equal(shape, -1), …)`),
+    // which is decided by dims being ≥ 1 even when the dims are symbolic.
+    let (lo, hi) = diff_bounds(x, y);
+    let decide = |yes: bool, no: bool| if yes { Some(SymDim::from(1i64)) } else if no { Some(SymDim::from(0i64)) } else { None };
     let bool_of = |c: bool| Some(SymDim::from(c as i64));
     Ok(match op {
         BinaryOp::Add => Some(x.clone() + y.clone()),
@@ -205,16 +208,27 @@ fn int_op(op: BinaryOp, x: &SymDim, y: &SymDim) -> Result<Option<SymDim>, Unsupp
         },
         BinaryOp::Max => Some(x.max_of(y)),
         BinaryOp::Min => Some(x.min_of(y)),
-        BinaryOp::Equal => diff.and_then(|d| bool_of(d == 0)),
-        BinaryOp::Less => diff.and_then(|d| bool_of(d < 0)),
-        BinaryOp::LessOrEqual => diff.and_then(|d| bool_of(d <= 0)),
-        BinaryOp::Greater => diff.and_then(|d| bool_of(d > 0)),
-        BinaryOp::GreaterOrEqual => diff.and_then(|d| bool_of(d >= 0)),
+        BinaryOp::Equal => decide(lo == 0 && hi == 0, lo > 0 || hi < 0),
+        BinaryOp::Less => decide(hi < 0, lo >= 0),
+        BinaryOp::LessOrEqual => decide(hi <= 0, lo > 0),
+        BinaryOp::Greater => decide(lo > 0, hi <= 0),
+        BinaryOp::GreaterOrEqual => decide(lo >= 0, hi < 0),
         BinaryOp::And => consts.0.zip(consts.1).and_then(|(a, b)| bool_of(a != 0 && b != 0)),
         BinaryOp::Or => consts.0.zip(consts.1).and_then(|(a, b)| bool_of(a != 0 || b != 0)),
         BinaryOp::Xor => consts.0.zip(consts.1).and_then(|(a, b)| bool_of((a != 0) != (b != 0))),
         BinaryOp::Pow => None,
     })
+}
+
+/// Proven bounds `(lo, hi)` of `x - y` (i64::MIN / i64::MAX when unknown).
+fn diff_bounds(x: &SymDim, y: &SymDim) -> (i64, i64) {
+    let d = x.clone() - y.clone();
+    if let Some(c) = d.as_const() {
+        return (c, c);
+    }
+    let lo = d.lower_bound();
+    let neg = (y.clone() - x.clone()).lower_bound();
+    (lo, if neg == i64::MIN { i64::MAX } else { neg.saturating_neg() })
 }
 
 /// Sum/Max/Min/Mean: one input is that input; more become a chain of binary nodes (Mean then
@@ -319,7 +333,8 @@ pub(crate) fn cast(ctx: &NodeCtx) -> Build {
 }
 
 pub(crate) fn clip(ctx: &NodeCtx) -> Build {
-    ctx.check_dtype(0, FLOATS)?;
+    // Integer Clip exists from opset 12.
+    ctx.check_dtype(0, if ctx.opset >= 12 { NUMERIC } else { FLOATS })?;
     let x = ctx.input(0)?;
     let (min, max) = if ctx.opset < 11 {
         let lo = ctx.float_or("min", f32::NEG_INFINITY)?;
@@ -405,6 +420,34 @@ mod tests {
         assert_eq!(out.producer_of("one"), "a");
     }
 
+    /// torch.onnx's `expand`: `Where(Equal(shape, -1), ones, shape)` decides on dims being ≥ 1.
+    #[test]
+    fn torch_expand_shape_pattern_folds() {
+        let mut g = TestGraph::new(17);
+        g.input("t", "f32", &[]);
+        g.input("sample", "f32", &["B", "4", "H", "W"]);
+        g.node("Shape", &["sample"], &["s"], &[]);
+        g.const_i64("i0", &[1], &[0]);
+        g.node("Gather", &["s", "i0"], &["b"], &[("axis", attr_i(0))]);
+        g.const_i64("one", &[1], &[1]);
+        g.node("ConstantOfShape", &["one"], &["ones"], &[("value", crate::source::Attr::Tensor(std::sync::Arc::new(crate::tensor::Tensor::from_i64s(vec![1], vec![1]))))]);
+        g.const_i64("m1", &[], &[-1]);
+        g.node("Mul", &["ones", "m1"], &["neg"], &[]);
+        g.node("Equal", &["b", "neg"], &["eq"], &[]);
+        g.node("Where", &["eq", "ones", "b"], &["shape"], &[]);
+        g.named_node("ex", "Expand", &["t", "shape"], &["tb"], &[]);
+        g.node("Less", &["b", "one"], &["lt"], &[]);
+        g.node("GreaterOrEqual", &["b", "one"], &["ge"], &[]);
+        g.output("tb");
+        g.output("lt");
+        g.output("ge");
+        let out = g.import_strict();
+        assert_eq!(out.type_of("tb"), "f32[B]");
+        assert_eq!(out.input_ops("tb"), vec!["Input"]);
+        assert_eq!(out.known_of("lt"), "[0]");
+        assert_eq!(out.known_of("ge"), "[1]");
+    }
+
     #[test]
     fn integer_shape_arithmetic_folds_symbolically() {
         let mut g = TestGraph::new(17);
@@ -416,6 +459,11 @@ mod tests {
         g.node("Mul", &["h", "two"], &["h2"], &[]);
         g.node("Div", &["h2", "two"], &["h_again"], &[]);
         g.node("Equal", &["h_again", "h"], &["same"], &[]);
+        g.const_i64("one", &[], &[1]);
+        g.node("Sub", &["h", "one"], &["hm1"], &[]);
+        g.node("Div", &["hm1", "two"], &["half"], &[]);
+        g.node("Add", &["half", "one"], &["conv_out"], &[]);
+        g.output("conv_out");
         g.node("Cast", &["h2"], &["h2f"], &[("to", attr_i(1))]);
         g.output("h_again");
         g.output("same");
@@ -424,6 +472,7 @@ mod tests {
         assert_eq!(out.known_of("h_again"), "[H]");
         assert_eq!(out.op_of("h_again"), "SymbolicValue");
         assert_eq!(out.op_of("same"), "Constant");
+        assert_eq!(out.known_of("conv_out"), "[(H + 1 / 2)]", "matches Conv's (H + 2*1 - 3 + 2) / 2");
         assert_eq!(out.op_of("h2f"), "Cast");
         assert_eq!(out.type_of("h2f"), "f32[]");
     }

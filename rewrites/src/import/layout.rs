@@ -262,6 +262,25 @@ mod tests {
         assert_eq!(out.type_of("tb"), "i64[2B]");
     }
 
+    /// The text encoder adds position embeddings sliced to `min(77, S)` to `[B, S, C]` tokens.
+    #[test]
+    fn broadcast_against_a_clamped_slice_keeps_the_dim() {
+        let mut g = TestGraph::new(17);
+        g.input("tok", "f32", &["B", "S", "8"]);
+        g.node("Shape", &["tok"], &["s"], &[]);
+        g.const_i64("i1", &[1], &[1]);
+        g.node("Gather", &["s", "i1"], &["len"], &[("axis", attr_i(0))]);
+        g.const_f32("pos", &[77, 8], &[0.5; 616]);
+        g.const_i64("z", &[1], &[0]);
+        g.node("Slice", &["pos", "z", "len"], &["p"], &[]);
+        g.node("Add", &["tok", "p"], &["y"], &[]);
+        g.output("y");
+        g.output("p");
+        let out = g.import_strict();
+        assert_eq!(out.type_of("p"), "f32[min(77, S), 8]");
+        assert_eq!(out.type_of("y"), "f32[B, S, 8]");
+    }
+
     #[test]
     fn reshape_parameter_must_be_known() {
         let mut g = TestGraph::new(17);

@@ -147,6 +147,34 @@ fn builder_for(op_type: &str) -> Option<Builder> {
     BUILDERS.binary_search_by(|(n, _)| (*n).cmp(op_type)).ok().map(|i| BUILDERS[i].1)
 }
 
+/// Brings every symbolic dim a builder produced into the form `absorb_offset` gives, so equal
+/// sizes computed along different paths compare equal.
+fn normalise(built: Built) -> Built {
+    let norm = |shape: Vec<SymDim>| shape.into_iter().map(ctx::absorb_offset).collect::<Vec<_>>();
+    match built {
+        Built::Folded(ks) => Built::Folded(
+            ks.into_iter()
+                .map(|k| match k {
+                    Known::Sym { dtype, shape, vals } => Known::from_ints(dtype, shape, norm(vals)),
+                    t => t,
+                })
+                .collect(),
+        ),
+        Built::Nodes(specs) => Built::Nodes(
+            specs
+                .into_iter()
+                .map(|mut s| {
+                    for o in &mut s.outputs {
+                        o.shape = norm(std::mem::take(&mut o.shape));
+                    }
+                    s
+                })
+                .collect(),
+        ),
+        alias => alias,
+    }
+}
+
 /// A value's state during import.
 #[derive(Clone, Debug)]
 enum Slot {
@@ -283,7 +311,7 @@ impl<'a> Importer<'a> {
         }
         let output_used = node.outputs.iter().map(|o| !o.is_empty() && self.used.contains(o.as_str())).collect();
         let ctx = NodeCtx { node, opset: self.src.opset, inputs, output_used };
-        let built = builder(&ctx)?;
+        let built = normalise(builder(&ctx)?);
         // Outputs the builder does not produce must not be read by anything.
         let produced = match &built {
             Built::Folded(v) => v.len(),

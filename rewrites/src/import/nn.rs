@@ -138,7 +138,10 @@ pub(crate) fn conv(ctx: &NodeCtx) -> Build {
         if span.as_const().is_some_and(|v| v < 0) {
             return unsup(format!("kernel {} is larger than the padded input on spatial axis {i}", kernel[i]));
         }
-        shape.push(span.floor_div(&SymDim::from(strides[i] as i64)) + SymDim::from(1i64));
+        // floor(span / s) + 1 written as floor((span + s) / s), which cancels with the `H / 2`
+        // other paths of the same model compute.
+        let s = SymDim::from(strides[i] as i64);
+        shape.push((span + s.clone()).floor_div(&s));
     }
     let ins: Vec<Option<usize>> = vec![Some(0), Some(1), if has_b { Some(2) } else { None }];
     Ok(Built::node(Op::Conv { strides, pads, dilations, group }, &ins, vec![TensorType::new(dtype, shape)]))
@@ -249,7 +252,7 @@ mod tests {
         assert_eq!(out.type_of("y"), "f32[N, 6, 4, 4]");
         assert_eq!(out.op("y"), Op::Conv { strides: vec![2, 2], pads: vec![1, 0, 1, 1], dilations: vec![1, 1], group: 2 });
         assert_eq!(out.input_ops("y"), vec!["Input", "Constant", "_"]);
-        assert_eq!(out.type_of("y2"), "f32[N, 8, (H - 1 / 2) + 1, (W - 1 / 2) + 1]");
+        assert_eq!(out.type_of("y2"), "f32[N, 8, (H + 1 / 2), (W + 1 / 2)]");
     }
 
     #[test]

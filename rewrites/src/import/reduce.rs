@@ -53,7 +53,7 @@ pub(crate) fn reduce(ctx: &NodeCtx) -> Build {
             return Built::folded(Known::from_ints(dtype, dims, vec![v]));
         }
     }
-    if !FLOATS.contains(&dtype) {
+    if kind == ReduceKind::Mean && !FLOATS.contains(&dtype) {
         return unsup(format!("{} on {dtype} is not supported", ctx.node.op_type));
     }
     if x.rank() == 0 {
@@ -63,7 +63,7 @@ pub(crate) fn reduce(ctx: &NodeCtx) -> Build {
 }
 
 pub(crate) fn arg_reduce(ctx: &NodeCtx) -> Build {
-    ctx.check_dtype(0, FLOATS)?;
+    ctx.check_dtype(0, NUMERIC)?;
     let x = ctx.input(0)?;
     if x.rank() == 0 {
         return unsup("input must have rank ≥ 1");
