@@ -8,6 +8,28 @@ use super::StepCtx;
 #[allow(unused_imports)]
 use num_traits::{Float as _, One as _, Zero as _};
 
+/// Softmax (or log-softmax) of one contiguous row into `dst`.
+fn softmax_row<F: Real>(src: &[F], dst: &mut [F], log: bool) {
+    let max = src.iter().copied().fold(F::neg_infinity(), F::max);
+    let mut sum = F::zero();
+    for (d, &s) in dst.iter_mut().zip(src) {
+        let e = (s - max).exp();
+        *d = e;
+        sum += e;
+    }
+    if log {
+        let shift = max + sum.ln();
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s - shift;
+        }
+    } else {
+        let inv = F::one() / sum;
+        for d in dst.iter_mut() {
+            *d = *d * inv;
+        }
+    }
+}
+
 pub(crate) fn softmax(cx: &StepCtx, axis: usize, log: bool) -> Result<Tensor, String> {
     let x = cx.input(0)?;
     if axis >= x.shape.len() {
@@ -19,26 +41,25 @@ pub(crate) fn softmax(cx: &StepCtx, axis: usize, log: bool) -> Result<Tensor, St
         let xv = load_real::<F>(x, "x")?;
         let mut out = vec![F::zero(); xv.len()];
         let block = len * inner;
-        if block > 0 {
+        if block > 0 && inner == 1 {
+            // The common case (last axis): contiguous rows, processed in batches of rows.
+            let rows_per_task = (4096 / len.max(1)).max(1) * len;
+            out.par_chunks_mut(rows_per_task).zip(xv.par_chunks(rows_per_task)).for_each(|(dst, src)| {
+                for (d, s) in dst.chunks_mut(len).zip(src.chunks(len)) {
+                    softmax_row(s, d, log);
+                }
+            });
+        } else if block > 0 {
             out.par_chunks_mut(block).zip(xv.par_chunks(block)).for_each(|(dst, src)| {
+                let mut row = vec![F::zero(); len];
+                let mut res = vec![F::zero(); len];
                 for i in 0..inner {
-                    let at = |j: usize| j * inner + i;
-                    let max = (0..len).map(|j| src[at(j)]).fold(F::neg_infinity(), F::max);
-                    let mut sum = F::zero();
-                    for j in 0..len {
-                        let e = (src[at(j)] - max).exp();
-                        dst[at(j)] = e;
-                        sum += e;
+                    for (j, r) in row.iter_mut().enumerate() {
+                        *r = src[j * inner + i];
                     }
-                    if log {
-                        let ls = sum.ln();
-                        for j in 0..len {
-                            dst[at(j)] = src[at(j)] - max - ls;
-                        }
-                    } else {
-                        for j in 0..len {
-                            dst[at(j)] = dst[at(j)] / sum;
-                        }
+                    softmax_row(&row, &mut res, log);
+                    for (j, &r) in res.iter().enumerate() {
+                        dst[j * inner + i] = r;
                     }
                 }
             });
