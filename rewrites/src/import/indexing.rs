@@ -192,8 +192,8 @@ pub(crate) fn slice(ctx: &NodeCtx) -> Build {
     let mut shape = x.shape().to_vec();
     let mut first = Vec::with_capacity(n);
     for i in 0..n {
-        if steps[i] == 0 {
-            return unsup("slice step is 0");
+        if steps[i] == 0 || steps[i] == i64::MIN {
+            return unsup(format!("slice step {} is not supported", steps[i]));
         }
         let (s, len) = slice_axis(&x.shape()[axes[i]], &starts[i], &ends[i], steps[i])?;
         shape[axes[i]] = len;

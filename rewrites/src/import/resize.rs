@@ -51,9 +51,11 @@ pub(crate) fn resize(ctx: &NodeCtx) -> Build {
     if ctx.int_or("antialias", 0)? != 0 {
         return unsup("antialias is not supported");
     }
-    if ctx.attr("axes").is_some() {
-        return unsup("the 'axes' attribute is not supported");
-    }
+    // Opset 18 `axes`: scales/sizes name only these axes; the others keep their size.
+    let axes = match ctx.ints_attr("axes")? {
+        Some(a) => Some(super::ctx::norm_axes(&a, r)?),
+        None => None,
+    };
     if ctx.string_or("keep_aspect_ratio_policy", "stretch")? != "stretch" {
         return unsup("keep_aspect_ratio_policy other than 'stretch' is not supported");
     }
@@ -64,7 +66,17 @@ pub(crate) fn resize(ctx: &NodeCtx) -> Build {
     let sizes_given = ctx.opt_input(3).is_some();
     let (scales, shape): (Vec<SymScale>, Vec<SymDim>) = match (scales_given.is_some(), sizes_given) {
         (true, false) => {
-            let s = ctx.param_f64s(2, "scales")?;
+            let mut s = ctx.param_f64s(2, "scales")?;
+            if let Some(axes) = &axes {
+                if s.len() != axes.len() {
+                    return unsup(format!("{} scales for {} axes", s.len(), axes.len()));
+                }
+                let mut full = vec![1.0; r];
+                for (&a, &v) in axes.iter().zip(&s) {
+                    full[a] = v;
+                }
+                s = full;
+            }
             if s.len() != r {
                 return unsup(format!("{} scales for rank {r}", s.len()));
             }
@@ -88,7 +100,17 @@ pub(crate) fn resize(ctx: &NodeCtx) -> Build {
             (s.iter().map(|&f| SymScale::Factor(f as f32)).collect(), shape)
         }
         (false, true) => {
-            let sizes = ctx.param_ints(3, "sizes")?;
+            let mut sizes = ctx.param_ints(3, "sizes")?;
+            if let Some(axes) = &axes {
+                if sizes.len() != axes.len() {
+                    return unsup(format!("{} sizes for {} axes", sizes.len(), axes.len()));
+                }
+                let mut full = x.shape().to_vec();
+                for (&a, v) in axes.iter().zip(&sizes) {
+                    full[a] = v.clone();
+                }
+                sizes = full;
+            }
             if sizes.len() != r {
                 return unsup(format!("{} sizes for rank {r}", sizes.len()));
             }
@@ -143,6 +165,11 @@ mod tests {
         g.output("y");
         let out = g.import_strict();
         assert_eq!(out.type_of("y"), "f32[B, C, H2, W2]");
+        g.src.nodes[1].attrs.insert("axes".into(), Attr::Ints(vec![3, 2]));
+        g.const_i64("hw", &[2], &[5, 6]);
+        g.src.nodes[1].inputs[3] = "hw".into();
+        let out = g.import_strict();
+        assert_eq!(out.type_of("y"), "f32[B, C, 6, 5]", "sizes follow the axes attribute's order");
         g.src.nodes[1].attrs.insert("coordinate_transformation_mode".into(), Attr::String("tf_crop_and_resize".into()));
         assert!(g.import_err().contains("tf_crop_and_resize"));
     }

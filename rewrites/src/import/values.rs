@@ -105,7 +105,11 @@ pub(crate) fn range(ctx: &NodeCtx) -> Build {
         if d == 0.0 {
             return unsup("delta is zero");
         }
-        let n = ((l - s) / d).ceil().max(0.0) as usize;
+        let count = ((l - s) / d).ceil().max(0.0);
+        if !count.is_finite() || count > (1u64 << 40) as f64 {
+            return unsup(format!("Range({s}, {l}, {d}) has no sensible length"));
+        }
+        let n = count as usize;
         if n <= SMALL {
             // ORT accumulates in the element type; do the same so folded values match bit for bit.
             let mut v = Vec::with_capacity(n);
