@@ -163,10 +163,13 @@ fn slice_axis(dim: &SymDim, start: &SymDim, end: &SymDim, step: i64) -> Result<(
     }
 }
 
+/// Slice's starts, ends, optional axes and optional steps, as given.
+type SliceParams = (Vec<SymDim>, Vec<SymDim>, Option<Vec<i64>>, Option<Vec<i64>>);
+
 pub(crate) fn slice(ctx: &NodeCtx) -> Build {
     let dtype = ctx.check_dtype(0, ANY)?;
     let x = ctx.input(0)?;
-    let (starts, ends, axes, steps): (Vec<SymDim>, Vec<SymDim>, Option<Vec<i64>>, Option<Vec<i64>>) = if ctx.opset < 10 {
+    let (starts, ends, axes, steps): SliceParams = if ctx.opset < 10 {
         let get = |n: &str| -> Result<Vec<i64>, Unsupported> {
             ctx.ints_attr(n)?.ok_or_else(|| Unsupported(format!("attribute '{n}' is missing")))
         };

@@ -98,7 +98,7 @@ pub(crate) fn conv(ctx: &NodeCtx) -> Build {
         }
     }
     if let Some(m) = w.shape()[0].as_const() {
-        if m as usize % group != 0 {
+        if !(m as usize).is_multiple_of(group) {
             return unsup(format!("{m} output channels do not divide into {group} groups"));
         }
     }
