@@ -82,11 +82,15 @@ unsafe fn build(ep: &QuiltEp, graph: *const OrtGraph, fused_node: *const OrtNode
     let imported = import(src, &ImportOptions { lenient: false })?;
     let plan = quilt_rewrites::optimize(&imported.graph)?;
     if let Some(dir) = &ep.options.dump_plans {
-        let file = dir.join(format!("{}.plan.txt", name.replace(['/', '\\'], "_")));
-        let written = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&file, plan.to_string()));
-        match written {
-            Ok(()) => ep.log.info(&format!("wrote {}", file.display())),
-            Err(e) => ep.log.warning(&format!("could not write {}: {e}", file.display())),
+        // The node list says which ORT nodes quilt took (shape chains that fold away leave no
+        // step in the plan, so the plan alone cannot say).
+        let nodes: String = src.nodes.iter().map(|n| format!("{}\t{}\n", n.name, n.op_type)).collect();
+        let stem = name.replace(['/', '\\'], "_");
+        for (file, text) in [(dir.join(format!("{stem}.plan.txt")), plan.to_string()), (dir.join(format!("{stem}.nodes.txt")), nodes)] {
+            match std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&file, text)) {
+                Ok(()) => ep.log.info(&format!("wrote {}", file.display())),
+                Err(e) => ep.log.warning(&format!("could not write {}: {e}", file.display())),
+            }
         }
     }
 

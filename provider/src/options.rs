@@ -13,7 +13,7 @@ pub const PREFIX: &str = "ep.quiltexecutionprovider.";
 /// The parsed options of one session.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Options {
-    /// Directory that receives `<fused node name>.plan.txt` for every compiled subgraph.
+    /// Directory that receives `<fused node name>.plan.txt` and `.nodes.txt` for every compiled subgraph.
     pub dump_plans: Option<PathBuf>,
     pub log_level: LogLevel,
 }
@@ -34,7 +34,7 @@ pub struct OptionSpec {
 pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         key: "dump_plans",
-        description: "directory; each compiled subgraph's plan is written there as <fused node name>.plan.txt",
+        description: "directory; each compiled subgraph's plan is written there as <fused node name>.plan.txt, and the ORT nodes it took as <fused node name>.nodes.txt (name<TAB>op_type per line)",
         apply: |o, v| {
             if v.is_empty() {
                 return Err("expected a directory path".into());
