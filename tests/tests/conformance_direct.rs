@@ -128,3 +128,66 @@ fn sd_fixtures_import_strictly() {
         }
     }
 }
+
+/// The TorchScript and dynamo exports of each SD fixture are different graphs (opset 17 vs 18,
+/// shape chains vs folded shapes, Split/Slice choices) of the same weights, so their outputs
+/// through quilt must agree: a reference for the importer that does not involve quilt's own
+/// understanding of either graph. Inputs are seeded random values (ids in the vocabulary).
+#[test]
+fn torchscript_and_dynamo_exports_agree() {
+    use quilt_rewrites::import::{import, ImportOptions};
+    use quilt_rewrites::onnx::{load, LoadOptions};
+    use quilt_rewrites::{DType, Tensor, TensorData};
+    use quilt_tests::conformance::first_mismatch;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures");
+    let cases: &[(&str, &[(&str, i64)])] = &[
+        ("unet", &[("batch_size", 2), ("height", 8), ("width", 6), ("sequence_length", 5)]),
+        ("unet_inpaint", &[("batch_size", 1), ("height", 6), ("width", 8), ("sequence_length", 3)]),
+        ("vae_decoder", &[("batch_size", 1), ("latent_height", 4), ("latent_width", 6)]),
+        ("vae_encoder", &[("batch_size", 2), ("sample_height", 8), ("sample_width", 6)]),
+        ("text_encoder", &[("batch_size", 2), ("sequence_length", 7)]),
+        ("text_encoder_xlmr", &[("batch_size", 2), ("sequence_length", 7)]),
+    ];
+    let run = |path: &std::path::Path, dims: &[(&str, i64)]| -> Vec<Tensor> {
+        let src = load(path, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        let imported = import(&src, &ImportOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let plan = quilt_rewrites::optimize(&imported.graph).unwrap();
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as f64 / (1u64 << 31) as f64
+        };
+        let inputs: Vec<Tensor> = plan
+            .inputs
+            .iter()
+            .map(|v| {
+                let ty = &plan.buffers[v.buffer].ty;
+                let lookup = |s: &str| dims.iter().find(|(k, _)| *k == s).map(|(_, v)| *v);
+                let shape: Vec<usize> = ty.shape.iter().map(|d| d.eval(&lookup).unwrap() as usize).collect();
+                let n: usize = shape.iter().product();
+                let data = match ty.dtype {
+                    // Token ids: 3..900 keeps clear of the special ids and inside the vocabulary;
+                    // the mask is all ones.
+                    DType::I64 if v.name == "attention_mask" => TensorData::I64(vec![1; n]),
+                    DType::I64 => TensorData::I64((0..n).map(|_| 3 + (next() * 897.0) as i64).collect()),
+                    DType::F32 => TensorData::F32((0..n).map(|_| (next() * 2.0 - 1.0) as f32).collect()),
+                    other => panic!("{}: input {} has dtype {other}", path.display(), v.name),
+                };
+                Tensor::new(shape, data)
+            })
+            .collect();
+        let exe = quilt_kernels::cpu::CpuExecutable::new(plan).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        exe.run(&inputs).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    for (model, dims) in cases {
+        let dir = root.join(model);
+        let (a, b) = (run(&dir.join("model.onnx"), dims), run(&dir.join("model.dynamo.onnx"), dims));
+        assert_eq!(a.len(), b.len(), "{model}");
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(x.data.to_f64_vec().iter().any(|v| *v != 0.0), "{model} output {i} is all zeros");
+            if let Some(m) = first_mismatch(x, y) {
+                panic!("{model} output {i}: TorchScript vs dynamo export: {m}");
+            }
+        }
+    }
+}
