@@ -41,9 +41,9 @@ def test_fixture_matches_cpu_ep(entry, dump_dir):
 
     taken = read_taken_nodes(dump_dir)
     assert taken and any(nodes for _, nodes in taken), f"{entry['name']}: dump_plans wrote no *.nodes.txt"
-    model_ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
-    taken_ops = {op for _, nodes in taken for _, op in nodes}
-    assert taken_ops <= model_ops, f"{entry['name']}: quilt reports ops not in the model: {taken_ops - model_ops}"
+    # With ORT's graph optimizations on, ORT may rewrite the graph before quilt sees it (the dynamo
+    # exports gain Gather nodes from ORT's own shape rewrites), so only the unoptimized test below
+    # compares node lists with the file; here fallback-disabled creation proves quilt took them all.
 
     output_names = [o.name for o in cpu.get_outputs()]
     failures = []
