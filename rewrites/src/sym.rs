@@ -421,8 +421,8 @@ impl fmt::Display for SymDim {
                 }
                 Ok(())
             }
-            SymDim::FloorDiv(ab) => write!(f, "({} / {})", ab.0, ab.1),
-            SymDim::Mod(ab) => write!(f, "({} % {})", ab.0, ab.1),
+            SymDim::FloorDiv(ab) => write!(f, "({} / {})", Operand(&ab.0), Operand(&ab.1)),
+            SymDim::Mod(ab) => write!(f, "({} % {})", Operand(&ab.0), Operand(&ab.1)),
             SymDim::Min(ab) => write!(f, "min({}, {})", ab.0, ab.1),
             SymDim::Max(ab) => write!(f, "max({}, {})", ab.0, ab.1),
         }
@@ -432,6 +432,18 @@ impl fmt::Display for SymDim {
 impl fmt::Debug for SymDim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{self}")
+    }
+}
+
+/// An operand of `/` or `%`, bracketed when it is a sum or product so `(H + 1) / 2` reads right.
+struct Operand<'a>(&'a SymDim);
+
+impl fmt::Display for Operand<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            SymDim::Add(_) | SymDim::Mul(_) => write!(f, "({})", self.0),
+            other => write!(f, "{other}"),
+        }
     }
 }
 
@@ -488,6 +500,8 @@ mod tests {
         env.insert("W".to_string(), 7);
         assert_eq!(m.eval_with(&env).unwrap(), 7);
         assert!(s("Q").eval_with(&env).unwrap_err().contains("'Q'"));
+        let half = (s("H") + SymDim::from(1i64)).floor_div(&SymDim::from(2i64));
+        assert_eq!(half.to_string(), "((H + 1) / 2)");
     }
 
     #[test]

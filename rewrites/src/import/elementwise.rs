@@ -472,7 +472,7 @@ mod tests {
         assert_eq!(out.known_of("h_again"), "[H]");
         assert_eq!(out.op_of("h_again"), "SymbolicValue");
         assert_eq!(out.op_of("same"), "Constant");
-        assert_eq!(out.known_of("conv_out"), "[(H + 1 / 2)]", "matches Conv's (H + 2*1 - 3 + 2) / 2");
+        assert_eq!(out.known_of("conv_out"), "[((H + 1) / 2)]", "matches Conv's (H + 2*1 - 3 + 2) / 2");
         assert_eq!(out.op_of("h2f"), "Cast");
         assert_eq!(out.type_of("h2f"), "f32[]");
     }

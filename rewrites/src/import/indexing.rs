@@ -394,7 +394,7 @@ mod tests {
             g.output(o);
         }
         let out = g.import_strict();
-        assert_eq!(out.type_of("a"), "f32[B, (2C + 1 / 2)]");
+        assert_eq!(out.type_of("a"), "f32[B, ((2C + 1) / 2)]");
         assert_eq!(out.type_of("d"), "f32[2]");
         assert_eq!(out.op_of("c"), "Split");
     }

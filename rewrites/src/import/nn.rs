@@ -252,7 +252,7 @@ mod tests {
         assert_eq!(out.type_of("y"), "f32[N, 6, 4, 4]");
         assert_eq!(out.op("y"), Op::Conv { strides: vec![2, 2], pads: vec![1, 0, 1, 1], dilations: vec![1, 1], group: 2 });
         assert_eq!(out.input_ops("y"), vec!["Input", "Constant", "_"]);
-        assert_eq!(out.type_of("y2"), "f32[N, 8, (H + 1 / 2), (W + 1 / 2)]");
+        assert_eq!(out.type_of("y2"), "f32[N, 8, ((H + 1) / 2), ((W + 1) / 2)]");
     }
 
     #[test]

@@ -175,7 +175,7 @@ mod tests {
         g.output("r5");
         let out = g.import_strict();
         assert_eq!(out.op_of("r"), "Range");
-        assert_eq!(out.type_of("r"), "i64[(N + 1 / 2)]");
+        assert_eq!(out.type_of("r"), "i64[((N + 1) / 2)]");
         assert_eq!(out.known_of("r5"), "[0, 1, 2, 3, 4]");
     }
 
