@@ -9,6 +9,7 @@ pub mod manifest;
 pub mod plan_dump;
 pub mod random;
 pub mod runtime;
+pub mod sd;
 pub mod tensor;
 
 pub use error::{ModelsError, Result};
