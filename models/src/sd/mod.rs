@@ -3,5 +3,6 @@
 
 pub mod error;
 pub mod schedulers;
+pub mod tokenizer;
 
 pub use error::{SdError, SdResult};
