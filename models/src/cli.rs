@@ -100,6 +100,7 @@ pub fn main(args: &[String]) -> i32 {
                 2
             }
         },
+        Some("sd") => crate::sd::cli::main(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             0

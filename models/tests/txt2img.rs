@@ -1,0 +1,103 @@
+//! txt2img on the bundled tiny pipeline: quilt against ORT's CPU EP on the same prompts, seed and
+//! scheduler. Needs ORT and the quilt EP library: runs when `ORT_DYLIB_PATH` and `QUILT_EP_LIB` are
+//! set (scripts/test.sh sets both), otherwise prints why it skipped.
+//!
+//! Tolerance: final latents within 1e-3 absolute + 1e-3 relative of the CPU EP's, decoded images
+//! within 2e-3 absolute (both fp32; differences come from summation order inside kernels and grow
+//! a little over the denoising steps).
+
+use std::path::PathBuf;
+
+use quilt_models::runtime::{Runtime, RuntimePaths};
+use quilt_models::sd::bundled::materialize_tiny_pipeline;
+use quilt_models::sd::models::Ep;
+use quilt_models::sd::pipeline_dir::PipelineDir;
+use quilt_models::sd::schedulers::SchedulerKind;
+use quilt_models::sd::txt2img::{SdPipeline, Txt2ImgRequest};
+
+fn runtime() -> Option<Runtime> {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    if !set("ORT_DYLIB_PATH") || !set("QUILT_EP_LIB") {
+        eprintln!("skipped: set ORT_DYLIB_PATH and QUILT_EP_LIB (scripts/test.sh does)");
+        return None;
+    }
+    Some(Runtime::new(RuntimePaths::resolve(None, None).expect("library paths")).expect("ORT with quilt"))
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
+    assert_eq!(a.len(), b.len());
+    let mut worst_abs = 0.0f32;
+    let mut worst_excess = f32::NEG_INFINITY;
+    for (&x, &y) in a.iter().zip(b) {
+        let d = (x - y).abs();
+        worst_abs = worst_abs.max(d);
+        worst_excess = worst_excess.max(d - 1e-3 * y.abs());
+    }
+    (worst_abs, worst_excess)
+}
+
+#[test]
+fn tiny_txt2img_quilt_matches_cpu_ep() {
+    let Some(runtime) = runtime() else { return };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../target/quilt-sd-test-{}/tiny_sd", std::process::id()));
+    materialize_tiny_pipeline(&dir).unwrap();
+    let mut quilt = SdPipeline::load(&runtime, PipelineDir::open(&dir).unwrap(), Ep::Quilt).unwrap();
+    let mut cpu = SdPipeline::load(&runtime, PipelineDir::open(&dir).unwrap(), Ep::Cpu).unwrap();
+    assert!(quilt.fallbacks().is_empty(), "quilt declined nodes of {:?}", quilt.fallbacks());
+
+    for (scheduler, size, seed) in [(None, 32, 1), (Some(SchedulerKind::EulerAncestral), 24, 2), (Some(SchedulerKind::DpmSolverMultistep), 16, 3)] {
+        let req = Txt2ImgRequest {
+            prompt: "a photograph of an astronaut riding a horse".into(),
+            negative: "blurry, low quality".into(),
+            steps: 3,
+            width: size,
+            height: size,
+            seed,
+            guidance_scale: 7.5,
+            scheduler,
+        };
+        let q = quilt.txt2img(&req, &mut |_, _, _| {}).unwrap();
+        let c = cpu.txt2img(&req, &mut |_, _, _| {}).unwrap();
+        assert_eq!(q.latent_shape, [1, 4, size / 2, size / 2]);
+        assert_eq!(q.image_shape, [1, 3, size, size]);
+        assert!(c.latents.iter().all(|v| v.is_finite()) && c.image.iter().all(|v| v.is_finite()));
+        let spread = c.image.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) - c.image.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+        assert!(spread > 1e-2, "the decoded image is flat ({spread})");
+        let (lat_abs, lat_excess) = max_diff(&q.latents, &c.latents);
+        let (img_abs, _) = max_diff(&q.image, &c.image);
+        println!("{:?} {size}x{size}: latents max |Δ| {lat_abs:.2e}, image max |Δ| {img_abs:.2e}", q.scheduler);
+        assert!(lat_excess <= 1e-3, "{:?}: latents differ by {lat_abs:e}", q.scheduler);
+        assert!(img_abs <= 2e-3, "{:?}: images differ by {img_abs:e}", q.scheduler);
+
+        // Same seed, same result; another seed, another result.
+        let again = cpu.txt2img(&req, &mut |_, _, _| {}).unwrap();
+        assert_eq!(again.latents, c.latents);
+        let other = cpu.txt2img(&Txt2ImgRequest { seed: seed + 100, ..req.clone() }, &mut |_, _, _| {}).unwrap();
+        assert_ne!(other.latents, c.latents);
+    }
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+}
+
+#[test]
+fn bad_pipeline_directories_are_named() {
+    let root = std::env::temp_dir().join(format!("quilt-sd-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let e = PipelineDir::open(&root).unwrap_err().to_string();
+    assert!(e.contains("model_index.json"), "{e}");
+    std::fs::write(root.join("model_index.json"), "{}").unwrap();
+    let e = PipelineDir::open(&root).unwrap_err().to_string();
+    assert!(e.contains("text_encoder/model.onnx") && e.contains("missing"), "{e}");
+    std::fs::write(root.join("model_index.json"), "not json").unwrap();
+    assert!(PipelineDir::open(&root).unwrap_err().to_string().contains("not valid JSON"));
+    std::fs::remove_dir_all(&root).unwrap();
+
+    let tiny = std::env::temp_dir().join(format!("quilt-sd-tiny-{}", std::process::id()));
+    materialize_tiny_pipeline(&tiny).unwrap();
+    let dir = PipelineDir::open(&tiny).unwrap();
+    assert_eq!(dir.vae_scale_factor, 2);
+    assert!(dir.check_size(64, 48).is_ok());
+    assert!(dir.check_size(60, 64).unwrap_err().to_string().contains("multiples of 8"));
+    std::fs::remove_file(tiny.join("scheduler/scheduler_config.json")).unwrap();
+    assert!(PipelineDir::open(&tiny).unwrap_err().to_string().contains("scheduler_config.json"));
+    std::fs::remove_dir_all(&tiny).unwrap();
+}
