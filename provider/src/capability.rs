@@ -176,9 +176,10 @@ fn check_group(
     src: &SourceGraph,
     extra_decls: &BTreeMap<String, ValueDecl>,
     group: &[usize],
+    optimize: &quilt_rewrites::OptimizeOptions,
 ) -> std::result::Result<(), (Vec<usize>, String)> {
     let g = group_graph(src, extra_decls, group);
-    let result = import(&g, &ImportOptions { lenient: false }).and_then(|imported| quilt_rewrites::optimize(&imported.graph));
+    let result = import(&g, &ImportOptions { lenient: false }).and_then(|imported| quilt_rewrites::optimize_with(&imported.graph, optimize));
     match result {
         Ok(_) => Ok(()),
         Err(e) => {
@@ -233,12 +234,14 @@ pub unsafe fn claim(ep: &QuiltEp, graph: *const OrtGraph, info: *mut OrtEpGraphS
         }
     }
 
+    // The trial compile optimizes exactly as Compile will.
+    let optimize = ep.options.optimize_options();
     // Each round removes at least one node from `supported`, so this ends.
     let groups = loop {
         let groups = fusion_groups(src, &supported);
         let mut changed = false;
         for group in &groups {
-            if let Err((drop, why)) = check_group(src, &converted.rank0_values, group) {
+            if let Err((drop, why)) = check_group(src, &converted.rank0_values, group, &optimize) {
                 for &i in &drop {
                     supported[i] = false;
                 }

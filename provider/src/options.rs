@@ -16,11 +16,15 @@ pub struct Options {
     /// Directory that receives `<fused node name>.plan.txt` and `.nodes.txt` for every compiled subgraph.
     pub dump_plans: Option<PathBuf>,
     pub log_level: LogLevel,
+    /// Run the e-graph optimizer (`optimize=1`, the default) or lower the imported graph one
+    /// node to one step (`optimize=0`, for debugging). Compile and GetCapability's trial compile
+    /// both follow it.
+    pub optimize: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { dump_plans: None, log_level: LogLevel::Warning }
+        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true }
     }
 }
 
@@ -51,9 +55,26 @@ pub const OPTIONS: &[OptionSpec] = &[
             Ok(())
         },
     },
+    OptionSpec {
+        key: "optimize",
+        description: "1|0 (default 1): 1 runs the e-graph optimizer, 0 lowers the imported graph one node to one step (debugging)",
+        apply: |o, v| {
+            o.optimize = match v {
+                "1" => true,
+                "0" => false,
+                _ => return Err("expected 0 or 1".into()),
+            };
+            Ok(())
+        },
+    },
 ];
 
 impl Options {
+    /// The optimizer settings that Compile and GetCapability's trial compile both use.
+    pub fn optimize_options(&self) -> quilt_rewrites::OptimizeOptions {
+        quilt_rewrites::OptimizeOptions { enabled: self.optimize, ..quilt_rewrites::OptimizeOptions::default() }
+    }
+
     /// Parses the session config entries (all of them; those without [`PREFIX`] are ignored).
     /// An unknown quilt key or a bad value is an error that lists the known options.
     pub fn from_config<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Options> {
@@ -94,6 +115,15 @@ mod tests {
         .unwrap();
         assert_eq!(o.log_level, LogLevel::Verbose);
         assert_eq!(o.dump_plans, Some(PathBuf::from("/tmp/plans")));
+    }
+
+    #[test]
+    fn optimize_option() {
+        assert!(Options::default().optimize);
+        let o = Options::from_config([("ep.quiltexecutionprovider.optimize", "0")]).unwrap();
+        assert!(!o.optimize && !o.optimize_options().enabled);
+        let e = Options::from_config([("ep.quiltexecutionprovider.optimize", "yes")]).unwrap_err().to_string();
+        assert!(e.contains("optimize") && e.contains("yes") && e.contains("0 or 1"), "{e}");
     }
 
     #[test]

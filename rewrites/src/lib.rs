@@ -3,11 +3,13 @@
 //! a [`plan::Plan`] that a backend in `quilt-kernels` executes.
 
 pub mod dtype;
+pub mod egraph;
 pub mod error;
 pub mod import;
 pub mod ir;
 pub mod lower;
 pub mod onnx;
+pub mod optimize;
 pub mod plan;
 pub mod source;
 pub mod sym;
@@ -20,8 +22,10 @@ pub use plan::Plan;
 pub use sym::SymDim;
 pub use tensor::{Tensor, TensorData};
 
-/// Turns an imported graph into an executable plan. Today this lowers one node to one step;
-/// the e-graph optimizer replaces it behind this signature.
+pub use optimize::{optimize_graph, optimize_with, OptimizeOptions};
+
+/// Turns an imported graph into an executable plan with the default options: the e-graph
+/// optimizer (`crate::egraph`), then lowering one node to one step.
 pub fn optimize(graph: &Graph) -> Result<Plan> {
-    lower::lower(graph)
+    optimize_with(graph, &OptimizeOptions::default())
 }

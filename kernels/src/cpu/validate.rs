@@ -89,6 +89,7 @@ fn check_arity(s: &OpStep) -> std::result::Result<(), String> {
         Op::Binary(_) | Op::MatMul | Op::Gather { .. } | Op::GatherElements { .. } | Op::GatherND { .. } => (2, 0, Some(1)),
         Op::Where | Op::InstanceNorm { .. } | Op::GroupNorm { .. } => (3, 0, Some(1)),
         Op::Gemm { .. } | Op::Conv { .. } | Op::LayerNorm { .. } => (2, 1, Some(1)),
+        Op::Attention { .. } => (3, 1, Some(1)),
         Op::Concat { .. } => (s.inputs.len().max(1), 0, Some(1)),
         Op::Split { .. } => (1, 0, None),
         Op::Input { .. } | Op::Constant(_) | Op::Weight { .. } => {
@@ -164,7 +165,11 @@ fn check_dtypes(plan: &Plan, s: &OpStep) -> std::result::Result<(), String> {
         | Op::Conv { .. }
         | Op::InstanceNorm { .. }
         | Op::GroupNorm { .. }
-        | Op::LayerNorm { .. } => need(float_x && all_same(0), "needs float inputs of one dtype"),
+        | Op::LayerNorm { .. }
+        | Op::Silu
+        | Op::QuickGelu { .. }
+        | Op::GeGlu { .. }
+        | Op::Attention { .. } => need(float_x && all_same(0), "needs float inputs of one dtype"),
         Op::Gather { .. } | Op::GatherElements { .. } | Op::GatherND { .. } => {
             need(matches!(ins[1], Some(DType::I32 | DType::I64)), "indices must be i32 or i64")
         }

@@ -205,6 +205,26 @@ pub enum Op {
     Tile,
     /// A node quilt does not run (lenient import only). Outputs carry the types the model declared.
     Opaque { op_type: String, domain: String, reason: String },
+    // ---- Fused ops made by the optimizer (`crate::egraph`); no ONNX op imports to these. ----
+    /// `[x]`: `x * sigmoid(x)` (SiLU / swish), elementwise, same shape and dtype as `x`.
+    Silu,
+    /// `[x]`: `x * sigmoid(alpha * x)` (CLIP's QuickGELU uses `alpha = 1.702`), elementwise.
+    QuickGelu { alpha: f32 },
+    /// `[x]`: GeGLU. `x`'s last axis has even length `2F`; with `a = x[..., :F]` and
+    /// `gate = x[..., F:]` the output `[..., F]` is `a * gelu(gate)` (erf form, or the tanh
+    /// approximation when `tanh`).
+    GeGlu { tanh: bool },
+    /// `[q, k, v, mask?]`: scaled dot-product attention `softmax(scale · q·kᵀ + mask) · v`, the
+    /// softmax over the key axis, computed without materialising the score matrix in backends
+    /// built for it (the CPU reference computes one query row at a time).
+    ///
+    /// Layouts:
+    /// - `heads: None`: `q [*, N, D]`, `k [*, M, D]`, `v [*, M, Dv]` → `[*, N, Dv]`, where `*`
+    ///   (the leading dims) is the same for all three; `mask` broadcasts to `[*, N, M]`.
+    /// - `heads: Some(H)` (packed heads, "BSHD"): `q [B, N, H·D]`, `k [B, M, H·D]`,
+    ///   `v [B, M, H·Dv]` → `[B, N, H·Dv]`; head `h` uses columns `h·D..(h+1)·D` of q and k and
+    ///   `h·Dv..(h+1)·Dv` of v and of the output; `mask` broadcasts to `[B, H, N, M]`.
+    Attention { scale: f32, heads: Option<usize> },
 }
 
 impl Op {

@@ -1,0 +1,105 @@
+//! `optimize`: imported graph → e-graph → staged rewrites → extraction → graph → Plan.
+
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use crate::egraph::{convert, cost, runner, Limits, StageReport};
+use crate::error::{Error, Result};
+use crate::ir::Graph;
+use crate::lower::lower;
+use crate::plan::Plan;
+
+#[derive(Clone, Debug)]
+pub struct OptimizeOptions {
+    /// `false`: lower the imported graph one node to one step (provider option `optimize=0`).
+    pub enabled: bool,
+    /// Limits of each e-graph stage.
+    pub limits: Limits,
+}
+
+impl Default for OptimizeOptions {
+    fn default() -> OptimizeOptions {
+        OptimizeOptions { enabled: true, limits: Limits::default() }
+    }
+}
+
+/// What the optimizer did.
+#[derive(Clone, Debug, Default)]
+pub struct OptimizeReport {
+    pub enabled: bool,
+    pub nodes_in: usize,
+    pub nodes_out: usize,
+    pub stages: Vec<StageReport>,
+    /// Graph → e-graph.
+    pub load_time: Duration,
+    pub extract_time: Duration,
+    pub total_time: Duration,
+}
+
+pub struct Optimized {
+    pub graph: Graph,
+    pub report: OptimizeReport,
+}
+
+/// Runs the e-graph stages and extracts the cheapest equivalent graph (the graph itself when
+/// `opts.enabled` is false).
+pub fn optimize_graph(graph: &Graph, opts: &OptimizeOptions) -> Result<Optimized> {
+    let start = Instant::now();
+    let mut report = OptimizeReport { enabled: opts.enabled, nodes_in: graph.node_count(), ..OptimizeReport::default() };
+    if !opts.enabled {
+        report.nodes_out = graph.node_count();
+        return Ok(Optimized { graph: graph.clone(), report });
+    }
+    // Rules are plain Rust over the e-graph; a bug in one must be an error, not an abort.
+    let result = catch_unwind(AssertUnwindSafe(|| -> Result<Graph> {
+        let mut loaded = convert::load(graph);
+        report.load_time = start.elapsed();
+        report.stages = runner::run_stages(&mut loaded.egraph, &opts.limits);
+        if let Some(conflict) = loaded.egraph.analysis.type_conflicts.first() {
+            return Err(Error::Model(format!("optimizer: a rewrite equated values of different types: {conflict}")));
+        }
+        let t = Instant::now();
+        let roots: Vec<egg::Id> = loaded.outputs.iter().map(|(_, id)| *id).chain(loaded.inputs.iter().copied()).collect();
+        let chosen = cost::extract(&loaded.egraph, &roots).map_err(|e| Error::Model(format!("optimizer: extraction failed: {e}")))?;
+        let out = convert::rebuild_graph(&loaded, &chosen)?;
+        report.extract_time = t.elapsed();
+        Ok(out)
+    }));
+    let out = match result {
+        Ok(r) => r?,
+        Err(panic) => {
+            let msg = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+            return Err(Error::Model(format!("optimizer: internal error (panic): {msg}")));
+        }
+    };
+    report.nodes_out = out.node_count();
+    report.total_time = start.elapsed();
+    Ok(Optimized { graph: out, report })
+}
+
+/// Optimizes and lowers to a Plan.
+pub fn optimize_with(graph: &Graph, opts: &OptimizeOptions) -> Result<Plan> {
+    lower(&optimize_graph(graph, opts)?.graph)
+}
+
+impl fmt::Display for OptimizeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.enabled {
+            return writeln!(f, "optimizer off: {} nodes lowered as they are", self.nodes_in);
+        }
+        writeln!(
+            f,
+            "optimizer: {} nodes in, {} nodes out; load {:.1} ms, extract {:.1} ms, total {:.1} ms",
+            self.nodes_in,
+            self.nodes_out,
+            self.load_time.as_secs_f64() * 1e3,
+            self.extract_time.as_secs_f64() * 1e3,
+            self.total_time.as_secs_f64() * 1e3
+        )?;
+        for s in &self.stages {
+            write!(f, "{s}")?;
+        }
+        Ok(())
+    }
+}
