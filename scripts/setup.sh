@@ -21,7 +21,10 @@ quilt_setup() {
 
     # Versions are pinned: ORT's plugin-EP ABI and the conformance expectations depend on them.
     local ort_version="1.31.1"
-    local pins=("onnxruntime==$ort_version" "onnx==1.20.1" "numpy" "pytest")
+    # NVRTC + CUDA headers (no GPU needed): CI compiles every generated CUDA kernel for sm_90.
+    # 13.0 matches the GPU machine's driver (580) and toolkit; the wheels put libnvrtc.so.13 in
+    # site-packages/nvidia/cu13/lib and the headers in site-packages/nvidia/cu13/include.
+    local pins=("onnxruntime==$ort_version" "onnx==1.20.1" "numpy" "pytest" "nvidia-cuda-nvrtc==13.0.88" "nvidia-cuda-runtime==13.0.96")
 
     if [[ ! -x "$venv/bin/python" ]]; then
         echo "[setup] creating $venv with $($py --version 2>&1)" >&2
@@ -47,10 +50,18 @@ quilt_setup() {
     export QUILT_EP_LIB="${QUILT_EP_LIB:-$root/target/release/libquilt_ep.so}"
     # The Rust `ort` crate (feature load-dynamic) reads this.
     export ORT_DYLIB_PATH="$QUILT_ORT_LIB"
+    # The CUDA backend opens libnvrtc at run time (cudarc dynamic loading); the CUDA codegen
+    # test fails rather than skips when QUILT_REQUIRE_NVRTC=1.
+    export QUILT_CUDA_INCLUDE="$site/nvidia/cu13/include"
+    case ":${LD_LIBRARY_PATH:-}:" in
+        *":$site/nvidia/cu13/lib:"*) ;;
+        *) export LD_LIBRARY_PATH="$site/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;;
+    esac
+    export QUILT_REQUIRE_NVRTC=1
     export PATH="$venv/bin:$PATH"
 
     local missing=0
-    for f in "$QUILT_ORT_LIB" "$QUILT_ONNX_NODE_TESTS"; do
+    for f in "$QUILT_ORT_LIB" "$QUILT_ONNX_NODE_TESTS" "$site/nvidia/cu13/lib/libnvrtc.so.13"; do
         if [[ ! -e "$f" ]]; then
             echo "[setup] error: expected $f after installing ${pins[*]}" >&2
             missing=1
@@ -62,6 +73,7 @@ quilt_setup() {
     echo "QUILT_ONNX_NODE_TESTS=$QUILT_ONNX_NODE_TESTS"
     echo "QUILT_EP_LIB=$QUILT_EP_LIB"
     echo "ORT_DYLIB_PATH=$ORT_DYLIB_PATH"
+    echo "QUILT_CUDA_INCLUDE=$QUILT_CUDA_INCLUDE"
 }
 
 quilt_setup

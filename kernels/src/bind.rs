@@ -1,4 +1,5 @@
-//! Binding the plan's symbols from the actual input shapes, and evaluating every buffer's shape.
+//! Binding the plan's symbols from the actual input shapes, and evaluating every buffer's shape
+//! (shared by the CPU and CUDA backends, so both accept and reject the same inputs).
 
 use std::collections::HashMap;
 
@@ -9,7 +10,7 @@ use crate::error::{Error, Result};
 
 /// Symbol values for one run.
 #[derive(Default, Debug)]
-pub(crate) struct Bindings(HashMap<String, i64>);
+pub struct Bindings(HashMap<String, i64>);
 
 impl Bindings {
     pub fn eval(&self, d: &SymDim) -> std::result::Result<i64, String> {

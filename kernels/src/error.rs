@@ -8,6 +8,9 @@ pub enum Error {
     Input { name: String, msg: String },
     #[error("plan: {0}")]
     Plan(String),
+    /// The GPU, its driver or a CUDA library (no device, library missing, out of memory, …).
+    #[error("cuda: {0}")]
+    Device(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

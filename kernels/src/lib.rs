@@ -1,6 +1,8 @@
 //! Backends that execute a `quilt_rewrites::Plan`.
 
+mod bind;
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 
 pub use error::{Error, Result};

@@ -5,13 +5,11 @@
 //! the steps in order (each kernel lives in its own module), checks each result against its
 //! buffer's evaluated type and frees intermediates after their last use.
 
-mod bind;
 mod broadcast;
 mod conv;
 mod data;
 mod elementwise;
 mod fill;
-mod fused;
 mod gather;
 mod layout;
 mod matmul;
@@ -30,7 +28,7 @@ use quilt_rewrites::plan::{BufferId, BufferKind, Step};
 use quilt_rewrites::{DType, Op, Plan, SymDim, Tensor};
 
 use crate::error::{Error, Result};
-use bind::Bindings;
+use crate::bind::{self, Bindings};
 
 /// A plan prepared for the CPU.
 pub struct CpuExecutable {
@@ -266,10 +264,6 @@ fn dispatch(op: &Op, cx: &StepCtx) -> std::result::Result<Vec<Tensor>, String> {
         Op::Fill { value } => one(fill::fill(cx, *value)),
         Op::Range { start, delta } => one(fill::range(cx, *start, *delta)),
         Op::SymbolicValue { values, scalar } => one(fill::symbolic_value(cx, values, *scalar)),
-        Op::Silu => one(fused::sigmoid_gated(cx, 1.0)),
-        Op::QuickGelu { alpha } => one(fused::sigmoid_gated(cx, *alpha)),
-        Op::GeGlu { tanh } => one(fused::geglu(cx, *tanh)),
-        Op::Attention { scale, heads } => one(fused::attention(cx, *scale, *heads)),
         Op::Input { .. } | Op::Constant(_) | Op::Weight { .. } | Op::Opaque { .. } => {
             Err("this op is not executable as a step".into())
         }

@@ -1,0 +1,203 @@
+//! Elementwise kernels with numpy broadcasting: one thread per output element; each input is
+//! read through per-axis strides given at run time (0 on broadcast axes), so one source serves
+//! every shape. Unary, Binary, Where, Cast, Clip, LeakyRelu, Gelu, Expand, Fill and Range.
+
+use quilt_rewrites::ir::{BinaryOp, UnaryOp};
+use quilt_rewrites::{DType, Op};
+
+use super::{broadcast_strides, decompose, lit, numel, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
+
+pub struct ElementwiseCode {
+    kernels: Vec<Kernel>,
+    /// The data inputs the kernel reads, in kernel-argument order.
+    inputs: Vec<usize>,
+    out_rank: usize,
+    fill: Option<FillKind>,
+}
+
+#[derive(Clone, Copy)]
+enum FillKind {
+    Value(f64),
+    Range { start: f64, delta: f64, int: bool },
+}
+
+impl ElementwiseCode {
+    pub fn new(op: &Op, t: &Types) -> Result<ElementwiseCode, String> {
+        let out = CType::of(t.outs[0]);
+        let r = t.out_ranks[0];
+        let present: Vec<usize> = (0..t.ins.len()).filter(|&i| t.ins[i].is_some()).collect();
+        let cts: Vec<CType> = present.iter().map(|&i| CType::of(t.ins[i].unwrap())).collect();
+        let a = |k: usize| format!("a{k}");
+        let mut fill = None;
+        let expr = match op {
+            Op::Unary(u) => unary(*u, cts[0], &a(0))?,
+            Op::Binary(b) => binary(*b, cts[0], cts[1], &a(0), &a(1))?,
+            Op::Where => "(a0 ? a1 : a2)".to_string(),
+            Op::Cast { .. } | Op::Expand => a(0),
+            Op::Clip { min, max } => {
+                let mut e = a(0);
+                if let Some(lo) = min {
+                    e = format!("({e} < {l} ? {l} : {e})", l = bound(*lo, cts[0]));
+                }
+                if let Some(hi) = max {
+                    e = format!("({e} > {h} ? {h} : {e})", h = bound(*hi, cts[0]));
+                }
+                e
+            }
+            Op::LeakyRelu { alpha } => format!("(a0 < 0 ? a0 * {} : a0)", lit(*alpha as f64, cts[0].compute())),
+            Op::Gelu { tanh: false } => {
+                let c = cts[0];
+                format!("({h} * a0 * ({one} + {erf}(a0 * {s})))", h = lit(0.5, c.compute()), one = lit(1.0, c.compute()), erf = c.math("erf"), s = lit(std::f64::consts::FRAC_1_SQRT_2, c.compute()))
+            }
+            Op::Gelu { tanh: true } => {
+                let c = cts[0];
+                let k = lit((2.0 / std::f64::consts::PI).sqrt(), c.compute());
+                format!("({h} * a0 * ({one} + {tanh}({k} * (a0 + {g} * a0 * a0 * a0))))", h = lit(0.5, c.compute()), one = lit(1.0, c.compute()), tanh = c.math("tanh"), g = lit(0.044715, c.compute()))
+            }
+            Op::Fill { value } => {
+                fill = Some(FillKind::Value(*value));
+                "q_pd(p.v[1])".to_string()
+            }
+            Op::Range { start, delta } => {
+                fill = Some(FillKind::Range { start: *start, delta: *delta, int: !out.is_float() });
+                match out.dtype {
+                    DType::F64 => "(q_pd(p.v[1]) + (double)i * q_pd(p.v[2]))".to_string(),
+                    d if d.is_float() => "((float)q_pd(p.v[1]) + (float)i * (float)q_pd(p.v[2]))".to_string(),
+                    _ => "(p.v[1] + i * p.v[2])".to_string(),
+                }
+            }
+            other => return Err(format!("{} is not elementwise", other.name())),
+        };
+        // Param layout: n, out dims (r), then r strides per input (fill: its values at 1..).
+        let name = format!("{}_ew", t.prefix);
+        let mut args = format!("const QParams p, {}* __restrict__ out", out.storage());
+        for (k, ct) in cts.iter().enumerate() {
+            args += &format!(", const {}* __restrict__ in{k}", ct.storage());
+        }
+        let mut body = format!("extern \"C\" __global__ void {name}({args}) {{\n  Q_LOOP(p.v[0]) {{\n");
+        if fill.is_none() {
+            let offs: Vec<(String, usize)> = (0..cts.len()).map(|k| (format!("o{k}"), 1 + r + k * r)).collect();
+            let refs: Vec<(&str, usize)> = offs.iter().map(|(n, at)| (n.as_str(), *at)).collect();
+            body += &decompose(r, 1, &refs);
+            for (k, ct) in cts.iter().enumerate() {
+                body += &format!("    {} a{k} = {};\n", ct.compute(), ct.load(&format!("in{k}[o{k}]")));
+            }
+        }
+        body += &format!("    out[i] = {};\n  }}\n}}\n", out.store(&expr));
+        Ok(ElementwiseCode { kernels: vec![Kernel { name, body }], inputs: present, out_rank: r, fill })
+    }
+}
+
+/// A Clip bound in the operand's compute type (whole numbers for integer types).
+fn bound(v: f64, ct: CType) -> String {
+    if ct.is_float() {
+        lit(v, ct.compute())
+    } else {
+        format!("(({})({}LL))", ct.compute(), v.clamp(i64::MIN as f64, i64::MAX as f64) as i64)
+    }
+}
+
+fn unary(u: UnaryOp, ct: CType, a: &str) -> Result<String, String> {
+    let c = ct.compute();
+    let m = |f: &str| ct.math(f);
+    let one = if ct.is_float() { lit(1.0, c) } else { format!("(({c})1)") };
+    let zero = if ct.is_float() { lit(0.0, c) } else { format!("(({c})0)") };
+    Ok(match u {
+        UnaryOp::Identity => a.to_string(),
+        UnaryOp::Relu => format!("({a} < {zero} ? {zero} : {a})"),
+        UnaryOp::Neg => format!("(-{a})"),
+        UnaryOp::Abs if !ct.is_float() => format!("({a} < {zero} ? -{a} : {a})"),
+        UnaryOp::Sign => format!("({a} > {zero} ? {one} : ({a} < {zero} ? -{one} : {a}))"),
+        UnaryOp::Not => format!("(!{a})"),
+        _ if !ct.is_float() => return Err(format!("{u:?} on {}", ct.dtype)),
+        UnaryOp::Abs => format!("{}({a})", m("fabs")),
+        UnaryOp::Sigmoid => format!("({one} / ({one} + {}(-{a})))", m("exp")),
+        UnaryOp::Tanh => format!("{}({a})", m("tanh")),
+        UnaryOp::Erf => format!("{}({a})", m("erf")),
+        UnaryOp::Sqrt => format!("{}({a})", m("sqrt")),
+        UnaryOp::Exp => format!("{}({a})", m("exp")),
+        UnaryOp::Log => format!("{}({a})", m("log")),
+        UnaryOp::Reciprocal => format!("({one} / {a})"),
+        UnaryOp::Sin => format!("{}({a})", m("sin")),
+        UnaryOp::Cos => format!("{}({a})", m("cos")),
+        UnaryOp::Floor => format!("{}({a})", m("floor")),
+        UnaryOp::Ceil => format!("{}({a})", m("ceil")),
+        UnaryOp::Round => format!("{}({a})", m("rint")),
+        UnaryOp::Softplus => format!("({a} > {zero} ? {a} + {lp}({ex}(-{a})) : {lp}({ex}({a})))", lp = m("log1p"), ex = m("exp")),
+    })
+}
+
+fn binary(b: BinaryOp, ta: CType, _tb: CType, a: &str, bb: &str) -> Result<String, String> {
+    let c = ta.compute();
+    let float = ta.is_float();
+    Ok(match b {
+        BinaryOp::Add => format!("({a} + {bb})"),
+        BinaryOp::Sub => format!("({a} - {bb})"),
+        BinaryOp::Mul => format!("({a} * {bb})"),
+        BinaryOp::Div if float => format!("({a} / {bb})"),
+        BinaryOp::Div => format!("({bb} == 0 ? ({c})0 : {a} / {bb})"),
+        BinaryOp::Pow if float => format!("{}({a}, ({c}){bb})", ta.math("pow")),
+        BinaryOp::Pow => format!("(({c})pow((double){a}, (double){bb}))"),
+        BinaryOp::Max => format!("QMax()({a}, ({c}){bb})"),
+        BinaryOp::Min => format!("QMin()({a}, ({c}){bb})"),
+        BinaryOp::Mod => format!("q_mod({a}, ({c}){bb})"),
+        BinaryOp::Fmod if float => format!("{}({a}, {bb})", ta.math("fmod")),
+        BinaryOp::Fmod => format!("({bb} == 0 ? ({c})0 : {a} % {bb})"),
+        BinaryOp::Equal => format!("({a} == {bb})"),
+        BinaryOp::Less => format!("({a} < {bb})"),
+        BinaryOp::LessOrEqual => format!("({a} <= {bb})"),
+        BinaryOp::Greater => format!("({a} > {bb})"),
+        BinaryOp::GreaterOrEqual => format!("({a} >= {bb})"),
+        BinaryOp::And => format!("({a} && {bb})"),
+        BinaryOp::Or => format!("({a} || {bb})"),
+        BinaryOp::Xor => format!("({a} != {bb})"),
+    })
+}
+
+impl StepCode for ElementwiseCode {
+    fn kernels(&self) -> &[Kernel] {
+        &self.kernels
+    }
+
+    fn plan(&self, s: &StepShapes) -> Result<LaunchPlan, String> {
+        let out = s.outs[0];
+        if out.len() != self.out_rank {
+            return Err(format!("output rank {} but the kernel was generated for {}", out.len(), self.out_rank));
+        }
+        let n = numel(out);
+        let mut p = ParamList::default();
+        p.push(n as i64);
+        match self.fill {
+            Some(FillKind::Value(v)) => {
+                p.push_f64(v);
+            }
+            Some(FillKind::Range { start, delta, int }) => {
+                if out.len() != 1 {
+                    return Err(format!("Range output must be 1-D, got {out:?}"));
+                }
+                // Integer ranges step exactly in i64; float ranges carry f64 bits.
+                if int {
+                    p.push(start as i64);
+                    p.push(delta as i64);
+                } else {
+                    p.push_f64(start);
+                    p.push_f64(delta);
+                }
+            }
+            None => {
+                p.extend(out.iter().map(|&d| d as i64));
+                for &k in &self.inputs {
+                    let shape = s.input(k)?;
+                    p.extend(broadcast_strides(shape, out).map_err(|e| format!("input {k}: {e}"))?);
+                }
+            }
+        }
+        let mut args = vec![Arg::Out(0)];
+        args.extend(self.inputs.iter().map(|&k| Arg::In(k)));
+        let mut plan = LaunchPlan::default();
+        if n > 0 {
+            plan.actions.push(Action::Launch { kernel: 0, work: Work::Elements(n as u64), params: p.finish()?, args });
+        }
+        Ok(plan)
+    }
+}

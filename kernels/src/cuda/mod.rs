@@ -1,0 +1,21 @@
+//! The CUDA backend: executes a `Plan` on an NVIDIA GPU, one step per op for now.
+//!
+//! - `device`: context, stream, memory, launches (cudarc; libcuda loaded at run time)
+//! - `codegen`: CUDA C per step with symbolic sizes as kernel arguments, and its launch plan
+//! - `nvrtc`: CUDA C → cubin for the device's own architecture, cached by source
+//! - `gemm`, `conv`: MatMul/Gemm through cuBLAS; Conv as im2col + cuBLAS
+//! - `executor`: `CudaExecutable`, the GPU counterpart of `cpu::CpuExecutable`
+//!
+//! Nothing here needs a CUDA toolkit at build time; without a GPU, `CudaExecutable::new`
+//! returns `Error::Device`, and the code generator and NVRTC still work (CI compiles every
+//! fixture's kernels for sm_90 that way).
+
+pub mod codegen;
+pub mod conv;
+pub mod device;
+pub mod executor;
+pub mod gemm;
+pub mod nvrtc;
+
+pub use device::CudaDevice;
+pub use executor::{CudaExecutable, StepTiming};

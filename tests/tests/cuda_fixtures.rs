@@ -1,0 +1,149 @@
+//! On a GPU: every fixture in the manifest, at every `test_dims` entry, runs through
+//! `CudaExecutable` and through the CPU interpreter on the same seeded random inputs (fp32;
+//! cuBLAS without TF32), and the outputs must agree: max |gpu − cpu| ≤ 1e-3 · max |cpu| (+1e-6)
+//! per output. Prints per model the max abs error, that error relative to the output's largest
+//! magnitude, the L2-relative error, and run times; the tiny UNet also gets a per-op-type
+//! profile (synchronised per step). Without a GPU it prints that it was skipped.
+//! `QUILT_CUDA_REPORT=path` also writes the table there.
+
+#[path = "cuda_support.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use quilt_kernels::cpu::CpuExecutable;
+use quilt_kernels::cuda::{CudaDevice, CudaExecutable};
+use quilt_rewrites::Tensor;
+
+/// Max-error tolerance relative to the reference output's largest magnitude.
+const REL_TOL: f64 = 1e-3;
+
+struct Errors {
+    max_abs: f64,
+    max_ref: f64,
+    l2_rel: f64,
+}
+
+fn compare(gpu: &Tensor, cpu: &Tensor) -> Result<Errors, String> {
+    if gpu.shape != cpu.shape || gpu.dtype() != cpu.dtype() {
+        return Err(format!("gpu {}{:?} vs cpu {}{:?}", gpu.dtype(), gpu.shape, cpu.dtype(), cpu.shape));
+    }
+    let (a, b) = (gpu.data.to_f64_vec(), cpu.data.to_f64_vec());
+    let (mut max_abs, mut max_ref, mut num, mut den) = (0f64, 0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(&b) {
+        if x.is_nan() != y.is_nan() {
+            return Err(format!("NaN mismatch: gpu {x} vs cpu {y}"));
+        }
+        if x.is_nan() {
+            continue;
+        }
+        let d = (x - y).abs();
+        max_abs = max_abs.max(d);
+        max_ref = max_ref.max(y.abs());
+        num += d * d;
+        den += y * y;
+    }
+    Ok(Errors { max_abs, max_ref, l2_rel: if den > 0.0 { (num / den).sqrt() } else { num.sqrt() } })
+}
+
+#[test]
+fn fixtures_match_the_cpu_backend_on_the_gpu() {
+    let device = match CudaDevice::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("SKIPPED (no GPU): {e}");
+            return;
+        }
+    };
+    let nvrtc = quilt_kernels::cuda::nvrtc::version().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|e| e.to_string());
+    let mut report = format!("device: {} (sm_{}{}), NVRTC {nvrtc}\ntolerance: max|gpu-cpu| <= {REL_TOL:e} * max|cpu| + 1e-6 per output, fp32, TF32 off\n", device.name, device.arch.0, device.arch.1);
+    report += &format!("{:<22} {:<44} {:<18} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}\n", "model", "dims", "output", "max_abs", "max_rel", "l2_rel", "prep_s", "cpu_ms", "gpu_ms");
+    let manifest = support::manifest();
+    let mut failures = Vec::new();
+    let mut profile_done = false;
+    for entry in &manifest.models {
+        let path = manifest.model_path(entry);
+        let plan = support::lowered_plan(&path, true);
+        let cpu = CpuExecutable::new(plan.clone()).unwrap_or_else(|e| panic!("{}: cpu: {e}", entry.name));
+        let t0 = Instant::now();
+        let gpu = match CudaExecutable::with_device(plan.clone(), device.clone()) {
+            Ok(g) => g,
+            Err(e) => {
+                failures.push(format!("{}: CudaExecutable::new: {e}", entry.name));
+                continue;
+            }
+        };
+        let prep_s = t0.elapsed().as_secs_f64();
+        for (k, dims) in entry.test_dims.iter().enumerate() {
+            let dims_s = dims.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(",");
+            let inputs = support::random_inputs(&plan, entry, dims, 1234 + k as u64);
+            let t = Instant::now();
+            let want = cpu.run(&inputs).unwrap_or_else(|e| panic!("{} {dims_s}: cpu: {e}", entry.name));
+            let cpu_ms = t.elapsed().as_secs_f64() * 1e3;
+            let got = match gpu.run(&inputs) {
+                Ok(g) => g,
+                Err(e) => {
+                    // Rerun synchronised per step so the failing node is named.
+                    let detail = gpu.run_profiled(&inputs).err().map(|e| e.to_string()).unwrap_or_default();
+                    failures.push(format!("{} {dims_s}: gpu: {e} {detail}", entry.name));
+                    continue;
+                }
+            };
+            // Second run: warm (modules loaded, allocator pool primed).
+            let t = Instant::now();
+            let again = gpu.run(&inputs).unwrap();
+            let gpu_ms = t.elapsed().as_secs_f64() * 1e3;
+            for (i, ((g, c), g2)) in got.iter().zip(&want).zip(&again).enumerate() {
+                let name = &plan.outputs[i].name;
+                match compare(g, c) {
+                    Ok(e) => {
+                        let rel = e.max_abs / e.max_ref.max(1e-30);
+                        writeln!(report, "{:<22} {:<44} {:<18} {:>10.3e} {:>10.3e} {:>10.3e} {:>9.2} {:>9.2} {:>9.2}", entry.name, dims_s, name, e.max_abs, rel, e.l2_rel, prep_s, cpu_ms, gpu_ms).unwrap();
+                        if e.max_abs > REL_TOL * e.max_ref + 1e-6 {
+                            failures.push(format!("{} {dims_s} output {name}: max abs error {:.3e} > {REL_TOL:e} * {:.3e}", entry.name, e.max_abs, e.max_ref));
+                        }
+                        if e.max_ref == 0.0 {
+                            failures.push(format!("{} {dims_s} output {name} is all zeros", entry.name));
+                        }
+                    }
+                    Err(m) => failures.push(format!("{} {dims_s} output {name}: {m}", entry.name)),
+                }
+                if g.data != g2.data {
+                    // Same inputs, same plan: a difference between runs means a race.
+                    failures.push(format!("{} {dims_s} output {name}: two GPU runs differ", entry.name));
+                }
+            }
+            if entry.name == "unet" && !profile_done {
+                profile_done = true;
+                let _ = gpu.run_profiled(&inputs);
+                let (_, steps) = gpu.run_profiled(&inputs).unwrap();
+                let mut by_op: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+                for s in &steps {
+                    let e = by_op.entry(s.op.clone()).or_default();
+                    e.0 += 1;
+                    e.1 += s.ms;
+                }
+                let total: f64 = steps.iter().map(|s| s.ms).sum();
+                let mut rows: Vec<_> = by_op.into_iter().collect();
+                rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+                writeln!(report, "\ntiny UNet ({dims_s}), synchronised per step (host wall time incl. launch + sync): {} steps, {total:.2} ms", steps.len()).unwrap();
+                for (op, (n, ms)) in rows {
+                    writeln!(report, "  {op:<20} {n:>5} steps {ms:>9.3} ms  {:>7.1} us/step", ms * 1e3 / n as f64).unwrap();
+                }
+                report.push('\n');
+            }
+        }
+        println!("{}: {} modules, prepared in {prep_s:.2} s", entry.name, gpu.modules);
+    }
+    println!("{report}");
+    if let Some(p) = std::env::var_os("QUILT_CUDA_REPORT") {
+        let mut full = report.clone();
+        for f in &failures {
+            full += &format!("FAIL {f}\n");
+        }
+        std::fs::write(&p, full).unwrap();
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
