@@ -10,6 +10,7 @@ mod conv;
 mod data;
 mod elementwise;
 mod fill;
+mod fused;
 mod gather;
 mod layout;
 mod matmul;
@@ -264,6 +265,10 @@ fn dispatch(op: &Op, cx: &StepCtx) -> std::result::Result<Vec<Tensor>, String> {
         Op::Fill { value } => one(fill::fill(cx, *value)),
         Op::Range { start, delta } => one(fill::range(cx, *start, *delta)),
         Op::SymbolicValue { values, scalar } => one(fill::symbolic_value(cx, values, *scalar)),
+        Op::Silu => one(fused::sigmoid_gated(cx, 1.0)),
+        Op::QuickGelu { alpha } => one(fused::sigmoid_gated(cx, *alpha)),
+        Op::GeGlu { tanh } => one(fused::geglu(cx, *tanh)),
+        Op::Attention { scale, heads } => one(fused::attention(cx, *scale, *heads)),
         Op::Input { .. } | Op::Constant(_) | Op::Weight { .. } | Op::Opaque { .. } => {
             Err("this op is not executable as a step".into())
         }
