@@ -101,6 +101,7 @@ pub fn main(args: &[String]) -> i32 {
             }
         },
         Some("sd") => crate::sd::cli::main(&args[1..]),
+        Some("explain") => crate::explain::command(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             0

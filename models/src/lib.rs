@@ -5,6 +5,7 @@ pub mod cli;
 pub mod compare;
 pub mod equivalence;
 pub mod error;
+pub mod explain;
 pub mod manifest;
 pub mod plan_dump;
 pub mod random;
