@@ -4,7 +4,9 @@
 //! per output. Prints per model the max abs error, that error relative to the output's largest
 //! magnitude, the L2-relative error, and run times; the tiny UNet also gets a per-op-type
 //! profile (synchronised per step). Without a GPU it prints that it was skipped.
-//! `QUILT_CUDA_REPORT=path` also writes the table there.
+//! `QUILT_CUDA_REPORT=path` also writes the table there. A second test stores every f32 value of
+//! some fixtures as f16 (weights, inputs, intermediates; math stays f32 on both backends) and
+//! compares the same way with a tolerance of 2e-2 · max |cpu|.
 
 #[path = "cuda_support.rs"]
 mod support;
@@ -144,6 +146,88 @@ fn fixtures_match_the_cpu_backend_on_the_gpu() {
             full += &format!("FAIL {f}\n");
         }
         std::fs::write(&p, full).unwrap();
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The plan with every f32 buffer (and weight, and Cast target) stored as f16.
+fn to_f16(plan: &quilt_rewrites::Plan) -> quilt_rewrites::Plan {
+    use quilt_rewrites::plan::{BufferKind, Step};
+    use quilt_rewrites::{DType, Op, TensorData};
+    let mut p = plan.clone();
+    for b in &mut p.buffers {
+        if b.ty.dtype == DType::F32 {
+            b.ty.dtype = DType::F16;
+            if let BufferKind::Weight(t) = &b.kind {
+                let h = TensorData::from_f64(DType::F16, &t.data.to_f64_vec());
+                b.kind = BufferKind::Weight(std::sync::Arc::new(Tensor::new(t.shape.clone(), h)));
+            }
+        }
+    }
+    for s in &mut p.steps {
+        let Step::Op(s) = s;
+        if let Op::Cast { to: DType::F32 } = s.op {
+            s.op = Op::Cast { to: DType::F16 };
+        }
+    }
+    p
+}
+
+#[test]
+fn f16_storage_matches_the_cpu_backend_on_the_gpu() {
+    use quilt_rewrites::TensorData;
+    let device = match CudaDevice::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("SKIPPED (no GPU): {e}");
+            return;
+        }
+    };
+    const F16_TOL: f64 = 2e-2;
+    let manifest = support::manifest();
+    let mut failures = Vec::new();
+    let mut report = format!("f16 storage (f32 math), tolerance max|gpu-cpu| <= {F16_TOL:e} * max|cpu|\n");
+    for entry in manifest.models.iter().filter(|e| ["unet", "vae_decoder", "text_encoder", "vae_encoder"].contains(&e.name.as_str())) {
+        let plan32 = support::lowered_plan(&manifest.model_path(entry), true);
+        let plan = to_f16(&plan32);
+        let cpu = CpuExecutable::new(plan.clone()).unwrap_or_else(|e| panic!("{}: cpu f16: {e}", entry.name));
+        let gpu = match CudaExecutable::with_device(plan.clone(), device.clone()) {
+            Ok(g) => g,
+            Err(e) => {
+                failures.push(format!("{} f16: {e}", entry.name));
+                continue;
+            }
+        };
+        let dims = &entry.test_dims[entry.test_dims.len() - 1];
+        let inputs: Vec<Tensor> = support::random_inputs(&plan32, entry, dims, 99)
+            .into_iter()
+            .map(|t| match &t.data {
+                TensorData::F32(_) => Tensor::new(t.shape.clone(), TensorData::from_f64(quilt_rewrites::DType::F16, &t.data.to_f64_vec())),
+                _ => t,
+            })
+            .collect();
+        let want = cpu.run(&inputs).unwrap_or_else(|e| panic!("{} f16: cpu: {e}", entry.name));
+        match gpu.run(&inputs) {
+            Ok(got) => {
+                for (i, (g, c)) in got.iter().zip(&want).enumerate() {
+                    let name = &plan.outputs[i].name;
+                    match compare(g, c) {
+                        Ok(e) => {
+                            writeln!(report, "{:<14} {:<18} dtype {} max_abs {:.3e} max_rel {:.3e} l2_rel {:.3e}", entry.name, name, g.dtype(), e.max_abs, e.max_abs / e.max_ref.max(1e-30), e.l2_rel).unwrap();
+                            if e.max_abs > F16_TOL * e.max_ref || e.max_ref == 0.0 {
+                                failures.push(format!("{} f16 output {name}: max abs error {:.3e} vs max |ref| {:.3e}", entry.name, e.max_abs, e.max_ref));
+                            }
+                        }
+                        Err(m) => failures.push(format!("{} f16 output {name}: {m}", entry.name)),
+                    }
+                }
+            }
+            Err(e) => failures.push(format!("{} f16: gpu: {e}", entry.name)),
+        }
+    }
+    println!("{report}");
+    if let Some(p) = std::env::var_os("QUILT_CUDA_REPORT_F16") {
+        std::fs::write(&p, format!("{report}{}", failures.iter().map(|f| format!("FAIL {f}\n")).collect::<String>())).unwrap();
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
