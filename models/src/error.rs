@@ -21,6 +21,21 @@ pub enum ModelsError {
     #[error("command line: {0}")]
     Usage(String),
 
+    /// A pipeline directory file that is missing or does not hold what the pipeline expects.
+    #[error("{path}: {message}")]
+    Pipeline { path: PathBuf, message: String },
+
+    /// A `scheduler_config.json` value quilt does not implement or that is out of range.
+    #[error("scheduler config `{key}`: {message}")]
+    SchedulerConfig { key: String, message: String },
+
+    /// A scheduler used out of order (e.g. `step` with a timestep that is not in the schedule).
+    #[error("scheduler: {0}")]
+    Scheduler(String),
+
+    #[error("tokenizer {path}: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+
     /// ONNX Runtime refused something; `context` says what we were doing.
     #[error("{context}: {message}")]
     Ort { context: String, message: String },
@@ -33,6 +48,14 @@ impl ModelsError {
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ModelsError::Io { path: path.into(), source }
+    }
+
+    pub fn pipeline(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        ModelsError::Pipeline { path: path.into(), message: message.into() }
+    }
+
+    pub fn config(key: &str, message: impl Into<String>) -> Self {
+        ModelsError::SchedulerConfig { key: key.to_string(), message: message.into() }
     }
 }
 

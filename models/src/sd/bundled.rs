@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::sd::error::{SdError, SdResult};
+use crate::error::{ModelsError, Result};
 
 /// `models/fixtures` of this source tree.
 pub fn fixtures_dir() -> PathBuf {
@@ -18,25 +18,25 @@ pub fn default_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/quilt-sd/tiny_sd")
 }
 
-fn copy(from: &Path, to: &Path) -> SdResult<()> {
+fn copy(from: &Path, to: &Path) -> Result<()> {
     if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| SdError::pipeline(parent, format!("cannot create: {e}")))?;
+        std::fs::create_dir_all(parent).map_err(|e| ModelsError::pipeline(parent, format!("cannot create: {e}")))?;
     }
-    std::fs::copy(from, to).map_err(|e| SdError::pipeline(from, format!("cannot copy to {}: {e}", to.display())))?;
+    std::fs::copy(from, to).map_err(|e| ModelsError::pipeline(from, format!("cannot copy to {}: {e}", to.display())))?;
     Ok(())
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> SdResult<()> {
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| SdError::pipeline(parent, format!("cannot create: {e}")))?;
+        std::fs::create_dir_all(parent).map_err(|e| ModelsError::pipeline(parent, format!("cannot create: {e}")))?;
     }
     let text = serde_json::to_string_pretty(value).expect("JSON values serialize");
-    std::fs::write(path, text + "\n").map_err(|e| SdError::pipeline(path, format!("cannot write: {e}")))
+    std::fs::write(path, text + "\n").map_err(|e| ModelsError::pipeline(path, format!("cannot write: {e}")))
 }
 
 /// Writes the tiny txt2img/img2img pipeline (CLIP text encoder, 4-channel UNet, VAE, PNDM as SD 1.5
 /// configures it) into `dir` and returns `dir`.
-pub fn materialize_tiny_pipeline(dir: &Path) -> SdResult<PathBuf> {
+pub fn materialize_tiny_pipeline(dir: &Path) -> Result<PathBuf> {
     let fx = fixtures_dir();
     for (from, to) in [
         ("text_encoder/model.onnx", "text_encoder/model.onnx"),

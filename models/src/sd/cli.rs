@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::runtime::{Runtime, RuntimePaths};
 use crate::sd::bundled;
-use crate::sd::error::{SdError, SdResult};
+use crate::error::{ModelsError, Result};
 use crate::sd::models::Ep;
 use crate::sd::pipeline_dir::PipelineDir;
 use crate::sd::schedulers::SchedulerKind;
@@ -45,7 +45,7 @@ pub struct SdArgs {
     pub out: PathBuf,
 }
 
-pub fn parse_txt2img_args(args: &[String]) -> SdResult<SdArgs> {
+pub fn parse_txt2img_args(args: &[String]) -> Result<SdArgs> {
     let mut parsed = SdArgs { model: None, request: Txt2ImgRequest::default(), size_given: false, ep: Ep::Quilt, ep_lib: None, ort_lib: None, out: PathBuf::new() };
     let mut prompt = None;
     let mut out = None;
@@ -55,8 +55,8 @@ pub fn parse_txt2img_args(args: &[String]) -> SdResult<SdArgs> {
             Some((k, v)) if k.starts_with("--") => (k, Some(v.to_string())),
             _ => (arg.as_str(), None),
         };
-        let mut value = || inline.clone().or_else(|| it.next().cloned()).ok_or_else(|| SdError::Usage(format!("{key} needs a value")));
-        let int = |v: String| v.parse::<u64>().map_err(|_| SdError::Usage(format!("{key}: `{v}` is not a non-negative integer")));
+        let mut value = || inline.clone().or_else(|| it.next().cloned()).ok_or_else(|| ModelsError::Usage(format!("{key} needs a value")));
+        let int = |v: String| v.parse::<u64>().map_err(|_| ModelsError::Usage(format!("{key}: `{v}` is not a non-negative integer")));
         match key {
             "--model" => parsed.model = Some(PathBuf::from(value()?)),
             "--prompt" => prompt = Some(value()?),
@@ -65,11 +65,11 @@ pub fn parse_txt2img_args(args: &[String]) -> SdResult<SdArgs> {
             "--seed" => parsed.request.seed = int(value()?)?,
             "--guidance" => {
                 let v = value()?;
-                parsed.request.guidance_scale = v.parse().map_err(|_| SdError::Usage(format!("--guidance: `{v}` is not a number")))?
+                parsed.request.guidance_scale = v.parse().map_err(|_| ModelsError::Usage(format!("--guidance: `{v}` is not a number")))?
             }
             "--size" => {
                 let v = value()?;
-                let (w, h) = v.split_once(['x', 'X']).ok_or_else(|| SdError::Usage(format!("--size `{v}`: expected WxH")))?;
+                let (w, h) = v.split_once(['x', 'X']).ok_or_else(|| ModelsError::Usage(format!("--size `{v}`: expected WxH")))?;
                 parsed.request.width = int(w.to_string())? as usize;
                 parsed.request.height = int(h.to_string())? as usize;
                 parsed.size_given = true;
@@ -79,11 +79,11 @@ pub fn parse_txt2img_args(args: &[String]) -> SdResult<SdArgs> {
             "--ep-lib" => parsed.ep_lib = Some(PathBuf::from(value()?)),
             "--ort-lib" => parsed.ort_lib = Some(PathBuf::from(value()?)),
             "--out" => out = Some(PathBuf::from(value()?)),
-            other => return Err(SdError::Usage(format!("unknown argument `{other}`"))),
+            other => return Err(ModelsError::Usage(format!("unknown argument `{other}`"))),
         }
     }
-    parsed.request.prompt = prompt.ok_or_else(|| SdError::Usage("--prompt is required".into()))?;
-    parsed.out = out.ok_or_else(|| SdError::Usage("--out is required".into()))?;
+    parsed.request.prompt = prompt.ok_or_else(|| ModelsError::Usage("--prompt is required".into()))?;
+    parsed.out = out.ok_or_else(|| ModelsError::Usage("--out is required".into()))?;
     Ok(parsed)
 }
 
@@ -112,7 +112,7 @@ pub fn main(args: &[String]) -> i32 {
     }
 }
 
-pub fn txt2img_command(args: &SdArgs) -> SdResult<()> {
+pub fn txt2img_command(args: &SdArgs) -> Result<()> {
     let mut request = args.request.clone();
     let model_dir = match &args.model {
         Some(dir) => dir.clone(),

@@ -3,11 +3,10 @@
 
 pub mod bundled;
 pub mod cli;
-pub mod error;
 pub mod models;
 pub mod pipeline_dir;
 pub mod schedulers;
 pub mod tokenizer;
 pub mod txt2img;
 
-pub use error::{SdError, SdResult};
+pub use crate::error::{ModelsError, Result};

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::sd::error::{SdError, SdResult};
+use crate::error::{ModelsError, Result};
 
 /// SD 1.x/2.x's VAE latent scale (used when `vae_decoder/config.json` does not say).
 pub const DEFAULT_VAE_SCALING: f32 = 0.18215;
@@ -31,12 +31,12 @@ pub struct PipelineDir {
     pub unet_size_multiple: usize,
 }
 
-pub fn read_json(path: &Path) -> SdResult<Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| SdError::pipeline(path, format!("cannot read: {e}")))?;
-    serde_json::from_str(&text).map_err(|e| SdError::pipeline(path, format!("not valid JSON: {e}")))
+pub fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelsError::pipeline(path, format!("cannot read: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| ModelsError::pipeline(path, format!("not valid JSON: {e}")))
 }
 
-fn optional_json(path: &Path) -> SdResult<Option<Value>> {
+fn optional_json(path: &Path) -> Result<Option<Value>> {
     if path.is_file() {
         read_json(path).map(Some)
     } else {
@@ -45,21 +45,21 @@ fn optional_json(path: &Path) -> SdResult<Option<Value>> {
 }
 
 impl PipelineDir {
-    pub fn open(root: &Path) -> SdResult<PipelineDir> {
+    pub fn open(root: &Path) -> Result<PipelineDir> {
         if !root.is_dir() {
-            return Err(SdError::pipeline(root, "not a directory (expected an exported SD ONNX pipeline)"));
+            return Err(ModelsError::pipeline(root, "not a directory (expected an exported SD ONNX pipeline)"));
         }
         let index_path = root.join("model_index.json");
         let model_index = read_json(&index_path)?;
         if !model_index.is_object() {
-            return Err(SdError::pipeline(&index_path, "expected a JSON object"));
+            return Err(ModelsError::pipeline(&index_path, "expected a JSON object"));
         }
-        let model = |component: &str| -> SdResult<PathBuf> {
+        let model = |component: &str| -> Result<PathBuf> {
             let path = root.join(component).join("model.onnx");
             if path.is_file() {
                 Ok(path)
             } else {
-                Err(SdError::pipeline(&path, format!("missing: the pipeline needs the {component} model")))
+                Err(ModelsError::pipeline(&path, format!("missing: the pipeline needs the {component} model")))
             }
         };
         let text_encoder = model("text_encoder")?;
@@ -68,7 +68,7 @@ impl PipelineDir {
         let vae_encoder = Some(root.join("vae_encoder/model.onnx")).filter(|p| p.is_file());
         let tokenizer = root.join("tokenizer");
         if !tokenizer.is_dir() {
-            return Err(SdError::pipeline(&tokenizer, "missing: expected tokenizer.json or vocab.json + merges.txt"));
+            return Err(ModelsError::pipeline(&tokenizer, "missing: expected tokenizer.json or vocab.json + merges.txt"));
         }
         let scheduler_path = root.join("scheduler/scheduler_config.json");
         let scheduler_config = read_json(&scheduler_path)?;
@@ -103,10 +103,10 @@ impl PipelineDir {
     }
 
     /// Checks a requested image size; the error says what would fit.
-    pub fn check_size(&self, width: usize, height: usize) -> SdResult<()> {
+    pub fn check_size(&self, width: usize, height: usize) -> Result<()> {
         let m = self.size_multiple();
         if width == 0 || height == 0 || !width.is_multiple_of(m) || !height.is_multiple_of(m) {
-            return Err(SdError::Usage(format!("size {width}x{height}: width and height must be positive multiples of {m} for this pipeline")));
+            return Err(ModelsError::Usage(format!("size {width}x{height}: width and height must be positive multiples of {m} for this pipeline")));
         }
         Ok(())
     }

@@ -20,7 +20,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::{AddedToken, PaddingDirection, PaddingParams, PaddingStrategy, SplitDelimiterBehavior, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use crate::sd::error::{SdError, SdResult};
+use crate::error::{ModelsError, Result};
 
 /// CLIP's word pattern (OpenAI's `SimpleTokenizer`), applied after lowercasing.
 const CLIP_WORD_PATTERN: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
@@ -46,8 +46,8 @@ pub struct PromptTokenizer {
 
 impl PromptTokenizer {
     /// Loads `dir` (a pipeline's `tokenizer/`).
-    pub fn load(dir: &Path) -> SdResult<PromptTokenizer> {
-        let err = |path: &Path, message: String| SdError::Tokenizer { path: path.to_path_buf(), message };
+    pub fn load(dir: &Path) -> Result<PromptTokenizer> {
+        let err = |path: &Path, message: String| ModelsError::Tokenizer { path: path.to_path_buf(), message };
         let config = read_json_opt(&dir.join("tokenizer_config.json"))?;
         let special_map = read_json_opt(&dir.join("special_tokens_map.json"))?;
         let token_setting = |key: &str| -> Option<String> {
@@ -110,8 +110,8 @@ impl PromptTokenizer {
     }
 
     /// `prompt` with special tokens, truncated and padded to `max_length`.
-    pub fn encode(&self, prompt: &str) -> SdResult<TokenizedPrompt> {
-        let enc = self.inner.encode(prompt, true).map_err(|e| SdError::Tokenizer {
+    pub fn encode(&self, prompt: &str) -> Result<TokenizedPrompt> {
+        let enc = self.inner.encode(prompt, true).map_err(|e| ModelsError::Tokenizer {
             path: self.dir.clone(),
             message: format!("encoding {prompt:?}: {e}"),
         })?;
@@ -122,17 +122,17 @@ impl PromptTokenizer {
     }
 }
 
-fn read_json_opt(path: &Path) -> SdResult<Option<Value>> {
+fn read_json_opt(path: &Path) -> Result<Option<Value>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| SdError::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
-    serde_json::from_str(&text).map(Some).map_err(|e| SdError::Tokenizer { path: path.to_path_buf(), message: format!("not JSON: {e}") })
+    let text = std::fs::read_to_string(path).map_err(|e| ModelsError::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
+    serde_json::from_str(&text).map(Some).map_err(|e| ModelsError::Tokenizer { path: path.to_path_buf(), message: format!("not JSON: {e}") })
 }
 
 /// CLIP's BPE tokenizer from the slow tokenizer's files.
-fn build_clip(vocab: &Path, merges: &Path, bos: Option<String>, eos: Option<String>, unk: Option<String>) -> SdResult<Tokenizer> {
-    let err = |path: &Path, message: String| SdError::Tokenizer { path: path.to_path_buf(), message };
+fn build_clip(vocab: &Path, merges: &Path, bos: Option<String>, eos: Option<String>, unk: Option<String>) -> Result<Tokenizer> {
+    let err = |path: &Path, message: String| ModelsError::Tokenizer { path: path.to_path_buf(), message };
     let bos = bos.unwrap_or_else(|| CLIP_BOS.to_string());
     let eos = eos.unwrap_or_else(|| CLIP_EOS.to_string());
     let unk = unk.unwrap_or_else(|| CLIP_EOS.to_string());

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::random::Rng;
 use crate::runtime::Runtime;
-use crate::sd::error::{SdError, SdResult};
+use crate::error::{ModelsError, Result};
 use crate::sd::models::{float_tensor, ids_tensor, timestep_tensor, Ep, Model};
 use crate::sd::pipeline_dir::PipelineDir;
 use crate::sd::schedulers::{self, NoiseSource, SchedulerConfig, SchedulerKind};
@@ -62,7 +62,7 @@ pub struct SdPipeline {
 }
 
 impl SdPipeline {
-    pub fn load(runtime: &Runtime, dir: PipelineDir, ep: Ep) -> SdResult<SdPipeline> {
+    pub fn load(runtime: &Runtime, dir: PipelineDir, ep: Ep) -> Result<SdPipeline> {
         let tokenizer = PromptTokenizer::load(&dir.tokenizer)?;
         let text_encoder = Model::load(runtime, &dir.text_encoder, ep)?;
         let unet = Model::load(runtime, &dir.unet, ep)?;
@@ -85,8 +85,8 @@ impl SdPipeline {
     }
 
     /// Text embeddings for `prompts`, batched in order: [len, seq, dim].
-    pub fn encode_prompts(&mut self, prompts: &[&str]) -> SdResult<(Vec<i64>, Vec<f32>)> {
-        let encoded = prompts.iter().map(|p| self.tokenizer.encode(p)).collect::<SdResult<Vec<_>>>()?;
+    pub fn encode_prompts(&mut self, prompts: &[&str]) -> Result<(Vec<i64>, Vec<f32>)> {
+        let encoded = prompts.iter().map(|p| self.tokenizer.encode(p)).collect::<Result<Vec<_>>>()?;
         let ids: Vec<Vec<i64>> = encoded.iter().map(|e| e.input_ids.clone()).collect();
         let mut inputs = vec![("input_ids".to_string(), ids_tensor(&self.text_encoder, "input_ids", &ids)?)];
         if self.text_encoder.has_input("attention_mask") {
@@ -96,26 +96,26 @@ impl SdPipeline {
         self.text_encoder.run_f32(inputs, &["last_hidden_state", "text_embeddings"])
     }
 
-    pub fn scheduler_config(&self, kind: Option<SchedulerKind>) -> SdResult<SchedulerConfig> {
-        SchedulerConfig::from_json(&self.dir.scheduler_config, kind).map_err(|e| SdError::pipeline(self.dir.root.join("scheduler/scheduler_config.json"), e.to_string()))
+    pub fn scheduler_config(&self, kind: Option<SchedulerKind>) -> Result<SchedulerConfig> {
+        SchedulerConfig::from_json(&self.dir.scheduler_config, kind).map_err(|e| ModelsError::pipeline(self.dir.root.join("scheduler/scheduler_config.json"), e.to_string()))
     }
 
     /// SD's VAE has 4 latent channels; a UNet whose `sample` declares another fixed channel count
     /// is not a txt2img UNet (9 = inpainting).
-    fn latent_channels(&self) -> SdResult<usize> {
+    fn latent_channels(&self) -> Result<usize> {
         let decl = self.unet.input("sample")?;
         match decl.dims.get(1) {
             Some(Ok(4)) | Some(Err(_)) => Ok(4),
-            Some(Ok(c)) => Err(SdError::pipeline(&self.unet.path, format!("input `sample` has {c} channels; txt2img needs a 4-channel UNet"))),
-            None => Err(SdError::pipeline(&self.unet.path, "input `sample` is not rank 4")),
+            Some(Ok(c)) => Err(ModelsError::pipeline(&self.unet.path, format!("input `sample` has {c} channels; txt2img needs a 4-channel UNet"))),
+            None => Err(ModelsError::pipeline(&self.unet.path, "input `sample` is not rank 4")),
         }
     }
 
-    pub fn txt2img(&mut self, req: &Txt2ImgRequest, progress: &mut dyn FnMut(usize, usize, Duration)) -> SdResult<Generated> {
+    pub fn txt2img(&mut self, req: &Txt2ImgRequest, progress: &mut dyn FnMut(usize, usize, Duration)) -> Result<Generated> {
         let start = Instant::now();
         self.dir.check_size(req.width, req.height)?;
         if req.steps == 0 {
-            return Err(SdError::Usage("--steps must be at least 1".into()));
+            return Err(ModelsError::Usage("--steps must be at least 1".into()));
         }
         let config = self.scheduler_config(req.scheduler)?;
         let kind = config.kind;
@@ -158,7 +158,7 @@ impl SdPipeline {
             ];
             let (out_shape, out) = self.unet.run_f32(inputs, &["out_sample"])?;
             if out.len() != batch * n {
-                return Err(SdError::pipeline(&self.unet.path, format!("output shape {out_shape:?}; expected [{batch}, {}, {}, {}]", shape[1], shape[2], shape[3])));
+                return Err(ModelsError::pipeline(&self.unet.path, format!("output shape {out_shape:?}; expected [{batch}, {}, {}, {}]", shape[1], shape[2], shape[3])));
             }
             let noise_pred: Vec<f32> = if cfg {
                 let (uncond, cond) = out.split_at(n);
@@ -178,7 +178,7 @@ impl SdPipeline {
         let (img_shape, image) = self.vae_decoder.run_f32(vec![("latent_sample".to_string(), input)], &["sample"])?;
         times.vae_decoder = tv.elapsed();
         if img_shape.len() != 4 || img_shape[1] != 3 {
-            return Err(SdError::pipeline(&self.vae_decoder.path, format!("output shape {img_shape:?}; expected [1, 3, H, W]")));
+            return Err(ModelsError::pipeline(&self.vae_decoder.path, format!("output shape {img_shape:?}; expected [1, 3, H, W]")));
         }
         let image_shape = [img_shape[0] as usize, 3, img_shape[2] as usize, img_shape[3] as usize];
         times.total = start.elapsed();
@@ -203,8 +203,8 @@ pub fn to_rgb8(image: &[f32], shape: [usize; 4]) -> Vec<u8> {
 }
 
 /// Writes the first image as PNG.
-pub fn write_png(path: &std::path::Path, image: &[f32], shape: [usize; 4]) -> SdResult<()> {
+pub fn write_png(path: &std::path::Path, image: &[f32], shape: [usize; 4]) -> Result<()> {
     let [_, _, h, w] = shape;
-    let rgb = image::RgbImage::from_raw(w as u32, h as u32, to_rgb8(image, shape)).ok_or_else(|| SdError::Usage("image buffer size mismatch".into()))?;
-    rgb.save_with_format(path, image::ImageFormat::Png).map_err(|e| SdError::pipeline(path, format!("cannot write PNG: {e}")))
+    let rgb = image::RgbImage::from_raw(w as u32, h as u32, to_rgb8(image, shape)).ok_or_else(|| ModelsError::Usage("image buffer size mismatch".into()))?;
+    rgb.save_with_format(path, image::ImageFormat::Png).map_err(|e| ModelsError::pipeline(path, format!("cannot write PNG: {e}")))
 }

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::sd::error::{SdError, SdResult};
+use crate::error::{ModelsError, Result};
 
 /// The schedulers quilt implements, by diffusers class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ impl SchedulerKind {
     }
 
     /// A class name (`DDIMScheduler`) or a short name (`ddim`, `euler-a`, `dpm++2m`, `dpmpp-2m`).
-    pub fn parse(name: &str) -> SdResult<SchedulerKind> {
+    pub fn parse(name: &str) -> Result<SchedulerKind> {
         let lower = name.to_ascii_lowercase();
         for kind in SchedulerKind::ALL {
             if name == kind.class_name() || lower == kind.short_name() {
@@ -52,7 +52,7 @@ impl SchedulerKind {
         match lower.as_str() {
             "euler_a" | "euler-ancestral" | "euler_ancestral" => Ok(SchedulerKind::EulerAncestral),
             "dpmpp-2m" | "dpmpp_2m" | "dpm++" | "dpmsolver++" => Ok(SchedulerKind::DpmSolverMultistep),
-            _ => Err(SdError::Usage(format!(
+            _ => Err(ModelsError::Usage(format!(
                 "unknown scheduler `{name}` (known: {})",
                 SchedulerKind::ALL.iter().map(|k| format!("{} / {}", k.short_name(), k.class_name())).collect::<Vec<_>>().join(", ")
             ))),
@@ -137,42 +137,42 @@ impl SchedulerConfig {
 
     /// Reads a `scheduler_config.json` document. `kind` overrides its `_class_name` (the CLI's
     /// `--scheduler`); without either the class name must be one quilt implements.
-    pub fn from_json(doc: &Value, kind: Option<SchedulerKind>) -> SdResult<SchedulerConfig> {
-        let obj = doc.as_object().ok_or_else(|| SdError::config("<root>", "not a JSON object"))?;
+    pub fn from_json(doc: &Value, kind: Option<SchedulerKind>) -> Result<SchedulerConfig> {
+        let obj = doc.as_object().ok_or_else(|| ModelsError::config("<root>", "not a JSON object"))?;
         let kind = match kind {
             Some(k) => k,
             None => {
                 let class = obj.get("_class_name").and_then(Value::as_str).ok_or_else(|| {
-                    SdError::config("_class_name", "missing; pass --scheduler to choose one")
+                    ModelsError::config("_class_name", "missing; pass --scheduler to choose one")
                 })?;
                 SchedulerKind::parse(class).map_err(|_| {
-                    SdError::config("_class_name", format!("`{class}` is not implemented; pass --scheduler to choose one"))
+                    ModelsError::config("_class_name", format!("`{class}` is not implemented; pass --scheduler to choose one"))
                 })?
             }
         };
         let mut c = SchedulerConfig::defaults(kind);
-        let num = |key: &str| -> SdResult<Option<f64>> {
+        let num = |key: &str| -> Result<Option<f64>> {
             match obj.get(key) {
                 None | Some(Value::Null) => Ok(None),
-                Some(v) => v.as_f64().map(Some).ok_or_else(|| SdError::config(key, format!("expected a number, got {v}"))),
+                Some(v) => v.as_f64().map(Some).ok_or_else(|| ModelsError::config(key, format!("expected a number, got {v}"))),
             }
         };
-        let flag = |key: &str| -> SdResult<Option<bool>> {
+        let flag = |key: &str| -> Result<Option<bool>> {
             match obj.get(key) {
                 None | Some(Value::Null) => Ok(None),
-                Some(v) => v.as_bool().map(Some).ok_or_else(|| SdError::config(key, format!("expected true/false, got {v}"))),
+                Some(v) => v.as_bool().map(Some).ok_or_else(|| ModelsError::config(key, format!("expected true/false, got {v}"))),
             }
         };
-        let text = |key: &str| -> SdResult<Option<String>> {
+        let text = |key: &str| -> Result<Option<String>> {
             match obj.get(key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(v) => Err(SdError::config(key, format!("expected a string, got {v}"))),
+                Some(v) => Err(ModelsError::config(key, format!("expected a string, got {v}"))),
             }
         };
         if let Some(n) = num("num_train_timesteps")? {
             if n < 2.0 || n.fract() != 0.0 {
-                return Err(SdError::config("num_train_timesteps", format!("expected an integer ≥ 2, got {n}")));
+                return Err(ModelsError::config("num_train_timesteps", format!("expected an integer ≥ 2, got {n}")));
             }
             c.num_train_timesteps = n as usize;
         }
@@ -182,17 +182,17 @@ impl SchedulerConfig {
             c.beta_schedule = match s.as_str() {
                 "linear" => BetaSchedule::Linear,
                 "scaled_linear" => BetaSchedule::ScaledLinear,
-                other => return Err(SdError::config("beta_schedule", format!("`{other}` is not implemented (linear, scaled_linear)"))),
+                other => return Err(ModelsError::config("beta_schedule", format!("`{other}` is not implemented (linear, scaled_linear)"))),
             };
         }
         if obj.get("trained_betas").is_some_and(|v| !v.is_null()) {
-            return Err(SdError::config("trained_betas", "explicit betas are not implemented"));
+            return Err(ModelsError::config("trained_betas", "explicit betas are not implemented"));
         }
         if let Some(s) = text("prediction_type")? {
             c.prediction_type = match s.as_str() {
                 "epsilon" => PredictionType::Epsilon,
                 "v_prediction" => PredictionType::VPrediction,
-                other => return Err(SdError::config("prediction_type", format!("`{other}` is not implemented (epsilon, v_prediction)"))),
+                other => return Err(ModelsError::config("prediction_type", format!("`{other}` is not implemented (epsilon, v_prediction)"))),
             };
         }
         if let Some(s) = text("timestep_spacing")? {
@@ -200,7 +200,7 @@ impl SchedulerConfig {
                 "leading" => TimestepSpacing::Leading,
                 "trailing" => TimestepSpacing::Trailing,
                 "linspace" => TimestepSpacing::Linspace,
-                other => return Err(SdError::config("timestep_spacing", format!("`{other}` is not one of leading, trailing, linspace"))),
+                other => return Err(ModelsError::config("timestep_spacing", format!("`{other}` is not one of leading, trailing, linspace"))),
             };
         }
         if let Some(n) = num("steps_offset")? {
@@ -222,12 +222,12 @@ impl SchedulerConfig {
         // Options that change the math and that quilt does not implement: refuse rather than ignore.
         for key in ["thresholding", "rescale_betas_zero_snr", "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas"] {
             if flag(key)? == Some(true) {
-                return Err(SdError::config(key, "true is not implemented"));
+                return Err(ModelsError::config(key, "true is not implemented"));
             }
         }
-        let expect_text = |key: &str, allowed: &str| -> SdResult<()> {
+        let expect_text = |key: &str, allowed: &str| -> Result<()> {
             match text(key)? {
-                Some(v) if v != allowed => Err(SdError::config(key, format!("`{v}` is not implemented (only `{allowed}`)"))),
+                Some(v) if v != allowed => Err(ModelsError::config(key, format!("`{v}` is not implemented (only `{allowed}`)"))),
                 _ => Ok(()),
             }
         };
@@ -238,22 +238,22 @@ impl SchedulerConfig {
             expect_text("algorithm_type", "dpmsolver++")?;
             expect_text("solver_type", "midpoint")?;
             if !(1..=2).contains(&c.solver_order) {
-                return Err(SdError::config("solver_order", format!("{} is not implemented (1 or 2)", c.solver_order)));
+                return Err(ModelsError::config("solver_order", format!("{} is not implemented (1 or 2)", c.solver_order)));
             }
             if num("lambda_min_clipped")?.is_some_and(|v| v.is_finite()) {
-                return Err(SdError::config("lambda_min_clipped", "a finite value is not implemented"));
+                return Err(ModelsError::config("lambda_min_clipped", "a finite value is not implemented"));
             }
         }
         if kind == SchedulerKind::Pndm && !c.skip_prk_steps {
             // Stable Diffusion configs set skip_prk_steps; diffusers' PRK warm-up is not implemented.
-            return Err(SdError::config("skip_prk_steps", "false (Runge-Kutta warm-up steps) is not implemented"));
+            return Err(ModelsError::config("skip_prk_steps", "false (Runge-Kutta warm-up steps) is not implemented"));
         }
         if !matches!(kind, SchedulerKind::Euler | SchedulerKind::DpmSolverMultistep) {
             // Like diffusers' from_config: a key the class does not take is ignored.
             c.use_karras_sigmas = false;
         }
         if !(c.beta_start > 0.0 && c.beta_end >= c.beta_start && c.beta_end < 1.0) {
-            return Err(SdError::config("beta_start", format!("need 0 < beta_start ≤ beta_end < 1, got {} and {}", c.beta_start, c.beta_end)));
+            return Err(ModelsError::config("beta_start", format!("need 0 < beta_start ≤ beta_end < 1, got {} and {}", c.beta_start, c.beta_end)));
         }
         Ok(c)
     }

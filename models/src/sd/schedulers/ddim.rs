@@ -3,7 +3,7 @@
 use super::config::{PredictionType, SchedulerConfig};
 use super::schedule::{alphas_cumprod, discrete_timesteps};
 use super::{add_noise_alpha, check_len, check_steps, train_index, NoiseSource, Scheduler};
-use crate::sd::error::{SdError, SdResult};
+use crate::error::{ModelsError, Result};
 
 pub struct Ddim {
     config: SchedulerConfig,
@@ -26,7 +26,7 @@ impl Scheduler for Ddim {
         &self.config
     }
 
-    fn set_timesteps(&mut self, steps: usize) -> SdResult<()> {
+    fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         check_steps(steps, &self.config)?;
         self.steps = steps;
         self.timesteps = discrete_timesteps(&self.config, steps).into_iter().map(|t| t as f64).collect();
@@ -41,13 +41,13 @@ impl Scheduler for Ddim {
         1.0
     }
 
-    fn scale_model_input(&mut self, sample: &[f32], _t: f64) -> SdResult<Vec<f32>> {
+    fn scale_model_input(&mut self, sample: &[f32], _t: f64) -> Result<Vec<f32>> {
         Ok(sample.to_vec())
     }
 
-    fn step(&mut self, model_output: &[f32], t: f64, sample: &[f32], _noise: &mut dyn NoiseSource) -> SdResult<Vec<f32>> {
+    fn step(&mut self, model_output: &[f32], t: f64, sample: &[f32], _noise: &mut dyn NoiseSource) -> Result<Vec<f32>> {
         if self.steps == 0 {
-            return Err(SdError::Scheduler("DDIM step before set_timesteps".into()));
+            return Err(ModelsError::Scheduler("DDIM step before set_timesteps".into()));
         }
         check_len("model output", model_output.len(), sample.len())?;
         let t = train_index(t, &self.alphas_cumprod)?;
@@ -76,7 +76,7 @@ impl Scheduler for Ddim {
             .collect())
     }
 
-    fn add_noise(&self, original: &[f32], noise: &[f32], t: f64) -> SdResult<Vec<f32>> {
+    fn add_noise(&self, original: &[f32], noise: &[f32], t: f64) -> Result<Vec<f32>> {
         add_noise_alpha(original, noise, t, &self.alphas_cumprod)
     }
 

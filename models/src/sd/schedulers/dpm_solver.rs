@@ -5,7 +5,7 @@
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use super::schedule::{alphas_cumprod, index_for_timestep, interp_index, karras_sigmas, np_linspace, round_half_even, sigma_to_t, train_sigmas, trailing};
 use super::{check_len, check_steps, NoiseSource, Scheduler};
-use crate::sd::error::{SdError, SdResult};
+use crate::error::{ModelsError, Result};
 
 pub struct DpmSolverMultistep {
     config: SchedulerConfig,
@@ -58,7 +58,7 @@ impl Scheduler for DpmSolverMultistep {
         &self.config
     }
 
-    fn set_timesteps(&mut self, steps: usize) -> SdResult<()> {
+    fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         check_steps(steps, &self.config)?;
         let n_train = self.config.num_train_timesteps;
         // lambda_min_clipped = -inf: nothing is clipped, the schedule ends at n_train.
@@ -105,13 +105,13 @@ impl Scheduler for DpmSolverMultistep {
         1.0
     }
 
-    fn scale_model_input(&mut self, sample: &[f32], _t: f64) -> SdResult<Vec<f32>> {
+    fn scale_model_input(&mut self, sample: &[f32], _t: f64) -> Result<Vec<f32>> {
         Ok(sample.to_vec())
     }
 
-    fn step(&mut self, model_output: &[f32], t: f64, sample: &[f32], _noise: &mut dyn NoiseSource) -> SdResult<Vec<f32>> {
+    fn step(&mut self, model_output: &[f32], t: f64, sample: &[f32], _noise: &mut dyn NoiseSource) -> Result<Vec<f32>> {
         if self.sigmas.is_empty() {
-            return Err(SdError::Scheduler("DPM-Solver++ step before set_timesteps".into()));
+            return Err(ModelsError::Scheduler("DPM-Solver++ step before set_timesteps".into()));
         }
         check_len("model output", model_output.len(), sample.len())?;
         let i = match self.step_index {
@@ -120,7 +120,7 @@ impl Scheduler for DpmSolverMultistep {
         };
         let n = self.timesteps.len();
         if i >= n {
-            return Err(SdError::Scheduler(format!("step past the end of the schedule (timestep {t})")));
+            return Err(ModelsError::Scheduler(format!("step past the end of the schedule (timestep {t})")));
         }
         // final_sigmas_type is always "zero" here, which makes diffusers take the last step in first
         // order whatever lower_order_final and euler_at_final say.
@@ -172,9 +172,9 @@ impl Scheduler for DpmSolverMultistep {
         Ok(out)
     }
 
-    fn add_noise(&self, original: &[f32], noise: &[f32], t: f64) -> SdResult<Vec<f32>> {
+    fn add_noise(&self, original: &[f32], noise: &[f32], t: f64) -> Result<Vec<f32>> {
         if self.sigmas.is_empty() {
-            return Err(SdError::Scheduler("add_noise before set_timesteps".into()));
+            return Err(ModelsError::Scheduler("add_noise before set_timesteps".into()));
         }
         check_len("noise", noise.len(), original.len())?;
         let i = match (self.begin_index, self.step_index) {

@@ -4,7 +4,7 @@
 use super::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use super::schedule::{alphas_cumprod, index_for_timestep, interp_index, karras_sigmas, np_linspace, sigma_to_t, train_sigmas, trailing};
 use super::{check_len, check_steps, NoiseSource, Scheduler};
-use crate::sd::error::{SdError, SdResult};
+use crate::error::{ModelsError, Result};
 
 pub struct Euler {
     config: SchedulerConfig,
@@ -27,19 +27,19 @@ impl Euler {
         &self.sigmas
     }
 
-    fn index_of(&self, t: f64) -> SdResult<usize> {
+    fn index_of(&self, t: f64) -> Result<usize> {
         if let Some(i) = self.step_index {
             return Ok(i);
         }
         if let Some(b) = self.begin_index {
             return Ok(b);
         }
-        index_for_timestep(&self.timesteps, t).ok_or_else(|| SdError::Scheduler(format!("timestep {t} is not in the schedule")))
+        index_for_timestep(&self.timesteps, t).ok_or_else(|| ModelsError::Scheduler(format!("timestep {t} is not in the schedule")))
     }
 
-    fn ensure_ready(&self) -> SdResult<()> {
+    fn ensure_ready(&self) -> Result<()> {
         if self.sigmas.is_empty() {
-            return Err(SdError::Scheduler("step before set_timesteps".into()));
+            return Err(ModelsError::Scheduler("step before set_timesteps".into()));
         }
         Ok(())
     }
@@ -50,7 +50,7 @@ impl Scheduler for Euler {
         &self.config
     }
 
-    fn set_timesteps(&mut self, steps: usize) -> SdResult<()> {
+    fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         check_steps(steps, &self.config)?;
         let n_train = self.config.num_train_timesteps;
         // diffusers computes these float32 timesteps with numpy.
@@ -90,7 +90,7 @@ impl Scheduler for Euler {
         }
     }
 
-    fn scale_model_input(&mut self, sample: &[f32], t: f64) -> SdResult<Vec<f32>> {
+    fn scale_model_input(&mut self, sample: &[f32], t: f64) -> Result<Vec<f32>> {
         self.ensure_ready()?;
         let i = self.index_of(t)?;
         self.step_index = Some(i);
@@ -99,12 +99,12 @@ impl Scheduler for Euler {
         Ok(sample.iter().map(|&x| x / scale).collect())
     }
 
-    fn step(&mut self, model_output: &[f32], t: f64, sample: &[f32], noise: &mut dyn NoiseSource) -> SdResult<Vec<f32>> {
+    fn step(&mut self, model_output: &[f32], t: f64, sample: &[f32], noise: &mut dyn NoiseSource) -> Result<Vec<f32>> {
         self.ensure_ready()?;
         check_len("model output", model_output.len(), sample.len())?;
         let i = self.index_of(t)?;
         if i + 1 >= self.sigmas.len() {
-            return Err(SdError::Scheduler(format!("step past the end of the schedule (timestep {t})")));
+            return Err(ModelsError::Scheduler(format!("step past the end of the schedule (timestep {t})")));
         }
         let sigma = self.sigmas[i];
         let sigma_next = self.sigmas[i + 1];
@@ -145,11 +145,11 @@ impl Scheduler for Euler {
         Ok(out)
     }
 
-    fn add_noise(&self, original: &[f32], noise: &[f32], t: f64) -> SdResult<Vec<f32>> {
+    fn add_noise(&self, original: &[f32], noise: &[f32], t: f64) -> Result<Vec<f32>> {
         self.ensure_ready()?;
         check_len("noise", noise.len(), original.len())?;
         let i = match (self.begin_index, self.step_index) {
-            (None, _) => index_for_timestep(&self.timesteps, t).ok_or_else(|| SdError::Scheduler(format!("timestep {t} is not in the schedule")))?,
+            (None, _) => index_for_timestep(&self.timesteps, t).ok_or_else(|| ModelsError::Scheduler(format!("timestep {t} is not in the schedule")))?,
             (Some(_), Some(s)) => s,
             (Some(b), None) => b,
         };

@@ -13,7 +13,7 @@ pub mod schedule;
 
 pub use config::{PredictionType, SchedulerConfig, SchedulerKind, TimestepSpacing};
 
-use crate::sd::error::{SdError, SdResult};
+use crate::error::{ModelsError, Result};
 
 /// Where ancestral schedulers get their fresh Gaussian noise. Passing it in keeps the scheduler
 /// deterministic given the source, and lets tests replay the noise diffusers drew.
@@ -45,7 +45,7 @@ pub trait Scheduler: Send {
     fn config(&self) -> &SchedulerConfig;
 
     /// Builds the schedule for `steps` denoising steps; resets any multistep state.
-    fn set_timesteps(&mut self, steps: usize) -> SdResult<()>;
+    fn set_timesteps(&mut self, steps: usize) -> Result<()>;
 
     /// The timesteps to run, in order (UNet inputs; integers for DDIM/PNDM/DPM, fractional for Euler).
     fn timesteps(&self) -> &[f64];
@@ -54,13 +54,13 @@ pub trait Scheduler: Send {
     fn init_noise_sigma(&self) -> f32;
 
     /// Scales the UNet input for timestep `t` (identity except for the Euler family).
-    fn scale_model_input(&mut self, sample: &[f32], t: f64) -> SdResult<Vec<f32>>;
+    fn scale_model_input(&mut self, sample: &[f32], t: f64) -> Result<Vec<f32>>;
 
     /// One denoising step from `sample` at `t`, given the model output there.
-    fn step(&mut self, model_output: &[f32], t: f64, sample: &[f32], noise: &mut dyn NoiseSource) -> SdResult<Vec<f32>>;
+    fn step(&mut self, model_output: &[f32], t: f64, sample: &[f32], noise: &mut dyn NoiseSource) -> Result<Vec<f32>>;
 
     /// Noises clean latents to timestep `t` (img2img, inpaint).
-    fn add_noise(&self, original: &[f32], noise: &[f32], t: f64) -> SdResult<Vec<f32>>;
+    fn add_noise(&self, original: &[f32], noise: &[f32], t: f64) -> Result<Vec<f32>>;
 
     /// Pipelines starting mid-schedule (img2img) say where: index into `timesteps()`.
     fn set_begin_index(&mut self, index: usize);
@@ -82,9 +82,9 @@ pub fn build(config: SchedulerConfig) -> Box<dyn Scheduler> {
     }
 }
 
-pub(crate) fn check_steps(steps: usize, config: &SchedulerConfig) -> SdResult<()> {
+pub(crate) fn check_steps(steps: usize, config: &SchedulerConfig) -> Result<()> {
     if steps == 0 || steps > config.num_train_timesteps {
-        return Err(SdError::Scheduler(format!(
+        return Err(ModelsError::Scheduler(format!(
             "{} steps requested; need 1 to num_train_timesteps = {}",
             steps, config.num_train_timesteps
         )));
@@ -92,23 +92,23 @@ pub(crate) fn check_steps(steps: usize, config: &SchedulerConfig) -> SdResult<()
     Ok(())
 }
 
-pub(crate) fn check_len(what: &str, got: usize, want: usize) -> SdResult<()> {
+pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {
-        return Err(SdError::Scheduler(format!("{what} has {got} elements, the sample has {want}")));
+        return Err(ModelsError::Scheduler(format!("{what} has {got} elements, the sample has {want}")));
     }
     Ok(())
 }
 
 /// The train-schedule index of an integer timestep.
-pub(crate) fn train_index(t: f64, alphas_cumprod: &[f32]) -> SdResult<usize> {
+pub(crate) fn train_index(t: f64, alphas_cumprod: &[f32]) -> Result<usize> {
     if t.fract() != 0.0 || t < 0.0 || t as usize >= alphas_cumprod.len() {
-        return Err(SdError::Scheduler(format!("timestep {t} is not an integer in [0, {})", alphas_cumprod.len())));
+        return Err(ModelsError::Scheduler(format!("timestep {t} is not an integer in [0, {})", alphas_cumprod.len())));
     }
     Ok(t as usize)
 }
 
 /// `sqrt(a) * original + sqrt(1 - a) * noise` with `a = alphas_cumprod[t]` (DDIM, PNDM).
-pub(crate) fn add_noise_alpha(original: &[f32], noise: &[f32], t: f64, alphas_cumprod: &[f32]) -> SdResult<Vec<f32>> {
+pub(crate) fn add_noise_alpha(original: &[f32], noise: &[f32], t: f64, alphas_cumprod: &[f32]) -> Result<Vec<f32>> {
     check_len("noise", noise.len(), original.len())?;
     let a = alphas_cumprod[train_index(t, alphas_cumprod)?];
     let (sa, s1m) = (a.sqrt(), (1.0 - a).sqrt());

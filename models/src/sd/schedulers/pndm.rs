@@ -6,7 +6,7 @@
 use super::config::{PredictionType, SchedulerConfig};
 use super::schedule::{alphas_cumprod, discrete_timesteps};
 use super::{add_noise_alpha, check_len, check_steps, train_index, NoiseSource, Scheduler};
-use crate::sd::error::{SdError, SdResult};
+use crate::error::{ModelsError, Result};
 
 pub struct Pndm {
     config: SchedulerConfig,
@@ -55,10 +55,10 @@ impl Scheduler for Pndm {
         &self.config
     }
 
-    fn set_timesteps(&mut self, steps: usize) -> SdResult<()> {
+    fn set_timesteps(&mut self, steps: usize) -> Result<()> {
         check_steps(steps, &self.config)?;
         if steps < 2 {
-            return Err(SdError::Scheduler("PNDM needs at least 2 steps".into()));
+            return Err(ModelsError::Scheduler("PNDM needs at least 2 steps".into()));
         }
         self.steps = steps;
         // Ascending base schedule; PLMS repeats its second-to-last entry, then runs descending.
@@ -83,13 +83,13 @@ impl Scheduler for Pndm {
         1.0
     }
 
-    fn scale_model_input(&mut self, sample: &[f32], _t: f64) -> SdResult<Vec<f32>> {
+    fn scale_model_input(&mut self, sample: &[f32], _t: f64) -> Result<Vec<f32>> {
         Ok(sample.to_vec())
     }
 
-    fn step(&mut self, model_output: &[f32], t: f64, sample: &[f32], _noise: &mut dyn NoiseSource) -> SdResult<Vec<f32>> {
+    fn step(&mut self, model_output: &[f32], t: f64, sample: &[f32], _noise: &mut dyn NoiseSource) -> Result<Vec<f32>> {
         if self.steps == 0 {
-            return Err(SdError::Scheduler("PNDM step before set_timesteps".into()));
+            return Err(ModelsError::Scheduler("PNDM step before set_timesteps".into()));
         }
         check_len("model output", model_output.len(), sample.len())?;
         let ratio = (self.config.num_train_timesteps / self.steps) as i64;
@@ -106,7 +106,7 @@ impl Scheduler for Pndm {
             t += ratio;
         }
         if t as usize >= self.alphas_cumprod.len() {
-            return Err(SdError::Scheduler(format!("PNDM timestep {t} is beyond the train schedule")));
+            return Err(ModelsError::Scheduler(format!("PNDM timestep {t} is beyond the train schedule")));
         }
         let e = &self.ets;
         let n = e.len();
@@ -117,7 +117,7 @@ impl Scheduler for Pndm {
             self.cur_sample = Some(sample.to_vec());
             (model_output.to_vec(), sample.to_vec())
         } else if n == 1 && self.counter == 1 {
-            let first = self.cur_sample.take().ok_or_else(|| SdError::Scheduler("PNDM lost its first sample".into()))?;
+            let first = self.cur_sample.take().ok_or_else(|| ModelsError::Scheduler("PNDM lost its first sample".into()))?;
             ((0..sample.len()).map(|i| (model_output[i] + e[0][i]) / 2.0).collect(), first)
         } else if n == 2 {
             (combine(&[3.0, -1.0], 2.0), sample.to_vec())
@@ -132,7 +132,7 @@ impl Scheduler for Pndm {
         Ok(out)
     }
 
-    fn add_noise(&self, original: &[f32], noise: &[f32], t: f64) -> SdResult<Vec<f32>> {
+    fn add_noise(&self, original: &[f32], noise: &[f32], t: f64) -> Result<Vec<f32>> {
         add_noise_alpha(original, noise, t, &self.alphas_cumprod)
     }
 
