@@ -101,14 +101,6 @@ impl Scheduler for DpmSolverMultistep {
         &self.timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&mut self, sample: &[f32], _t: f64) -> Result<Vec<f32>> {
-        Ok(sample.to_vec())
-    }
-
     fn step(&mut self, model_output: &[f32], t: f64, sample: &[f32], _noise: &mut dyn NoiseSource) -> Result<Vec<f32>> {
         if self.sigmas.is_empty() {
             return Err(ModelsError::Scheduler("DPM-Solver++ step before set_timesteps".into()));

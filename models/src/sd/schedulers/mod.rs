@@ -50,11 +50,15 @@ pub trait Scheduler: Send {
     /// The timesteps to run, in order (UNet inputs; integers for DDIM/PNDM/DPM, fractional for Euler).
     fn timesteps(&self) -> &[f64];
 
-    /// Standard deviation of the initial noise.
-    fn init_noise_sigma(&self) -> f32;
+    /// Standard deviation of the initial noise (1 for the alpha-parameterised schedulers).
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
 
     /// Scales the UNet input for timestep `t` (identity except for the Euler family).
-    fn scale_model_input(&mut self, sample: &[f32], t: f64) -> Result<Vec<f32>>;
+    fn scale_model_input(&mut self, sample: &[f32], _t: f64) -> Result<Vec<f32>> {
+        Ok(sample.to_vec())
+    }
 
     /// One denoising step from `sample` at `t`, given the model output there.
     fn step(&mut self, model_output: &[f32], t: f64, sample: &[f32], noise: &mut dyn NoiseSource) -> Result<Vec<f32>>;
