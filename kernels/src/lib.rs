@@ -4,5 +4,6 @@ mod bind;
 pub mod cpu;
 pub mod cuda;
 pub mod error;
+pub mod resize_math;
 
 pub use error::{Error, Result};

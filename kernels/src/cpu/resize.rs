@@ -6,6 +6,8 @@
 use quilt_rewrites::ir::{CoordMode, NearestMode, ResizeMode, SymScale};
 use quilt_rewrites::Tensor;
 
+use crate::resize_math;
+
 use super::data::{elems, gather_axes, load_real, outer_axis_inner, with_elem, with_real, Elem, Real};
 use super::StepCtx;
 #[allow(unused_imports)]
@@ -20,62 +22,9 @@ pub(crate) struct ResizeParams<'a> {
     pub scales: &'a [SymScale],
 }
 
-/// The input coordinate that output position `o` maps to.
-fn source_coord(coord: CoordMode, o: usize, scale: f64, in_len: usize, out_len: usize) -> f64 {
-    let x = o as f64;
-    match coord {
-        CoordMode::HalfPixel => (x + 0.5) / scale - 0.5,
-        CoordMode::PytorchHalfPixel if out_len > 1 => (x + 0.5) / scale - 0.5,
-        CoordMode::PytorchHalfPixel => 0.0,
-        CoordMode::AlignCorners if out_len == 1 => 0.0,
-        CoordMode::AlignCorners => x * (in_len as f64 - 1.0) / (out_len as f64 - 1.0),
-        CoordMode::Asymmetric => x / scale,
-        CoordMode::HalfPixelSymmetric => {
-            let adjustment = out_len as f64 / (scale * in_len as f64);
-            let offset = in_len as f64 / 2.0 * (1.0 - adjustment);
-            offset + (x + 0.5) / scale - 0.5
-        }
-    }
-}
-
-fn nearest_index(x: f64, mode: NearestMode, in_len: usize) -> usize {
-    let base = x.floor();
-    let ratio = x - base;
-    let up = ratio != 0.0
-        && match mode {
-            NearestMode::RoundPreferFloor => ratio > 0.5,
-            NearestMode::RoundPreferCeil => ratio >= 0.5,
-            NearestMode::Floor => false,
-            NearestMode::Ceil => true,
-        };
-    let i = base + if up { 1.0 } else { 0.0 };
-    i.clamp(0.0, in_len as f64 - 1.0) as usize
-}
-
 /// Interpolation taps of one output position: input indices (clamped) and weights.
 fn taps(p: &ResizeParams, x: f64, in_len: usize) -> Vec<(usize, f64)> {
-    let base = x.floor();
-    let r = x - base;
-    let base = base as i64;
-    let raw: Vec<(i64, f64)> = match p.mode {
-        ResizeMode::Linear => vec![(base, 1.0 - r), (base + 1, r)],
-        _ => {
-            let a = p.cubic_coeff_a as f64;
-            // Keys' cubic convolution weights for distances 1+r, r, 1-r, 2-r.
-            let near = |t: f64| ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0;
-            let far = |t: f64| ((a * t - 5.0 * a) * t + 8.0 * a) * t - 4.0 * a;
-            vec![(base - 1, far(1.0 + r)), (base, near(r)), (base + 1, near(1.0 - r)), (base + 2, far(2.0 - r))]
-        }
-    };
-    let inside = |i: i64| i >= 0 && i < in_len as i64;
-    let mut raw = raw;
-    if p.exclude_outside {
-        let total: f64 = raw.iter().filter(|(i, _)| inside(*i)).map(|(_, w)| w).sum();
-        for (i, w) in raw.iter_mut() {
-            *w = if inside(*i) && total != 0.0 { *w / total } else { 0.0 };
-        }
-    }
-    raw.into_iter().map(|(i, w)| (i.clamp(0, in_len as i64 - 1) as usize, w)).collect()
+    resize_math::taps(p.mode, p.cubic_coeff_a, p.exclude_outside, x, in_len)
 }
 
 /// One separable pass along `axis`: `shape[axis]` becomes `out_len`.
@@ -135,8 +84,8 @@ pub(crate) fn resize(cx: &StepCtx, p: &ResizeParams) -> Result<Tensor, String> {
                             if unchanged(d) {
                                 o
                             } else {
-                                let c = source_coord(p.coord, o, scales[d], x.shape[d], out_shape[d]);
-                                nearest_index(c, p.nearest, x.shape[d])
+                                let c = resize_math::source_coord(p.coord, o, scales[d], x.shape[d], out_shape[d]);
+                                resize_math::nearest_index(c, p.nearest, x.shape[d])
                             }
                         })
                         .collect()
@@ -152,7 +101,7 @@ pub(crate) fn resize(cx: &StepCtx, p: &ResizeParams) -> Result<Tensor, String> {
             let mut shape = x.shape.clone();
             for d in (0..rank).filter(|&d| !unchanged(d)) {
                 let t: Vec<Vec<(usize, f64)>> = (0..out_shape[d])
-                    .map(|o| taps(p, source_coord(p.coord, o, scales[d], x.shape[d], out_shape[d]), x.shape[d]))
+                    .map(|o| taps(p, resize_math::source_coord(p.coord, o, scales[d], x.shape[d], out_shape[d]), x.shape[d]))
                     .collect();
                 cur = resample_axis(&cur, &shape, d, out_shape[d], &t);
                 shape[d] = out_shape[d];

@@ -2,7 +2,7 @@
 //! (Tile, Pad, Trilu, Gather, GatherElements, GatherND, Resize). One thread per output element.
 //! Copies move raw elements by size, so they serve every dtype.
 
-use quilt_rewrites::ir::{CoordMode, NearestMode, PadMode, ResizeMode, SymScale};
+use quilt_rewrites::ir::{PadMode, ResizeMode, SymScale};
 use quilt_rewrites::{DType, Op};
 
 use super::{contiguous_strides, decompose, numel, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
@@ -374,10 +374,10 @@ impl StepCode for IndexCode {
                             v.resize(taps, (o as i64, 0.0));
                             v
                         } else {
-                            let c = resize_coord::source(*coord, o, scale, x[d], out[d]);
+                            let c = crate::resize_math::source_coord(*coord, o, scale, x[d], out[d]);
                             match mode {
-                                ResizeMode::Nearest => vec![(resize_coord::nearest(c, *nearest, x[d]) as i64, 1.0)],
-                                _ => resize_coord::taps(*mode, *cubic_coeff_a, *exclude_outside, c, x[d]),
+                                ResizeMode::Nearest => vec![(crate::resize_math::nearest_index(c, *nearest, x[d]) as i64, 1.0)],
+                                _ => crate::resize_math::taps(*mode, *cubic_coeff_a, *exclude_outside, c, x[d]).into_iter().map(|(i, w)| (i as i64, w)).collect(),
                             }
                         };
                         for (i, w) in entries {
@@ -403,62 +403,4 @@ impl StepCode for IndexCode {
     }
 }
 
-/// ONNX Resize's coordinate mapping and interpolation taps (host side; the kernel reads tables).
-mod resize_coord {
-    use super::*;
-
-    pub fn source(coord: CoordMode, o: usize, scale: f64, in_len: usize, out_len: usize) -> f64 {
-        let x = o as f64;
-        match coord {
-            CoordMode::HalfPixel => (x + 0.5) / scale - 0.5,
-            CoordMode::PytorchHalfPixel if out_len > 1 => (x + 0.5) / scale - 0.5,
-            CoordMode::PytorchHalfPixel => 0.0,
-            CoordMode::AlignCorners if out_len == 1 => 0.0,
-            CoordMode::AlignCorners => x * (in_len as f64 - 1.0) / (out_len as f64 - 1.0),
-            CoordMode::Asymmetric => x / scale,
-            CoordMode::HalfPixelSymmetric => {
-                let adjustment = out_len as f64 / (scale * in_len as f64);
-                let offset = in_len as f64 / 2.0 * (1.0 - adjustment);
-                offset + (x + 0.5) / scale - 0.5
-            }
-        }
-    }
-
-    pub fn nearest(x: f64, mode: NearestMode, in_len: usize) -> usize {
-        let base = x.floor();
-        let ratio = x - base;
-        let up = ratio != 0.0
-            && match mode {
-                NearestMode::RoundPreferFloor => ratio > 0.5,
-                NearestMode::RoundPreferCeil => ratio >= 0.5,
-                NearestMode::Floor => false,
-                NearestMode::Ceil => true,
-            };
-        (base + if up { 1.0 } else { 0.0 }).clamp(0.0, in_len as f64 - 1.0) as usize
-    }
-
-    /// Linear (2) or cubic (4) taps: clamped input index and weight.
-    pub fn taps(mode: ResizeMode, a: f32, exclude_outside: bool, x: f64, in_len: usize) -> Vec<(i64, f64)> {
-        let base = x.floor();
-        let r = x - base;
-        let base = base as i64;
-        let mut raw: Vec<(i64, f64)> = match mode {
-            ResizeMode::Linear => vec![(base, 1.0 - r), (base + 1, r)],
-            _ => {
-                let a = a as f64;
-                let near = |t: f64| ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0;
-                let far = |t: f64| ((a * t - 5.0 * a) * t + 8.0 * a) * t - 4.0 * a;
-                vec![(base - 1, far(1.0 + r)), (base, near(r)), (base + 1, near(1.0 - r)), (base + 2, far(2.0 - r))]
-            }
-        };
-        let inside = |i: i64| i >= 0 && i < in_len as i64;
-        if exclude_outside {
-            let total: f64 = raw.iter().filter(|(i, _)| inside(*i)).map(|(_, w)| w).sum();
-            for (i, w) in raw.iter_mut() {
-                *w = if inside(*i) && total != 0.0 { *w / total } else { 0.0 };
-            }
-        }
-        raw.into_iter().map(|(i, w)| (i.clamp(0, in_len as i64 - 1), w)).collect()
-    }
-}
 
