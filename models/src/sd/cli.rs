@@ -1,4 +1,4 @@
-//! `quilt sd txt2img`: the pipeline from the command line, with a progress line per denoising step
+//! `quilt sd txt2img|img2img|inpaint`: the pipelines from the command line, with a progress line per denoising step
 //! and a timing line per stage.
 
 use std::io::Write;
@@ -6,26 +6,41 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::runtime::{Runtime, RuntimePaths};
-use crate::sd::bundled;
+use crate::sd::bundled::{self, TinyPipeline};
+use crate::sd::generate::Init;
+use crate::sd::images::{SdImage, SdMask};
 use crate::error::{ModelsError, Result};
 use crate::sd::models::Ep;
-use crate::sd::pipeline_dir::PipelineDir;
+use crate::sd::pipeline_dir::{PipelineDir, TextEncoderKind};
 use crate::sd::schedulers::SchedulerKind;
 use crate::sd::txt2img::{write_png, SdPipeline, Txt2ImgRequest};
 
 const USAGE: &str = "\
-usage: quilt sd txt2img [--model DIR] --prompt TEXT [options] --out IMAGE.png
+usage: quilt sd txt2img|img2img|inpaint [--model DIR] --prompt TEXT [options] --out IMAGE.png
 
 Runs a Stable Diffusion ONNX pipeline directory (Optimum's layout: model_index.json, text_encoder/,
-unet/, vae_decoder/, tokenizer/, scheduler/) through ONNX Runtime with quilt. Without --model it
-runs the bundled tiny random-weights pipeline (written to target/quilt-sd/tiny_sd).
+unet/, vae_decoder/, vae_encoder/, tokenizer/, scheduler/) through ONNX Runtime with quilt.
+  txt2img   an image from the prompt
+  img2img   --image IN.png redrawn from the prompt; --strength says how much (diffusers' meaning)
+  inpaint   --image IN.png repainted where --mask MASK.png is white (a 9-channel inpainting UNet)
+An XLM-RoBERTa text encoder (AltDiffusion) is recognised from model_index.json or the tokenizer
+config and tokenized with XLM-R. Without --model each subcommand runs a bundled tiny random-weights
+pipeline (written to target/quilt-sd/); there, a missing --image (and --mask) is generated: a seeded
+gradient (and a centred box).
 
 options:
   --model DIR          pipeline directory (default: the bundled tiny pipeline)
+  --pipeline sd|alt    the bundled pipeline's text encoder: CLIP (sd) or XLM-R (alt, AltDiffusion);
+                       with --model, alt checks that the directory is an AltDiffusion pipeline
   --prompt TEXT        the prompt
   --negative TEXT      negative prompt (default: empty)
+  --image PATH         img2img/inpaint input image (its size is the output size)
+  --mask PATH          inpaint mask, same size as the image (white = repaint)
+  --strength S         img2img/inpaint: 0 < S <= 1, runs int(steps*S) of the steps
+                       (default 0.8 for img2img, 1.0 for inpaint)
   --steps N            denoising steps (default 20)
-  --size WxH           image size, multiples of 8 (default 512x512; the tiny pipeline: 64x64)
+  --size WxH           image size, multiples of 8 (default 512x512; the tiny pipelines: 64x64;
+                       img2img/inpaint: the image's size)
   --seed S             latent noise seed (default 0; quilt's own generator, not torch's)
   --guidance G         classifier-free guidance scale (default 7.5; ≤ 1 disables it)
   --scheduler NAME     ddim | pndm | euler | euler-a | dpm++2m (default: the pipeline's)
@@ -34,11 +49,44 @@ options:
   --ort-lib PATH       libonnxruntime.so (default $ORT_DYLIB_PATH)
   --out PATH           PNG to write (required)";
 
+/// The `quilt sd` subcommands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Txt2Img,
+    Img2Img,
+    Inpaint,
+}
+
+impl Command {
+    pub fn parse(s: &str) -> Option<Command> {
+        match s {
+            "txt2img" => Some(Command::Txt2Img),
+            "img2img" => Some(Command::Img2Img),
+            "inpaint" => Some(Command::Inpaint),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Txt2Img => "txt2img",
+            Command::Img2Img => "img2img",
+            Command::Inpaint => "inpaint",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SdArgs {
+    pub command: Command,
     pub model: Option<PathBuf>,
+    /// `--pipeline alt`: an AltDiffusion (XLM-R) pipeline.
+    pub alt: bool,
     pub request: Txt2ImgRequest,
     pub size_given: bool,
+    pub image: Option<PathBuf>,
+    pub mask: Option<PathBuf>,
+    pub strength: Option<f32>,
     pub ep: Ep,
     pub ep_lib: Option<PathBuf>,
     pub ort_lib: Option<PathBuf>,
@@ -46,7 +94,24 @@ pub struct SdArgs {
 }
 
 pub fn parse_txt2img_args(args: &[String]) -> Result<SdArgs> {
-    let mut parsed = SdArgs { model: None, request: Txt2ImgRequest::default(), size_given: false, ep: Ep::Quilt, ep_lib: None, ort_lib: None, out: PathBuf::new() };
+    parse_args(Command::Txt2Img, args)
+}
+
+pub fn parse_args(command: Command, args: &[String]) -> Result<SdArgs> {
+    let mut parsed = SdArgs {
+        command,
+        model: None,
+        alt: false,
+        request: Txt2ImgRequest::default(),
+        size_given: false,
+        image: None,
+        mask: None,
+        strength: None,
+        ep: Ep::Quilt,
+        ep_lib: None,
+        ort_lib: None,
+        out: PathBuf::new(),
+    };
     let mut prompt = None;
     let mut out = None;
     let mut it = args.iter();
@@ -57,16 +122,40 @@ pub fn parse_txt2img_args(args: &[String]) -> Result<SdArgs> {
         };
         let mut value = || inline.clone().or_else(|| it.next().cloned()).ok_or_else(|| ModelsError::Usage(format!("{key} needs a value")));
         let int = |v: String| v.parse::<u64>().map_err(|_| ModelsError::Usage(format!("{key}: `{v}` is not a non-negative integer")));
+        let number = |v: String| v.parse::<f32>().map_err(|_| ModelsError::Usage(format!("{key}: `{v}` is not a number")));
+        let only_for = |allowed: &[Command]| {
+            if allowed.contains(&command) {
+                Ok(())
+            } else {
+                Err(ModelsError::Usage(format!("{key} does not apply to {}", command.name())))
+            }
+        };
         match key {
             "--model" => parsed.model = Some(PathBuf::from(value()?)),
+            "--pipeline" => {
+                parsed.alt = match value()?.as_str() {
+                    "sd" => false,
+                    "alt" => true,
+                    other => return Err(ModelsError::Usage(format!("--pipeline `{other}`: expected sd or alt"))),
+                }
+            }
             "--prompt" => prompt = Some(value()?),
             "--negative" => parsed.request.negative = value()?,
+            "--image" => {
+                only_for(&[Command::Img2Img, Command::Inpaint])?;
+                parsed.image = Some(PathBuf::from(value()?))
+            }
+            "--mask" => {
+                only_for(&[Command::Inpaint])?;
+                parsed.mask = Some(PathBuf::from(value()?))
+            }
+            "--strength" => {
+                only_for(&[Command::Img2Img, Command::Inpaint])?;
+                parsed.strength = Some(number(value()?)?)
+            }
             "--steps" => parsed.request.steps = int(value()?)? as usize,
             "--seed" => parsed.request.seed = int(value()?)?,
-            "--guidance" => {
-                let v = value()?;
-                parsed.request.guidance_scale = v.parse().map_err(|_| ModelsError::Usage(format!("--guidance: `{v}` is not a number")))?
-            }
+            "--guidance" => parsed.request.guidance_scale = number(value()?)?,
             "--size" => {
                 let v = value()?;
                 let (w, h) = v.split_once(['x', 'X']).ok_or_else(|| ModelsError::Usage(format!("--size `{v}`: expected WxH")))?;
@@ -82,6 +171,17 @@ pub fn parse_txt2img_args(args: &[String]) -> Result<SdArgs> {
             other => return Err(ModelsError::Usage(format!("unknown argument `{other}`"))),
         }
     }
+    if command == Command::Inpaint && parsed.alt {
+        return Err(ModelsError::Usage("--pipeline alt: there is no AltDiffusion inpainting pipeline".into()));
+    }
+    if parsed.model.is_some() && command != Command::Txt2Img {
+        if parsed.image.is_none() {
+            return Err(ModelsError::Usage(format!("{} with --model needs --image (an input image is generated only for the bundled pipeline)", command.name())));
+        }
+        if command == Command::Inpaint && parsed.mask.is_none() {
+            return Err(ModelsError::Usage("inpaint with --model needs --mask (a mask is generated only for the bundled pipeline)".into()));
+        }
+    }
     parsed.request.prompt = prompt.ok_or_else(|| ModelsError::Usage("--prompt is required".into()))?;
     parsed.out = out.ok_or_else(|| ModelsError::Usage("--out is required".into()))?;
     Ok(parsed)
@@ -90,21 +190,23 @@ pub fn parse_txt2img_args(args: &[String]) -> Result<SdArgs> {
 /// `quilt sd ...`; returns the exit status.
 pub fn main(args: &[String]) -> i32 {
     match args.first().map(String::as_str) {
-        Some("txt2img") => match parse_txt2img_args(&args[1..]).and_then(|a| txt2img_command(&a)) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("quilt sd txt2img: error: {e}");
-                2
-            }
-        },
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             0
         }
-        Some(other) => {
-            eprintln!("quilt sd: unknown subcommand `{other}` (implemented: txt2img)\n\n{USAGE}");
-            2
-        }
+        Some(sub) => match Command::parse(sub) {
+            Some(command) => match parse_args(command, &args[1..]).and_then(|a| sd_command(&a)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("quilt sd {sub}: error: {e}");
+                    2
+                }
+            },
+            None => {
+                eprintln!("quilt sd: unknown subcommand `{sub}` (expected txt2img, img2img or inpaint)\n\n{USAGE}");
+                2
+            }
+        },
         None => {
             eprintln!("{USAGE}");
             2
@@ -113,27 +215,88 @@ pub fn main(args: &[String]) -> i32 {
 }
 
 pub fn txt2img_command(args: &SdArgs) -> Result<()> {
+    sd_command(args)
+}
+
+/// The image and mask to start from: read from `--image`/`--mask`, or (bundled pipeline only)
+/// generated at the requested size.
+fn inputs(args: &SdArgs, request: &mut Txt2ImgRequest) -> Result<(Option<SdImage>, Option<SdMask>)> {
+    if args.command == Command::Txt2Img {
+        return Ok((None, None));
+    }
+    let image = match &args.image {
+        Some(path) => {
+            let image = SdImage::load(path)?;
+            if args.size_given && (request.width, request.height) != (image.width, image.height) {
+                return Err(ModelsError::Usage(format!("--size {}x{} but {} is {}x{} (img2img and inpaint keep the image's size)", request.width, request.height, path.display(), image.width, image.height)));
+            }
+            (request.width, request.height) = (image.width, image.height);
+            println!("input     {} ({}x{})", path.display(), image.width, image.height);
+            image
+        }
+        None => {
+            println!("input     no --image: a generated gradient ({}x{}, seed {})", request.width, request.height, request.seed);
+            SdImage::gradient(request.width, request.height, request.seed)
+        }
+    };
+    let mask = match (args.command, &args.mask) {
+        (Command::Inpaint, Some(path)) => {
+            let mask = SdMask::load(path)?;
+            if (mask.width, mask.height) != (image.width, image.height) {
+                return Err(ModelsError::Usage(format!("the mask {} is {}x{} but the image is {}x{}; they must be the same size", path.display(), mask.width, mask.height, image.width, image.height)));
+            }
+            println!("mask      {}", path.display());
+            Some(mask)
+        }
+        (Command::Inpaint, None) => {
+            println!("mask      no --mask: a generated centred box (repaints the middle half of each side)");
+            Some(SdMask::centered_box(image.width, image.height))
+        }
+        _ => None,
+    };
+    Ok((Some(image), mask))
+}
+
+pub fn sd_command(args: &SdArgs) -> Result<()> {
     let mut request = args.request.clone();
     let model_dir = match &args.model {
         Some(dir) => dir.clone(),
         None => {
-            if !args.size_given {
+            if !args.size_given && args.image.is_none() {
                 request.width = 64;
                 request.height = 64;
             }
-            bundled::materialize_tiny_pipeline(&bundled::default_dir())?
+            let kind = match (args.command, args.alt) {
+                (Command::Inpaint, _) => TinyPipeline::Inpaint,
+                (_, true) => TinyPipeline::Alt,
+                (_, false) => TinyPipeline::Sd,
+            };
+            bundled::materialize(kind, &bundled::default_dir_for(kind))?
         }
     };
     let dir = PipelineDir::open(&model_dir)?;
+    if args.alt && dir.text_encoder_kind != TextEncoderKind::XlmRoberta {
+        return Err(ModelsError::pipeline(&model_dir, "--pipeline alt: not an AltDiffusion pipeline (model_index.json and the tokenizer config name no XLM-RoBERTa classes)"));
+    }
+    let (image, mask) = inputs(args, &mut request)?;
     let paths = RuntimePaths::resolve(args.ort_lib.clone(), args.ep_lib.clone())?;
     let runtime = Runtime::new(paths)?;
     let t = Instant::now();
     let mut pipeline = SdPipeline::load(&runtime, dir, args.ep)?;
-    println!("pipeline  {} ({:?} EP), sessions built in {:.1} ms", model_dir.display(), args.ep, t.elapsed().as_secs_f64() * 1e3);
+    let encoder = match pipeline.dir.text_encoder_kind {
+        TextEncoderKind::Clip => "CLIP",
+        TextEncoderKind::XlmRoberta => "XLM-RoBERTa (AltDiffusion)",
+    };
+    println!("pipeline  {} ({:?} EP, {encoder} text encoder), sessions built in {:.1} ms", model_dir.display(), args.ep, t.elapsed().as_secs_f64() * 1e3);
     for name in pipeline.fallbacks() {
         println!("note      quilt declined some nodes of {name}; ORT's CPU EP runs them");
     }
-    let generated = pipeline.txt2img(&request, &mut |i, n, d| {
+    let init = match (args.command, &image, &mask) {
+        (Command::Img2Img, Some(image), _) => Init::Image { image, strength: args.strength.unwrap_or(0.8) },
+        (Command::Inpaint, Some(image), Some(mask)) => Init::Inpaint { image, mask, strength: args.strength.unwrap_or(1.0) },
+        _ => Init::Noise,
+    };
+    let generated = pipeline.generate(&request, init, &mut |i, n, d| {
         print!("\rdenoise   step {i}/{n} [{}{}] {:.1} ms", "#".repeat(i * 20 / n), ".".repeat(20 - i * 20 / n), d.as_secs_f64() * 1e3);
         let _ = std::io::stdout().flush();
         if i == n {
@@ -143,8 +306,25 @@ pub fn txt2img_command(args: &SdArgs) -> Result<()> {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let times = &generated.times;
     let unet_total: f64 = times.unet_steps.iter().map(|&d| ms(d)).sum();
-    println!("scheduler {}, {} steps, {}x{}, seed {}, guidance {}", generated.scheduler.class_name(), times.unet_steps.len(), request.width, request.height, request.seed, request.guidance_scale);
+    let strength = match init {
+        Init::Image { strength, .. } | Init::Inpaint { strength, .. } => format!(", strength {strength}"),
+        Init::Noise => String::new(),
+    };
+    println!(
+        "{} scheduler {}, {} of {} steps{strength}, {}x{}, seed {}, guidance {}",
+        args.command.name(),
+        generated.scheduler.class_name(),
+        times.unet_steps.len(),
+        request.steps,
+        request.width,
+        request.height,
+        request.seed,
+        request.guidance_scale
+    );
     println!("time      text_encoder {:.1} ms", ms(times.text_encoder));
+    if args.command != Command::Txt2Img {
+        println!("time      vae_encoder {:.1} ms", ms(times.vae_encoder));
+    }
     println!("time      unet {:.1} ms total, {:.2} ms per step", unet_total, unet_total / times.unet_steps.len().max(1) as f64);
     println!("time      vae_decoder {:.1} ms", ms(times.vae_decoder));
     println!("time      total {:.1} ms", ms(times.total));

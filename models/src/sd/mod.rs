@@ -3,6 +3,9 @@
 
 pub mod bundled;
 pub mod cli;
+pub mod denoise;
+pub mod generate;
+pub mod images;
 pub mod models;
 pub mod pipeline_dir;
 pub mod schedulers;

@@ -47,7 +47,7 @@ impl Model {
             Ep::Quilt => match runtime.quilt_session(path, &[], false) {
                 Ok(s) => (s, false),
                 Err(QuiltSessionError::Declined(_)) => (runtime.quilt_session(path, &[], true).map_err(crate::error::ModelsError::from)?, true),
-                Err(QuiltSessionError::Other(e)) => return Err(e.into()),
+                Err(QuiltSessionError::Other(e)) => return Err(e),
             },
         };
         let inputs = declared_inputs(&session);

@@ -10,6 +10,14 @@ use serde_json::Value;
 
 use crate::error::{ModelsError, Result};
 
+/// Which text encoder family the pipeline has: CLIP (Stable Diffusion) or XLM-RoBERTa
+/// (AltDiffusion, whose encoder also takes `attention_mask`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextEncoderKind {
+    Clip,
+    XlmRoberta,
+}
+
 /// SD 1.x/2.x's VAE latent scale (used when `vae_decoder/config.json` does not say).
 pub const DEFAULT_VAE_SCALING: f32 = 0.18215;
 
@@ -22,6 +30,7 @@ pub struct PipelineDir {
     pub vae_decoder: PathBuf,
     pub vae_encoder: Option<PathBuf>,
     pub tokenizer: PathBuf,
+    pub text_encoder_kind: TextEncoderKind,
     pub scheduler_config: Value,
     /// `latents / vae_scaling` goes into the VAE decoder.
     pub vae_scaling: f32,
@@ -70,6 +79,10 @@ impl PipelineDir {
         if !tokenizer.is_dir() {
             return Err(ModelsError::pipeline(&tokenizer, "missing: expected tokenizer.json or vocab.json + merges.txt"));
         }
+        let text_encoder_kind = detect_text_encoder(&model_index, &tokenizer)?;
+        if text_encoder_kind == TextEncoderKind::XlmRoberta && !tokenizer.join("tokenizer.json").is_file() {
+            return Err(ModelsError::pipeline(tokenizer.join("tokenizer.json"), "missing: an XLM-RoBERTa (AltDiffusion) pipeline needs the fast tokenizer's tokenizer.json"));
+        }
         let scheduler_path = root.join("scheduler/scheduler_config.json");
         let scheduler_config = read_json(&scheduler_path)?;
 
@@ -90,6 +103,7 @@ impl PipelineDir {
             vae_decoder,
             vae_encoder,
             tokenizer,
+            text_encoder_kind,
             scheduler_config,
             vae_scaling,
             vae_scale_factor,
@@ -110,4 +124,19 @@ impl PipelineDir {
         }
         Ok(())
     }
+}
+
+/// XLM-RoBERTa when `model_index.json` names AltDiffusion's classes (`XLMRobertaTokenizer*`,
+/// `RobertaSeriesModelWithTransformation`) or the tokenizer config names an XLM-R tokenizer;
+/// CLIP otherwise.
+fn detect_text_encoder(model_index: &Value, tokenizer_dir: &Path) -> Result<TextEncoderKind> {
+    let names_xlmr = |v: Option<&Value>| v.is_some_and(|v| {
+        let text = v.to_string();
+        text.contains("XLMRoberta") || text.contains("RobertaSeries")
+    });
+    if names_xlmr(model_index.get("tokenizer")) || names_xlmr(model_index.get("text_encoder")) {
+        return Ok(TextEncoderKind::XlmRoberta);
+    }
+    let config = optional_json(&tokenizer_dir.join("tokenizer_config.json"))?;
+    Ok(if names_xlmr(config.as_ref().and_then(|c| c.get("tokenizer_class"))) { TextEncoderKind::XlmRoberta } else { TextEncoderKind::Clip })
 }

@@ -1,14 +1,14 @@
 //! The text-to-image pipeline (diffusers' `StableDiffusionPipeline` / Optimum's ORT pipeline):
 //! tokenize, encode, denoise with classifier-free guidance, decode.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::random::Rng;
 use crate::runtime::Runtime;
 use crate::error::{ModelsError, Result};
-use crate::sd::models::{float_tensor, ids_tensor, timestep_tensor, Ep, Model};
+use crate::sd::generate::Init;
+use crate::sd::models::{ids_tensor, Ep, Model};
 use crate::sd::pipeline_dir::PipelineDir;
-use crate::sd::schedulers::{self, NoiseSource, SchedulerConfig, SchedulerKind};
+use crate::sd::schedulers::{SchedulerConfig, SchedulerKind};
 use crate::sd::tokenizer::PromptTokenizer;
 
 #[derive(Debug, Clone)]
@@ -34,6 +34,8 @@ impl Default for Txt2ImgRequest {
 #[derive(Debug, Clone, Default)]
 pub struct StageTimes {
     pub text_encoder: Duration,
+    /// img2img/inpaint: encoding the input (and masked) image.
+    pub vae_encoder: Duration,
     pub unet_steps: Vec<Duration>,
     pub vae_decoder: Duration,
     pub total: Duration,
@@ -58,6 +60,8 @@ pub struct SdPipeline {
     pub text_encoder: Model,
     pub unet: Model,
     pub vae_decoder: Model,
+    /// Present when the pipeline directory has one (img2img and inpaint need it).
+    pub vae_encoder: Option<Model>,
     pub ep: Ep,
 }
 
@@ -67,19 +71,23 @@ impl SdPipeline {
         let text_encoder = Model::load(runtime, &dir.text_encoder, ep)?;
         let unet = Model::load(runtime, &dir.unet, ep)?;
         let vae_decoder = Model::load(runtime, &dir.vae_decoder, ep)?;
+        let vae_encoder = dir.vae_encoder.as_ref().map(|p| Model::load(runtime, p, ep)).transpose()?;
+        if let Some(encoder) = &vae_encoder {
+            encoder.input("sample")?;
+        }
         for (model, names) in [(&unet, &["sample", "timestep", "encoder_hidden_states"][..]), (&vae_decoder, &["latent_sample"][..]), (&text_encoder, &["input_ids"][..])] {
             for name in names {
                 model.input(name)?;
             }
         }
-        Ok(SdPipeline { dir, tokenizer, text_encoder, unet, vae_decoder, ep })
+        Ok(SdPipeline { dir, tokenizer, text_encoder, unet, vae_decoder, vae_encoder, ep })
     }
 
     /// Models on which quilt declined nodes (they ran partly on ORT's CPU EP).
     pub fn fallbacks(&self) -> Vec<&str> {
-        [("text_encoder", &self.text_encoder), ("unet", &self.unet), ("vae_decoder", &self.vae_decoder)]
+        [("text_encoder", Some(&self.text_encoder)), ("unet", Some(&self.unet)), ("vae_decoder", Some(&self.vae_decoder)), ("vae_encoder", self.vae_encoder.as_ref())]
             .into_iter()
-            .filter(|(_, m)| m.fell_back)
+            .filter(|(_, m)| m.is_some_and(|m| m.fell_back))
             .map(|(n, _)| n)
             .collect()
     }
@@ -100,89 +108,19 @@ impl SdPipeline {
         SchedulerConfig::from_json(&self.dir.scheduler_config, kind).map_err(|e| ModelsError::pipeline(self.dir.root.join("scheduler/scheduler_config.json"), e.to_string()))
     }
 
-    /// SD's VAE has 4 latent channels; a UNet whose `sample` declares another fixed channel count
-    /// is not a txt2img UNet (9 = inpainting).
-    fn latent_channels(&self) -> Result<usize> {
+    /// Input channels of the UNet's `sample` (4 for txt2img/img2img, 9 for inpainting); a
+    /// dynamic channel dimension counts as 4.
+    pub fn unet_in_channels(&self) -> Result<usize> {
         let decl = self.unet.input("sample")?;
         match decl.dims.get(1) {
-            Some(Ok(4)) | Some(Err(_)) => Ok(4),
-            Some(Ok(c)) => Err(ModelsError::pipeline(&self.unet.path, format!("input `sample` has {c} channels; txt2img needs a 4-channel UNet"))),
-            None => Err(ModelsError::pipeline(&self.unet.path, "input `sample` is not rank 4")),
+            Some(Ok(c)) if decl.dims.len() == 4 => Ok(*c as usize),
+            Some(Err(_)) if decl.dims.len() == 4 => Ok(4),
+            _ => Err(ModelsError::pipeline(&self.unet.path, "input `sample` is not rank 4")),
         }
     }
 
     pub fn txt2img(&mut self, req: &Txt2ImgRequest, progress: &mut dyn FnMut(usize, usize, Duration)) -> Result<Generated> {
-        let start = Instant::now();
-        self.dir.check_size(req.width, req.height)?;
-        if req.steps == 0 {
-            return Err(ModelsError::Usage("--steps must be at least 1".into()));
-        }
-        let config = self.scheduler_config(req.scheduler)?;
-        let kind = config.kind;
-        let mut scheduler = schedulers::build(config);
-        scheduler.set_timesteps(req.steps)?;
-        let mut times = StageTimes::default();
-
-        // Text: [negative, prompt] as diffusers concatenates them (unconditional first).
-        let cfg = req.guidance_scale > 1.0;
-        let t0 = Instant::now();
-        let (emb_shape, embeds) = if cfg { self.encode_prompts(&[&req.negative, &req.prompt])? } else { self.encode_prompts(&[&req.prompt])? };
-        times.text_encoder = t0.elapsed();
-
-        let f = self.dir.vae_scale_factor;
-        let shape = [1usize, self.latent_channels()?, req.height / f, req.width / f];
-        let n: usize = shape.iter().product();
-        let mut rng = Rng::for_stream(req.seed, "latents");
-        let sigma = scheduler.init_noise_sigma();
-        let mut latents: Vec<f32> = {
-            let mut v = vec![0.0f32; n];
-            rng.fill_normal(&mut v);
-            v.into_iter().map(|x| x * sigma).collect()
-        };
-        let mut step_noise = Rng::for_stream(req.seed, "scheduler-noise");
-
-        let batch = if cfg { 2 } else { 1 };
-        let timesteps = scheduler.timesteps().to_vec();
-        for (i, &t) in timesteps.iter().enumerate() {
-            let ts = Instant::now();
-            let scaled = scheduler.scale_model_input(&latents, t)?;
-            let mut sample = scaled.clone();
-            if cfg {
-                sample.extend_from_slice(&scaled);
-            }
-            let sample_shape = vec![batch as i64, shape[1] as i64, shape[2] as i64, shape[3] as i64];
-            let inputs = vec![
-                ("sample".to_string(), float_tensor(&self.unet, "sample", sample_shape, sample)?),
-                ("timestep".to_string(), timestep_tensor(&self.unet, t, batch)?),
-                ("encoder_hidden_states".to_string(), float_tensor(&self.unet, "encoder_hidden_states", emb_shape.clone(), embeds.clone())?),
-            ];
-            let (out_shape, out) = self.unet.run_f32(inputs, &["out_sample"])?;
-            if out.len() != batch * n {
-                return Err(ModelsError::pipeline(&self.unet.path, format!("output shape {out_shape:?}; expected [{batch}, {}, {}, {}]", shape[1], shape[2], shape[3])));
-            }
-            let noise_pred: Vec<f32> = if cfg {
-                let (uncond, cond) = out.split_at(n);
-                uncond.iter().zip(cond).map(|(&u, &c)| u + req.guidance_scale * (c - u)).collect()
-            } else {
-                out
-            };
-            latents = scheduler.step(&noise_pred, t, &latents, &mut step_noise)?;
-            let d = ts.elapsed();
-            times.unet_steps.push(d);
-            progress(i + 1, timesteps.len(), d);
-        }
-
-        let tv = Instant::now();
-        let scaled: Vec<f32> = latents.iter().map(|&x| x / self.dir.vae_scaling).collect();
-        let input = float_tensor(&self.vae_decoder, "latent_sample", shape.iter().map(|&d| d as i64).collect(), scaled)?;
-        let (img_shape, image) = self.vae_decoder.run_f32(vec![("latent_sample".to_string(), input)], &["sample"])?;
-        times.vae_decoder = tv.elapsed();
-        if img_shape.len() != 4 || img_shape[1] != 3 {
-            return Err(ModelsError::pipeline(&self.vae_decoder.path, format!("output shape {img_shape:?}; expected [1, 3, H, W]")));
-        }
-        let image_shape = [img_shape[0] as usize, 3, img_shape[2] as usize, img_shape[3] as usize];
-        times.total = start.elapsed();
-        Ok(Generated { latents, latent_shape: shape, image, image_shape, scheduler: kind, times })
+        self.generate(req, Init::Noise, progress)
     }
 }
 
