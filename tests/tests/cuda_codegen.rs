@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use quilt_kernels::cuda::codegen;
 use quilt_kernels::cuda::nvrtc;
+use quilt_rewrites::Op;
 
 fn fixture_files() -> Vec<(PathBuf, bool)> {
     let m = support::manifest();
@@ -28,30 +29,40 @@ fn fixture_files() -> Vec<(PathBuf, bool)> {
     out
 }
 
-/// Every step of every lowered fixture plan has CUDA code; distinct module sources are
-/// collected for the compile test. Also reports (without failing) the steps of the optimized
-/// plans that the CUDA backend does not implement yet.
+/// Every step of every fixture plan, lowered and optimized, has CUDA code; distinct module
+/// sources are collected for the compile test.
 fn all_sources() -> BTreeMap<String, String> {
     let mut sources: BTreeMap<String, String> = BTreeMap::new();
     let mut failures = Vec::new();
+    let mut fused = BTreeMap::<String, usize>::new();
     for (path, weighted) in fixture_files() {
-        let plan = support::lowered_plan(&path, weighted);
-        let mut with_code = 0;
-        for i in 0..plan.steps.len() {
-            match codegen::step_source(&plan, i) {
-                Ok(Some(src)) => {
-                    with_code += 1;
-                    let quilt_rewrites::plan::Step::Op(s) = &plan.steps[i];
-                    sources.entry(src).or_insert_with(|| format!("{} step {i} {} ({})", path.display(), s.op.name(), s.node));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    let quilt_rewrites::plan::Step::Op(s) = &plan.steps[i];
-                    failures.push(format!("{}: step {i} node '{}' ({}): {e}", path.display(), s.node, s.op.name()));
+        for kind in support::PlanKind::ALL {
+            let plan = support::plan(&path, weighted, kind);
+            let mut with_code = 0;
+            for i in 0..plan.steps.len() {
+                match codegen::step_source(&plan, i) {
+                    Ok(Some(src)) => {
+                        with_code += 1;
+                        let quilt_rewrites::plan::Step::Op(s) = &plan.steps[i];
+                        if matches!(s.op, Op::Silu | Op::QuickGelu { .. } | Op::GeGlu { .. } | Op::Attention { .. }) {
+                            *fused.entry(s.op.name()).or_default() += 1;
+                        }
+                        sources.entry(src).or_insert_with(|| format!("{} ({}) step {i} {} ({})", path.display(), kind.label(), s.op.name(), s.node));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let quilt_rewrites::plan::Step::Op(s) = &plan.steps[i];
+                        failures.push(format!("{} ({}): step {i} node '{}' ({}): {e}", path.display(), kind.label(), s.node, s.op.name()));
+                    }
                 }
             }
+            println!("{} ({}): {} steps, {with_code} launch generated kernels", path.display(), kind.label(), plan.steps.len());
         }
-        println!("{}: {} steps, {with_code} launch generated kernels", path.display(), plan.steps.len());
+    }
+    println!("fused steps with CUDA code: {fused:?}");
+    // The optimizer fuses these in the SD fixtures; their kernels must be in the compile test.
+    for op in ["Silu", "QuickGelu", "GeGlu", "Attention"] {
+        assert!(fused.contains_key(op), "no {op} step in any optimized fixture plan: {fused:?}");
     }
     assert!(failures.is_empty(), "steps without CUDA code:\n{}", failures.join("\n"));
     sources

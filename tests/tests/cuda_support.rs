@@ -1,6 +1,6 @@
 //! Shared by `cuda_codegen.rs` and `cuda_fixtures.rs` (included with `#[path]`; as a test
-//! target of its own it has no tests): the fixture manifest, each fixture's one-step-per-op
-//! plan, and seeded random inputs drawn from the manifest's input specs.
+//! target of its own it has no tests): the fixture manifest, each fixture's lowered and
+//! optimized plans, and seeded random inputs drawn from the manifest's input specs.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -31,12 +31,40 @@ pub fn manifest() -> Manifest {
     Manifest::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The plan the CUDA backend runs this session: one step per imported node (`lower`), so the
-/// optimizer's fused ops (which the CUDA backend does not have yet) stay out.
-pub fn lowered_plan(path: &std::path::Path, load_weights: bool) -> Plan {
+/// Which plan of a model to build.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PlanKind {
+    /// One step per imported node (`lower`): the unfused ops.
+    Lowered,
+    /// The e-graph optimizer's plan (`quilt_rewrites::optimize`): fused Silu, QuickGelu, GeGlu
+    /// and Attention steps among the rest.
+    Optimized,
+}
+
+impl PlanKind {
+    pub const ALL: [PlanKind; 2] = [PlanKind::Optimized, PlanKind::Lowered];
+    pub fn label(self) -> &'static str {
+        match self {
+            PlanKind::Lowered => "lowered",
+            PlanKind::Optimized => "optimized",
+        }
+    }
+}
+
+/// The model's plan of the given kind.
+pub fn plan(path: &std::path::Path, load_weights: bool, kind: PlanKind) -> Plan {
     let src = load(path, &LoadOptions { load_weights }).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let imported = import(&src, &ImportOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    quilt_rewrites::lower::lower(&imported.graph).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    let plan = match kind {
+        PlanKind::Lowered => quilt_rewrites::lower::lower(&imported.graph),
+        PlanKind::Optimized => quilt_rewrites::optimize(&imported.graph),
+    };
+    plan.unwrap_or_else(|e| panic!("{} ({}): {e}", path.display(), kind.label()))
+}
+
+/// One step per imported node.
+pub fn lowered_plan(path: &std::path::Path, load_weights: bool) -> Plan {
+    plan(path, load_weights, PlanKind::Lowered)
 }
 
 /// Seeded random inputs in `plan.inputs` order, shaped and ranged by the manifest entry.

@@ -1,6 +1,7 @@
 //! Elementwise kernels with numpy broadcasting: one thread per output element; each input is
 //! read through per-axis strides given at run time (0 on broadcast axes), so one source serves
-//! every shape. Unary, Binary, Where, Cast, Clip, LeakyRelu, Gelu, Expand, Fill and Range.
+//! every shape. Unary, Binary, Where, Cast, Clip, LeakyRelu, Gelu, the optimizer's Silu and
+//! QuickGelu, Expand, Fill and Range.
 
 use quilt_rewrites::ir::{BinaryOp, UnaryOp};
 use quilt_rewrites::{DType, Op};
@@ -45,15 +46,10 @@ impl ElementwiseCode {
                 e
             }
             Op::LeakyRelu { alpha } => format!("(a0 < 0 ? a0 * {} : a0)", lit(*alpha as f64, cts[0].compute())),
-            Op::Gelu { tanh: false } => {
-                let c = cts[0];
-                format!("({h} * a0 * ({one} + {erf}(a0 * {s})))", h = lit(0.5, c.compute()), one = lit(1.0, c.compute()), erf = c.math("erf"), s = lit(std::f64::consts::FRAC_1_SQRT_2, c.compute()))
-            }
-            Op::Gelu { tanh: true } => {
-                let c = cts[0];
-                let k = lit((2.0 / std::f64::consts::PI).sqrt(), c.compute());
-                format!("({h} * a0 * ({one} + {tanh}({k} * (a0 + {g} * a0 * a0 * a0))))", h = lit(0.5, c.compute()), one = lit(1.0, c.compute()), tanh = c.math("tanh"), g = lit(0.044715, c.compute()))
-            }
+            Op::Gelu { tanh } => gelu(cts[0], "a0", *tanh),
+            // x * sigmoid(alpha * x): SiLU is alpha = 1, CLIP's QuickGELU alpha = 1.702.
+            Op::Silu => sigmoid_gated(cts[0], "a0", 1.0),
+            Op::QuickGelu { alpha } => sigmoid_gated(cts[0], "a0", *alpha as f64),
             Op::Fill { value } => {
                 fill = Some(FillKind::Value(*value));
                 "q_pd(p.v[1])".to_string()
@@ -86,6 +82,25 @@ impl ElementwiseCode {
         body += &format!("    out[i] = {};\n  }}\n}}\n", out.store(&expr));
         Ok(ElementwiseCode { kernels: vec![Kernel { name, body }], inputs: present, out_rank: r, fill })
     }
+}
+
+/// `gelu(x)`: the erf form, or the tanh approximation (the CPU interpreter's formulas).
+pub fn gelu(c: CType, x: &str, tanh: bool) -> String {
+    let cc = c.compute();
+    let (h, one) = (lit(0.5, cc), lit(1.0, cc));
+    if tanh {
+        let k = lit((2.0 / std::f64::consts::PI).sqrt(), cc);
+        format!("({h} * {x} * ({one} + {tanh}({k} * ({x} + {g} * {x} * {x} * {x}))))", tanh = c.math("tanh"), g = lit(0.044715, cc))
+    } else {
+        format!("({h} * {x} * ({one} + {erf}({x} * {s})))", erf = c.math("erf"), s = lit(std::f64::consts::FRAC_1_SQRT_2, cc))
+    }
+}
+
+/// `x * sigmoid(alpha * x)`.
+fn sigmoid_gated(c: CType, x: &str, alpha: f64) -> String {
+    let cc = c.compute();
+    let one = lit(1.0, cc);
+    format!("({x} * ({one} / ({one} + {exp}(-({a} * {x})))))", a = lit(alpha, cc), exp = c.math("exp"))
 }
 
 /// A Clip bound in the operand's compute type (whole numbers for integer types).

@@ -5,7 +5,9 @@
 //! module serves every input shape. Storage may be f16/bf16; math is f32 (f64 for f64 data).
 //! Each step's kernels form one module (`module_source`), compiled once per source hash.
 
+pub mod attention;
 pub mod elementwise;
+pub mod geglu;
 pub mod layout;
 pub mod reduce;
 
@@ -132,7 +134,11 @@ pub fn generate(plan: &Plan, step: &OpStep, index: usize) -> Result<StepKind, St
         | Op::Gelu { .. }
         | Op::Expand
         | Op::Fill { .. }
-        | Op::Range { .. } => Box::new(elementwise::ElementwiseCode::new(&step.op, &t)?),
+        | Op::Range { .. }
+        | Op::Silu
+        | Op::QuickGelu { .. } => Box::new(elementwise::ElementwiseCode::new(&step.op, &t)?),
+        Op::GeGlu { .. } => Box::new(geglu::GeGluCode::new(&step.op, &t)?),
+        Op::Attention { .. } => Box::new(attention::AttentionCode::new(&step.op, &t)?),
         Op::Transpose { .. } | Op::Slice { .. } | Op::Concat { .. } | Op::Split { .. } => {
             Box::new(layout::CopyCode::new(&step.op, &t)?)
         }
@@ -150,7 +156,7 @@ pub fn generate(plan: &Plan, step: &OpStep, index: usize) -> Result<StepKind, St
         | Op::CumSum { .. } => Box::new(reduce::ReduceCode::new(&step.op, &t)?),
         Op::MatMul | Op::Gemm { .. } => Box::new(GemmCode::new(&step.op, &t)?),
         Op::Conv { .. } => Box::new(ConvCode::new(&step.op, &t)?),
-        // Fused ops other helpers add reach here until the CUDA backend learns them.
+        // Ops the CUDA backend has not learnt yet.
         other => return Err(format!("op {} has no CUDA implementation yet", other.name())),
     };
     Ok(StepKind::Code(code))

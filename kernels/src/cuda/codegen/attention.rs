@@ -1,0 +1,257 @@
+//! Fused scaled dot-product attention (`Op::Attention`): `softmax(scale · q·kᵀ + mask) · v`
+//! without materialising the N×M score matrix.
+//!
+//! One thread block per (problem, tile of `TQ` query rows), where a problem is one batch entry
+//! (and head, for packed heads). The block keeps its query tile, a `TQ`×`Dv` f32 accumulator and
+//! each row's running max and denominator in shared memory, and walks the keys in tiles of `TK`
+//! rows: scores of the tile, then the online-softmax update (rescale the accumulator by
+//! `exp(old max − new max)`, add `exp(score − new max) · v`), then the next tile. Head dims up
+//! to `MAX_HEAD_DIM` (SD's largest is 160). Correctness first: scores are plain dot products over
+//! shared memory, no tensor cores yet.
+
+use quilt_rewrites::{DType, Op};
+
+use super::{broadcast_strides, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
+
+/// Query rows per block.
+const TQ: usize = 16;
+/// Key rows per shared-memory tile.
+const TK: usize = 16;
+/// The largest q/k and v head dims the shared-memory tiles hold.
+pub const MAX_HEAD_DIM: usize = 160;
+
+pub struct AttentionCode {
+    kernels: Vec<Kernel>,
+    scale: f32,
+    heads: Option<usize>,
+    has_mask: bool,
+}
+
+impl AttentionCode {
+    pub fn new(op: &Op, t: &Types) -> Result<AttentionCode, String> {
+        let Op::Attention { scale, heads } = op else { return Err(format!("{} is not Attention", op.name())) };
+        let rank = t.in_ranks[0];
+        if rank < 2 || t.in_ranks[1] != rank || t.in_ranks[2] != rank {
+            return Err(format!("q, k, v need one rank ≥ 2, got ranks {:?}", &t.in_ranks[..3]));
+        }
+        if heads.is_some() && rank != 3 {
+            return Err(format!("packed-head attention needs rank-3 q, k, v, got rank {rank}"));
+        }
+        let cts: Vec<CType> = (0..3).map(|i| t.input(i).map(CType::of)).collect::<Result<_, _>>()?;
+        let out = CType::of(t.outs[0]);
+        for c in cts.iter().chain([&out]) {
+            // The f32 shared-memory tiles would silently round f64 data.
+            if !c.is_float() || c.dtype == DType::F64 {
+                return Err(format!("attention of {} has no CUDA kernel (f32, f16 and bf16 do)", c.dtype));
+            }
+        }
+        let mask = match t.ins.get(3).copied().flatten() {
+            Some(d) if d.is_float() && d != DType::F64 => Some(CType::of(d)),
+            Some(d) => return Err(format!("attention mask of {d} has no CUDA kernel")),
+            None => None,
+        };
+        // Rank of the problem index space: the leading dims, or [B, H] for packed heads.
+        let lead = if heads.is_some() { 2 } else { rank - 2 };
+        if let (Some(_), Some(&mr)) = (mask, t.in_ranks.get(3)) {
+            if mr > lead + 2 {
+                return Err(format!("attention mask of rank {mr} for scores of rank {}", lead + 2));
+            }
+        }
+        let name = format!("{}_attention", t.prefix);
+        let mut args = format!("const QParams p, {}* __restrict__ out", out.storage());
+        for (n, c) in ["q", "k", "v"].iter().zip(&cts) {
+            args += &format!(", const {}* __restrict__ {n}", c.storage());
+        }
+        let mut mask_offset = String::new();
+        let mut mask_term = String::new();
+        if let Some(mc) = mask {
+            args += &format!(", const {}* __restrict__ mask", mc.storage());
+            // Offset of this problem's mask plane: its coordinates over the lead dims.
+            mask_offset += "    long long m0 = 0, r_ = pidx;\n";
+            for d in (0..lead).rev() {
+                mask_offset += &format!("    m0 += (r_ % p.v[{dim}]) * p.v[{st}]; r_ /= p.v[{dim}];\n", dim = 22 + d, st = 22 + lead + d);
+            }
+            mask_term = format!("        s += {};\n", mc.load("mask[m0 + i * p.v[20] + j * p.v[21]]"));
+        }
+        let (lq, lk, lv) = (cts[0].load("q[q0 + i * p.v[15] + c]"), cts[1].load("k[k0 + j * p.v[16] + c]"), cts[2].load("v[v0 + j * p.v[17] + c]"));
+        let st = out.store("M == 0 ? 0.0f : sO[r * QD + c] / sL[r]");
+        // Params: 0 blocks, 1 query tiles per problem, 2 H, 3 N, 4 M, 5 D, 6 Dv,
+        // 7..11 q/k/v/out offset per batch entry, 11..15 per head, 15..19 row strides,
+        // 19 scale (f64 bits), 20/21 mask strides of the query/key axes,
+        // 22.. lead dims, then the mask's strides over them.
+        let body = format!(
+            r#"#define QTQ {TQ}
+#define QTK {TK}
+#define QD {MAX_HEAD_DIM}
+extern "C" __global__ void {name}({args}) {{
+  __shared__ float sQ[QTQ * QD], sK[QTK * QD], sV[QTK * QD], sO[QTQ * QD], sS[QTQ * QTK], sM[QTQ], sL[QTQ], sC[QTQ];
+  const float ninf = __int_as_float(0xff800000);
+  const long long H = p.v[2], N = p.v[3], M = p.v[4];
+  const int D = (int)p.v[5], Dv = (int)p.v[6];
+  const float scale = (float)q_pd(p.v[19]);
+  const int tid = threadIdx.x, nt = blockDim.x;
+  for (long long blk = blockIdx.x; blk < p.v[0]; blk += gridDim.x) {{
+    const long long pidx = blk / p.v[1], i0 = (blk - pidx * p.v[1]) * QTQ;
+    const long long b = pidx / H, h = pidx - b * H;
+    const long long q0 = b * p.v[7] + h * p.v[11], k0 = b * p.v[8] + h * p.v[12];
+    const long long v0 = b * p.v[9] + h * p.v[13], o0 = b * p.v[10] + h * p.v[14];
+{mask_offset}    for (int e = tid; e < QTQ * D; e += nt) {{
+      int r = e / D, c = e - r * D;
+      long long i = i0 + r;
+      sQ[r * QD + c] = i < N ? {lq} : 0.0f;
+    }}
+    for (int e = tid; e < QTQ * Dv; e += nt) sO[(e / Dv) * QD + e % Dv] = 0.0f;
+    if (tid < QTQ) {{ sM[tid] = ninf; sL[tid] = 0.0f; }}
+    __syncthreads();
+    for (long long j0 = 0; j0 < M; j0 += QTK) {{
+      for (int e = tid; e < QTK * D; e += nt) {{
+        int r = e / D, c = e - r * D;
+        long long j = j0 + r;
+        sK[r * QD + c] = j < M ? {lk} : 0.0f;
+      }}
+      for (int e = tid; e < QTK * Dv; e += nt) {{
+        int r = e / Dv, c = e - r * Dv;
+        long long j = j0 + r;
+        sV[r * QD + c] = j < M ? {lv} : 0.0f;
+      }}
+      __syncthreads();
+      for (int e = tid; e < QTQ * QTK; e += nt) {{
+        int r = e / QTK, cj = e - r * QTK;
+        long long i = i0 + r, j = j0 + cj;
+        float s = ninf;
+        if (i < N && j < M) {{
+          float dot = 0.0f;
+          for (int t = 0; t < D; ++t) dot += sQ[r * QD + t] * sK[cj * QD + t];
+          s = dot * scale;
+{mask_term}        }}
+        sS[e] = s;
+      }}
+      __syncthreads();
+      if (tid < QTQ) {{
+        // Online softmax for row `tid`: new running max, rescale factor, this tile's weights.
+        const int r = tid;
+        const int valid = (int)((M - j0) < QTK ? (M - j0) : QTK);
+        float mo = sM[r], mx = mo;
+        for (int c = 0; c < valid; ++c) mx = fmaxf(mx, sS[r * QTK + c]);
+        float corr = 1.0f, sum = 0.0f;
+        if (mx == ninf) {{
+          // Every score so far is -inf (or the row is past N): nothing to add yet.
+          for (int c = 0; c < QTK; ++c) sS[r * QTK + c] = 0.0f;
+        }} else {{
+          corr = expf(mo - mx);
+          for (int c = 0; c < QTK; ++c) {{
+            float w = c < valid ? expf(sS[r * QTK + c] - mx) : 0.0f;
+            sS[r * QTK + c] = w;
+            sum += w;
+          }}
+        }}
+        sM[r] = mx;
+        sL[r] = sL[r] * corr + sum;
+        sC[r] = corr;
+      }}
+      __syncthreads();
+      for (int e = tid; e < QTQ * Dv; e += nt) {{
+        int r = e / Dv, c = e - r * Dv;
+        float acc = sO[r * QD + c] * sC[r];
+        for (int t = 0; t < QTK; ++t) acc += sS[r * QTK + t] * sV[t * QD + c];
+        sO[r * QD + c] = acc;
+      }}
+      __syncthreads();
+    }}
+    for (int e = tid; e < QTQ * Dv; e += nt) {{
+      int r = e / Dv, c = e - r * Dv;
+      long long i = i0 + r;
+      if (i < N) out[o0 + i * p.v[18] + c] = {st};
+    }}
+    __syncthreads();
+  }}
+}}
+#undef QTQ
+#undef QTK
+#undef QD
+"#
+        );
+        Ok(AttentionCode { kernels: vec![Kernel { name, body }], scale: *scale, heads: *heads, has_mask: mask.is_some() })
+    }
+}
+
+impl StepCode for AttentionCode {
+    fn kernels(&self) -> &[Kernel] {
+        &self.kernels
+    }
+
+    fn plan(&self, s: &StepShapes) -> Result<LaunchPlan, String> {
+        let (q, k, v) = (s.input(0)?, s.input(1)?, s.input(2)?);
+        let rank = q.len();
+        if rank < 2 || k.len() != rank || v.len() != rank {
+            return Err(format!("q, k, v need one rank ≥ 2, got {q:?}, {k:?}, {v:?}"));
+        }
+        let lead = &q[..rank - 2];
+        if k[..rank - 2] != *lead || v[..rank - 2] != *lead {
+            return Err(format!("q, k, v leading dims differ: {q:?}, {k:?}, {v:?}"));
+        }
+        let (n, m) = (q[rank - 2], k[rank - 2]);
+        if v[rank - 2] != m {
+            return Err(format!("k has {m} rows but v has {}", v[rank - 2]));
+        }
+        // Per problem: (H, D, Dv, row strides of q/k/v/out, the score shape the mask broadcasts to).
+        let (h, d, dv, rows, score, out_shape) = match self.heads {
+            None => {
+                let (d, dv) = (q[rank - 1], v[rank - 1]);
+                if k[rank - 1] != d {
+                    return Err(format!("q has depth {d} but k has {}", k[rank - 1]));
+                }
+                let mut out = q.to_vec();
+                out[rank - 1] = dv;
+                let score: Vec<usize> = lead.iter().copied().chain([n, m]).collect();
+                (1, d, dv, [d, d, dv, dv], score, out)
+            }
+            Some(h) => {
+                let (qc, kc, vc) = (q[2], k[2], v[2]);
+                if h == 0 || qc % h != 0 || vc % h != 0 || kc != qc {
+                    return Err(format!("{h} heads do not divide q/k/v widths {qc}/{kc}/{vc}"));
+                }
+                (h, qc / h, vc / h, [qc, kc, vc, vc], vec![q[0], h, n, m], vec![q[0], n, vc])
+            }
+        };
+        if s.outs[0] != out_shape.as_slice() {
+            return Err(format!("attention gives {out_shape:?}, but the output is {:?}", s.outs[0]));
+        }
+        if d > MAX_HEAD_DIM || dv > MAX_HEAD_DIM {
+            return Err(format!("head dims {d}/{dv} exceed the CUDA attention kernel's {MAX_HEAD_DIM}"));
+        }
+        let problems: usize = score[..score.len() - 2].iter().product();
+        let tiles = n.div_ceil(TQ);
+        let blocks = problems * tiles;
+        let mut plan = LaunchPlan::default();
+        if blocks == 0 || dv == 0 {
+            return Ok(plan);
+        }
+        let [qr, kr, vr, or] = rows;
+        // Offsets per batch entry (b) and per head (h) of the problem index b·H + h.
+        let per_batch = [n * qr, m * kr, m * vr, n * or];
+        let per_head = if self.heads.is_some() { [d, d, dv, dv] } else { [0; 4] };
+        let mut p = ParamList::default();
+        p.extend([blocks, tiles, h, n, m, d, dv].map(|x| x as i64));
+        p.extend(per_batch.map(|x| x as i64));
+        p.extend(per_head.map(|x| x as i64));
+        p.extend(rows.map(|x| x as i64));
+        p.push_f64(self.scale as f64);
+        let mut args = vec![Arg::Out(0), Arg::In(0), Arg::In(1), Arg::In(2)];
+        let lead_dims = &score[..score.len() - 2];
+        if self.has_mask {
+            let ms = broadcast_strides(s.input(3)?, &score).map_err(|e| format!("mask: {e}"))?;
+            let r = ms.len();
+            p.push(ms[r - 2]);
+            p.push(ms[r - 1]);
+            p.extend(lead_dims.iter().map(|&x| x as i64));
+            p.extend(ms[..r - 2].iter().copied());
+            args.push(Arg::In(3));
+        } else {
+            p.extend([0, 0]);
+            p.extend(lead_dims.iter().map(|&x| x as i64));
+        }
+        plan.actions.push(Action::Launch { kernel: 0, work: Work::Rows(blocks as u64), params: p.finish()?, args });
+        Ok(plan)
+    }
+}
