@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine (which has no Rust): the CUDA backend vs the CPU interpreter on every
-# fixture, plus the NVRTC compile check, from test binaries built elsewhere.
+# Runs on the GPU machine (which has no Rust): the CUDA backend (optimized and lowered plans) vs
+# the CPU interpreter on every fixture, the fused ops at edge shapes, plus the NVRTC compile check, from test binaries built elsewhere.
 #
 #   cargo test --release -p quilt-tests --test cuda_fixtures --test cuda_codegen --no-run
 #   copy the two binaries (target/release/deps/cuda_{fixtures,codegen}-*) to BIN_DIR, then on the GPU:

@@ -1,4 +1,5 @@
-//! The CUDA backend: executes a `Plan` on an NVIDIA GPU, one step per op for now.
+//! The CUDA backend: executes a `Plan` (lowered or optimized) on an NVIDIA GPU, one launch
+//! sequence per step; the optimizer's fused ops (Silu, QuickGelu, GeGlu, Attention) included.
 //!
 //! - `device`: context, stream, memory, launches (cudarc; libcuda loaded at run time)
 //! - `codegen`: CUDA C per step with symbolic sizes as kernel arguments, and its launch plan
