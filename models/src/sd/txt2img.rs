@@ -1,5 +1,7 @@
-//! The text-to-image pipeline (diffusers' `StableDiffusionPipeline` / Optimum's ORT pipeline):
-//! tokenize, encode, denoise with classifier-free guidance, decode.
+//! The loaded pipeline (one ORT session per model) and text-to-image (diffusers'
+//! `StableDiffusionPipeline` / Optimum's ORT pipeline): tokenize, encode, denoise with
+//! classifier-free guidance, decode. The generation itself, shared with img2img and inpaint, is in
+//! `generate.rs`; its denoising loop in `denoise.rs`.
 
 use std::time::Duration;
 
