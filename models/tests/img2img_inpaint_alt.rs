@@ -8,9 +8,8 @@
 //! decoded images within 2e-3 absolute (both fp32; kernels sum in other orders).
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
-use quilt_models::runtime::{Runtime, RuntimePaths};
+use quilt_models::runtime::Runtime;
 use quilt_models::sd::bundled::{materialize, TinyPipeline};
 use quilt_models::sd::generate::strength_start;
 use quilt_models::sd::images::{SdImage, SdMask};
@@ -19,21 +18,8 @@ use quilt_models::sd::pipeline_dir::{PipelineDir, TextEncoderKind};
 use quilt_models::sd::schedulers::SchedulerKind;
 use quilt_models::sd::txt2img::{Generated, SdPipeline, Txt2ImgRequest};
 
-/// ORT allows one environment per process, and the tests of this file share the process.
-fn runtime() -> Option<&'static Runtime> {
-    static RUNTIME: OnceLock<Option<Runtime>> = OnceLock::new();
-    let runtime = RUNTIME.get_or_init(|| {
-        let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
-        if !set("ORT_DYLIB_PATH") || !set("QUILT_EP_LIB") {
-            return None;
-        }
-        Some(Runtime::new(RuntimePaths::resolve(None, None).expect("library paths")).expect("ORT with quilt"))
-    });
-    if runtime.is_none() {
-        eprintln!("skipped: set ORT_DYLIB_PATH and QUILT_EP_LIB (scripts/test.sh does)");
-    }
-    runtime.as_ref()
-}
+mod common;
+use common::{max_diff, runtime};
 
 /// A fresh copy of the tiny pipeline `kind` for one test (tests run in parallel).
 fn tiny(kind: TinyPipeline, test: &str) -> PathBuf {
@@ -63,18 +49,6 @@ fn request(size: usize, steps: usize, seed: u64, scheduler: Option<SchedulerKind
         guidance_scale: 7.5,
         scheduler,
     }
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
-    assert_eq!(a.len(), b.len());
-    let mut worst_abs = 0.0f32;
-    let mut worst_excess = f32::NEG_INFINITY;
-    for (&x, &y) in a.iter().zip(b) {
-        let d = (x - y).abs();
-        worst_abs = worst_abs.max(d);
-        worst_excess = worst_excess.max(d - 1e-3 * y.abs());
-    }
-    (worst_abs, worst_excess)
 }
 
 /// quilt's result matches the CPU EP's within the stated tolerances; the image is not flat.

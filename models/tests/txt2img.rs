@@ -8,33 +8,14 @@
 
 use std::path::PathBuf;
 
-use quilt_models::runtime::{Runtime, RuntimePaths};
 use quilt_models::sd::bundled::materialize_tiny_pipeline;
 use quilt_models::sd::models::Ep;
 use quilt_models::sd::pipeline_dir::PipelineDir;
 use quilt_models::sd::schedulers::SchedulerKind;
 use quilt_models::sd::txt2img::{SdPipeline, Txt2ImgRequest};
 
-fn runtime() -> Option<Runtime> {
-    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
-    if !set("ORT_DYLIB_PATH") || !set("QUILT_EP_LIB") {
-        eprintln!("skipped: set ORT_DYLIB_PATH and QUILT_EP_LIB (scripts/test.sh does)");
-        return None;
-    }
-    Some(Runtime::new(RuntimePaths::resolve(None, None).expect("library paths")).expect("ORT with quilt"))
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
-    assert_eq!(a.len(), b.len());
-    let mut worst_abs = 0.0f32;
-    let mut worst_excess = f32::NEG_INFINITY;
-    for (&x, &y) in a.iter().zip(b) {
-        let d = (x - y).abs();
-        worst_abs = worst_abs.max(d);
-        worst_excess = worst_excess.max(d - 1e-3 * y.abs());
-    }
-    (worst_abs, worst_excess)
-}
+mod common;
+use common::{max_diff, runtime};
 
 #[test]
 fn tiny_txt2img_quilt_matches_cpu_ep() {
