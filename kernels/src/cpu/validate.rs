@@ -1,85 +1,22 @@
-//! The checks `CpuExecutable::new` makes once per plan: buffer references in range, each step an
-//! op the interpreter implements with the right number of inputs and outputs, inputs written
-//! before they are read, weights loaded, and dtype combinations the kernels support.
+//! The checks `CpuExecutable::new` makes once per plan: the shared structural checks
+//! (`crate::plan_check`), plus each step an op the interpreter implements with the right number of
+//! inputs and outputs and dtype combinations the kernels support.
 
 use quilt_rewrites::ir::BinaryOp;
 use quilt_rewrites::ir::UnaryOp;
-use quilt_rewrites::plan::{BufferKind, OpStep, Step};
+use quilt_rewrites::plan::OpStep;
 use quilt_rewrites::{DType, Op, Plan};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::plan_check::check_structure;
 
-/// Validates `plan`; returns, per buffer, the index of the step that writes it.
+/// Validates `plan` for the interpreter: the shared structural checks plus arity and dtypes per
+/// step; returns, per buffer, the index of the step that writes it.
 pub(crate) fn validate(plan: &Plan) -> Result<Vec<Option<usize>>> {
-    let n = plan.buffers.len();
-    let mut producer: Vec<Option<usize>> = vec![None; n];
-    for (i, v) in plan.inputs.iter().enumerate() {
-        match plan.buffers.get(v.buffer).map(|b| &b.kind) {
-            Some(BufferKind::Input(j)) if *j == i => {}
-            _ => return Err(Error::Plan(format!("input '{}' is not bound to an input buffer with index {i}", v.name))),
-        }
-    }
-    for (b, buf) in plan.buffers.iter().enumerate() {
-        match &buf.kind {
-            BufferKind::Input(i) if *i >= plan.inputs.len() => {
-                return Err(Error::Plan(format!("buffer %{b} is input {i}, but the plan has {} inputs", plan.inputs.len())))
-            }
-            BufferKind::Weight(t) => {
-                let declared: Option<Vec<usize>> = buf.ty.shape.iter().map(|d| d.as_const().map(|c| c as usize)).collect();
-                if t.dtype() != buf.ty.dtype || declared.as_deref() != Some(&t.shape[..]) || t.numel() != t.data.len() {
-                    return Err(Error::Plan(format!(
-                        "weight buffer %{b} holds {}{:?}, its type says {}",
-                        t.dtype(),
-                        t.shape,
-                        buf.ty
-                    )));
-                }
-            }
-            _ => {}
-        }
-    }
-    for (index, step) in plan.steps.iter().enumerate() {
-        let Step::Op(s) = step;
-        let fail = |msg: String| Error::Step { node: s.node.clone(), op: s.op.name(), msg };
-        for (slot, b) in s.inputs.iter().enumerate() {
-            let Some(b) = *b else { continue };
-            let Some(buf) = plan.buffers.get(b) else {
-                return Err(fail(format!("input {slot} refers to buffer %{b}, which does not exist")));
-            };
-            match &buf.kind {
-                BufferKind::MissingWeight(name) => {
-                    return Err(fail(format!("input {slot} is weight '{name}', whose data was not loaded")))
-                }
-                BufferKind::Intermediate if producer[b].is_none() => {
-                    return Err(fail(format!("input {slot} (buffer %{b}) is read before any step writes it")))
-                }
-                _ => {}
-            }
-        }
-        for &b in &s.outputs {
-            match plan.buffers.get(b).map(|x| &x.kind) {
-                Some(BufferKind::Intermediate) if producer[b].is_none() => producer[b] = Some(index),
-                Some(BufferKind::Intermediate) => return Err(fail(format!("buffer %{b} is written twice"))),
-                Some(_) => return Err(fail(format!("writes buffer %{b}, which is an input or weight"))),
-                None => return Err(fail(format!("writes buffer %{b}, which does not exist"))),
-            }
-        }
-        check_arity(s).map_err(fail)?;
-        check_dtypes(plan, s).map_err(fail)?;
-    }
-    for v in &plan.outputs {
-        match plan.buffers.get(v.buffer).map(|b| &b.kind) {
-            None => return Err(Error::Plan(format!("output '{}' refers to buffer %{}, which does not exist", v.name, v.buffer))),
-            Some(BufferKind::Intermediate) if producer[v.buffer].is_none() => {
-                return Err(Error::Plan(format!("output '{}' (buffer %{}) is never written", v.name, v.buffer)))
-            }
-            Some(BufferKind::MissingWeight(w)) => {
-                return Err(Error::Plan(format!("output '{}' is weight '{w}', whose data was not loaded", v.name)))
-            }
-            _ => {}
-        }
-    }
-    Ok(producer)
+    check_structure(plan, |s| {
+        check_arity(s)?;
+        check_dtypes(plan, s)
+    })
 }
 
 /// Number of inputs (`required`, then up to `optional` more that may be absent) and outputs.

@@ -260,49 +260,12 @@ fn generate_all(plan: &Plan) -> Result<Vec<StepKind>> {
     Ok(kinds)
 }
 
-/// The structural checks both backends make (inputs bound, every buffer written once before it
-/// is read, weights loaded, outputs written); returns each buffer's producing step.
+/// The structural checks both backends make (`crate::plan_check`), plus what CUDA needs of every
+/// step: not opaque, at least one output. Returns each buffer's producing step.
 fn check_structure(plan: &Plan) -> Result<Vec<Option<usize>>> {
-    let mut producer: Vec<Option<usize>> = vec![None; plan.buffers.len()];
-    for (i, v) in plan.inputs.iter().enumerate() {
-        if !matches!(plan.buffers.get(v.buffer).map(|b| &b.kind), Some(BufferKind::Input(j)) if *j == i) {
-            return Err(Error::Plan(format!("input '{}' is not bound to an input buffer with index {i}", v.name)));
-        }
-    }
-    for (index, step) in plan.steps.iter().enumerate() {
-        let Step::Op(s) = step;
-        let fail = |msg: String| step_error(plan, index, msg);
-        if let quilt_rewrites::Op::Opaque { reason, .. } = &s.op {
-            return Err(fail(format!("not supported by quilt: {reason}")));
-        }
-        for (slot, b) in s.inputs.iter().enumerate() {
-            let Some(b) = *b else { continue };
-            match plan.buffers.get(b).map(|x| &x.kind) {
-                None => return Err(fail(format!("input {slot} refers to buffer %{b}, which does not exist"))),
-                Some(BufferKind::MissingWeight(name)) => return Err(fail(format!("input {slot} is weight '{name}', whose data was not loaded"))),
-                Some(BufferKind::Intermediate) if producer[b].is_none() => return Err(fail(format!("input {slot} (buffer %{b}) is read before any step writes it"))),
-                _ => {}
-            }
-        }
-        if s.outputs.is_empty() {
-            return Err(fail("has no outputs".into()));
-        }
-        for &b in &s.outputs {
-            match plan.buffers.get(b).map(|x| &x.kind) {
-                Some(BufferKind::Intermediate) if producer[b].is_none() => producer[b] = Some(index),
-                Some(BufferKind::Intermediate) => return Err(fail(format!("buffer %{b} is written twice"))),
-                Some(_) => return Err(fail(format!("writes buffer %{b}, which is an input or weight"))),
-                None => return Err(fail(format!("writes buffer %{b}, which does not exist"))),
-            }
-        }
-    }
-    for v in &plan.outputs {
-        match plan.buffers.get(v.buffer).map(|b| &b.kind) {
-            None => return Err(Error::Plan(format!("output '{}' refers to buffer %{}, which does not exist", v.name, v.buffer))),
-            Some(BufferKind::Intermediate) if producer[v.buffer].is_none() => return Err(Error::Plan(format!("output '{}' (buffer %{}) is never written", v.name, v.buffer))),
-            Some(BufferKind::MissingWeight(w)) => return Err(Error::Plan(format!("output '{}' is weight '{w}', whose data was not loaded", v.name))),
-            _ => {}
-        }
-    }
-    Ok(producer)
+    crate::plan_check::check_structure(plan, |s| match &s.op {
+        quilt_rewrites::Op::Opaque { reason, .. } => Err(format!("not supported by quilt: {reason}")),
+        _ if s.outputs.is_empty() => Err("has no outputs".into()),
+        _ => Ok(()),
+    })
 }
