@@ -40,7 +40,7 @@ fn pair(runtime: &Runtime, dir: &std::path::Path) -> (SdPipeline, SdPipeline) {
 
 fn request(size: usize, steps: usize, seed: u64, scheduler: Option<SchedulerKind>) -> Txt2ImgRequest {
     Txt2ImgRequest {
-        prompt: "a watercolor of a lighthouse at dusk".into(),
+        prompts: vec!["a watercolor of a lighthouse at dusk".into()],
         negative: "blurry".into(),
         steps,
         width: size,
@@ -48,6 +48,7 @@ fn request(size: usize, steps: usize, seed: u64, scheduler: Option<SchedulerKind
         seed,
         guidance_scale: 7.5,
         scheduler,
+        ..Default::default()
     }
 }
 
@@ -229,7 +230,7 @@ fn tiny_alt_diffusion_quilt_matches_cpu_ep() {
     let (mut quilt, mut cpu) = pair(runtime, &dir);
     assert_eq!(quilt.dir.text_encoder_kind, TextEncoderKind::XlmRoberta);
     assert!(quilt.text_encoder.has_input("attention_mask"), "the XLM-R encoder takes attention_mask");
-    let req = Txt2ImgRequest { prompt: "一座灯塔, watercolor".into(), ..request(16, 3, 6, None) };
+    let req = Txt2ImgRequest { prompts: vec!["一座灯塔, watercolor".into()], ..request(16, 3, 6, None) };
     let q = quilt.txt2img(&req, &mut |_, _, _| {}).unwrap();
     let c = cpu.txt2img(&req, &mut |_, _, _| {}).unwrap();
     check_match("alt txt2img", &q, &c);

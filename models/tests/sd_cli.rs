@@ -91,5 +91,18 @@ fn every_subcommand_runs_on_the_bundled_pipelines() {
     let out = quilt(&["sd", "img2img", "--prompt", "x", "--image", &image, "--size", "16x16", "--out", &out_png]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("--size 16x16 but") && text(&out).contains("24x16"), "{}", text(&out));
+
+    // A batch: two prompts × two images each → four PNGs named after --out.
+    let out_png = path("batch.png");
+    let out = quilt(&["sd", "img2img", "--prompt", "a fox", "--prompt", "a hare", "--images-per-prompt", "2", "--steps", "2", "--strength", "0.5", "--size", "16x16", "--out", &out_png]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("batch 4"), "{}", text(&out));
+    for i in 0..4 {
+        assert_eq!(png_size(&tmp.join(format!("batch-{i}.png"))), (16, 16));
+    }
+    assert!(!Path::new(&out_png).exists(), "a batch writes numbered files only");
+    let out = quilt(&["sd", "txt2img", "--prompt", "x", "--images-per-prompt", "0", "--out", &out_png]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("--images-per-prompt must be at least 1"), "{}", text(&out));
     std::fs::remove_dir_all(&tmp).unwrap();
 }

@@ -32,7 +32,8 @@ options:
   --model DIR          pipeline directory (default: the bundled tiny pipeline)
   --pipeline sd|alt    the bundled pipeline's text encoder: CLIP (sd) or XLM-R (alt, AltDiffusion);
                        with --model, alt checks that the directory is an AltDiffusion pipeline
-  --prompt TEXT        the prompt
+  --prompt TEXT        the prompt; give it again for a batch of prompts (one image each)
+  --images-per-prompt N  images generated per prompt in the same batch (default 1)
   --negative TEXT      negative prompt (default: empty)
   --image PATH         img2img/inpaint input image (its size is the output size)
   --mask PATH          inpaint mask, same size as the image (white = repaint)
@@ -47,7 +48,7 @@ options:
   --ep quilt|cpu       execution provider (default quilt; cpu is ORT's CPU EP)
   --ep-lib PATH        libquilt_ep.so (default $QUILT_EP_LIB, else target/release/libquilt_ep.so)
   --ort-lib PATH       libonnxruntime.so (default $ORT_DYLIB_PATH)
-  --out PATH           PNG to write (required)";
+  --out PATH           PNG to write (required); a batch writes PATH's stem + -0, -1, ... + .png";
 
 /// The `quilt sd` subcommands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +113,7 @@ pub fn parse_args(command: Command, args: &[String]) -> Result<SdArgs> {
         ort_lib: None,
         out: PathBuf::new(),
     };
-    let mut prompt = None;
+    let mut prompts = Vec::new();
     let mut out = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -139,7 +140,13 @@ pub fn parse_args(command: Command, args: &[String]) -> Result<SdArgs> {
                     other => return Err(ModelsError::Usage(format!("--pipeline `{other}`: expected sd or alt"))),
                 }
             }
-            "--prompt" => prompt = Some(value()?),
+            "--prompt" => prompts.push(value()?),
+            "--images-per-prompt" => {
+                parsed.request.images_per_prompt = int(value()?)? as usize;
+                if parsed.request.images_per_prompt == 0 {
+                    return Err(ModelsError::Usage("--images-per-prompt must be at least 1".into()));
+                }
+            }
             "--negative" => parsed.request.negative = value()?,
             "--image" => {
                 only_for(&[Command::Img2Img, Command::Inpaint])?;
@@ -182,7 +189,10 @@ pub fn parse_args(command: Command, args: &[String]) -> Result<SdArgs> {
             return Err(ModelsError::Usage("inpaint with --model needs --mask (a mask is generated only for the bundled pipeline)".into()));
         }
     }
-    parsed.request.prompt = prompt.ok_or_else(|| ModelsError::Usage("--prompt is required".into()))?;
+    if prompts.is_empty() {
+        return Err(ModelsError::Usage("--prompt is required".into()));
+    }
+    parsed.request.prompts = prompts;
     parsed.out = out.ok_or_else(|| ModelsError::Usage("--out is required".into()))?;
     Ok(parsed)
 }
@@ -311,13 +321,14 @@ pub fn sd_command(args: &SdArgs) -> Result<()> {
         Init::Noise => String::new(),
     };
     println!(
-        "{} scheduler {}, {} of {} steps{strength}, {}x{}, seed {}, guidance {}",
+        "{} scheduler {}, {} of {} steps{strength}, {}x{}, batch {}, seed {}, guidance {}",
         args.command.name(),
         generated.scheduler.class_name(),
         times.unet_steps.len(),
         request.steps,
         request.width,
         request.height,
+        request.batch(),
         request.seed,
         request.guidance_scale
     );
@@ -328,7 +339,18 @@ pub fn sd_command(args: &SdArgs) -> Result<()> {
     println!("time      unet {:.1} ms total, {:.2} ms per step", unet_total, unet_total / times.unet_steps.len().max(1) as f64);
     println!("time      vae_decoder {:.1} ms", ms(times.vae_decoder));
     println!("time      total {:.1} ms", ms(times.total));
-    write_png(&args.out, &generated.image, generated.image_shape)?;
-    println!("wrote     {}", args.out.display());
+    for (i, path) in output_paths(&args.out, generated.image_shape[0]).iter().enumerate() {
+        write_png(path, &generated.image, generated.image_shape, i)?;
+        println!("wrote     {}", path.display());
+    }
     Ok(())
+}
+
+/// Where each image of a batch goes: `out` itself for one image, else `stem-0.png`, `stem-1.png`, ...
+pub fn output_paths(out: &std::path::Path, images: usize) -> Vec<PathBuf> {
+    if images == 1 {
+        return vec![out.to_path_buf()];
+    }
+    let stem = out.file_stem().map_or_else(|| "image".into(), |s| s.to_string_lossy().into_owned());
+    (0..images).map(|i| out.with_file_name(format!("{stem}-{i}.png"))).collect()
 }

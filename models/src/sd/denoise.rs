@@ -17,9 +17,10 @@ pub struct Guidance<'a> {
     pub scale: f32,
 }
 
-/// Runs `timesteps` from `latents` ([1, C, h, w] = `shape`) and returns the final latents.
-/// `extra` holds whole channels of size h·w appended after the scaled latents in the UNet's
-/// `sample` (the same for both guidance halves); empty for a plain 4-channel UNet.
+/// Runs `timesteps` from `latents` ([B, C, h, w] = `shape`) and returns the final latents.
+/// `extra` holds whole channels of size h·w appended after each batch entry's scaled latents in
+/// the UNet's `sample` (the same for every entry and both guidance halves); empty for a plain
+/// 4-channel UNet.
 /// Each step's wall time goes to `step_times` and `progress(done, total, time)`.
 #[allow(clippy::too_many_arguments)]
 pub fn denoise(
@@ -35,20 +36,24 @@ pub fn denoise(
     progress: &mut dyn FnMut(usize, usize, Duration),
 ) -> Result<Vec<f32>> {
     let n: usize = shape.iter().product();
+    let images = shape[0];
+    let per_image = n / images.max(1);
     let plane = shape[2] * shape[3];
     if !extra.len().is_multiple_of(plane) {
         return Err(ModelsError::Usage(format!("extra UNet channels: {} values are not whole {}x{} planes", extra.len(), shape[2], shape[3])));
     }
     let in_channels = shape[1] + extra.len() / plane;
-    let batch = if guidance.cfg { 2 } else { 1 };
+    let batch = if guidance.cfg { 2 * images } else { images };
     let sample_shape = vec![batch as i64, in_channels as i64, shape[2] as i64, shape[3] as i64];
     for (i, &t) in timesteps.iter().enumerate() {
         let started = Instant::now();
         let scaled = scheduler.scale_model_input(&latents, t)?;
         let mut sample = Vec::with_capacity(batch * in_channels * plane);
-        for _ in 0..batch {
-            sample.extend_from_slice(&scaled);
-            sample.extend_from_slice(extra);
+        for _ in 0..batch / images.max(1) {
+            for image in scaled.chunks_exact(per_image) {
+                sample.extend_from_slice(image);
+                sample.extend_from_slice(extra);
+            }
         }
         let inputs = vec![
             ("sample".to_string(), float_tensor(unet, "sample", sample_shape.clone(), sample)?),
@@ -56,7 +61,7 @@ pub fn denoise(
             ("encoder_hidden_states".to_string(), float_tensor(unet, "encoder_hidden_states", guidance.emb_shape.to_vec(), guidance.embeds.to_vec())?),
         ];
         let (out_shape, out) = unet.run_f32(inputs, &["out_sample"])?;
-        if out.len() != batch * n {
+        if out.len() != batch * per_image {
             return Err(ModelsError::pipeline(&unet.path, format!("output shape {out_shape:?}; expected [{batch}, {}, {}, {}]", shape[1], shape[2], shape[3])));
         }
         let noise_pred: Vec<f32> = if guidance.cfg {

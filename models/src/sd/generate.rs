@@ -78,6 +78,9 @@ impl SdPipeline {
         if req.steps == 0 {
             return Err(ModelsError::Usage("--steps must be at least 1".into()));
         }
+        if req.batch() == 0 {
+            return Err(ModelsError::Usage("no image to generate: give at least one prompt and --images-per-prompt ≥ 1".into()));
+        }
         self.check_inputs(req, &init)?;
         let config = self.scheduler_config(req.scheduler)?;
         let kind = config.kind;
@@ -86,18 +89,36 @@ impl SdPipeline {
         let mut timesteps = scheduler.timesteps().to_vec();
         let mut times = StageTimes::default();
 
-        // Text: [negative, prompt] as diffusers concatenates them (unconditional first).
+        // Text: [negatives, prompts] as diffusers concatenates them (unconditional first), each
+        // prompt repeated `images_per_prompt` times next to itself.
+        let batch = req.batch();
         let cfg = req.guidance_scale > 1.0;
         let t0 = Instant::now();
-        let (emb_shape, embeds) = if cfg { self.encode_prompts(&[&req.negative, &req.prompt])? } else { self.encode_prompts(&[&req.prompt])? };
+        let mut texts: Vec<&str> = Vec::with_capacity(2 * batch);
+        if cfg {
+            texts.extend(std::iter::repeat_n(req.negative.as_str(), batch));
+        }
+        for prompt in &req.prompts {
+            texts.extend(std::iter::repeat_n(prompt.as_str(), req.images_per_prompt));
+        }
+        let (emb_shape, embeds) = self.encode_prompts(&texts)?;
         times.text_encoder = t0.elapsed();
 
         let f = self.dir.vae_scale_factor;
-        let shape = [1usize, LATENT_CHANNELS, req.height / f, req.width / f];
+        let shape = [batch, LATENT_CHANNELS, req.height / f, req.width / f];
         let n: usize = shape.iter().product();
-        let mut noise = vec![0.0f32; n];
-        Rng::for_stream(req.seed, "latents").fill_normal(&mut noise);
+        let noise = match &req.noise {
+            Some(given) if given.len() == n => given.clone(),
+            Some(given) => return Err(ModelsError::Usage(format!("the given initial noise has {} values; {shape:?} needs {n}", given.len()))),
+            None => {
+                let mut noise = vec![0.0f32; n];
+                Rng::for_stream(req.seed, "latents").fill_normal(&mut noise);
+                noise
+            }
+        };
         let pure_noise = |sigma: f32| noise.iter().map(|&x| x * sigma).collect::<Vec<f32>>();
+        // img2img/inpaint: one image for the whole batch, as diffusers repeats it.
+        let per_batch = |one: Vec<f32>| one.repeat(batch);
 
         let strength = match init {
             Init::Noise => 1.0,
@@ -114,14 +135,14 @@ impl SdPipeline {
         let (latents, extra) = match init {
             Init::Noise => (pure_noise(scheduler.init_noise_sigma()), Vec::new()),
             Init::Image { image, .. } => {
-                let image_latents = self.encode_image(image)?;
+                let image_latents = per_batch(self.encode_image(image)?);
                 (scheduler.add_noise(&image_latents, &noise, first_t)?, Vec::new())
             }
             Init::Inpaint { image, mask, .. } => {
                 let mut extra = mask.downsample_nearest(f);
                 extra.extend(self.encode_image(&mask.mask_image(image)?)?);
                 // diffusers: strength 1 starts from noise alone; otherwise from the noised image.
-                let latents = if strength >= 1.0 { pure_noise(scheduler.init_noise_sigma()) } else { scheduler.add_noise(&self.encode_image(image)?, &noise, first_t)? };
+                let latents = if strength >= 1.0 { pure_noise(scheduler.init_noise_sigma()) } else { scheduler.add_noise(&per_batch(self.encode_image(image)?), &noise, first_t)? };
                 (latents, extra)
             }
         };
@@ -136,8 +157,8 @@ impl SdPipeline {
         let input = float_tensor(&self.vae_decoder, "latent_sample", shape.iter().map(|&d| d as i64).collect(), scaled)?;
         let (img_shape, image) = self.vae_decoder.run_f32(vec![("latent_sample".to_string(), input)], &["sample"])?;
         times.vae_decoder = tv.elapsed();
-        if img_shape.len() != 4 || img_shape[1] != 3 {
-            return Err(ModelsError::pipeline(&self.vae_decoder.path, format!("output shape {img_shape:?}; expected [1, 3, H, W]")));
+        if img_shape.len() != 4 || img_shape[0] as usize != batch || img_shape[1] != 3 {
+            return Err(ModelsError::pipeline(&self.vae_decoder.path, format!("output shape {img_shape:?}; expected [{batch}, 3, H, W]")));
         }
         let image_shape = [img_shape[0] as usize, 3, img_shape[2] as usize, img_shape[3] as usize];
         times.total = start.elapsed();

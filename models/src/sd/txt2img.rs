@@ -15,8 +15,13 @@ use crate::sd::tokenizer::PromptTokenizer;
 
 #[derive(Debug, Clone)]
 pub struct Txt2ImgRequest {
-    pub prompt: String,
+    /// One or more prompts, generated as one batch (diffusers' list `prompt`).
+    pub prompts: Vec<String>,
+    /// The negative prompt, shared by every prompt of the batch.
     pub negative: String,
+    /// Images per prompt (diffusers' `num_images_per_prompt`); the batch is
+    /// `prompts.len() × images_per_prompt`, images of one prompt next to each other.
+    pub images_per_prompt: usize,
     pub steps: usize,
     pub width: usize,
     pub height: usize,
@@ -25,11 +30,32 @@ pub struct Txt2ImgRequest {
     pub guidance_scale: f32,
     /// Overrides the pipeline's `scheduler_config.json` class.
     pub scheduler: Option<SchedulerKind>,
+    /// The initial Gaussian noise ([batch, 4, h, w], unscaled) instead of drawing it from `seed`:
+    /// reproduces another implementation's run (the diffusers reference tests pass diffusers' own).
+    pub noise: Option<Vec<f32>>,
+}
+
+impl Txt2ImgRequest {
+    /// Images in one generation.
+    pub fn batch(&self) -> usize {
+        self.prompts.len() * self.images_per_prompt
+    }
 }
 
 impl Default for Txt2ImgRequest {
     fn default() -> Self {
-        Txt2ImgRequest { prompt: String::new(), negative: String::new(), steps: 20, width: 512, height: 512, seed: 0, guidance_scale: 7.5, scheduler: None }
+        Txt2ImgRequest {
+            prompts: vec![String::new()],
+            negative: String::new(),
+            images_per_prompt: 1,
+            steps: 20,
+            width: 512,
+            height: 512,
+            seed: 0,
+            guidance_scale: 7.5,
+            scheduler: None,
+            noise: None,
+        }
     }
 }
 
@@ -48,7 +74,7 @@ pub struct Generated {
     /// Final latents (before the VAE scaling), NCHW.
     pub latents: Vec<f32>,
     pub latent_shape: [usize; 4],
-    /// Decoder output in [-1, 1] (unclamped), NCHW with 3 channels.
+    /// Decoder output in [-1, 1] (unclamped), NCHW with 3 channels, one image per batch entry.
     pub image: Vec<f32>,
     pub image_shape: [usize; 4],
     pub scheduler: SchedulerKind,
@@ -126,10 +152,11 @@ impl SdPipeline {
     }
 }
 
-/// NCHW decoder output in [-1, 1] → interleaved RGB bytes of the first image (diffusers'
+/// NCHW decoder output in [-1, 1] → interleaved RGB bytes of batch entry `index` (diffusers'
 /// `(x / 2 + 0.5).clamp(0, 1)`, rounded).
-pub fn to_rgb8(image: &[f32], shape: [usize; 4]) -> Vec<u8> {
+pub fn to_rgb8(image: &[f32], shape: [usize; 4], index: usize) -> Vec<u8> {
     let [_, c, h, w] = shape;
+    let image = &image[index * c * h * w..(index + 1) * c * h * w];
     let mut out = Vec::with_capacity(h * w * 3);
     for y in 0..h {
         for x in 0..w {
@@ -142,9 +169,12 @@ pub fn to_rgb8(image: &[f32], shape: [usize; 4]) -> Vec<u8> {
     out
 }
 
-/// Writes the first image as PNG.
-pub fn write_png(path: &std::path::Path, image: &[f32], shape: [usize; 4]) -> Result<()> {
-    let [_, _, h, w] = shape;
-    let rgb = image::RgbImage::from_raw(w as u32, h as u32, to_rgb8(image, shape)).ok_or_else(|| ModelsError::Usage("image buffer size mismatch".into()))?;
+/// Writes batch entry `index` as PNG.
+pub fn write_png(path: &std::path::Path, image: &[f32], shape: [usize; 4], index: usize) -> Result<()> {
+    let [n, _, h, w] = shape;
+    if index >= n {
+        return Err(ModelsError::Usage(format!("image {index} of a batch of {n}")));
+    }
+    let rgb = image::RgbImage::from_raw(w as u32, h as u32, to_rgb8(image, shape, index)).ok_or_else(|| ModelsError::Usage("image buffer size mismatch".into()))?;
     rgb.save_with_format(path, image::ImageFormat::Png).map_err(|e| ModelsError::pipeline(path, format!("cannot write PNG: {e}")))
 }
