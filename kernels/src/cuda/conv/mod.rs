@@ -1,0 +1,203 @@
+//! Convolution (ONNX Conv, 1-D and 2-D, NCHW): cuDNN when it can, im2col + cuBLAS otherwise.
+//!
+//! - `cudnn`: one cuDNN forward convolution per step (bias in the same call where cuDNN allows
+//!   it), the algorithm chosen once per concrete shape and cached; f32, f16 and bf16 with f32
+//!   accumulation; f32 without TF32 so fp32 models match the CPU reference.
+//! - `im2col`: the fallback (column buffer + cuBLAS GEMM). It runs when libcudnn cannot be
+//!   loaded (reported once on stderr), for f64, for asymmetric pads, for tensors past cuDNN's
+//!   32-bit sizes, and for every conv when `QUILT_CONV=im2col` is set at prepare time.
+//!
+//! Where cuDNN comes from: quilt opens `libcudnn.so.9` (cuDNN 9.x) at run time through the
+//! dynamic loader, so the directory holding it (and its `libcudnn_*.so.9` sub-libraries) must be
+//! on `LD_LIBRARY_PATH` or in the loader cache. With PyTorch installed, that is the `lib` folder
+//! of the `nvidia-cudnn-cu*` wheel:
+//! `export LD_LIBRARY_PATH="$(python3 -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))')/lib:$LD_LIBRARY_PATH"`;
+//! a system install (`/usr/lib/x86_64-linux-gnu`, CUDA's `lib64`) is found without it.
+
+pub mod cudnn;
+pub mod im2col;
+
+use quilt_rewrites::{DType, Op};
+
+use self::cudnn::ConvCall;
+use super::codegen::{numel, Kernel, LaunchPlan, StepCode, StepShapes, Types};
+
+/// A convolution at concrete shapes, always in 2-D terms (a 1-D conv has `h = kh = oh = 1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvGeometry {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Output channels.
+    pub m: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    /// (height, width) pairs.
+    pub stride: (usize, usize),
+    pub dilation: (usize, usize),
+    pub pad_begin: (usize, usize),
+    pub pad_end: (usize, usize),
+    pub group: usize,
+}
+
+impl ConvGeometry {
+    /// Checks the ONNX Conv attributes against input `x`, weight `w` and output `out` shapes.
+    pub fn new(strides: &[usize], pads: &[usize], dilations: &[usize], group: usize, x: &[usize], w: &[usize], out: &[usize]) -> Result<ConvGeometry, String> {
+        let two_d = x.len() == 4;
+        if !(x.len() == 3 || two_d) || w.len() != x.len() || out.len() != x.len() {
+            return Err(format!("Conv input {x:?}, weight {w:?} and output {out:?}: only 1-D and 2-D convolutions run on CUDA"));
+        }
+        let spatial = x.len() - 2;
+        if strides.len() != spatial || dilations.len() != spatial || pads.len() != 2 * spatial || group == 0 {
+            return Err("Conv attributes do not match the input rank".into());
+        }
+        // Everything as 2-D: (H, W), kernel (kh, kw), and per-axis attributes.
+        let sp = |v: &[usize]| if two_d { (v[v.len() - 2], v[v.len() - 1]) } else { (1, v[v.len() - 1]) };
+        let pair = |v: &[usize], fill: usize| if two_d { (v[0], v[1]) } else { (fill, v[0]) };
+        let g = ConvGeometry {
+            n: x[0],
+            c: x[1],
+            h: sp(x).0,
+            w: sp(x).1,
+            m: w[0],
+            kh: sp(w).0,
+            kw: sp(w).1,
+            oh: sp(out).0,
+            ow: sp(out).1,
+            stride: pair(strides, 1),
+            dilation: pair(dilations, 1),
+            pad_begin: pair(&pads[..spatial], 0),
+            pad_end: pair(&pads[spatial..], 0),
+            group,
+        };
+        if g.c != w[1] * group || g.m % group != 0 || out[0] != g.n || out[1] != g.m {
+            return Err(format!("Conv input {x:?}, weight {w:?}, group {group} and output {out:?} do not fit"));
+        }
+        if g.stride.0 == 0 || g.stride.1 == 0 || g.dilation.0 == 0 || g.dilation.1 == 0 {
+            return Err("Conv strides and dilations must be positive".into());
+        }
+        let expect = |i: usize, p0: usize, p1: usize, d: usize, k: usize, st: usize| -> i64 {
+            let span = i as i64 + (p0 + p1) as i64 - (d * (k.max(1) - 1)) as i64 - 1;
+            if span < 0 { 0 } else { span / st as i64 + 1 }
+        };
+        if expect(g.h, g.pad_begin.0, g.pad_end.0, g.dilation.0, g.kh, g.stride.0) != g.oh as i64
+            || expect(g.w, g.pad_begin.1, g.pad_end.1, g.dilation.1, g.kw, g.stride.1) != g.ow as i64
+        {
+            return Err(format!("Conv output {out:?} does not match input {x:?}, kernel {w:?} and the attributes"));
+        }
+        Ok(g)
+    }
+
+    pub fn out_elems(&self) -> usize {
+        self.n * self.m * self.oh * self.ow
+    }
+
+    /// Multiply-adds × 2.
+    pub fn flops(&self) -> f64 {
+        2.0 * self.out_elems() as f64 * (self.c / self.group * self.kh * self.kw) as f64
+    }
+}
+
+pub struct ConvCode {
+    strides: Vec<usize>,
+    pads: Vec<usize>,
+    dilations: Vec<usize>,
+    group: usize,
+    dtype: DType,
+    has_bias: bool,
+    /// Why this step never uses cuDNN, whatever the shapes (`None`: it does when libcudnn loads).
+    cudnn_declined: Option<String>,
+    /// The fallback's kernels (see `im2col::kernels`).
+    kernels: Vec<Kernel>,
+}
+
+impl ConvCode {
+    pub fn new(op: &Op, t: &Types) -> Result<ConvCode, String> {
+        let Op::Conv { strides, pads, dilations, group } = op else { return Err(format!("{} is not Conv", op.name())) };
+        let dtype = t.input(0)?;
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) || t.input(1)? != dtype {
+            return Err(format!("Conv of {dtype}"));
+        }
+        let spatial = t.in_ranks[0].saturating_sub(2);
+        if !(1..=2).contains(&spatial) {
+            return Err(format!("{spatial}-D convolution (only 1-D and 2-D run on CUDA for now)"));
+        }
+        if strides.len() != spatial || dilations.len() != spatial || pads.len() != 2 * spatial || *group == 0 {
+            return Err("Conv attributes do not match the input rank".into());
+        }
+        let has_bias = t.ins.get(2).copied().flatten().is_some();
+        if has_bias && t.input(2)? != dtype {
+            return Err(format!("Conv bias of {} with data of {dtype}", t.input(2)?));
+        }
+        let cudnn_declined = if std::env::var("QUILT_CONV").is_ok_and(|v| v == "im2col") {
+            Some("QUILT_CONV=im2col".to_string())
+        } else if !cudnn::supports_dtype(dtype) {
+            Some(format!("cuDNN is not used for {dtype}"))
+        } else if pads[..spatial] != pads[spatial..] {
+            Some(format!("asymmetric pads {pads:?}"))
+        } else {
+            None
+        };
+        Ok(ConvCode {
+            strides: strides.clone(),
+            pads: pads.clone(),
+            dilations: dilations.clone(),
+            group: *group,
+            dtype,
+            has_bias,
+            cudnn_declined,
+            kernels: im2col::kernels(&t.prefix, dtype),
+        })
+    }
+
+    /// The step's geometry at concrete shapes (x, w, output).
+    pub fn geometry(&self, x: &[usize], w: &[usize], out: &[usize]) -> Result<ConvGeometry, String> {
+        ConvGeometry::new(&self.strides, &self.pads, &self.dilations, self.group, x, w, out)
+    }
+
+    /// The cuDNN call for `g`, or why the fallback runs instead.
+    pub fn cudnn_call(&self, g: &ConvGeometry) -> Result<ConvCall, String> {
+        if let Some(why) = &self.cudnn_declined {
+            return Err(why.clone());
+        }
+        cudnn::library()?;
+        ConvCall::new(*g, self.dtype, self.has_bias)
+    }
+
+    /// The im2col + cuBLAS launch plan for `g` (kernels from `kernels()`).
+    pub fn im2col_plan(&self, g: &ConvGeometry) -> Result<LaunchPlan, String> {
+        let mut plan = LaunchPlan::default();
+        im2col::push_actions(&mut plan, g, self.dtype, self.has_bias)?;
+        Ok(plan)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn has_bias(&self) -> bool {
+        self.has_bias
+    }
+}
+
+impl StepCode for ConvCode {
+    fn kernels(&self) -> &[Kernel] {
+        &self.kernels
+    }
+
+    fn plan(&self, s: &StepShapes) -> Result<LaunchPlan, String> {
+        let g = self.geometry(s.input(0)?, s.input(1)?, s.outs[0])?;
+        if self.has_bias && numel(s.input(2)?) != g.m {
+            return Err(format!("bias must have {} elements", g.m));
+        }
+        if g.out_elems() == 0 {
+            return Ok(LaunchPlan::default());
+        }
+        // cuDNN runs once the executor dispatches `Action::Conv(self.cudnn_call(&g)?)` (the
+        // executor arm is being merged); until then every conv takes the im2col path.
+        self.im2col_plan(&g)
+    }
+}
