@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use quilt_rewrites::plan::{BufferKind, Step};
-use quilt_rewrites::{Plan, SymDim, Tensor};
+use quilt_rewrites::{DType, Plan, SymDim, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -21,31 +21,44 @@ impl Bindings {
 /// Checks every input's dtype, rank and element count, binds each symbol that appears as a bare
 /// dim, then checks every input dim (constants and expressions) against the actual size.
 pub(crate) fn bind_inputs(plan: &Plan, inputs: &[Tensor]) -> Result<Bindings> {
-    if inputs.len() != plan.inputs.len() {
-        let names: Vec<&str> = plan.inputs.iter().map(|v| v.name.as_str()).collect();
-        return Err(Error::Plan(format!(
-            "expected {} inputs ({}), got {}",
-            plan.inputs.len(),
-            names.join(", "),
-            inputs.len()
-        )));
-    }
-    let mut bindings = Bindings::default();
-    let mut bound_by: HashMap<String, (String, usize)> = HashMap::new();
+    check_input_count(plan, inputs.len())?;
     for (v, t) in plan.inputs.iter().zip(inputs) {
-        let err = |msg: String| Error::Input { name: v.name.clone(), msg };
-        let ty = &plan.buffers[v.buffer].ty;
-        if t.dtype() != ty.dtype {
-            return Err(err(format!("dtype {} given, the model expects {}", t.dtype(), ty.dtype)));
-        }
-        if t.shape.len() != ty.rank() {
-            return Err(err(format!("rank {} given (shape {:?}), the model expects rank {} ({ty})", t.shape.len(), t.shape, ty.rank())));
-        }
         let numel: usize = t.shape.iter().product();
         if numel != t.data.len() {
-            return Err(err(format!("shape {:?} has {numel} elements but the data holds {}", t.shape, t.data.len())));
+            return Err(Error::Input {
+                name: v.name.clone(),
+                msg: format!("shape {:?} has {numel} elements but the data holds {}", t.shape, t.data.len()),
+            });
         }
-        for (axis, (d, &actual)) in ty.shape.iter().zip(&t.shape).enumerate() {
+    }
+    let described: Vec<(DType, &[usize])> = inputs.iter().map(|t| (t.dtype(), t.shape.as_slice())).collect();
+    bind_shapes(plan, &described)
+}
+
+fn check_input_count(plan: &Plan, given: usize) -> Result<()> {
+    if given != plan.inputs.len() {
+        let names: Vec<&str> = plan.inputs.iter().map(|v| v.name.as_str()).collect();
+        return Err(Error::Plan(format!("expected {} inputs ({}), got {given}", plan.inputs.len(), names.join(", "))));
+    }
+    Ok(())
+}
+
+/// [`bind_inputs`] for inputs known only by dtype and shape (the CUDA backend's device-resident
+/// inputs): the same checks and the same messages.
+pub(crate) fn bind_shapes(plan: &Plan, inputs: &[(DType, &[usize])]) -> Result<Bindings> {
+    check_input_count(plan, inputs.len())?;
+    let mut bindings = Bindings::default();
+    let mut bound_by: HashMap<String, (String, usize)> = HashMap::new();
+    for (v, &(dtype, shape)) in plan.inputs.iter().zip(inputs) {
+        let err = |msg: String| Error::Input { name: v.name.clone(), msg };
+        let ty = &plan.buffers[v.buffer].ty;
+        if dtype != ty.dtype {
+            return Err(err(format!("dtype {dtype} given, the model expects {}", ty.dtype)));
+        }
+        if shape.len() != ty.rank() {
+            return Err(err(format!("rank {} given (shape {shape:?}), the model expects rank {} ({ty})", shape.len(), ty.rank())));
+        }
+        for (axis, (d, &actual)) in ty.shape.iter().zip(shape).enumerate() {
             if let SymDim::Sym(s) = d {
                 match bindings.0.get(&**s) {
                     None => {
@@ -63,14 +76,14 @@ pub(crate) fn bind_inputs(plan: &Plan, inputs: &[Tensor]) -> Result<Bindings> {
             }
         }
     }
-    for (v, t) in plan.inputs.iter().zip(inputs) {
+    for (v, &(_, shape)) in plan.inputs.iter().zip(inputs) {
         let ty = &plan.buffers[v.buffer].ty;
-        for (axis, (d, &actual)) in ty.shape.iter().zip(&t.shape).enumerate() {
+        for (axis, (d, &actual)) in ty.shape.iter().zip(shape).enumerate() {
             let expected = bindings.eval(d).map_err(|e| Error::Input { name: v.name.clone(), msg: format!("axis {axis} ({d}): {e}") })?;
             if expected != actual as i64 {
                 return Err(Error::Input {
                     name: v.name.clone(),
-                    msg: format!("axis {axis} is {actual}, expected {d} = {expected} (shape {:?} given, {ty} expected)", t.shape),
+                    msg: format!("axis {axis} is {actual}, expected {d} = {expected} (shape {shape:?} given, {ty} expected)"),
                 });
             }
         }

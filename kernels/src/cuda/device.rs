@@ -1,5 +1,7 @@
 //! The GPU this backend runs on: a CUDA context and one stream (cudarc, libcuda loaded at run
-//! time), device memory with RAII, host↔device copies and kernel launches.
+//! time), device memory with RAII, host↔device copies and kernel launches; plus what the EP's
+//! allocator, data transfer and ORT streams need: GPU listing without a context (`list_gpus`),
+//! raw and pinned allocations, copies between any two addresses, events and extra streams.
 //!
 //! Pointers are raw `CUdeviceptr`s rather than cudarc's tracked slices: one stream orders all
 //! work, and the executor (later an arena carved from one allocation) decides lifetimes.
@@ -67,12 +69,12 @@ impl CudaDevice {
     /// `bytes` of uninitialised device memory (stream-ordered allocation).
     pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<DeviceBuffer> {
         if bytes == 0 {
-            return Ok(DeviceBuffer { ptr: 0, bytes: 0, device: self.clone() });
+            return Ok(DeviceBuffer { ptr: 0, bytes: 0, device: self.clone(), owned: true });
         }
         // SAFETY: the context is current (callers bind first); the pointer is freed on drop.
         let ptr = unsafe { result::malloc_async(self.cu_stream(), bytes) }
             .map_err(|e| dev_err(&format!("allocating {bytes} bytes"), e))?;
-        Ok(DeviceBuffer { ptr, bytes, device: self.clone() })
+        Ok(DeviceBuffer { ptr, bytes, device: self.clone(), owned: true })
     }
 
     /// A device copy of `data`.
@@ -130,6 +132,93 @@ impl CudaDevice {
         Ok(())
     }
 
+    /// Makes the device's own stream wait for everything queued on `other` so far (a no-op
+    /// when `other` is the device's stream). Used to run on behalf of a caller's stream.
+    pub fn wait_for(&self, other: sys::CUstream) -> Result<()> {
+        if other != self.cu_stream() {
+            let e = self.event()?;
+            e.record(other)?;
+            e.make_wait(self.cu_stream())?;
+        }
+        Ok(())
+    }
+
+    /// Makes `other` wait for everything queued on the device's own stream so far.
+    pub fn signal_to(&self, other: sys::CUstream) -> Result<()> {
+        if other != self.cu_stream() {
+            let e = self.event()?;
+            e.record(self.cu_stream())?;
+            e.make_wait(other)?;
+        }
+        Ok(())
+    }
+
+    /// A new event (no timing) in this context.
+    pub fn event(&self) -> Result<Event> {
+        self.bind()?;
+        result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING).map(Event).map_err(|e| dev_err("cuEventCreate", e))
+    }
+
+    /// A new non-blocking stream in this context, destroyed (after draining) on drop.
+    pub fn new_raw_stream(self: &Arc<Self>) -> Result<RawStream> {
+        self.bind()?;
+        let raw = result::stream::create(result::stream::StreamKind::NonBlocking).map_err(|e| dev_err("cuStreamCreate", e))?;
+        Ok(RawStream { raw, device: self.clone() })
+    }
+
+    /// `bytes` of device memory outside any stream order (`cuMemAlloc`), for callers that
+    /// manage lifetimes themselves (ORT's allocator interface). Free with [`CudaDevice::free_raw`].
+    pub fn malloc_raw(&self, bytes: usize) -> Result<u64> {
+        self.bind()?;
+        // SAFETY: the context is current.
+        unsafe { result::malloc_sync(bytes.max(1)) }.map_err(|e| dev_err(&format!("cuMemAlloc of {bytes} bytes"), e))
+    }
+
+    /// Frees memory from [`CudaDevice::malloc_raw`]. `cuMemFree` waits for work using it.
+    ///
+    /// # Safety
+    /// `ptr` must come from `malloc_raw` on this device and not be used afterwards.
+    pub unsafe fn free_raw(&self, ptr: u64) -> Result<()> {
+        self.bind()?;
+        result::free_sync(ptr).map_err(|e| dev_err("cuMemFree", e))
+    }
+
+    /// `bytes` of page-locked host memory, mapped for the device (`cuMemHostAlloc`).
+    pub fn malloc_pinned(&self, bytes: usize) -> Result<*mut c_void> {
+        self.bind()?;
+        // SAFETY: the context is current. Flags 0: plain page-locked memory of this (primary) context.
+        unsafe { result::malloc_host(bytes.max(1), 0) }.map_err(|e| dev_err(&format!("cuMemHostAlloc of {bytes} bytes"), e))
+    }
+
+    /// # Safety
+    /// `ptr` must come from [`CudaDevice::malloc_pinned`] and not be used afterwards.
+    pub unsafe fn free_pinned(&self, ptr: *mut c_void) -> Result<()> {
+        self.bind()?;
+        result::free_host(ptr).map_err(|e| dev_err("cuMemFreeHost", e))
+    }
+
+    /// Copies `bytes` from `src` to `dst`, each of which may be device, pinned or pageable host
+    /// memory (the driver tells them apart by unified addressing). With a stream the copy is
+    /// queued on it; without one it is synchronous: it waits for all work queued in this
+    /// context, copies, and returns once the copy is complete.
+    ///
+    /// # Safety
+    /// Both ranges must be live for `bytes` bytes until the copy completes.
+    pub unsafe fn copy_any(&self, dst: u64, src: u64, bytes: usize, stream: Option<sys::CUstream>) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        match stream {
+            Some(s) => sys::cuMemcpyAsync(dst, src, bytes, s).result().map_err(|e| dev_err("cuMemcpyAsync", e)),
+            None => {
+                result::ctx::synchronize().map_err(|e| dev_err("cuCtxSynchronize before a copy (an earlier launch failed)", e))?;
+                sys::cuMemcpy(dst, src, bytes).result().map_err(|e| dev_err("cuMemcpy", e))?;
+                result::ctx::synchronize().map_err(|e| dev_err("cuCtxSynchronize after a copy", e))
+            }
+        }
+    }
+
     /// Loads a cubin and looks up its kernels by name.
     pub fn load_module(&self, cubin: &[u8], names: &[&str]) -> Result<Vec<Function>> {
         let mut image = cubin.to_vec();
@@ -179,19 +268,136 @@ pub const PARAM_SLOTS: usize = 48;
 #[derive(Clone, Copy, Debug)]
 pub struct Params(pub [i64; PARAM_SLOTS]);
 
-/// Device memory, freed (stream-ordered) when dropped.
+/// Device memory, freed (stream-ordered) when dropped, or a borrowed view of memory someone
+/// else owns (an ORT input or output tensor), which is left alone.
 pub struct DeviceBuffer {
     pub ptr: u64,
     pub bytes: usize,
     device: Arc<CudaDevice>,
+    owned: bool,
+}
+
+impl DeviceBuffer {
+    /// A view of `bytes` bytes at `ptr` that this process does not own (never freed here).
+    pub fn borrowed(device: &Arc<CudaDevice>, ptr: u64, bytes: usize) -> DeviceBuffer {
+        DeviceBuffer { ptr, bytes, device: device.clone(), owned: false }
+    }
 }
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        if self.ptr != 0 {
+        if self.owned && self.ptr != 0 {
             // SAFETY: `ptr` came from malloc_async on this stream; work using it was queued
             // before, so the stream-ordered free happens after it.
             let _ = unsafe { result::free_async(self.ptr, self.device.cu_stream()) };
         }
     }
+}
+
+/// A CUDA event (no timing), destroyed on drop (the driver keeps a pending one alive until it
+/// completes).
+pub struct Event(sys::CUevent);
+// SAFETY: CUevent handles may be used from any thread of the process.
+unsafe impl Send for Event {}
+unsafe impl Sync for Event {}
+
+impl Event {
+    /// Captures the work queued on `stream` so far.
+    pub fn record(&self, stream: sys::CUstream) -> Result<()> {
+        // SAFETY: a live event and a stream of the same context.
+        unsafe { result::event::record(self.0, stream) }.map_err(|e| dev_err("cuEventRecord", e))
+    }
+
+    /// Makes `stream` wait (on the device) for the recorded work.
+    pub fn make_wait(&self, stream: sys::CUstream) -> Result<()> {
+        // SAFETY: a live event and stream.
+        unsafe { result::stream::wait_event(stream, self.0, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT) }
+            .map_err(|e| dev_err("cuStreamWaitEvent", e))
+    }
+
+    /// Blocks the calling thread until the recorded work is complete.
+    pub fn synchronize(&self) -> Result<()> {
+        // SAFETY: a live event.
+        unsafe { result::event::synchronize(self.0) }.map_err(|e| dev_err("cuEventSynchronize (an earlier launch failed)", e))
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        // SAFETY: not used after this.
+        let _ = unsafe { result::event::destroy(self.0) };
+    }
+}
+
+/// A stream created for someone else's use (ORT's `OrtSyncStreamImpl`), drained and destroyed
+/// on drop.
+pub struct RawStream {
+    raw: sys::CUstream,
+    device: Arc<CudaDevice>,
+}
+// SAFETY: CUstream handles may be used from any thread once the context is current.
+unsafe impl Send for RawStream {}
+unsafe impl Sync for RawStream {}
+
+impl RawStream {
+    pub fn raw(&self) -> sys::CUstream {
+        self.raw
+    }
+
+    pub fn device(&self) -> &Arc<CudaDevice> {
+        &self.device
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.device.bind()?;
+        // SAFETY: a live stream.
+        unsafe { result::stream::synchronize(self.raw) }.map_err(|e| dev_err("cuStreamSynchronize (an earlier launch failed)", e))
+    }
+}
+
+impl Drop for RawStream {
+    fn drop(&mut self) {
+        let _ = self.synchronize();
+        // SAFETY: drained above and not used after this.
+        let _ = unsafe { result::stream::destroy(self.raw) };
+    }
+}
+
+/// What the driver says about one GPU, read without creating a context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuInfo {
+    /// The CUDA device ordinal.
+    pub ordinal: usize,
+    pub name: String,
+    /// `domain:bus:device.function` as the driver formats it (e.g. `0000:00:06.0`).
+    pub pci_bus_id: String,
+}
+
+/// The GPUs the CUDA driver sees. Empty, not an error, when there is no driver library or no
+/// GPU, so callers on GPU-less machines need no special case.
+pub fn list_gpus() -> Result<Vec<GpuInfo>> {
+    // SAFETY: only probes whether libcuda can be opened; nothing below runs without it.
+    if !unsafe { sys::is_culib_present() } {
+        return Ok(Vec::new());
+    }
+    match result::init() {
+        Ok(()) => {}
+        Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_NO_DEVICE => return Ok(Vec::new()),
+        Err(e) => return Err(dev_err("cuInit", e)),
+    }
+    let count = result::device::get_count().map_err(|e| dev_err("cuDeviceGetCount", e))?;
+    (0..count.max(0))
+        .map(|ordinal| {
+            let dev = result::device::get(ordinal).map_err(|e| dev_err("cuDeviceGet", e))?;
+            let name = result::device::get_name(dev).map_err(|e| dev_err("cuDeviceGetName", e))?;
+            let mut buf = [0 as std::ffi::c_char; 32];
+            // SAFETY: `buf` has room for the 13-character id plus NUL with plenty to spare.
+            unsafe { sys::cuDeviceGetPCIBusId(buf.as_mut_ptr(), buf.len() as i32, dev) }
+                .result()
+                .map_err(|e| dev_err("cuDeviceGetPCIBusId", e))?;
+            // SAFETY: the driver NUL-terminates within `buf`.
+            let pci_bus_id = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned();
+            Ok(GpuInfo { ordinal: ordinal as usize, name, pci_bus_id })
+        })
+        .collect()
 }

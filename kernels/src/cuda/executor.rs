@@ -1,14 +1,19 @@
 //! `CudaExecutable`: a plan prepared for one GPU. `new` generates and compiles every step's
-//! kernels and uploads the weights; `run` takes host tensors, binds the plan's symbols exactly
-//! as the CPU backend does (`crate::bind`), runs the steps on the device's stream and returns
-//! host tensors. Intermediates are freed after their last reader (stream-ordered).
+//! kernels and uploads the weights. `run_device` runs on device-resident tensors: it binds the
+//! plan's symbols from the input shapes exactly as the CPU backend does (`crate::bind`), asks
+//! the caller for every output buffer before queuing any work (ORT allocates them from the
+//! shapes), and runs the steps on the device's stream, ordered after and before the caller's
+//! stream. A step that produces an output writes straight into the caller's buffer; outputs that
+//! are views of inputs or weights are copied there at the end. `run` is the host-tensor wrapper.
+//! Intermediates are freed after their last reader (stream-ordered).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use quilt_rewrites::plan::{BufferId, BufferKind, Step};
-use quilt_rewrites::{Plan, Tensor, TensorData};
+use cudarc::driver::sys::CUstream;
+use quilt_rewrites::{DType, Plan, Tensor, TensorData};
 
 use super::codegen::{self, module_source, Action, Arg, StepKind, StepShapes, Work, BLOCK};
 use super::device::{CudaDevice, DeviceBuffer, Function};
@@ -28,6 +33,15 @@ pub struct StepTiming {
     pub node: String,
     pub op: String,
     pub ms: f64,
+}
+
+/// A tensor in device memory that the caller owns (an ORT input, say).
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceTensor<'a> {
+    /// Device address of the first element (may be 0 for an empty tensor).
+    pub ptr: u64,
+    pub shape: &'a [usize],
+    pub dtype: DType,
 }
 
 pub struct CudaExecutable {
@@ -108,29 +122,125 @@ impl CudaExecutable {
         &self.device
     }
 
+    /// Checks that every step of `plan` has a CUDA implementation (what `new` checks before
+    /// touching a GPU), naming the first step that has none. Needs no GPU.
+    pub fn check(plan: &Plan) -> Result<()> {
+        generate_all(plan).map(|_| ())
+    }
+
     /// Runs the plan on inputs in `plan.inputs` order; returns outputs in `plan.outputs` order.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        self.execute(inputs, None)
+        self.run_host(inputs, None)
     }
 
     /// Like `run`, but synchronises after every step and reports each step's wall time (so
     /// device errors are attributed to their node).
     pub fn run_profiled(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<StepTiming>)> {
         let mut t = Vec::with_capacity(self.steps.len());
-        let out = self.execute(inputs, Some(&mut t))?;
+        let out = self.run_host(inputs, Some(&mut t))?;
         Ok((out, t))
     }
 
-    fn execute(&self, inputs: &[Tensor], mut timings: Option<&mut Vec<StepTiming>>) -> Result<Vec<Tensor>> {
+    /// Runs the plan on device memory. `inputs` are in `plan.inputs` order. `outputs(j, shape)`
+    /// is called once for every plan output `j`, in order and before any work is queued, and
+    /// returns the device address to write it to (at least `shape`'s element count times the
+    /// dtype's size in bytes; any address for an empty output). With `stream`, the work is
+    /// ordered after what is already queued on it, and what is queued on it later runs after
+    /// this work; the call itself returns once the work is queued and the plan's run-time checks
+    /// (index bounds) have been read back.
+    pub fn run_device(
+        &self,
+        inputs: &[DeviceTensor],
+        outputs: &mut dyn FnMut(usize, &[usize]) -> Result<u64>,
+        stream: Option<CUstream>,
+    ) -> Result<()> {
+        let dev = &self.device;
+        dev.bind()?;
+        if let Some(s) = stream {
+            dev.wait_for(s)?;
+        }
+        let result = self.execute(inputs, outputs, None);
+        if let Some(s) = stream {
+            // Even after a failure: whatever was queued must finish before the caller's stream
+            // reuses the memory.
+            dev.signal_to(s)?;
+        }
+        result
+    }
+
+    fn run_host(&self, inputs: &[Tensor], timings: Option<&mut Vec<StepTiming>>) -> Result<Vec<Tensor>> {
         let plan = &self.plan;
         let dev = &self.device;
         dev.bind()?;
-        let bindings = bind::bind_inputs(plan, inputs)?;
+        // The same checks (and messages) as the CPU backend, before anything is uploaded.
+        bind::bind_inputs(plan, inputs)?;
+        let uploaded: Vec<DeviceBuffer> = inputs.iter().map(|t| dev.upload(&t.data.to_le_bytes())).collect::<Result<_>>()?;
+        let views: Vec<DeviceTensor> =
+            inputs.iter().zip(&uploaded).map(|(t, b)| DeviceTensor { ptr: b.ptr, shape: &t.shape, dtype: t.dtype() }).collect();
+        let mut results: Vec<Option<(DeviceBuffer, Vec<usize>)>> = (0..plan.outputs.len()).map(|_| None).collect();
+        self.execute(
+            &views,
+            &mut |j, shape| {
+                let bytes = shape.iter().product::<usize>() * plan.buffers[plan.outputs[j].buffer].ty.dtype.size_bytes();
+                let buf = dev.alloc(bytes)?;
+                let ptr = buf.ptr;
+                results[j] = Some((buf, shape.to_vec()));
+                Ok(ptr)
+            },
+            timings,
+        )?;
+        let mut outputs = Vec::with_capacity(plan.outputs.len());
+        for (v, r) in plan.outputs.iter().zip(results) {
+            let (buf, shape) = r.ok_or_else(|| Error::Plan(format!("output '{}' was never allocated", v.name)))?;
+            let dtype = plan.buffers[v.buffer].ty.dtype;
+            let bytes = dev.download(&buf, buf.bytes)?;
+            let data = TensorData::from_le_bytes(dtype, &bytes)
+                .ok_or_else(|| Error::Plan(format!("output '{}': {} bytes are not {dtype} elements", v.name, bytes.len())))?;
+            outputs.push(Tensor { shape, data });
+        }
+        Ok(outputs)
+    }
+
+    fn execute(
+        &self,
+        inputs: &[DeviceTensor],
+        outputs: &mut dyn FnMut(usize, &[usize]) -> Result<u64>,
+        mut timings: Option<&mut Vec<StepTiming>>,
+    ) -> Result<()> {
+        let plan = &self.plan;
+        let dev = &self.device;
+        let described: Vec<(DType, &[usize])> = inputs.iter().map(|t| (t.dtype, t.shape)).collect();
+        let bindings = bind::bind_shapes(plan, &described)?;
         let shapes = bind::buffer_shapes(plan, &bindings, &self.producer)?;
+        let nbytes = |b: BufferId| shapes[b].iter().product::<usize>() * plan.buffers[b].ty.dtype.size_bytes();
+
+        // Every output's destination, before any work is queued.
+        let mut destinations = Vec::with_capacity(plan.outputs.len());
+        for (j, v) in plan.outputs.iter().enumerate() {
+            let ptr = outputs(j, &shapes[v.buffer])?;
+            if ptr == 0 && nbytes(v.buffer) > 0 {
+                return Err(Error::Plan(format!("output '{}': the caller gave no buffer for {} bytes", v.name, nbytes(v.buffer))));
+            }
+            destinations.push(ptr);
+        }
+        // A generated step writes its output straight into the destination; outputs that are
+        // views (of inputs, weights, other outputs) or host values are copied at the end.
+        let mut direct: Vec<Option<u64>> = vec![None; plan.buffers.len()];
+        let mut copies: Vec<(u64, BufferId)> = Vec::new();
+        for (v, &dst) in plan.outputs.iter().zip(&destinations) {
+            let b = v.buffer;
+            let generated = self.producer[b].is_some_and(|i| matches!(self.steps[i].kind, StepKind::Code(_)));
+            if generated && direct[b].is_none() {
+                direct[b] = Some(dst);
+            } else {
+                copies.push((dst, b));
+            }
+        }
+
         let mut slots: Vec<Option<Arc<DeviceBuffer>>> = self.weights.clone();
         for (b, buf) in plan.buffers.iter().enumerate() {
             if let BufferKind::Input(i) = buf.kind {
-                slots[b] = Some(Arc::new(dev.upload(&inputs[i].data.to_le_bytes())?));
+                slots[b] = Some(Arc::new(DeviceBuffer::borrowed(dev, inputs[i].ptr, nbytes(b))));
             }
         }
         // One error word per step for kernels that meet invalid data (indices out of range).
@@ -150,12 +260,12 @@ impl CudaExecutable {
                     Some(b) => slots[*b].clone().map(Some).ok_or_else(|| fail(format!("input {k} (buffer %{b}) holds no value when this step runs"))),
                 })
                 .collect::<Result<_>>()?;
-            let out_bytes: Vec<usize> = s.outputs.iter().map(|&b| shapes[b].iter().product::<usize>() * plan.buffers[b].ty.dtype.size_bytes()).collect();
+            let out_bytes: Vec<usize> = s.outputs.iter().map(|&b| nbytes(b)).collect();
             let prepared = &self.steps[index];
             let outs: Vec<Arc<DeviceBuffer>> = match &prepared.kind {
                 StepKind::Alias => {
                     let x = ins[0].clone().ok_or_else(|| fail("input 0 is missing".into()))?;
-                    let in_bytes = s.inputs[0].map(|b| shapes[b].iter().product::<usize>() * plan.buffers[b].ty.dtype.size_bytes()).unwrap_or(0);
+                    let in_bytes = s.inputs[0].map(nbytes).unwrap_or(0);
                     if in_bytes != out_bytes[0] {
                         return Err(fail(format!("{in_bytes} bytes in, {} bytes out: the element count changes", out_bytes[0])));
                     }
@@ -169,7 +279,15 @@ impl CudaExecutable {
                     vec![Arc::new(dev.upload(&v)?)]
                 }
                 StepKind::Code(code) => {
-                    let outs: Vec<Arc<DeviceBuffer>> = out_bytes.iter().map(|&n| dev.alloc(n).map(Arc::new)).collect::<Result<_>>()?;
+                    let outs: Vec<Arc<DeviceBuffer>> = s
+                        .outputs
+                        .iter()
+                        .zip(&out_bytes)
+                        .map(|(&b, &n)| match direct[b] {
+                            Some(ptr) => Ok(Arc::new(DeviceBuffer::borrowed(dev, ptr, n))),
+                            None => dev.alloc(n).map(Arc::new),
+                        })
+                        .collect::<Result<_>>()?;
                     let st = StepShapes {
                         ins: s.inputs.iter().map(|b| b.map(|b| shapes[b].as_slice())).collect(),
                         outs: s.outputs.iter().map(|&b| shapes[b].as_slice()).collect(),
@@ -224,22 +342,17 @@ impl CudaExecutable {
             }
         }
 
+        for &(dst, b) in &copies {
+            let src = slots[b].as_ref().ok_or_else(|| Error::Plan(format!("output buffer %{b} was never written")))?;
+            dev.copy_d2d(dst, src.ptr, nbytes(b))?;
+        }
         let flags = dev.download(&errs, errs.bytes)?;
         if let Some(i) = flags.chunks_exact(4).position(|w| w != [0, 0, 0, 0]) {
             if i < plan.steps.len() {
                 return Err(step_error(plan, i, "an index is out of range".into()));
             }
         }
-        let mut outputs = Vec::with_capacity(plan.outputs.len());
-        for v in &plan.outputs {
-            let buf = slots[v.buffer].as_ref().ok_or_else(|| Error::Plan(format!("output '{}' (buffer %{}) was never written", v.name, v.buffer)))?;
-            let ty = &plan.buffers[v.buffer].ty;
-            let shape = shapes[v.buffer].clone();
-            let bytes = dev.download(buf, shape.iter().product::<usize>() * ty.dtype.size_bytes())?;
-            let data = TensorData::from_le_bytes(ty.dtype, &bytes).ok_or_else(|| Error::Plan(format!("output '{}': {} bytes are not {} elements", v.name, bytes.len(), ty.dtype)))?;
-            outputs.push(Tensor { shape, data });
-        }
-        Ok(outputs)
+        Ok(())
     }
 
     fn is_freeable(&self, b: BufferId, step: usize) -> bool {

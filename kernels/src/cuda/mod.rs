@@ -5,7 +5,8 @@
 //! - `codegen`: CUDA C per step with symbolic sizes as kernel arguments, and its launch plan
 //! - `nvrtc`: CUDA C → cubin for the device's own architecture, cached by source
 //! - `gemm`, `conv`: MatMul/Gemm through cuBLAS; Conv as im2col + cuBLAS
-//! - `executor`: `CudaExecutable`, the GPU counterpart of `cpu::CpuExecutable`
+//! - `executor`: `CudaExecutable`, the GPU counterpart of `cpu::CpuExecutable`; `run_device`
+//!   runs on caller-owned device tensors on the caller's stream (the EP's GPU device)
 //!
 //! Nothing here needs a CUDA toolkit at build time; without a GPU, `CudaExecutable::new`
 //! returns `Error::Device`, and the code generator and NVRTC still work (CI compiles every
@@ -18,5 +19,7 @@ pub mod executor;
 pub mod gemm;
 pub mod nvrtc;
 
-pub use device::CudaDevice;
-pub use executor::{CudaExecutable, StepTiming};
+/// The driver's stream handle, as callers of `run_device` pass it.
+pub use cudarc::driver::sys::CUstream;
+pub use device::{list_gpus, CudaDevice, DeviceBuffer, Event, GpuInfo, RawStream};
+pub use executor::{CudaExecutable, DeviceTensor, StepTiming};
