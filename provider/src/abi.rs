@@ -12,7 +12,7 @@ use std::mem::size_of;
 
 use ort_sys::{
     OrtAllocator, OrtEpDevice, OrtHardwareDevice, OrtKernelContext, OrtKeyValuePairs, OrtLogger, OrtMemoryInfo,
-    OrtNode, OrtRunOptions, OrtSessionOptions, OrtStatusPtr, OrtValue,
+    OrtNode, OrtRunOptions, OrtSessionOptions, OrtStatusPtr, OrtSyncStream, OrtValue,
 };
 
 /// The ABI version quilt implements (and the `GetApi` version it asks for).
@@ -32,8 +32,6 @@ opaque!(
     OrtEpGraphSupportInfo,
     OrtNodeComputeContext,
     OrtMemoryDevice,
-    OrtDataTransferImpl,
-    OrtSyncStreamImpl,
     OrtDeviceEpIncompatibilityDetails,
     OrtExternalResourceImporterImpl,
     OrtCustomOpDomain,
@@ -48,6 +46,68 @@ pub const ORT_EP_DATA_LAYOUT_NCHW: i32 = 0;
 
 /// `OrtHardwareDeviceType`.
 pub const ORT_HARDWARE_DEVICE_TYPE_CPU: i32 = 0;
+pub const ORT_HARDWARE_DEVICE_TYPE_GPU: i32 = 1;
+
+/// `OrtMemoryInfoDeviceType` (what `MemoryDevice_GetDeviceType` returns).
+pub const ORT_MEMORY_DEVICE_TYPE_CPU: i32 = 0;
+pub const ORT_MEMORY_DEVICE_TYPE_GPU: i32 = 1;
+
+/// `OrtDeviceMemoryType`.
+pub const ORT_DEVICE_MEMORY_TYPE_DEFAULT: i32 = 0;
+pub const ORT_DEVICE_MEMORY_TYPE_HOST_ACCESSIBLE: i32 = 5;
+
+/// The PCI vendor id of NVIDIA, which ORT's device discovery and memory infos use.
+pub const NVIDIA_VENDOR_ID: u32 = 0x10DE;
+
+/// `OrtAllocator` as ort-sys declares it with API 31 (version, Alloc, Free, Info, Reserve,
+/// GetStats, AllocOnStream, Shrink): the layout ORT 1.25+ reads.
+const _: () = assert!(size_of::<OrtAllocator>() == 64);
+
+/// How ORT copies tensors between devices (`OrtDataTransferImpl`, since 1.23).
+#[repr(C)]
+pub struct OrtDataTransferImpl {
+    pub ort_version_supported: u32,
+    pub Release: Option<unsafe extern "C" fn(this: *mut OrtDataTransferImpl)>,
+    pub CanCopy: Option<
+        unsafe extern "C" fn(this: *const OrtDataTransferImpl, src: *const OrtMemoryDevice, dst: *const OrtMemoryDevice) -> bool,
+    >,
+    pub CopyTensors: Option<
+        unsafe extern "C" fn(
+            this: *mut OrtDataTransferImpl,
+            src: *const *const OrtValue,
+            dst: *mut *mut OrtValue,
+            streams: *mut *mut OrtSyncStream,
+            num_tensors: usize,
+        ) -> OrtStatusPtr,
+    >,
+}
+const _: () = assert!(size_of::<OrtDataTransferImpl>() == 32);
+
+/// A device stream as ORT sees it (`OrtSyncStreamImpl`, since 1.23).
+#[repr(C)]
+pub struct OrtSyncStreamImpl {
+    pub ort_version_supported: u32,
+    pub Release: Option<unsafe extern "C" fn(this: *mut OrtSyncStreamImpl)>,
+    /// The native handle (a `CUstream`).
+    pub GetHandle: Option<unsafe extern "C" fn(this: *mut OrtSyncStreamImpl) -> *mut c_void>,
+    pub CreateNotification:
+        Option<unsafe extern "C" fn(this: *mut OrtSyncStreamImpl, out: *mut *mut OrtSyncNotificationImpl) -> OrtStatusPtr>,
+    pub Flush: Option<unsafe extern "C" fn(this: *mut OrtSyncStreamImpl) -> OrtStatusPtr>,
+    pub OnSessionRunEnd: Option<unsafe extern "C" fn(this: *mut OrtSyncStreamImpl) -> OrtStatusPtr>,
+}
+const _: () = assert!(size_of::<OrtSyncStreamImpl>() == 48);
+
+/// A point in a stream that other streams or the host can wait for (`OrtSyncNotificationImpl`).
+#[repr(C)]
+pub struct OrtSyncNotificationImpl {
+    pub ort_version_supported: u32,
+    pub Release: Option<unsafe extern "C" fn(this: *mut OrtSyncNotificationImpl)>,
+    pub Activate: Option<unsafe extern "C" fn(this: *mut OrtSyncNotificationImpl) -> OrtStatusPtr>,
+    pub WaitOnDevice:
+        Option<unsafe extern "C" fn(this: *mut OrtSyncNotificationImpl, consumer: *mut OrtSyncStream) -> OrtStatusPtr>,
+    pub WaitOnHost: Option<unsafe extern "C" fn(this: *mut OrtSyncNotificationImpl) -> OrtStatusPtr>,
+}
+const _: () = assert!(size_of::<OrtSyncNotificationImpl>() == 40);
 
 /// The factory an EP library returns from `CreateEpFactories` (v29: 20 members after the version).
 #[repr(C)]
@@ -289,10 +349,10 @@ pub struct OrtEpApi {
     pub MemoryDevice_GetMemoryType: Option<unsafe extern "C" fn(device: *const OrtMemoryDevice) -> i32>,
     pub MemoryDevice_GetVendorId: Option<unsafe extern "C" fn(device: *const OrtMemoryDevice) -> u32>,
     pub MemoryDevice_GetDeviceId: Option<unsafe extern "C" fn(device: *const OrtMemoryDevice) -> u32>,
-    pub SyncStream_GetImpl: Option<unsafe extern "C" fn(stream: *const c_void) -> *const OrtSyncStreamImpl>,
-    pub SyncStream_GetSyncId: Option<unsafe extern "C" fn(stream: *const c_void) -> u64>,
+    pub SyncStream_GetImpl: Option<unsafe extern "C" fn(stream: *const OrtSyncStream) -> *const OrtSyncStreamImpl>,
+    pub SyncStream_GetSyncId: Option<unsafe extern "C" fn(stream: *const OrtSyncStream) -> u64>,
     pub GetSyncIdForLastWaitOnSyncStream:
-        Option<unsafe extern "C" fn(producer: *const c_void, consumer: *const c_void) -> u64>,
+        Option<unsafe extern "C" fn(producer: *const OrtSyncStream, consumer: *const OrtSyncStream) -> u64>,
     pub CreateHardwareDevice: Option<
         unsafe extern "C" fn(
             device_type: i32,

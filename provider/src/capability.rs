@@ -169,36 +169,53 @@ pub fn group_graph(src: &SourceGraph, extra_decls: &BTreeMap<String, ValueDecl>,
     g
 }
 
-/// Checks that a group compiles on its own (import + optimize, as in Compile). On failure,
-/// returns the nodes to stop claiming: the failing node if the error names exactly one member,
-/// else the whole group.
+/// Checks that a group compiles on its own (import + optimize, as in Compile, and for a GPU
+/// session the CUDA backend's check that every step has an implementation, which needs no GPU).
+/// On failure, returns the nodes to stop claiming: the failing node if the error names exactly
+/// one member, else the whole group.
 fn check_group(
     src: &SourceGraph,
     extra_decls: &BTreeMap<String, ValueDecl>,
     group: &[usize],
     optimize: &quilt_rewrites::OptimizeOptions,
+    cuda: bool,
 ) -> std::result::Result<(), (Vec<usize>, String)> {
     let g = group_graph(src, extra_decls, group);
     let result = import(&g, &ImportOptions { lenient: false }).and_then(|imported| quilt_rewrites::optimize_with(&imported.graph, optimize));
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) => {
+    let plan = match result {
+        Ok(plan) => plan,
+        Err(e) => return Err(rewrites_culprit(src, group, e)),
+    };
+    if cuda {
+        if let Err(e) = quilt_kernels::cuda::CudaExecutable::check(&plan) {
             let culprit = match &e {
-                quilt_rewrites::Error::Node { node, .. } if !node.is_empty() => {
+                quilt_kernels::Error::Step { node, .. } if !node.is_empty() => {
                     let hits: Vec<usize> = group.iter().copied().filter(|&i| src.nodes[i].name == *node).collect();
                     (hits.len() == 1).then_some(hits)
                 }
-                // A value the group cannot take in: stop claiming the members that read it.
-                quilt_rewrites::Error::Value { name, .. } => {
-                    let hits: Vec<usize> =
-                        group.iter().copied().filter(|&i| src.nodes[i].inputs.iter().any(|v| v == name)).collect();
-                    (!hits.is_empty()).then_some(hits)
-                }
                 _ => None,
             };
-            Err((culprit.unwrap_or_else(|| group.to_vec()), e.to_string()))
+            return Err((culprit.unwrap_or_else(|| group.to_vec()), format!("the CUDA backend cannot run it: {e}")));
         }
     }
+    Ok(())
+}
+
+/// The nodes to stop claiming after an import/optimize error, and why.
+fn rewrites_culprit(src: &SourceGraph, group: &[usize], e: quilt_rewrites::Error) -> (Vec<usize>, String) {
+    let culprit = match &e {
+        quilt_rewrites::Error::Node { node, .. } if !node.is_empty() => {
+            let hits: Vec<usize> = group.iter().copied().filter(|&i| src.nodes[i].name == *node).collect();
+            (hits.len() == 1).then_some(hits)
+        }
+        // A value the group cannot take in: stop claiming the members that read it.
+        quilt_rewrites::Error::Value { name, .. } => {
+            let hits: Vec<usize> = group.iter().copied().filter(|&i| src.nodes[i].inputs.iter().any(|v| v == name)).collect();
+            (!hits.is_empty()).then_some(hits)
+        }
+        _ => None,
+    };
+    (culprit.unwrap_or_else(|| group.to_vec()), e.to_string())
 }
 
 /// Decides what quilt supports in `graph` and claims it through `info`.
@@ -234,14 +251,15 @@ pub unsafe fn claim(ep: &QuiltEp, graph: *const OrtGraph, info: *mut OrtEpGraphS
         }
     }
 
-    // The trial compile optimizes exactly as Compile will.
+    // The trial compile optimizes exactly as Compile will, and checks what the backend can run.
     let optimize = ep.options.optimize_options();
+    let cuda = matches!(ep.backend, crate::ep::Backend::Cuda { .. });
     // Each round removes at least one node from `supported`, so this ends.
     let groups = loop {
         let groups = fusion_groups(src, &supported);
         let mut changed = false;
         for group in &groups {
-            if let Err((drop, why)) = check_group(src, &converted.rank0_values, group, &optimize) {
+            if let Err((drop, why)) = check_group(src, &converted.rank0_values, group, &optimize, cuda) {
                 for &i in &drop {
                     supported[i] = false;
                 }

@@ -1,5 +1,6 @@
-//! Compile: one fused node's OrtGraph → SourceGraph → strict import → optimize → CPU executable,
-//! wrapped in an `OrtNodeComputeInfo` that ORT calls at run time (see `compute`).
+//! Compile: one fused node's OrtGraph → SourceGraph → strict import → optimize → executable for
+//! the session's backend (the CPU interpreter, or the CUDA backend with the weights uploaded
+//! once), wrapped in an `OrtNodeComputeInfo` that ORT calls at run time (see `compute`).
 
 use std::collections::HashMap;
 use std::ffi::c_char;
@@ -8,21 +9,38 @@ use std::sync::Arc;
 
 use ort_sys::{OrtGraph, OrtNode};
 use quilt_kernels::cpu::CpuExecutable;
+use quilt_kernels::cuda::CudaExecutable;
 use quilt_rewrites::import::{import, ImportOptions};
+use quilt_rewrites::Plan;
 
 use crate::abi::{OrtNodeComputeInfo, ORT_VERSION_SUPPORTED};
 use crate::api::{string_from, Api};
 use crate::compute;
-use crate::ep::QuiltEp;
+use crate::ep::{Backend, QuiltEp};
 use crate::error::{Error, Result};
 use crate::ort_call;
 use crate::ort_graph::{convert, GraphIo, WeightCopy};
+
+/// A plan prepared for the session's backend.
+pub enum Executable {
+    Cpu(CpuExecutable),
+    Cuda(CudaExecutable),
+}
+
+impl Executable {
+    pub fn plan(&self) -> &Plan {
+        match self {
+            Executable::Cpu(e) => e.plan(),
+            Executable::Cuda(e) => e.plan(),
+        }
+    }
+}
 
 /// A compiled fused node. Immutable, so concurrent runs share it.
 pub struct FusedKernel {
     /// The fused node's name (for messages and plan dumps).
     pub name: String,
-    pub exec: CpuExecutable,
+    pub exec: Executable,
     /// For each plan input (in plan order): its kernel-context input index and name.
     pub inputs: Vec<(usize, String)>,
     /// For each kernel-context output (in context order): the plan output index and name.
@@ -113,6 +131,9 @@ unsafe fn build(ep: &QuiltEp, graph: *const OrtGraph, fused_node: *const OrtNode
             None => Err(Error::Graph(format!("the plan does not produce fused-node output '{}'", d.name))),
         })
         .collect::<Result<Vec<_>>>()?;
-    let exec = CpuExecutable::new(plan)?;
+    let exec = match &ep.backend {
+        Backend::Reference => Executable::Cpu(CpuExecutable::new(plan)?),
+        Backend::Cuda { device, .. } => Executable::Cuda(CudaExecutable::with_device(plan, device.clone())?),
+    };
     Ok(FusedKernel { name: name.to_string(), exec, inputs, outputs })
 }

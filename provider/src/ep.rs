@@ -1,17 +1,44 @@
 //! `QuiltEp`: the per-session `OrtEp`. It dispatches ORT's calls to `capability` (what quilt
 //! claims), `compile` (fused node → executable) and, through the compute infos, `compute`.
+//! Its [`Backend`] says where the session's subgraphs run and where their I/O lives.
 
 use std::ffi::{c_char, c_int};
 use std::ptr;
+use std::sync::Arc;
 
 use ort_sys::{OrtGraph, OrtNode, OrtStatusPtr};
+use quilt_kernels::cuda::CudaDevice;
 
-use crate::abi::{OrtEp, OrtEpGraphSupportInfo, OrtNodeComputeInfo, ORT_EP_DATA_LAYOUT_NCHW, ORT_VERSION_SUPPORTED};
+use crate::abi::{
+    OrtEp, OrtEpGraphSupportInfo, OrtMemoryDevice, OrtNodeComputeInfo, ORT_EP_DATA_LAYOUT_NCHW, ORT_VERSION_SUPPORTED,
+};
 use crate::api::Api;
 use crate::factory::EP_NAME;
 use crate::log::Log;
 use crate::options::Options;
 use crate::{capability, compile, guard};
+
+/// Where a session's subgraphs run.
+pub enum Backend {
+    /// The CPU interpreter, I/O in CPU memory (the reference device).
+    Reference,
+    /// The CUDA backend on GPU `ordinal`, I/O in its device memory.
+    Cuda {
+        ordinal: usize,
+        device: Arc<CudaDevice>,
+        /// The device memory ORT places fused-node inputs and outputs in (owned by the factory).
+        memory_device: *const OrtMemoryDevice,
+    },
+}
+
+impl Backend {
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Reference => "the CPU reference device".into(),
+            Backend::Cuda { ordinal, device, .. } => format!("GPU {ordinal} ({})", device.name),
+        }
+    }
+}
 
 /// `OrtEp` first, so ORT's `this` pointer casts back to `QuiltEp`.
 #[repr(C)]
@@ -20,11 +47,12 @@ pub struct QuiltEp {
     pub api: Api,
     pub options: Options,
     pub log: Log,
+    pub backend: Backend,
 }
 
 impl QuiltEp {
     /// A new EP for ORT to own; freed by [`QuiltEp::release_raw`].
-    pub fn new_raw(api: Api, options: Options, log: Log) -> *mut OrtEp {
+    pub fn new_raw(api: Api, options: Options, log: Log, backend: Backend) -> *mut OrtEp {
         let ep = Box::new(QuiltEp {
             base: OrtEp {
                 ort_version_supported: ORT_VERSION_SUPPORTED,
@@ -50,13 +78,14 @@ impl QuiltEp {
                 GetGraphCaptureNodeAssignmentPolicy: None,
                 GetAvailableResource: None,
                 OnSessionInitializationEnd: None,
-                GetDefaultMemoryDevice: None,
+                GetDefaultMemoryDevice: Some(get_default_memory_device),
                 ReleaseCapturedGraph: None,
                 GetWeightlessSupport: None,
             },
             api,
             options,
             log,
+            backend,
         });
         Box::into_raw(ep) as *mut OrtEp
     }
@@ -152,6 +181,19 @@ unsafe extern "C" fn should_convert_data_layout_for_op(
     if !should_convert.is_null() {
         // Let ORT decide (quilt prefers NCHW, so ORT converts nothing for it).
         *should_convert = -1;
+    }
+    OrtStatusPtr(ptr::null_mut())
+}
+
+/// The GPU's device memory for a CUDA session; NULL (CPU memory) for the reference device. ORT
+/// would otherwise take the first given device's memory, which is the same unless `device_id`
+/// picked another GPU.
+unsafe extern "C" fn get_default_memory_device(this: *const OrtEp, out: *mut *const OrtMemoryDevice) -> OrtStatusPtr {
+    if !out.is_null() {
+        *out = match &quilt_ep(this).backend {
+            Backend::Reference => ptr::null(),
+            Backend::Cuda { memory_device, .. } => *memory_device,
+        };
     }
     OrtStatusPtr(ptr::null_mut())
 }

@@ -14,6 +14,9 @@ pub enum Error {
     /// The OrtGraph had something quilt cannot represent.
     #[error("graph: {0}")]
     Graph(String),
+    /// quilt's GPU device: discovery, memory infos, allocator, copies, streams.
+    #[error("GPU device: {0}")]
+    Gpu(String),
     #[error(transparent)]
     Compiler(#[from] quilt_rewrites::Error),
     #[error(transparent)]

@@ -1,8 +1,9 @@
 //! quilt's ONNX Runtime plugin-EP glue: the EP ABI structs ort-sys lacks (`abi`), the factory and
-//! its devices (`factory`), the per-session EP (`ep`) with GetCapability (`capability`), Compile
-//! (`compile`) and Compute (`compute`), the OrtGraph → SourceGraph conversion (`ort_graph`) and
-//! session options (`options`). `quilt-capi` exports [`create_ep_factories`] and
-//! [`release_ep_factory`] as the library's two C symbols.
+//! its devices (`factory`), the GPU device's memory, allocators, copies and streams (`gpu`), the
+//! per-session EP (`ep`) with GetCapability (`capability`), Compile (`compile`) and Compute
+//! (`compute`), the OrtGraph → SourceGraph conversion (`ort_graph`) and session options
+//! (`options`). `quilt-capi` exports [`create_ep_factories`] and [`release_ep_factory`] as the
+//! library's two C symbols.
 
 pub mod abi;
 pub mod api;
@@ -12,6 +13,7 @@ pub mod compute;
 pub mod ep;
 pub mod error;
 pub mod factory;
+pub mod gpu;
 pub mod guard;
 pub mod log;
 pub mod options;

@@ -20,11 +20,14 @@ pub struct Options {
     /// node to one step (`optimize=0`, for debugging). Compile and GetCapability's trial compile
     /// both follow it.
     pub optimize: bool,
+    /// Which of the quilt GPU devices given to the session runs it (CUDA ordinal); by default
+    /// the first device given.
+    pub device_id: Option<usize>,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true }
+        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true, device_id: None }
     }
 }
 
@@ -64,6 +67,14 @@ pub const OPTIONS: &[OptionSpec] = &[
                 "0" => false,
                 _ => return Err("expected 0 or 1".into()),
             };
+            Ok(())
+        },
+    },
+    OptionSpec {
+        key: "device_id",
+        description: "CUDA ordinal of the quilt GPU device to run on, among the devices given to the session (default: the first one given)",
+        apply: |o, v| {
+            o.device_id = Some(v.trim().parse().map_err(|_| "expected a GPU ordinal (0, 1, ...)".to_string())?);
             Ok(())
         },
     },
@@ -124,6 +135,15 @@ mod tests {
         assert!(!o.optimize && !o.optimize_options().enabled);
         let e = Options::from_config([("ep.quiltexecutionprovider.optimize", "yes")]).unwrap_err().to_string();
         assert!(e.contains("optimize") && e.contains("yes") && e.contains("0 or 1"), "{e}");
+    }
+
+    #[test]
+    fn device_id_option() {
+        assert_eq!(Options::default().device_id, None);
+        let o = Options::from_config([("ep.quiltexecutionprovider.device_id", "1")]).unwrap();
+        assert_eq!(o.device_id, Some(1));
+        let e = Options::from_config([("ep.quiltexecutionprovider.device_id", "-1")]).unwrap_err().to_string();
+        assert!(e.contains("device_id") && e.contains("-1") && e.contains("ordinal"), "{e}");
     }
 
     #[test]
