@@ -1,8 +1,9 @@
 //! Convolution through cuDNN's forward-convolution API (cudarc's `cudnn` bindings; libcudnn 9.x
 //! opened at run time).
 //!
-//! - Layout: NCHW tensors and KCRS filters, as the ONNX graph stores them (cuDNN runs its
-//!   tensor-core kernels for f16/bf16 NCHW too; NHWC is a later layout decision of the planner).
+//! - Layout: NCHW tensors and KCRS filters, as the ONNX graph stores them. cuDNN runs f16 NCHW
+//!   2-3× slower than NHWC on the H100 (see the results file), so `ConvLayout::Nhwc` (NHWC
+//!   tensors, KRSC filters) is ready for a planner that keeps activations channels-last.
 //! - Precision: f32, f16 and bf16 data, f32 compute. f32 convolutions use `CUDNN_FMA_MATH`:
 //!   cuDNN's default math mode allows TF32 on Ampere and later, which would not match the CPU
 //!   reference at 1e-4. f16/bf16 use `CUDNN_TENSOR_OP_MATH`.
@@ -86,11 +87,22 @@ fn check(status: sys::cudnnStatus_t, what: &str) -> Result<(), String> {
     }
 }
 
-/// One convolution for the executor: input 0 = x (NCHW), 1 = w (KCRS), 2 = bias (K), output 0 = y.
+/// How x, w and y are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvLayout {
+    /// x, y NCHW and w KCRS: the ONNX layout.
+    Nchw,
+    /// x, y NHWC and w KRSC: the layout cuDNN's tensor-core kernels use natively (for a planner
+    /// that keeps activations channels-last; the executor's Conv steps use NCHW).
+    Nhwc,
+}
+
+/// One convolution for the executor: input 0 = x, 1 = w, 2 = bias (K), output 0 = y.
 #[derive(Clone, Debug)]
 pub struct ConvCall {
     pub geom: ConvGeometry,
     pub dtype: DType,
+    pub layout: ConvLayout,
     pub x: Arg,
     pub w: Arg,
     pub bias: Option<Arg>,
@@ -117,11 +129,17 @@ impl ConvCall {
         if x > limit || w > limit || y > limit {
             return Err(format!("tensors of {x}, {w} and {y} elements exceed cuDNN's 32-bit sizes"));
         }
-        Ok(ConvCall { geom, dtype, x: Arg::In(0), w: Arg::In(1), bias: has_bias.then_some(Arg::In(2)), y: Arg::Out(0) })
+        Ok(ConvCall { geom, dtype, layout: ConvLayout::Nchw, x: Arg::In(0), w: Arg::In(1), bias: has_bias.then_some(Arg::In(2)), y: Arg::Out(0) })
     }
 
-    fn key(&self) -> (DType, ConvGeometry, bool) {
-        (self.dtype, self.geom, self.bias.is_some())
+    /// The same call on channels-last data.
+    pub fn nhwc(mut self) -> ConvCall {
+        self.layout = ConvLayout::Nhwc;
+        self
+    }
+
+    fn key(&self) -> ShapeKey {
+        (self.dtype, self.layout, self.geom, self.bias.is_some())
     }
 }
 
@@ -163,9 +181,11 @@ pub struct Dnn {
     inner: Mutex<Inner>,
 }
 
+type ShapeKey = (DType, ConvLayout, ConvGeometry, bool);
+
 struct Inner {
     handle: sys::cudnnHandle_t,
-    shapes: HashMap<(DType, ConvGeometry, bool), ShapePlan>,
+    shapes: HashMap<ShapeKey, ShapePlan>,
     workspace: Workspace,
 }
 
@@ -320,8 +340,9 @@ fn data_type(dtype: DType) -> sys::cudnnDataType_t {
 
 impl Descriptors {
     fn new(call: &ConvCall) -> Result<Descriptors, String> {
-        use sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW as NCHW;
+        use sys::cudnnTensorFormat_t::{CUDNN_TENSOR_NCHW as NCHW, CUDNN_TENSOR_NHWC as NHWC};
         let g = &call.geom;
+        let fmt = if call.layout == ConvLayout::Nhwc { NHWC } else { NCHW };
         let dt = data_type(call.dtype);
         let i = |v: usize| v as c_int;
         let mut d = Descriptors {
@@ -335,11 +356,11 @@ impl Descriptors {
         // SAFETY: each descriptor is created before it is set; sizes fit in int (`ConvCall::new`).
         unsafe {
             check(sys::cudnnCreateTensorDescriptor(&mut d.x), "cudnnCreateTensorDescriptor")?;
-            check(sys::cudnnSetTensor4dDescriptor(d.x, NCHW, dt, i(g.n), i(g.c), i(g.h), i(g.w)), "input descriptor")?;
+            check(sys::cudnnSetTensor4dDescriptor(d.x, fmt, dt, i(g.n), i(g.c), i(g.h), i(g.w)), "input descriptor")?;
             check(sys::cudnnCreateFilterDescriptor(&mut d.w), "cudnnCreateFilterDescriptor")?;
-            check(sys::cudnnSetFilter4dDescriptor(d.w, dt, NCHW, i(g.m), i(g.c / g.group), i(g.kh), i(g.kw)), "filter descriptor")?;
+            check(sys::cudnnSetFilter4dDescriptor(d.w, dt, fmt, i(g.m), i(g.c / g.group), i(g.kh), i(g.kw)), "filter descriptor")?;
             check(sys::cudnnCreateTensorDescriptor(&mut d.y), "cudnnCreateTensorDescriptor")?;
-            check(sys::cudnnSetTensor4dDescriptor(d.y, NCHW, dt, i(g.n), i(g.m), i(g.oh), i(g.ow)), "output descriptor")?;
+            check(sys::cudnnSetTensor4dDescriptor(d.y, fmt, dt, i(g.n), i(g.m), i(g.oh), i(g.ow)), "output descriptor")?;
             check(sys::cudnnCreateConvolutionDescriptor(&mut d.conv), "cudnnCreateConvolutionDescriptor")?;
             check(
                 sys::cudnnSetConvolution2dDescriptor(

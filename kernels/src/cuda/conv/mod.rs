@@ -5,17 +5,29 @@
 //!   accumulation; f32 without TF32 so fp32 models match the CPU reference.
 //! - `im2col`: the fallback (column buffer + cuBLAS GEMM). It runs when libcudnn cannot be
 //!   loaded (reported once on stderr), for f64, for asymmetric pads, for tensors past cuDNN's
-//!   32-bit sizes, and for every conv when `QUILT_CONV=im2col` is set at prepare time.
+//!   32-bit sizes, and for the shapes where it is faster on NCHW data (`prefers_cudnn`, measured
+//!   on the H100). `QUILT_CONV=cudnn|im2col` (or `set_policy`) overrides that choice for steps
+//!   prepared afterwards.
 //!
-//! Where cuDNN comes from: quilt opens `libcudnn.so.9` (cuDNN 9.x) at run time through the
-//! dynamic loader, so the directory holding it (and its `libcudnn_*.so.9` sub-libraries) must be
-//! on `LD_LIBRARY_PATH` or in the loader cache. With PyTorch installed, that is the `lib` folder
-//! of the `nvidia-cudnn-cu*` wheel:
-//! `export LD_LIBRARY_PATH="$(python3 -c 'import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))')/lib:$LD_LIBRARY_PATH"`;
-//! a system install (`/usr/lib/x86_64-linux-gnu`, CUDA's `lib64`) is found without it.
+//! Where cuDNN comes from: quilt opens cuDNN 9 at run time through the dynamic loader, trying
+//! the names `libcudnn.so` first and `libcudnn.so.9` later (cudarc's order), so the loader's
+//! search (`LD_LIBRARY_PATH`, then the system cache) decides which copy runs. A system install
+//! (`/usr/lib/x86_64-linux-gnu`) is found as is. To use another copy, e.g. the one in PyTorch's
+//! `nvidia-cudnn-cu*` wheel, put its `lib` directory on `LD_LIBRARY_PATH` (for the
+//! `libcudnn_*.so.9` sub-libraries) and, if the system also has a `libcudnn.so`, a directory
+//! holding a `libcudnn.so` link to the wanted `libcudnn.so.9` ahead of it (verified on the H100
+//! machine: 9.19 from the wheel instead of the system's 9.14):
+//!
+//! ```sh
+//! CUDNN="$(python3 -c 'import nvidia.cudnn as c; print(list(c.__path__)[0])')/lib"
+//! mkdir -p ~/.quilt/cudnn && ln -sf "$CUDNN/libcudnn.so.9" ~/.quilt/cudnn/libcudnn.so
+//! export LD_LIBRARY_PATH="$HOME/.quilt/cudnn:$CUDNN:$LD_LIBRARY_PATH"
+//! ```
 
 pub mod cudnn;
 pub mod im2col;
+
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use quilt_rewrites::{DType, Op};
 
@@ -73,7 +85,7 @@ impl ConvGeometry {
             pad_end: pair(&pads[spatial..], 0),
             group,
         };
-        if g.c != w[1] * group || g.m % group != 0 || out[0] != g.n || out[1] != g.m {
+        if g.c != w[1] * group || !g.m.is_multiple_of(group) || out[0] != g.n || out[1] != g.m {
             return Err(format!("Conv input {x:?}, weight {w:?}, group {group} and output {out:?} do not fit"));
         }
         if g.stride.0 == 0 || g.stride.1 == 0 || g.dilation.0 == 0 || g.dilation.1 == 0 {
@@ -101,6 +113,52 @@ impl ConvGeometry {
     }
 }
 
+/// Whether `ConvCode::plan` emits cuDNN calls (`Action::Conv`); false until the executor's
+/// dispatch arm for them is merged, and every conv runs as im2col + cuBLAS meanwhile.
+pub const CUDNN_DISPATCHED: bool = false;
+
+/// Which convolutions go to cuDNN (read when a step is prepared).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPolicy {
+    /// Per shape, by a rule measured on the H100 with NCHW data (`prefers_cudnn`).
+    Auto,
+    /// Every convolution cuDNN can run.
+    Cudnn,
+    /// None: im2col + cuBLAS throughout.
+    Im2col,
+}
+
+static POLICY: AtomicU8 = AtomicU8::new(u8::MAX);
+
+/// The process-wide policy: set by `set_policy`, else `QUILT_CONV=auto|cudnn|im2col`, else Auto.
+pub fn policy() -> ConvPolicy {
+    match POLICY.load(Ordering::Relaxed) {
+        0 => ConvPolicy::Auto,
+        1 => ConvPolicy::Cudnn,
+        2 => ConvPolicy::Im2col,
+        _ => match std::env::var("QUILT_CONV").as_deref() {
+            Ok("cudnn") => ConvPolicy::Cudnn,
+            Ok("im2col") => ConvPolicy::Im2col,
+            _ => ConvPolicy::Auto,
+        },
+    }
+}
+
+/// Overrides `QUILT_CONV` for steps prepared from now on (tests and benchmarks).
+pub fn set_policy(p: ConvPolicy) {
+    POLICY.store(p as u8, Ordering::Relaxed);
+}
+
+/// Whether cuDNN beats im2col + cuBLAS for `g` with NCHW data, as measured on the H100
+/// (tests/bench/results/2026-11-25-conv-h100.md, batch 2): cuDNN's NCHW kernels win at large
+/// spatial sizes (and save im2col's C·kh·kw·OH·OW column buffer there) and when there are few
+/// output channels; cuBLAS wins on the deep, small-spatial convolutions and on 1×1 convolutions,
+/// which are plain GEMMs on NCHW data.
+pub fn prefers_cudnn(g: &ConvGeometry) -> bool {
+    let pointwise = g.kh == 1 && g.kw == 1 && g.stride == (1, 1) && g.pad_begin == (0, 0) && g.pad_end == (0, 0) && g.group == 1;
+    !pointwise && ((g.oh * g.ow >= 2048 && g.c >= 16) || g.m < 64)
+}
+
 pub struct ConvCode {
     strides: Vec<usize>,
     pads: Vec<usize>,
@@ -108,7 +166,8 @@ pub struct ConvCode {
     group: usize,
     dtype: DType,
     has_bias: bool,
-    /// Why this step never uses cuDNN, whatever the shapes (`None`: it does when libcudnn loads).
+    policy: ConvPolicy,
+    /// Why this step never uses cuDNN, whatever the shapes (`None`: it may when libcudnn loads).
     cudnn_declined: Option<String>,
     /// The fallback's kernels (see `im2col::kernels`).
     kernels: Vec<Kernel>,
@@ -132,8 +191,9 @@ impl ConvCode {
         if has_bias && t.input(2)? != dtype {
             return Err(format!("Conv bias of {} with data of {dtype}", t.input(2)?));
         }
-        let cudnn_declined = if std::env::var("QUILT_CONV").is_ok_and(|v| v == "im2col") {
-            Some("QUILT_CONV=im2col".to_string())
+        let policy = policy();
+        let cudnn_declined = if policy == ConvPolicy::Im2col {
+            Some("conv policy im2col".to_string())
         } else if !cudnn::supports_dtype(dtype) {
             Some(format!("cuDNN is not used for {dtype}"))
         } else if pads[..spatial] != pads[spatial..] {
@@ -148,6 +208,7 @@ impl ConvCode {
             group: *group,
             dtype,
             has_bias,
+            policy,
             cudnn_declined,
             kernels: im2col::kernels(&t.prefix, dtype),
         })
@@ -162,6 +223,9 @@ impl ConvCode {
     pub fn cudnn_call(&self, g: &ConvGeometry) -> Result<ConvCall, String> {
         if let Some(why) = &self.cudnn_declined {
             return Err(why.clone());
+        }
+        if self.policy == ConvPolicy::Auto && !prefers_cudnn(g) {
+            return Err("im2col + cuBLAS is faster for this shape".into());
         }
         cudnn::library()?;
         ConvCall::new(*g, self.dtype, self.has_bias)
