@@ -147,3 +147,94 @@ fn steps_without_cuda_code_are_named() {
     let e = quilt_kernels::cuda::CudaExecutable::new(plan).err().expect("must be declined").to_string();
     assert!(e.contains("upsample_ints") && e.contains("Resize") && e.contains("Cubic"), "{e}");
 }
+
+/// A one-step plan: `Op::Attention` over inputs q, k, v (and a mask) of the given dtype and
+/// shapes (a dim of 0 is the symbol "S"), output of the dtype.
+fn attention_plan(dtype: quilt_rewrites::DType, shapes: &[&[usize]], heads: Option<usize>) -> quilt_rewrites::Plan {
+    use quilt_rewrites::plan::{Buffer, BufferKind, OpStep, PlanValue, Step};
+    use quilt_rewrites::{SymDim, TensorType};
+    let dims = |s: &[usize]| -> Vec<SymDim> { s.iter().map(|&d| if d == 0 { SymDim::sym("S") } else { SymDim::from(d) }).collect() };
+    let mut plan = quilt_rewrites::Plan::default();
+    for (i, s) in shapes.iter().enumerate() {
+        plan.buffers.push(Buffer { ty: TensorType::new(dtype, dims(s)), kind: BufferKind::Input(i) });
+        plan.inputs.push(PlanValue { name: ["q", "k", "v", "mask"][i].into(), buffer: i });
+    }
+    let (q, v) = (shapes[0], shapes[2]);
+    let mut out = q.to_vec();
+    *out.last_mut().unwrap() = *v.last().unwrap();
+    plan.buffers.push(Buffer { ty: TensorType::new(dtype, dims(&out)), kind: BufferKind::Intermediate });
+    plan.outputs.push(PlanValue { name: "out".into(), buffer: shapes.len() });
+    if shapes.iter().any(|s| s.contains(&0)) {
+        plan.symbols.push("S".into());
+    }
+    let inputs = (0..shapes.len()).map(Some).collect();
+    plan.steps.push(Step::Op(OpStep { node: "attn".into(), op: Op::Attention { scale: 0.125, heads }, inputs, outputs: vec![shapes.len()] }));
+    plan
+}
+
+/// f16/bf16 attention runs on the tensor-core flash kernel: one variant per head-dim bucket when
+/// the plan fixes the head dim, every bucket when it does not; f32 keeps the plain kernel.
+#[test]
+fn attention_picks_the_flash_kernel_by_dtype_and_head_dim() {
+    use quilt_kernels::cuda::codegen::flash_attention::BUCKETS;
+    use quilt_rewrites::DType;
+    let names = |src: &str| -> Vec<String> {
+        src.lines().filter_map(|l| l.split("__launch_bounds__(256, 1) ").nth(1)).map(|r| r.split('(').next().unwrap().to_string()).collect()
+    };
+    for dtype in [DType::F16, DType::BF16] {
+        let src = codegen::step_source(&attention_plan(dtype, &[&[2, 77, 40], &[2, 77, 40], &[2, 77, 40]], None), 0).unwrap().unwrap();
+        assert!(src.contains("mma.sync.aligned.m16n8k16"), "{dtype}: no tensor-core mma");
+        assert_eq!(names(&src), ["q_flash_attention_48"], "{dtype}: head dim 40 runs in the 48 bucket");
+        // Packed heads: 8 heads of 160 in a 1280-wide row.
+        let src = codegen::step_source(&attention_plan(dtype, &[&[2, 0, 1280], &[2, 77, 1280], &[2, 77, 1280]], Some(8)), 0).unwrap().unwrap();
+        assert_eq!(names(&src), ["q_flash_attention_160"]);
+        // A symbolic head dim compiles every bucket into the module.
+        let src = codegen::step_source(&attention_plan(dtype, &[&[2, 77, 0], &[2, 77, 0], &[2, 77, 0]], None), 0).unwrap().unwrap();
+        assert_eq!(names(&src), BUCKETS.iter().map(|b| format!("q_flash_attention_{b}")).collect::<Vec<_>>());
+    }
+    let src = codegen::step_source(&attention_plan(DType::F32, &[&[2, 77, 40], &[2, 77, 40], &[2, 77, 40]], None), 0).unwrap().unwrap();
+    assert!(src.contains("q_attention(") && !src.contains("mma.sync"), "f32 keeps the plain kernel");
+    // Head dims past the largest bucket are declined when the step is generated.
+    let e = codegen::step_source(&attention_plan(DType::F16, &[&[2, 77, 192], &[2, 77, 192], &[2, 77, 192]], None), 0).unwrap_err();
+    assert!(e.contains("192") && e.contains("160"), "{e}");
+}
+
+/// Every flash-attention variant (f16/bf16 × head-dim bucket × with/without mask) compiles with
+/// NVRTC for sm_90 with no register spills and no stack frame (its fragments stay in registers).
+#[test]
+fn every_flash_attention_variant_compiles_for_sm90_without_spills() {
+    use quilt_kernels::cuda::codegen::flash_attention::{bucket, BUCKETS};
+    use quilt_rewrites::DType;
+    if !nvrtc::available() {
+        let required = std::env::var("QUILT_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
+        assert!(!required, "QUILT_REQUIRE_NVRTC=1 but libnvrtc could not be loaded");
+        println!("SKIPPED: libnvrtc not found (run `source scripts/setup.sh`)");
+        return;
+    }
+    let mut report = Vec::new();
+    let mut bad = Vec::new();
+    for dtype in [DType::F16, DType::BF16] {
+        for b in BUCKETS {
+            // A head dim just above the previous bucket, so each bucket is reached by rounding up.
+            let d = BUCKETS.iter().rev().find(|&&x| x < b).map_or(b, |&x| x + 8);
+            assert_eq!(bucket(d), Some(b));
+            for masked in [false, true] {
+                let q: &[usize] = &[2, 64, d];
+                let mask: &[usize] = &[1, 64, 64];
+                let shapes: Vec<&[usize]> = if masked { vec![q, q, q, mask] } else { vec![q, q, q] };
+                let src = codegen::step_source(&attention_plan(dtype, &shapes, None), 0).unwrap().unwrap();
+                let origin = format!("{dtype} d={d} (bucket {b}) mask={masked}");
+                let compiled = nvrtc::compile(&src, "flash.cu", (9, 0)).unwrap_or_else(|e| panic!("{origin}: {e}"));
+                let stats = nvrtc::kernel_stats(&compiled.log);
+                assert_eq!(stats.len(), 1, "{origin}: {}", compiled.log);
+                let k = &stats[0];
+                report.push(format!("{origin}: {} registers, {} bytes stack", k.registers, k.stack_bytes));
+                if k.spill_store_bytes > 0 || k.spill_load_bytes > 0 || k.stack_bytes > 0 {
+                    bad.push(format!("{origin}: {k:?}"));
+                }
+            }
+        }
+    }
+    println!("{}", report.join("\n"));
+    assert!(bad.is_empty(), "spills or stack frames:\n{}", bad.join("\n"));
+}

@@ -1,16 +1,21 @@
 //! Fused scaled dot-product attention (`Op::Attention`): `softmax(scale · q·kᵀ + mask) · v`
 //! without materialising the N×M score matrix.
 //!
+//! q, k, v of one 16-bit float dtype (f16 or bf16) run on the tensor-core flash-attention kernel
+//! (`flash_attention.rs`), one variant per head-dim bucket. Everything else (f32, mixed dtypes)
+//! runs on the plain kernel below, which keeps f32 models exact to the CPU reference:
+//!
 //! One thread block per (problem, tile of `TQ` query rows), where a problem is one batch entry
 //! (and head, for packed heads). The block keeps its query tile, a `TQ`×`Dv` f32 accumulator and
 //! each row's running max and denominator in shared memory, and walks the keys in tiles of `TK`
 //! rows: scores of the tile, then the online-softmax update (rescale the accumulator by
 //! `exp(old max − new max)`, add `exp(score − new max) · v`), then the next tile. Head dims up
-//! to `MAX_HEAD_DIM` (SD's largest is 160). Correctness first: scores are plain dot products over
-//! shared memory, no tensor cores yet.
+//! to `MAX_HEAD_DIM` (SD's largest is 160). Scores are plain dot products over shared memory.
 
-use quilt_rewrites::{DType, Op};
+use quilt_rewrites::plan::OpStep;
+use quilt_rewrites::{DType, Op, Plan};
 
+use super::flash_attention::{self, FlashVariant};
 use super::{broadcast_strides, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
 
 /// Query rows per block.
@@ -20,15 +25,39 @@ const TK: usize = 16;
 /// The largest q/k and v head dims the shared-memory tiles hold.
 pub const MAX_HEAD_DIM: usize = 160;
 
+/// The step's head dims (q/k, v) when the plan fixes them (constant last dims), else `None`.
+pub fn static_head_dims(plan: &Plan, step: &OpStep) -> Option<(usize, usize)> {
+    let Op::Attention { heads, .. } = &step.op else { return None };
+    let last = |i: usize| -> Option<usize> {
+        let b = (*step.inputs.get(i)?)?;
+        let d = plan.buffers[b].ty.shape.last()?.as_const()?;
+        usize::try_from(d).ok()
+    };
+    let (d, dv) = (last(0)?, last(2)?);
+    match heads {
+        None => Some((d, dv)),
+        Some(h) if *h > 0 && d % h == 0 && dv % h == 0 => Some((d / h, dv / h)),
+        Some(_) => None,
+    }
+}
+
 pub struct AttentionCode {
     kernels: Vec<Kernel>,
     scale: f32,
     heads: Option<usize>,
     has_mask: bool,
+    /// The head-dim bucket of each kernel when they are flash-attention variants (f16/bf16).
+    flash_buckets: Option<Vec<usize>>,
 }
 
 impl AttentionCode {
+    /// Head dims unknown: f16/bf16 get a flash variant for every bucket.
     pub fn new(op: &Op, t: &Types) -> Result<AttentionCode, String> {
+        AttentionCode::with_head_dims(op, t, None)
+    }
+
+    /// `head_dims` (q/k, v), when the plan fixes them, picks the one flash variant to compile.
+    pub fn with_head_dims(op: &Op, t: &Types, head_dims: Option<(usize, usize)>) -> Result<AttentionCode, String> {
         let Op::Attention { scale, heads } = op else { return Err(format!("{} is not Attention", op.name())) };
         let rank = t.in_ranks[0];
         if rank < 2 || t.in_ranks[1] != rank || t.in_ranks[2] != rank {
@@ -57,6 +86,21 @@ impl AttentionCode {
                 return Err(format!("attention mask of rank {mr} for scores of rank {}", lead + 2));
             }
         }
+        if flash_attention::supports(cts[0].dtype, cts[1].dtype, cts[2].dtype) {
+            let buckets = match head_dims {
+                Some((d, dv)) => {
+                    let b = flash_attention::bucket(d.max(dv))
+                        .ok_or_else(|| format!("head dims {d}/{dv} exceed the CUDA attention kernel's {MAX_HEAD_DIM}"))?;
+                    vec![b]
+                }
+                None => flash_attention::BUCKETS.to_vec(),
+            };
+            let kernels = buckets
+                .iter()
+                .map(|&bucket| FlashVariant { dtype: cts[0].dtype, bucket, mask, out }.kernel(&t.prefix, lead))
+                .collect();
+            return Ok(AttentionCode { kernels, scale: *scale, heads: *heads, has_mask: mask.is_some(), flash_buckets: Some(buckets) });
+        }
         let name = format!("{}_attention", t.prefix);
         let mut args = format!("const QParams p, {}* __restrict__ out", out.storage());
         for (n, c) in ["q", "k", "v"].iter().zip(&cts) {
@@ -69,7 +113,7 @@ impl AttentionCode {
             // Offset of this problem's mask plane: its coordinates over the lead dims.
             mask_offset += "    long long m0 = 0, r_ = pidx;\n";
             for d in (0..lead).rev() {
-                mask_offset += &format!("    m0 += (r_ % p.v[{dim}]) * p.v[{st}]; r_ /= p.v[{dim}];\n", dim = 22 + d, st = 22 + lead + d);
+                mask_offset += &format!("    m0 += (r_ % p.v[{dim}]) * p.v[{st}]; r_ /= p.v[{dim}];\n", dim = 23 + d, st = 23 + lead + d);
             }
             mask_term = format!("        s += {};\n", mc.load("mask[m0 + i * p.v[20] + j * p.v[21]]"));
         }
@@ -77,8 +121,8 @@ impl AttentionCode {
         let st = out.store("M == 0 ? 0.0f : sO[r * QD + c] / sL[r]");
         // Params: 0 blocks, 1 query tiles per problem, 2 H, 3 N, 4 M, 5 D, 6 Dv,
         // 7..11 q/k/v/out offset per batch entry, 11..15 per head, 15..19 row strides,
-        // 19 scale (f64 bits), 20/21 mask strides of the query/key axes,
-        // 22.. lead dims, then the mask's strides over them.
+        // 19 scale (f64 bits), 20/21 mask strides of the query/key axes, 22 unused here
+        // (the flash kernel's vector-copy flag), 23.. lead dims, then the mask's strides over them.
         let body = format!(
             r#"#define QTQ {TQ}
 #define QTK {TK}
@@ -171,7 +215,7 @@ extern "C" __global__ void {name}({args}) {{
 #undef QD
 "#
         );
-        Ok(AttentionCode { kernels: vec![Kernel { name, body }], scale: *scale, heads: *heads, has_mask: mask.is_some() })
+        Ok(AttentionCode { kernels: vec![Kernel { name, body }], scale: *scale, heads: *heads, has_mask: mask.is_some(), flash_buckets: None })
     }
 }
 
@@ -220,8 +264,22 @@ impl StepCode for AttentionCode {
         if d > MAX_HEAD_DIM || dv > MAX_HEAD_DIM {
             return Err(format!("head dims {d}/{dv} exceed the CUDA attention kernel's {MAX_HEAD_DIM}"));
         }
+        // The kernel to launch, its query rows per block and the scale it takes.
+        let (kernel, rows_per_block, scale) = match &self.flash_buckets {
+            None => (0, TQ, self.scale as f64),
+            Some(buckets) => {
+                let want = flash_attention::bucket(d.max(dv))
+                    .ok_or_else(|| format!("head dims {d}/{dv} exceed the CUDA attention kernel's {MAX_HEAD_DIM}"))?;
+                let k = buckets
+                    .iter()
+                    .position(|&b| b == want)
+                    .ok_or_else(|| format!("head dims {d}/{dv} need the {want}-wide flash-attention variant, compiled only for {buckets:?}"))?;
+                // The flash kernel works in log2 units (exp2).
+                (k, flash_attention::BLOCK_ROWS, self.scale as f64 * std::f64::consts::LOG2_E)
+            }
+        };
         let problems: usize = score[..score.len() - 2].iter().product();
-        let tiles = n.div_ceil(TQ);
+        let tiles = n.div_ceil(rows_per_block);
         let blocks = problems * tiles;
         let mut plan = LaunchPlan::default();
         if blocks == 0 || dv == 0 {
@@ -231,12 +289,14 @@ impl StepCode for AttentionCode {
         // Offsets per batch entry (b) and per head (h) of the problem index b·H + h.
         let per_batch = [n * qr, m * kr, m * vr, n * or];
         let per_head = if self.heads.is_some() { [d, d, dv, dv] } else { [0; 4] };
+        // 16-byte tile copies need every row start 16-byte aligned (device buffers are).
+        let vector_copies = [d, dv].iter().chain(&per_batch).chain(&per_head).chain(&rows).all(|&x| x % 8 == 0);
         let mut p = ParamList::default();
         p.extend([blocks, tiles, h, n, m, d, dv].map(|x| x as i64));
         p.extend(per_batch.map(|x| x as i64));
         p.extend(per_head.map(|x| x as i64));
         p.extend(rows.map(|x| x as i64));
-        p.push_f64(self.scale as f64);
+        p.push_f64(scale);
         let mut args = vec![Arg::Out(0), Arg::In(0), Arg::In(1), Arg::In(2)];
         let lead_dims = &score[..score.len() - 2];
         if self.has_mask {
@@ -244,14 +304,15 @@ impl StepCode for AttentionCode {
             let r = ms.len();
             p.push(ms[r - 2]);
             p.push(ms[r - 1]);
+            p.push(vector_copies as i64);
             p.extend(lead_dims.iter().map(|&x| x as i64));
             p.extend(ms[..r - 2].iter().copied());
             args.push(Arg::In(3));
         } else {
-            p.extend([0, 0]);
+            p.extend([0, 0, vector_copies as i64]);
             p.extend(lead_dims.iter().map(|&x| x as i64));
         }
-        plan.actions.push(Action::Launch { kernel: 0, work: Work::Rows(blocks as u64), params: p.finish()?, args });
+        plan.actions.push(Action::Launch { kernel, work: Work::Rows(blocks as u64), params: p.finish()?, args });
         Ok(plan)
     }
 }

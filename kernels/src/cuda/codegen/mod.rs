@@ -7,6 +7,7 @@
 
 pub mod attention;
 pub mod elementwise;
+pub mod flash_attention;
 pub mod geglu;
 pub mod layout;
 pub mod reduce;
@@ -138,7 +139,7 @@ pub fn generate(plan: &Plan, step: &OpStep, index: usize) -> Result<StepKind, St
         | Op::Silu
         | Op::QuickGelu { .. } => Box::new(elementwise::ElementwiseCode::new(&step.op, &t)?),
         Op::GeGlu { .. } => Box::new(geglu::GeGluCode::new(&step.op, &t)?),
-        Op::Attention { .. } => Box::new(attention::AttentionCode::new(&step.op, &t)?),
+        Op::Attention { .. } => Box::new(attention::AttentionCode::with_head_dims(&step.op, &t, attention::static_head_dims(plan, step))?),
         Op::Transpose { .. } | Op::Slice { .. } | Op::Concat { .. } | Op::Split { .. } => {
             Box::new(layout::CopyCode::new(&step.op, &t)?)
         }

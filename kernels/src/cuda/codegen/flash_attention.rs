@@ -1,0 +1,336 @@
+//! Tensor-core flash attention for f16/bf16 q, k, v: `softmax(scale · q·kᵀ + mask) · v` with
+//! f32 accumulation and f32 softmax statistics, never materialising the N×M scores.
+//!
+//! Layout (FlashAttention-2 style, written for `mma.sync.m16n8k16`, which every sm_80+ GPU runs):
+//! one block of 8 warps per (problem, tile of `BLOCK_ROWS` = 128 query rows); each warp owns 16
+//! query rows. The query tile is staged through shared memory once and kept in registers as
+//! `ldmatrix` A fragments. Keys and values stream through shared memory in tiles of `BN` rows,
+//! double-buffered with `cp.async` (the next tile loads while this one is computed). Per tile a
+//! warp computes its 16×BN scores on the tensor cores, updates each row's running max and sum
+//! (log2 domain, `ex2.approx`), rescales its f32 output accumulator, and adds `P·V`, reusing the
+//! score registers as the A fragments of the second product (rounded to the input dtype).
+//!
+//! The head dim is padded with zeros to a bucket (a multiple of 16, `BUCKETS`) so that register
+//! arrays have compile-time sizes; everything else (N, M, the true head dims, strides, offsets)
+//! is a kernel parameter, so one module per (dtype, bucket, mask dtype, output dtype) serves
+//! every shape. Shared-memory rows are padded by 8 elements (16 bytes), which makes the
+//! `ldmatrix` row addresses of every bucket land in distinct banks. Tiles fit the 48 KB of static
+//! shared memory: 64-key tiles up to a 80-wide bucket, 32-key tiles above.
+//!
+//! When every offset and row stride is a multiple of 8 elements (16 bytes) tiles are copied with
+//! 16-byte `cp.async` (zero-filling rows past N/M and columns past D); otherwise an element-wise
+//! copy runs, so odd head dims and strides stay correct.
+
+use quilt_rewrites::DType;
+
+use super::{CType, Kernel};
+
+/// Head-dim buckets, ascending; a head dim runs in the smallest bucket that holds it.
+pub const BUCKETS: [usize; 8] = [16, 32, 48, 64, 80, 96, 128, 160];
+/// Query rows per block: 8 warps (the executor's 256 threads) of 16 rows.
+pub const BLOCK_ROWS: usize = 128;
+
+/// The smallest bucket that holds head dims up to `d`.
+pub fn bucket(d: usize) -> Option<usize> {
+    BUCKETS.iter().copied().find(|&b| b >= d)
+}
+
+/// Keys per shared-memory tile for a bucket: two stages of K and V tiles (rows padded by 8)
+/// must fit the 48 KB of static shared memory.
+pub fn block_keys(bucket: usize) -> usize {
+    if bucket <= 80 {
+        64
+    } else {
+        32
+    }
+}
+
+/// Whether q, k, v of these dtypes run on this kernel (one 16-bit float dtype for all three).
+pub fn supports(q: DType, k: DType, v: DType) -> bool {
+    matches!(q, DType::F16 | DType::BF16) && k == q && v == q
+}
+
+/// One compiled variant: everything the source depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct FlashVariant {
+    /// F16 or BF16 (q, k, v and the tensor-core inputs).
+    pub dtype: DType,
+    pub bucket: usize,
+    pub mask: Option<CType>,
+    pub out: CType,
+}
+
+/// Device helpers shared by every variant in a module (guarded: a module may hold several).
+const HELPERS: &str = r#"#ifndef QFA_HELPERS
+#define QFA_HELPERS
+__device__ __forceinline__ unsigned qfa_saddr(const void* p) {
+  unsigned r;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+  return r;
+}
+__device__ __forceinline__ void qfa_cp16(unsigned dst, const void* src, int bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void qfa_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void qfa_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+__device__ __forceinline__ void qfa_ldsm(unsigned (&r)[4], unsigned a) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void qfa_ldsm_t(unsigned (&r)[4], unsigned a) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void qfa_mma_f16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void qfa_mma_bf16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Two f32 as one register of two 16-bit floats, `lo` in the low half (the lower column).
+__device__ __forceinline__ unsigned qfa_pack_f16(float lo, float hi) {
+  unsigned r; asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); return r;
+}
+__device__ __forceinline__ unsigned qfa_pack_bf16(float lo, float hi) {
+  unsigned r; asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); return r;
+}
+__device__ __forceinline__ float qfa_exp2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
+// Rows [r0, r0 + rows) of a [nrows, ld] slab into shared rows of DP + 8 elements: columns past
+// `width` and rows past `nrows` become zeros (so padded dot products and P·V add nothing).
+template <int DP>
+__device__ __forceinline__ void qfa_load_rows(unsigned short* dst, const unsigned short* __restrict__ src, long long r0, int rows,
+                                              long long nrows, long long ld, int width, bool vec) {
+  constexpr int C = DP / 8, LD = DP + 8;
+  for (int c = threadIdx.x; c < rows * C; c += blockDim.x) {
+    const int r = c / C, c8 = (c - r * C) * 8;
+    const long long gr = r0 + r;
+    unsigned short* d = dst + r * LD + c8;
+    if (vec) {
+      const bool ok = gr < nrows && c8 < width;
+      qfa_cp16(qfa_saddr(d), ok ? (const void*)(src + gr * ld + c8) : (const void*)src, ok ? 16 : 0);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) d[e] = (gr < nrows && c8 + e < width) ? src[gr * ld + c8 + e] : (unsigned short)0;
+    }
+  }
+}
+#endif
+"#;
+
+impl FlashVariant {
+    /// The kernel, named `{prefix}_flash_attention_{bucket}`. Params (shared with the plain
+    /// kernel, see `attention.rs`): 0 blocks, 1 query tiles per problem, 2 H, 3 N, 4 M, 5 D,
+    /// 6 Dv, 7..11 q/k/v/out offsets per batch entry, 11..15 per head, 15..19 row strides,
+    /// 19 scale·log2(e) (f64 bits), 20/21 mask strides of the query/key axes, 22 whether tiles
+    /// may be copied 16 bytes at a time, 23.. lead dims, then the mask's strides over them.
+    pub fn kernel(&self, prefix: &str, lead: usize) -> Kernel {
+        let name = format!("{prefix}_flash_attention_{}", self.bucket);
+        let dp = self.bucket;
+        let bn = block_keys(dp);
+        let (mma, pack) = match self.dtype {
+            DType::BF16 => ("qfa_mma_bf16", "qfa_pack_bf16"),
+            _ => ("qfa_mma_f16", "qfa_pack_f16"),
+        };
+        let mut args = format!("const QParams p, {}* __restrict__ out, const unsigned short* __restrict__ q, const unsigned short* __restrict__ k, const unsigned short* __restrict__ v", self.out.storage());
+        let mut mask_offset = String::new();
+        let mut mask_term = String::new();
+        if let Some(mc) = self.mask {
+            args += &format!(", const {}* __restrict__ mask", mc.storage());
+            // Offset of this problem's mask plane: its coordinates over the lead dims.
+            mask_offset += "    long long m0 = 0, r_ = pidx;\n";
+            for d in (0..lead).rev() {
+                mask_offset += &format!("    m0 += (r_ % p.v[{dim}]) * p.v[{st}]; r_ /= p.v[{dim}];\n", dim = 23 + d, st = 23 + lead + d);
+            }
+            mask_term = format!(
+                "            if (i < N && j < M) x += 1.4426950408889634f * {};\n",
+                mc.load("mask[m0 + i * p.v[20] + j * p.v[21]]")
+            );
+        }
+        let st = self.out.store("o[dt][e] * inv[e >> 1]");
+        let body = format!(
+            r#"{HELPERS}extern "C" __global__ void __launch_bounds__(256, 1) {name}({args}) {{
+  constexpr int DP = {dp}, BN = {bn}, BM = {BLOCK_ROWS}, LD = DP + 8;
+  constexpr int SMEM = BM * LD > 4 * BN * LD ? BM * LD : 4 * BN * LD;
+  __shared__ __align__(16) unsigned short smem[SMEM];
+  const float ninf = __int_as_float(0xff800000);
+  const long long H = p.v[2], N = p.v[3], M = p.v[4];
+  const int D = (int)p.v[5], Dv = (int)p.v[6];
+  const float sl2 = (float)q_pd(p.v[19]);
+  const bool vec = p.v[22] != 0;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+  const long long ntiles = (M + BN - 1) / BN;
+  for (long long blk = blockIdx.x; blk < p.v[0]; blk += gridDim.x) {{
+    const long long pidx = blk / p.v[1], i0 = (blk - pidx * p.v[1]) * BM;
+    const long long b = pidx / H, h = pidx - b * H;
+    const unsigned short* qb = q + b * p.v[7] + h * p.v[11];
+    const unsigned short* kb = k + b * p.v[8] + h * p.v[12];
+    const unsigned short* vb = v + b * p.v[9] + h * p.v[13];
+    const long long o0 = b * p.v[10] + h * p.v[14];
+{mask_offset}    const long long wrow = i0 + warp * 16;
+    // Warps whose 16 rows all lie past N only help load tiles.
+    const bool active = wrow < N;
+    qfa_load_rows<DP>(smem, qb, i0, BM, N, p.v[15], D, vec);
+    qfa_commit();
+    qfa_wait<0>();
+    __syncthreads();
+    unsigned qf[DP / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; ++kk)
+      qfa_ldsm(qf[kk], qfa_saddr(smem + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8));
+    __syncthreads();
+    float o[DP / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < DP / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    // Running max (log2 units) and this thread's partial sum of rows g and g + 8.
+    float mr[2] = {{ninf, ninf}}, lr[2] = {{0.0f, 0.0f}};
+    if (ntiles > 0) {{
+      qfa_load_rows<DP>(smem, kb, 0, BN, M, p.v[16], D, vec);
+      qfa_load_rows<DP>(smem + BN * LD, vb, 0, BN, M, p.v[17], Dv, vec);
+    }}
+    qfa_commit();
+    for (long long jt = 0; jt < ntiles; ++jt) {{
+      const long long j0 = jt * BN;
+      const unsigned short* sk = smem + (jt & 1) * 2 * BN * LD;
+      const unsigned short* sv = sk + BN * LD;
+      if (jt + 1 < ntiles) {{
+        unsigned short* nk = smem + ((jt + 1) & 1) * 2 * BN * LD;
+        qfa_load_rows<DP>(nk, kb, j0 + BN, BN, M, p.v[16], D, vec);
+        qfa_load_rows<DP>(nk + BN * LD, vb, j0 + BN, BN, M, p.v[17], Dv, vec);
+      }}
+      qfa_commit();
+      qfa_wait<1>();
+      __syncthreads();
+      if (active) {{
+        float s[BN / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < DP / 16; ++kk) {{
+#pragma unroll
+          for (int n2 = 0; n2 < BN / 16; ++n2) {{
+            unsigned kf[4];
+            qfa_ldsm(kf, qfa_saddr(sk + (n2 * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8));
+            {mma}(s[2 * n2], qf[kk], kf[0], kf[1]);
+            {mma}(s[2 * n2 + 1], qf[kk], kf[2], kf[3]);
+          }}
+        }}
+        // Scores in log2 units, plus the mask; keys past M get -inf.
+        const bool tail = j0 + BN > M;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) {{
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {{
+            const long long i = wrow + g + (e >> 1) * 8, j = j0 + nt * 8 + 2 * t4 + (e & 1);
+            float x = s[nt][e] * sl2;
+{mask_term}            if (tail && j >= M) x = ninf;
+            s[nt][e] = x;
+            (void)i;
+          }}
+        }}
+        float mx[2] = {{mr[0], mr[1]}};
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) {{
+          mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
+          mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
+        }}
+        float corr[2], sum[2] = {{0.0f, 0.0f}};
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {{
+          // The four lanes of a quad share a row.
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+          // A row with only -inf so far subtracts 0, so exp2 gives 0 rather than NaN.
+          const float base = mx[r] == ninf ? 0.0f : mx[r];
+          corr[r] = qfa_exp2(mr[r] - base);
+          mr[r] = mx[r];
+          mx[r] = base;
+        }}
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) {{
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {{
+            s[nt][e] = qfa_exp2(s[nt][e] - mx[e >> 1]);
+            sum[e >> 1] += s[nt][e];
+          }}
+        }}
+        lr[0] = lr[0] * corr[0] + sum[0];
+        lr[1] = lr[1] * corr[1] + sum[1];
+#pragma unroll
+        for (int dt = 0; dt < DP / 8; ++dt) {{
+          o[dt][0] *= corr[0]; o[dt][1] *= corr[0];
+          o[dt][2] *= corr[1]; o[dt][3] *= corr[1];
+        }}
+        // O += P·V: two adjacent 8-key score tiles form one 16-key A fragment.
+#pragma unroll
+        for (int kc = 0; kc < BN / 16; ++kc) {{
+          const unsigned a[4] = {{{pack}(s[2 * kc][0], s[2 * kc][1]), {pack}(s[2 * kc][2], s[2 * kc][3]),
+                                 {pack}(s[2 * kc + 1][0], s[2 * kc + 1][1]), {pack}(s[2 * kc + 1][2], s[2 * kc + 1][3])}};
+#pragma unroll
+          for (int d2 = 0; d2 < DP / 16; ++d2) {{
+            unsigned vf[4];
+            qfa_ldsm_t(vf, qfa_saddr(sv + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + d2 * 16 + (lane >> 4) * 8));
+            {mma}(o[2 * d2], a, vf[0], vf[1]);
+            {mma}(o[2 * d2 + 1], a, vf[2], vf[3]);
+          }}
+        }}
+      }}
+      // This stage is overwritten by the loads issued in the next iteration.
+      __syncthreads();
+    }}
+    float inv[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {{
+      float l = lr[r] + __shfl_xor_sync(0xffffffffu, lr[r], 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      // No keys: zeros (as the CPU reference); a row whose scores are all -inf: 0/0 = NaN (same).
+      inv[r] = M == 0 ? 0.0f : 1.0f / l;
+    }}
+    if (active) {{
+#pragma unroll
+      for (int dt = 0; dt < DP / 8; ++dt) {{
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {{
+          const long long i = wrow + g + (e >> 1) * 8;
+          const int c = dt * 8 + 2 * t4 + (e & 1);
+          if (i < N && c < Dv) out[o0 + i * p.v[18] + c] = {st};
+        }}
+      }}
+    }}
+  }}
+}}
+"#
+        );
+        Kernel { name, body }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_sd_head_dims() {
+        assert_eq!(bucket(40), Some(48));
+        assert_eq!(bucket(64), Some(64));
+        assert_eq!(bucket(80), Some(80));
+        assert_eq!(bucket(100), Some(128));
+        assert_eq!(bucket(160), Some(160));
+        assert_eq!(bucket(161), None);
+        assert_eq!(bucket(1), Some(16));
+        for b in BUCKETS {
+            // Two stages of K and V tiles (and the 128-row Q staging tile) fit 48 KB.
+            let ld = b + 8;
+            let elems = (BLOCK_ROWS * ld).max(4 * block_keys(b) * ld);
+            assert!(elems * 2 <= 48 * 1024, "bucket {b}: {} bytes", elems * 2);
+            assert_eq!(b % 16, 0);
+        }
+    }
+
+    #[test]
+    fn only_one_16_bit_dtype_for_q_k_v() {
+        assert!(supports(DType::F16, DType::F16, DType::F16));
+        assert!(supports(DType::BF16, DType::BF16, DType::BF16));
+        assert!(!supports(DType::F32, DType::F32, DType::F32));
+        assert!(!supports(DType::F16, DType::BF16, DType::F16));
+    }
+}
