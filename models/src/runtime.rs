@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
 use ort::environment::Environment;
+use ort::memory::DeviceType;
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
@@ -109,7 +110,14 @@ impl Runtime {
         self.env.devices().filter(|d| d.ep().is_ok_and(|n| n == ep)).count()
     }
 
-    /// A session with every node on quilt's devices. `options` are quilt option keys without a prefix
+    /// Whether quilt offers a GPU device (an NVIDIA GPU with a working driver); its sessions then run
+    /// there, otherwise on quilt's CPU reference device.
+    pub fn quilt_has_gpu(&self) -> bool {
+        self.env.devices().any(|d| d.ep().is_ok_and(|n| n == EP_NAME) && d.hardware_device().ty() == DeviceType::GPU)
+    }
+
+    /// A session with every node on quilt's GPU devices when it offers any, else on its reference
+    /// device. `options` are quilt option keys without a prefix
     /// (`dump_plans`, `log_level`). With `allow_fallback == false`, a node quilt declines makes this fail
     /// with [`QuiltSessionError::Declined`].
     pub fn quilt_session(&self, model: &Path, options: &[(&str, &str)], allow_fallback: bool) -> Result<Session, QuiltSessionError> {
@@ -120,7 +128,8 @@ impl Runtime {
         if !allow_fallback {
             builder = builder.with_config_entry("session.disable_cpu_ep_fallback", "1").map_err(|e| err(&e))?;
         }
-        let devices = self.env.devices().filter(|d| d.ep().is_ok_and(|n| n == EP_NAME));
+        let on_gpu = self.quilt_has_gpu();
+        let devices = self.env.devices().filter(|d| d.ep().is_ok_and(|n| n == EP_NAME)).filter(|d| !on_gpu || d.hardware_device().ty() == DeviceType::GPU);
         let mut builder = builder.with_devices(devices, Some(&prefixed)).map_err(|e| err(&e))?;
         builder.commit_from_file(model).map_err(|e| {
             let message = e.to_string();

@@ -48,6 +48,8 @@ options:
   --ep quilt|cpu       execution provider (default quilt; cpu is ORT's CPU EP)
   --ep-lib PATH        libquilt_ep.so (default $QUILT_EP_LIB, else target/release/libquilt_ep.so)
   --ort-lib PATH       libonnxruntime.so (default $ORT_DYLIB_PATH)
+  --ep-option K=V      a quilt EP option for every model (e.g. precision=fp16); repeatable
+  --repeat N           run the generation N times with the same sessions and report each time
   --out PATH           PNG to write (required); a batch writes PATH's stem + -0, -1, ... + .png";
 
 /// The `quilt sd` subcommands.
@@ -91,6 +93,10 @@ pub struct SdArgs {
     pub ep: Ep,
     pub ep_lib: Option<PathBuf>,
     pub ort_lib: Option<PathBuf>,
+    /// quilt EP options for every session (`--ep-option precision=fp16`).
+    pub ep_options: Vec<(String, String)>,
+    /// Generations to run with the loaded sessions (timings of each; benchmarks use > 1).
+    pub repeat: usize,
     pub out: PathBuf,
 }
 
@@ -111,6 +117,8 @@ pub fn parse_args(command: Command, args: &[String]) -> Result<SdArgs> {
         ep: Ep::Quilt,
         ep_lib: None,
         ort_lib: None,
+        ep_options: Vec::new(),
+        repeat: 1,
         out: PathBuf::new(),
     };
     let mut prompts = Vec::new();
@@ -174,6 +182,17 @@ pub fn parse_args(command: Command, args: &[String]) -> Result<SdArgs> {
             "--ep" => parsed.ep = Ep::parse(&value()?)?,
             "--ep-lib" => parsed.ep_lib = Some(PathBuf::from(value()?)),
             "--ort-lib" => parsed.ort_lib = Some(PathBuf::from(value()?)),
+            "--ep-option" => {
+                let v = value()?;
+                let (k, val) = v.split_once('=').ok_or_else(|| ModelsError::Usage(format!("--ep-option `{v}`: expected KEY=VALUE")))?;
+                parsed.ep_options.push((k.to_string(), val.to_string()));
+            }
+            "--repeat" => {
+                parsed.repeat = int(value()?)? as usize;
+                if parsed.repeat == 0 {
+                    return Err(ModelsError::Usage("--repeat must be at least 1".into()));
+                }
+            }
             "--out" => out = Some(PathBuf::from(value()?)),
             other => return Err(ModelsError::Usage(format!("unknown argument `{other}`"))),
         }
@@ -292,12 +311,17 @@ pub fn sd_command(args: &SdArgs) -> Result<()> {
     let paths = RuntimePaths::resolve(args.ort_lib.clone(), args.ep_lib.clone())?;
     let runtime = Runtime::new(paths)?;
     let t = Instant::now();
-    let mut pipeline = SdPipeline::load(&runtime, dir, args.ep)?;
+    let mut pipeline = SdPipeline::load_with_options(&runtime, dir, args.ep, &args.ep_options)?;
     let encoder = match pipeline.dir.text_encoder_kind {
         TextEncoderKind::Clip => "CLIP",
         TextEncoderKind::XlmRoberta => "XLM-RoBERTa (AltDiffusion)",
     };
-    println!("pipeline  {} ({:?} EP, {encoder} text encoder), sessions built in {:.1} ms", model_dir.display(), args.ep, t.elapsed().as_secs_f64() * 1e3);
+    let device = match args.ep {
+        Ep::Quilt if runtime.quilt_has_gpu() => ", GPU",
+        Ep::Quilt => ", reference CPU device",
+        Ep::Cpu => "",
+    };
+    println!("pipeline  {} ({:?} EP{device}, {encoder} text encoder), sessions built in {:.1} ms", model_dir.display(), args.ep, t.elapsed().as_secs_f64() * 1e3);
     for name in pipeline.fallbacks() {
         println!("note      quilt declined some nodes of {name}; ORT's CPU EP runs them");
     }
@@ -306,13 +330,26 @@ pub fn sd_command(args: &SdArgs) -> Result<()> {
         (Command::Inpaint, Some(image), Some(mask)) => Init::Inpaint { image, mask, strength: args.strength.unwrap_or(1.0) },
         _ => Init::Noise,
     };
-    let generated = pipeline.generate(&request, init, &mut |i, n, d| {
-        print!("\rdenoise   step {i}/{n} [{}{}] {:.1} ms", "#".repeat(i * 20 / n), ".".repeat(20 - i * 20 / n), d.as_secs_f64() * 1e3);
-        let _ = std::io::stdout().flush();
-        if i == n {
-            println!();
+    let mut totals = Vec::with_capacity(args.repeat);
+    let mut generated = None;
+    for run in 0..args.repeat {
+        if args.repeat > 1 {
+            println!("run       {}/{}", run + 1, args.repeat);
         }
-    })?;
+        let g = pipeline.generate(&request, init, &mut |i, n, d| {
+            print!("\rdenoise   step {i}/{n} [{}{}] {:.1} ms", "#".repeat(i * 20 / n), ".".repeat(20 - i * 20 / n), d.as_secs_f64() * 1e3);
+            let _ = std::io::stdout().flush();
+            if i == n {
+                println!();
+            }
+        })?;
+        totals.push(g.times.total.as_secs_f64() * 1e3);
+        if args.repeat > 1 {
+            println!("time      run {} total {:.1} ms", run + 1, g.times.total.as_secs_f64() * 1e3);
+        }
+        generated = Some(g);
+    }
+    let generated = generated.expect("repeat is at least 1");
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let times = &generated.times;
     let unet_total: f64 = times.unet_steps.iter().map(|&d| ms(d)).sum();
@@ -339,6 +376,11 @@ pub fn sd_command(args: &SdArgs) -> Result<()> {
     println!("time      unet {:.1} ms total, {:.2} ms per step", unet_total, unet_total / times.unet_steps.len().max(1) as f64);
     println!("time      vae_decoder {:.1} ms", ms(times.vae_decoder));
     println!("time      total {:.1} ms", ms(times.total));
+    if totals.len() > 1 {
+        let mut sorted = totals.clone();
+        sorted.sort_by(f64::total_cmp);
+        println!("time      median total {:.1} ms over {} runs (min {:.1} ms)", sorted[sorted.len() / 2], sorted.len(), sorted[0]);
+    }
     for (i, path) in output_paths(&args.out, generated.image_shape[0]).iter().enumerate() {
         write_png(path, &generated.image, generated.image_shape, i)?;
         println!("wrote     {}", path.display());

@@ -42,11 +42,17 @@ pub struct Model {
 
 impl Model {
     pub fn load(runtime: &Runtime, path: &Path, ep: Ep) -> Result<Model> {
+        Self::load_with_options(runtime, path, ep, &[])
+    }
+
+    /// `options`: quilt EP options (`precision`, `dump_plans`, …) for `Ep::Quilt`.
+    pub fn load_with_options(runtime: &Runtime, path: &Path, ep: Ep, options: &[(String, String)]) -> Result<Model> {
+        let options: Vec<(&str, &str)> = options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let (session, fell_back) = match ep {
             Ep::Cpu => (runtime.cpu_session(path)?, false),
-            Ep::Quilt => match runtime.quilt_session(path, &[], false) {
+            Ep::Quilt => match runtime.quilt_session(path, &options, false) {
                 Ok(s) => (s, false),
-                Err(QuiltSessionError::Declined(_)) => (runtime.quilt_session(path, &[], true).map_err(crate::error::ModelsError::from)?, true),
+                Err(QuiltSessionError::Declined(_)) => (runtime.quilt_session(path, &options, true).map_err(crate::error::ModelsError::from)?, true),
                 Err(QuiltSessionError::Other(e)) => return Err(e),
             },
         };

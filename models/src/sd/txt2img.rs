@@ -95,11 +95,17 @@ pub struct SdPipeline {
 
 impl SdPipeline {
     pub fn load(runtime: &Runtime, dir: PipelineDir, ep: Ep) -> Result<SdPipeline> {
+        Self::load_with_options(runtime, dir, ep, &[])
+    }
+
+    /// `options`: quilt EP options for every model's session (e.g. `precision=fp16`).
+    pub fn load_with_options(runtime: &Runtime, dir: PipelineDir, ep: Ep, options: &[(String, String)]) -> Result<SdPipeline> {
         let tokenizer = PromptTokenizer::load(&dir.tokenizer)?;
-        let text_encoder = Model::load(runtime, &dir.text_encoder, ep)?;
-        let unet = Model::load(runtime, &dir.unet, ep)?;
-        let vae_decoder = Model::load(runtime, &dir.vae_decoder, ep)?;
-        let vae_encoder = dir.vae_encoder.as_ref().map(|p| Model::load(runtime, p, ep)).transpose()?;
+        let load = |path: &std::path::Path| Model::load_with_options(runtime, path, ep, options);
+        let text_encoder = load(&dir.text_encoder)?;
+        let unet = load(&dir.unet)?;
+        let vae_decoder = load(&dir.vae_decoder)?;
+        let vae_encoder = dir.vae_encoder.as_deref().map(load).transpose()?;
         if let Some(encoder) = &vae_encoder {
             encoder.input("sample")?;
         }
