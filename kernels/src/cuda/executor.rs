@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use quilt_rewrites::plan::{BufferId, BufferKind, Step};
 use cudarc::driver::sys::CUstream;
+use quilt_rewrites::plan::{BufferId, BufferKind, OpStep, Step};
 use quilt_rewrites::{DType, Plan, Tensor, TensorData};
 
 use super::codegen::{self, module_source, Action, Arg, StepKind, StepShapes, Work, BLOCK};
@@ -122,10 +122,15 @@ impl CudaExecutable {
         &self.device
     }
 
-    /// Checks that every step of `plan` has a CUDA implementation (what `new` checks before
-    /// touching a GPU), naming the first step that has none. Needs no GPU.
+    /// Checks that every step of `plan` has a CUDA implementation, naming the first step that
+    /// has none. Needs no GPU, and no weight data: a plan built from a graph whose large weights
+    /// were not loaded (the EP's GetCapability) passes if its steps can run once they are.
     pub fn check(plan: &Plan) -> Result<()> {
-        generate_all(plan).map(|_| ())
+        for (i, step) in plan.steps.iter().enumerate() {
+            let Step::Op(s) = step;
+            cuda_step_check(s).and_then(|()| codegen::generate(plan, s, i).map(|_| ())).map_err(|m| step_error(plan, i, m))?;
+        }
+        Ok(())
     }
 
     /// Runs the plan on inputs in `plan.inputs` order; returns outputs in `plan.outputs` order.
@@ -376,9 +381,35 @@ fn generate_all(plan: &Plan) -> Result<Vec<StepKind>> {
 /// The structural checks both backends make (`crate::plan_check`), plus what CUDA needs of every
 /// step: not opaque, at least one output. Returns each buffer's producing step.
 fn check_structure(plan: &Plan) -> Result<Vec<Option<usize>>> {
-    crate::plan_check::check_structure(plan, |s| match &s.op {
+    crate::plan_check::check_structure(plan, cuda_step_check)
+}
+
+/// What CUDA needs of every step beyond the structural checks.
+fn cuda_step_check(s: &OpStep) -> std::result::Result<(), String> {
+    match &s.op {
         quilt_rewrites::Op::Opaque { reason, .. } => Err(format!("not supported by quilt: {reason}")),
         _ if s.outputs.is_empty() => Err("has no outputs".into()),
         _ => Ok(()),
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quilt_rewrites::import::{import, ImportOptions};
+    use quilt_rewrites::onnx::{load, LoadOptions};
+
+    /// The EP's GetCapability builds plans without the large weights; `check` must accept them
+    /// (the steps can run once the weights are there), while preparing such a plan must not.
+    #[test]
+    fn check_accepts_a_plan_whose_weights_are_not_loaded() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures/unet/model.onnx");
+        let src = load(&path, &LoadOptions { load_weights: false }).unwrap();
+        let graph = import(&src, &ImportOptions { lenient: false }).unwrap().graph;
+        let plan = quilt_rewrites::optimize_with(&graph, &Default::default()).unwrap();
+        assert!(plan.buffers.iter().any(|b| matches!(b.kind, BufferKind::MissingWeight(_))), "the fixture has large weights");
+        CudaExecutable::check(&plan).unwrap();
+        let e = generate_all(&plan).err().expect("a plan without weight data cannot be prepared").to_string();
+        assert!(e.contains("was not loaded"), "{e}");
+    }
 }
