@@ -15,10 +15,15 @@
  *
  * See capi/examples/run_quilt.c and run_quilt.cc.
  *
- * Devices: the CPU reference device (ORT's CPU hardware device, running quilt's CPU interpreter,
- * I/O in CPU memory) is offered only when the environment variable QUILT_REFERENCE_DEVICE=1 is set
- * at registration time, so ORT's automatic device policies never prefer quilt over ORT's own CPU EP.
- * Without it, GetEpDevices lists no quilt device (the GPU device comes with the CUDA backend).
+ * Devices: one GPU device per NVIDIA GPU that CUDA sees (libcuda loads), on ORT's NVIDIA hardware
+ * device of the same PCI bus id; its EP metadata has "quilt.backend" = "cuda" and "cuda_device_id".
+ * It runs subgraphs on the CUDA backend with I/O in its device memory (allocator, data transfer and
+ * CUDA streams registered with ORT, so IO binding of device tensors works). The CPU reference device
+ * (ORT's CPU hardware device, running quilt's CPU interpreter, I/O in CPU memory) is offered only
+ * when the environment variable QUILT_REFERENCE_DEVICE=1 is set at registration time, so ORT's
+ * automatic device policies never prefer it over ORT's own CPU EP; it is listed first. A session
+ * runs on the first quilt device it is given. Without a GPU and without the variable, GetEpDevices
+ * lists no quilt device.
  *
  * The library links no libonnxruntime: every ORT function comes from the OrtApiBase that ORT passes
  * to CreateEpFactories. It needs ORT API version 29 (ONNX Runtime 1.29, 1.30, 1.31 ...).
@@ -55,6 +60,8 @@ struct OrtEpFactory;
 #define QUILT_OPTION_DUMP_PLANS "dump_plans"
 /* error | warning | info | verbose (default warning); messages go to ORT's session logger. */
 #define QUILT_OPTION_LOG_LEVEL "log_level"
+/* A CUDA ordinal: which of the quilt GPU devices given to the session runs it (default: the first). */
+#define QUILT_OPTION_DEVICE_ID "device_id"
 
 /*
  * Called by ONNX Runtime at registration: creates quilt's one EP factory in factories[0].
