@@ -17,6 +17,7 @@ pub mod conv;
 pub mod device;
 pub mod executor;
 pub mod gemm;
+pub mod kernel_cache;
 pub mod nvrtc;
 
 /// The driver's stream handle, as callers of `run_device` pass it.

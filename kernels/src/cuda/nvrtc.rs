@@ -3,7 +3,7 @@
 //! A cubin (not PTX) is produced so the driver never JIT-compiles: PTX from an NVRTC newer than
 //! the driver would not load, so on the GPU machine the NVRTC of the driver's CUDA version must
 //! come first on the library path (see `tests/bench/results/` for what was found there).
-//! Compiled cubins are cached in memory by (source hash, arch); a disk cache comes later.
+//! Compiled cubins are cached in memory by (source hash, arch) and on disk (`kernel_cache`).
 
 use std::collections::HashMap;
 use std::ffi::{c_char, CString};
@@ -65,18 +65,33 @@ fn source_key(source: &str, arch: (i32, i32)) -> u64 {
 
 type Cache = Mutex<HashMap<u64, Arc<Compiled>>>;
 
+/// Forgets this process's compiled cubins (the disk cache stays): tests use it to see the disk
+/// cache at work.
+pub fn clear_memory_cache() {
+    cache().lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
 fn cache() -> &'static Cache {
     static CACHE: OnceLock<Cache> = OnceLock::new();
     CACHE.get_or_init(Default::default)
 }
 
-/// Compiles `source` for `sm_{arch.0}{arch.1}`, reusing an earlier compile of the same source.
+/// Compiles `source` for `sm_{arch.0}{arch.1}`, reusing an earlier compile of the same source
+/// (in this process, or on disk through `kernel_cache`).
 pub fn compile_cached(source: &str, name: &str, arch: (i32, i32)) -> Result<Arc<Compiled>> {
     let key = source_key(source, arch);
     if let Some(c) = cache().lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(c.clone());
     }
-    let c = Arc::new(compile(source, name, arch)?);
+    let nvrtc = version()?;
+    let c = match super::kernel_cache::load(source, arch, nvrtc) {
+        Some(c) => Arc::new(c),
+        None => {
+            let c = compile(source, name, arch)?;
+            super::kernel_cache::store(source, arch, nvrtc, &c);
+            Arc::new(c)
+        }
+    };
     cache().lock().unwrap_or_else(|p| p.into_inner()).insert(key, c.clone());
     Ok(c)
 }
