@@ -48,6 +48,7 @@ pub struct CudaExecutable {
     plan: Plan,
     device: Arc<CudaDevice>,
     blas: Blas,
+    dnn: super::conv::cudnn::Dnn,
     steps: Vec<Prepared>,
     weights: Vec<Option<Arc<DeviceBuffer>>>,
     producer: Vec<Option<usize>>,
@@ -111,7 +112,7 @@ impl CudaExecutable {
         for v in &plan.outputs {
             is_output[v.buffer] = true;
         }
-        Ok(CudaExecutable { modules: loaded.len(), plan, device, blas, steps, weights, producer, last_uses, is_output })
+        Ok(CudaExecutable { modules: loaded.len(), plan, device, blas, dnn: Default::default(), steps, weights, producer, last_uses, is_output })
     }
 
     pub fn plan(&self) -> &Plan {
@@ -322,6 +323,7 @@ impl CudaExecutable {
                                 dev.launch(f, grid, block, params, &ptrs).map_err(|e| fail(e.to_string()))?;
                             }
                             Action::Gemm(call) => self.blas.gemm(call, &ptr).map_err(fail)?,
+                            Action::Conv(call) => self.dnn.conv(call, dev.cu_stream(), &ptr).map_err(fail)?,
                             Action::Zero { arg, bytes } => dev.memset_zero(ptr(*arg), *bytes).map_err(|e| fail(e.to_string()))?,
                         }
                     }

@@ -58,6 +58,8 @@ pub enum Work {
 pub enum Action {
     Launch { kernel: usize, work: Work, params: Params, args: Vec<Arg> },
     Gemm(GemmCall),
+    /// A cuDNN forward convolution (`conv::cudnn`), run by the executable's `Dnn`.
+    Conv(super::conv::cudnn::ConvCall),
     /// Zero `bytes` bytes of an argument from `offset`.
     Zero { arg: Arg, bytes: usize },
 }

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use quilt_rewrites::{DType, Op};
 
 use self::cudnn::ConvCall;
-use super::codegen::{numel, Kernel, LaunchPlan, StepCode, StepShapes, Types};
+use super::codegen::{numel, Action, Kernel, LaunchPlan, StepCode, StepShapes, Types};
 
 /// A convolution at concrete shapes, always in 2-D terms (a 1-D conv has `h = kh = oh = 1`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -113,9 +113,8 @@ impl ConvGeometry {
     }
 }
 
-/// Whether `ConvCode::plan` emits cuDNN calls (`Action::Conv`); false until the executor's
-/// dispatch arm for them is merged, and every conv runs as im2col + cuBLAS meanwhile.
-pub const CUDNN_DISPATCHED: bool = false;
+/// Whether `ConvCode::plan` emits cuDNN calls (`Action::Conv`, run by the executor's `Dnn`).
+pub const CUDNN_DISPATCHED: bool = true;
 
 /// Which convolutions go to cuDNN (read when a step is prepared).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,8 +259,9 @@ impl StepCode for ConvCode {
         if g.out_elems() == 0 {
             return Ok(LaunchPlan::default());
         }
-        // cuDNN runs once the executor dispatches `Action::Conv(self.cudnn_call(&g)?)` (the
-        // executor arm is being merged); until then every conv takes the im2col path.
-        self.im2col_plan(&g)
+        match self.cudnn_call(&g) {
+            Ok(call) => Ok(LaunchPlan { actions: vec![Action::Conv(call)], ..LaunchPlan::default() }),
+            Err(_) => self.im2col_plan(&g),
+        }
     }
 }
