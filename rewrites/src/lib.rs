@@ -8,10 +8,12 @@ pub mod error;
 pub mod import;
 pub mod ir;
 pub mod lower;
+pub mod memory_plan;
 pub mod onnx;
 pub mod optimize;
 pub mod plan;
 pub mod source;
+pub mod stitch;
 pub mod sym;
 pub mod tensor;
 

@@ -76,5 +76,6 @@ pub fn lower(graph: &Graph) -> Result<Plan> {
         }
     }
     plan.symbols = symbols.into_iter().collect();
+    plan.memory = crate::memory_plan::plan_memory(&plan);
     Ok(plan)
 }

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::ir::Graph;
 use crate::lower::lower;
 use crate::plan::Plan;
+use crate::stitch::{stitch, StitchOptions, StitchReport};
 
 #[derive(Clone, Debug)]
 pub struct OptimizeOptions {
@@ -16,11 +17,14 @@ pub struct OptimizeOptions {
     pub enabled: bool,
     /// Limits of each e-graph stage.
     pub limits: Limits,
+    /// Fuse memory-bound ops into stitched regions after extraction (`crate::stitch`).
+    pub stitch: bool,
+    pub stitch_caps: StitchOptions,
 }
 
 impl Default for OptimizeOptions {
     fn default() -> OptimizeOptions {
-        OptimizeOptions { enabled: true, limits: Limits::default() }
+        OptimizeOptions { enabled: true, limits: Limits::default(), stitch: true, stitch_caps: StitchOptions::default() }
     }
 }
 
@@ -34,6 +38,8 @@ pub struct OptimizeReport {
     /// Graph → e-graph.
     pub load_time: Duration,
     pub extract_time: Duration,
+    /// `None` when stitching was off.
+    pub stitch: Option<StitchReport>,
     pub total_time: Duration,
 }
 
@@ -66,13 +72,21 @@ pub fn optimize_graph(graph: &Graph, opts: &OptimizeOptions) -> Result<Optimized
         report.extract_time = t.elapsed();
         Ok(out)
     }));
-    let out = match result {
+    let mut out = match result {
         Ok(r) => r?,
         Err(panic) => {
             let msg = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
             return Err(Error::Model(format!("optimizer: internal error (panic): {msg}")));
         }
     };
+    if opts.stitch {
+        let (stitched, r) = match catch_unwind(AssertUnwindSafe(|| stitch(&out, &opts.stitch_caps))) {
+            Ok(r) => r?,
+            Err(_) => return Err(Error::Model("optimizer: internal error (panic) while stitching".into())),
+        };
+        out = stitched;
+        report.stitch = Some(r);
+    }
     report.nodes_out = out.node_count();
     report.total_time = start.elapsed();
     Ok(Optimized { graph: out, report })
@@ -98,6 +112,9 @@ impl fmt::Display for OptimizeReport {
             self.total_time.as_secs_f64() * 1e3
         )?;
         for s in &self.stages {
+            write!(f, "{s}")?;
+        }
+        if let Some(s) = &self.stitch {
             write!(f, "{s}")?;
         }
         Ok(())

@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::ir::{Op, TensorType};
+use crate::memory_plan::MemoryPlan;
 use crate::sym::shape_string;
 use crate::tensor::Tensor;
 
@@ -59,6 +60,8 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Every symbol the plan's shapes use, sorted; all are bound from input shapes.
     pub symbols: Vec<String>,
+    /// Arena slots of the intermediates by liveness (`lower` fills it; backends may ignore it).
+    pub memory: MemoryPlan,
 }
 
 impl Plan {
@@ -90,15 +93,26 @@ impl fmt::Display for Plan {
         for step in &self.steps {
             let Step::Op(s) = step;
             let ins: Vec<String> = s.inputs.iter().map(|b| b.map_or("_".to_string(), name)).collect();
+            let slot = |b: BufferId| match self.memory.slot_of.get(b).copied().flatten() {
+                Some(k) => format!(" @s{k}"),
+                None => String::new(),
+            };
             let outs: Vec<String> = s
                 .outputs
                 .iter()
-                .map(|&b| format!("{} : {}{}", name(b), self.buffers[b].ty.dtype, shape_string(&self.buffers[b].ty.shape)))
+                .map(|&b| format!("{} : {}{}{}", name(b), self.buffers[b].ty.dtype, shape_string(&self.buffers[b].ty.shape), slot(b)))
                 .collect();
-            writeln!(f, "{} = {}({})  # {}", outs.join(", "), s.op.name(), ins.join(", "), s.node)?;
+            match &s.op {
+                // The region names its inputs x0, x1, …: bind them after the body.
+                Op::Stitched(r) => writeln!(f, "{} = {r} with x = ({})  # {}", outs.join(", "), ins.join(", "), s.node)?,
+                other => writeln!(f, "{} = {}({})  # {}", outs.join(", "), other.name(), ins.join(", "), s.node)?,
+            }
         }
         for v in &self.outputs {
             writeln!(f, "output {} = {}", v.name, name(v.buffer))?;
+        }
+        if !self.memory.slots.is_empty() {
+            write!(f, "{}", self.memory)?;
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ mod norm;
 mod reduce;
 mod resize;
 mod softmax;
+mod stitched;
 mod validate;
 
 #[cfg(test)]
@@ -269,6 +270,7 @@ fn dispatch(op: &Op, cx: &StepCtx) -> std::result::Result<Vec<Tensor>, String> {
         Op::QuickGelu { alpha } => one(fused::sigmoid_gated(cx, *alpha)),
         Op::GeGlu { tanh } => one(fused::geglu(cx, *tanh)),
         Op::Attention { scale, heads } => one(fused::attention(cx, *scale, *heads)),
+        Op::Stitched(region) => stitched::stitched(cx, region),
         Op::Input { .. } | Op::Constant(_) | Op::Weight { .. } | Op::Opaque { .. } => {
             Err("this op is not executable as a step".into())
         }

@@ -28,6 +28,10 @@ fn check_arity(s: &OpStep) -> std::result::Result<(), String> {
         Op::Gemm { .. } | Op::Conv { .. } | Op::LayerNorm { .. } => (2, 1, Some(1)),
         Op::Attention { .. } => (3, 1, Some(1)),
         Op::Concat { .. } => (s.inputs.len().max(1), 0, Some(1)),
+        Op::Stitched(r) => {
+            r.validate()?;
+            (r.inputs.len(), 0, Some(r.outputs.len()))
+        }
         Op::Split { .. } => (1, 0, None),
         Op::Input { .. } | Op::Constant(_) | Op::Weight { .. } => {
             return Err("a source op cannot be a plan step (it should be a buffer)".into())

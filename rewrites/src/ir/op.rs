@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use crate::dtype::DType;
+use crate::ir::stitched::StitchedRegion;
 use crate::sym::SymDim;
 use crate::tensor::Tensor;
 
@@ -225,6 +226,9 @@ pub enum Op {
     ///   `v [B, M, H·Dv]` → `[B, N, H·Dv]`; head `h` uses columns `h·D..(h+1)·D` of q and k and
     ///   `h·Dv..(h+1)·Dv` of v and of the output; `mask` broadcasts to `[B, H, N, M]`.
     Attention { scale: f32, heads: Option<usize> },
+    /// `[x0, x1, …]` → one output per region output: several memory-bound ops run as one
+    /// kernel (made by `crate::stitch` after extraction; see `StitchedRegion`).
+    Stitched(Arc<StitchedRegion>),
 }
 
 impl Op {
@@ -236,6 +240,7 @@ impl Op {
             Op::Reduce { kind, .. } => format!("Reduce{kind:?}"),
             Op::Opaque { op_type, .. } => op_type.clone(),
             Op::Constant(_) => "Constant".into(),
+            Op::Stitched(_) => "Stitched".into(),
             other => {
                 let s = format!("{other:?}");
                 s.split([' ', '{', '(']).next().unwrap_or("").to_string()

@@ -11,6 +11,7 @@ pub mod flash_attention;
 pub mod geglu;
 pub mod layout;
 pub mod reduce;
+pub mod stitched;
 
 use quilt_rewrites::plan::{OpStep, Step};
 use quilt_rewrites::{DType, Op, Plan};
@@ -159,6 +160,7 @@ pub fn generate(plan: &Plan, step: &OpStep, index: usize) -> Result<StepKind, St
         | Op::CumSum { .. } => Box::new(reduce::ReduceCode::new(&step.op, &t)?),
         Op::MatMul | Op::Gemm { .. } => Box::new(GemmCode::new(&step.op, &t)?),
         Op::Conv { .. } => Box::new(ConvCode::new(&step.op, &t)?),
+        Op::Stitched(_) => Box::new(stitched::StitchedCode::new(&step.op, &t)?),
         // Ops the CUDA backend has not learnt yet.
         other => return Err(format!("op {} has no CUDA implementation yet", other.name())),
     };

@@ -1,0 +1,258 @@
+//! `Op::Stitched`: one kernel per fused region.
+//!
+//! - Elementwise regions: one thread per domain element (grid-stride loop); each input is read
+//!   through per-axis strides of its view broadcast to the domain (0 on broadcast axes), every
+//!   node is one local variable, every output one store.
+//! - Normalizing regions: one block per row. Pass 1 evaluates the prologue (the nodes the
+//!   normalization reads) and sums the normalized value, pass 2 sums squared deviations from the
+//!   mean (so large means do not cancel), pass 3 evaluates every node with the normalized value
+//!   `(x − mean) · rstd` and stores the outputs. Statistics are f32 (f64 for f64 regions).
+//!
+//! Math is f32 (f64 when the region computes f64 values); inputs/outputs are loaded and stored
+//! in their buffers' dtypes (f16/bf16 included). Domain sizes and strides are kernel params,
+//! so one module serves every shape. Params: elementwise `n, dims[r], strides[k][r]`;
+//! normalizing `rows, row_len, dims[r], strides[k][r]`.
+
+use quilt_rewrites::ir::{BinaryOp, Operand, RegionOp, StitchedRegion, UnaryOp};
+use quilt_rewrites::{DType, Op};
+
+use super::elementwise::gelu;
+use super::{broadcast_strides, decompose, lit, numel, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
+use crate::cuda::device::PARAM_SLOTS;
+
+pub struct StitchedCode {
+    region: StitchedRegion,
+    kernels: Vec<Kernel>,
+    rank: usize,
+}
+
+fn unary(u: UnaryOp, c: CType, a: &str) -> String {
+    let cc = c.compute();
+    let m = |f: &str| c.math(f);
+    let (zero, one) = (lit(0.0, cc), lit(1.0, cc));
+    match u {
+        UnaryOp::Identity => a.to_string(),
+        UnaryOp::Relu => format!("({a} < {zero} ? {zero} : {a})"),
+        UnaryOp::Neg => format!("(-{a})"),
+        UnaryOp::Sign => format!("({a} > {zero} ? {one} : ({a} < {zero} ? -{one} : {a}))"),
+        UnaryOp::Not => format!("(({cc})({a} == {zero}))"),
+        UnaryOp::Abs => format!("{}({a})", m("fabs")),
+        UnaryOp::Sigmoid => format!("({one} / ({one} + {}(-{a})))", m("exp")),
+        UnaryOp::Tanh => format!("{}({a})", m("tanh")),
+        UnaryOp::Erf => format!("{}({a})", m("erf")),
+        UnaryOp::Sqrt => format!("{}({a})", m("sqrt")),
+        UnaryOp::Exp => format!("{}({a})", m("exp")),
+        UnaryOp::Log => format!("{}({a})", m("log")),
+        UnaryOp::Reciprocal => format!("({one} / {a})"),
+        UnaryOp::Sin => format!("{}({a})", m("sin")),
+        UnaryOp::Cos => format!("{}({a})", m("cos")),
+        UnaryOp::Floor => format!("{}({a})", m("floor")),
+        UnaryOp::Ceil => format!("{}({a})", m("ceil")),
+        UnaryOp::Round => format!("{}({a})", m("rint")),
+        UnaryOp::Softplus => format!("({a} > {zero} ? {a} + {lp}({ex}(-{a})) : {lp}({ex}({a})))", lp = m("log1p"), ex = m("exp")),
+    }
+}
+
+fn binary(b: BinaryOp, c: CType, a: &str, y: &str) -> Result<String, String> {
+    let cc = c.compute();
+    let zero = lit(0.0, cc);
+    let nan = lit(f64::NAN, cc);
+    let t = |e: String| format!("(({cc})({e}))");
+    Ok(match b {
+        BinaryOp::Add => format!("({a} + {y})"),
+        BinaryOp::Sub => format!("({a} - {y})"),
+        BinaryOp::Mul => format!("({a} * {y})"),
+        BinaryOp::Div => format!("({a} / {y})"),
+        BinaryOp::Pow => format!("{}({a}, {y})", c.math("pow")),
+        BinaryOp::Max => format!("(({a} != {a} || {y} != {y}) ? {nan} : {}({a}, {y}))", c.math("fmax")),
+        BinaryOp::Min => format!("(({a} != {a} || {y} != {y}) ? {nan} : {}({a}, {y}))", c.math("fmin")),
+        BinaryOp::Equal => t(format!("{a} == {y}")),
+        BinaryOp::Less => t(format!("{a} < {y}")),
+        BinaryOp::LessOrEqual => t(format!("{a} <= {y}")),
+        BinaryOp::Greater => t(format!("{a} > {y}")),
+        BinaryOp::GreaterOrEqual => t(format!("{a} >= {y}")),
+        BinaryOp::And => t(format!("{a} != {zero} && {y} != {zero}")),
+        BinaryOp::Or => t(format!("{a} != {zero} || {y} != {zero}")),
+        BinaryOp::Xor => t(format!("({a} != {zero}) != ({y} != {zero})")),
+        BinaryOp::Mod | BinaryOp::Fmod => return Err(format!("{b:?} in a stitched region")),
+    })
+}
+
+/// The expression of one elementwise node over its operand variables.
+fn elementwise(op: &Op, c: CType, a: &[String]) -> Result<String, String> {
+    let cc = c.compute();
+    let one = lit(1.0, cc);
+    let sigmoid_gated = |x: &str, alpha: f64| format!("({x} * ({one} / ({one} + {exp}(-({a} * {x})))))", a = lit(alpha, cc), exp = c.math("exp"));
+    Ok(match op {
+        Op::Unary(u) => unary(*u, c, &a[0]),
+        Op::Binary(b) => binary(*b, c, &a[0], &a[1])?,
+        Op::Where => format!("({} != {} ? {} : {})", a[0], lit(0.0, cc), a[1], a[2]),
+        Op::Cast { to } => match to {
+            DType::F16 => format!("(({cc})q_h2f(q_f2h((float)({}))))", a[0]),
+            DType::BF16 => format!("(({cc})q_b2f(q_f2b((float)({}))))", a[0]),
+            DType::F32 => format!("(({cc})(float)({}))", a[0]),
+            DType::F64 => a[0].clone(),
+            DType::Bool => format!("(({cc})({} != {}))", a[0], lit(0.0, cc)),
+            other => return Err(format!("Cast to {other} in a stitched region")),
+        },
+        Op::Clip { min, max } => {
+            let mut e = a[0].clone();
+            if let Some(lo) = min {
+                e = format!("({e} < {l} ? {l} : {e})", l = lit(*lo, cc));
+            }
+            if let Some(hi) = max {
+                e = format!("({e} > {h} ? {h} : {e})", h = lit(*hi, cc));
+            }
+            e
+        }
+        Op::LeakyRelu { alpha } => format!("({x} < {z} ? {x} * {al} : {x})", x = a[0], z = lit(0.0, cc), al = lit(*alpha as f64, cc)),
+        Op::Gelu { tanh } => gelu(c, &a[0], *tanh),
+        Op::Silu => sigmoid_gated(&a[0], 1.0),
+        Op::QuickGelu { alpha } => sigmoid_gated(&a[0], *alpha as f64),
+        other => return Err(format!("{} in a stitched region", other.name())),
+    })
+}
+
+impl StitchedCode {
+    pub fn new(op: &Op, t: &Types) -> Result<StitchedCode, String> {
+        let Op::Stitched(region) = op else { return Err(format!("{} is not a stitched region", op.name())) };
+        let region = region.as_ref().clone();
+        region.validate()?;
+        if t.ins.len() != region.inputs.len() || t.outs.len() != region.outputs.len() {
+            return Err(format!("step has {} inputs/{} outputs, the region {}/{}", t.ins.len(), t.outs.len(), region.inputs.len(), region.outputs.len()));
+        }
+        let r = region.domain.len();
+        let norm = region.norm();
+        let head = if norm.is_some() { 2 } else { 1 };
+        let params = head + r + r * region.inputs.len();
+        if params > PARAM_SLOTS {
+            return Err(format!("a region of rank {r} with {} inputs needs {params} kernel params (at most {PARAM_SLOTS})", region.inputs.len()));
+        }
+        // One compute type: f64 when any value is f64, else f32.
+        let any_f64 = region.nodes.iter().any(|n| n.dtype == DType::F64) || t.ins.iter().flatten().any(|d| *d == DType::F64);
+        let c = CType::of(if any_f64 { DType::F64 } else { DType::F32 });
+        let cc = c.compute();
+        let name = format!("{}_st", t.prefix);
+        let mut args = "const QParams p".to_string();
+        for (k, d) in t.outs.iter().enumerate() {
+            args += &format!(", {}* __restrict__ out{k}", CType::of(*d).storage());
+        }
+        let ins: Vec<CType> = t.ins.iter().enumerate().map(|(k, d)| d.map(CType::of).ok_or_else(|| format!("input {k} is missing"))).collect::<Result<_, _>>()?;
+        for (k, ct) in ins.iter().enumerate() {
+            args += &format!(", const {}* __restrict__ in{k}", ct.storage());
+        }
+        let offsets: Vec<(String, usize)> = (0..ins.len()).map(|k| (format!("o{k}"), head + r + k * r)).collect();
+        let refs: Vec<(&str, usize)> = offsets.iter().map(|(n, at)| (n.as_str(), *at)).collect();
+        // The body for element `i`: loads, then nodes `upto` (exclusive), the normalized value
+        // given by `normalized` when the norm node is reached.
+        let operand = |o: &Operand| match *o {
+            Operand::Input(k) => format!("a{k}"),
+            Operand::Node(j) => format!("t{j}"),
+        };
+        let element = |upto: usize, normalized: Option<&str>, indent: &str| -> Result<String, String> {
+            let mut s: String = decompose(r, head, &refs).lines().map(|l| format!("{indent}{}\n", l.trim_start())).collect();
+            for (k, ct) in ins.iter().enumerate() {
+                s += &format!("{indent}{cc} a{k} = ({cc}){};\n", ct.load(&format!("in{k}[o{k}]")));
+            }
+            for (j, node) in region.nodes.iter().enumerate().take(upto) {
+                let args: Vec<String> = node.args.iter().map(operand).collect();
+                let e = match &node.op {
+                    RegionOp::Elementwise(op) => elementwise(op, c, &args).map_err(|e| format!("node {j}: {e}"))?,
+                    RegionOp::Normalize { .. } => match normalized {
+                        Some(n) => n.replace("X", &args[0]),
+                        None => return Err("internal: normalized value outside the apply pass".into()),
+                    },
+                };
+                s += &format!("{indent}{cc} t{j} = {e};\n");
+            }
+            Ok(s)
+        };
+        let stores = |indent: &str| -> String {
+            let mut s = String::new();
+            for (k, o) in region.outputs.iter().enumerate() {
+                s += &format!("{indent}out{k}[i] = {};\n", CType::of(t.outs[k]).store(&format!("t{}", o.node)));
+            }
+            s
+        };
+        let mut body = format!("extern \"C\" __global__ void {name}({args}) {{\n");
+        match norm {
+            None => {
+                body += "  Q_LOOP(p.v[0]) {\n";
+                body += &element(region.nodes.len(), None, "    ")?;
+                body += &stores("    ");
+                body += "  }\n}\n";
+            }
+            Some((k, _, eps)) => {
+                let x = operand(&region.nodes[k].args[0]);
+                // Passes 1 and 2 evaluate the nodes before the norm (its prologue, and any
+                // independent node that happens to come earlier: cheap, and side-effect free).
+                let stats = element(k, None, "      ")?;
+                body += "  for (long long row = blockIdx.x; row < p.v[0]; row += gridDim.x) {\n";
+                body += "    long long L = p.v[1]; long long base = row * L;\n";
+                body += &format!("    {cc} s_ = 0;\n    for (long long k_ = threadIdx.x; k_ < L; k_ += blockDim.x) {{\n      long long i = base + k_;\n{stats}      s_ += {x};\n    }}\n");
+                body += &format!("    {cc} mean_ = q_block_reduce(s_, QSum()) / ({cc})L;\n");
+                body += &format!("    {cc} v_ = 0;\n    for (long long k_ = threadIdx.x; k_ < L; k_ += blockDim.x) {{\n      long long i = base + k_;\n{stats}      {cc} d_ = {x} - mean_; v_ += d_ * d_;\n    }}\n");
+                body += &format!("    {cc} rstd_ = ({cc})1 / {}(q_block_reduce(v_, QSum()) / ({cc})L + {});\n", c.math("sqrt"), lit(eps as f64, cc));
+                body += "    for (long long k_ = threadIdx.x; k_ < L; k_ += blockDim.x) {\n      long long i = base + k_;\n";
+                body += &element(region.nodes.len(), Some("((X - mean_) * rstd_)"), "      ")?;
+                body += &stores("      ");
+                body += "    }\n  }\n}\n";
+            }
+        }
+        Ok(StitchedCode { region, kernels: vec![Kernel { name, body }], rank: r })
+    }
+}
+
+impl StepCode for StitchedCode {
+    fn kernels(&self) -> &[Kernel] {
+        &self.kernels
+    }
+
+    fn plan(&self, s: &StepShapes) -> Result<LaunchPlan, String> {
+        let domain: Vec<usize> = self.region.domain.iter().map(|d| s.bindings.eval(d).map(|v| v as usize)).collect::<Result<_, _>>()?;
+        if domain.len() != self.rank {
+            return Err(format!("domain rank {} but the kernel was generated for {}", domain.len(), self.rank));
+        }
+        for (k, out) in s.outs.iter().enumerate() {
+            if *out != domain.as_slice() {
+                return Err(format!("output {k} has shape {out:?}, the region's domain is {domain:?}"));
+            }
+        }
+        let n = numel(&domain);
+        let mut p = ParamList::default();
+        let work = match self.region.norm() {
+            None => {
+                p.push(n as i64);
+                Work::Elements(n as u64)
+            }
+            Some((_, rows, _)) => {
+                let len = s.bindings.eval(&rows.row_len(&self.region.domain))? as usize;
+                if len == 0 || n % len != 0 {
+                    return Err(format!("rows of {len} elements do not tile the domain {domain:?}"));
+                }
+                p.push((n / len) as i64);
+                p.push(len as i64);
+                Work::Rows((n / len) as u64)
+            }
+        };
+        p.extend(domain.iter().map(|&d| d as i64));
+        for (k, inp) in self.region.inputs.iter().enumerate() {
+            let shape = s.input(k)?;
+            let view: Vec<usize> = inp.view.iter().map(|d| s.bindings.eval(d).map(|v| v as usize)).collect::<Result<_, _>>()?;
+            if numel(&view) != numel(shape) {
+                return Err(format!("input {k} has shape {shape:?}, which cannot be viewed as {view:?}"));
+            }
+            let mut st = broadcast_strides(&view, &domain).map_err(|e| format!("input {k}: {e}"))?;
+            // Right-aligned: leading domain axes the view lacks have stride 0 already.
+            st.resize(self.rank, 0);
+            p.extend(st);
+        }
+        let mut args: Vec<Arg> = (0..self.region.outputs.len()).map(Arg::Out).collect();
+        args.extend((0..self.region.inputs.len()).map(Arg::In));
+        let mut plan = LaunchPlan::default();
+        if n > 0 {
+            plan.actions.push(Action::Launch { kernel: 0, work, params: p.finish()?, args });
+        }
+        Ok(plan)
+    }
+}
