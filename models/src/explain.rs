@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use quilt_rewrites::import::{import, ImportOptions};
 use quilt_rewrites::onnx::{load, LoadOptions};
-use quilt_rewrites::plan::{BufferKind, Step};
-use quilt_rewrites::{optimize_graph, Graph, OptimizeOptions, Plan, SymDim};
+use quilt_rewrites::plan::Step;
+use quilt_rewrites::{optimize_graph, Graph, Op, OptimizeOptions, Plan};
 
 use crate::error::{ModelsError, Result};
 
@@ -78,10 +78,29 @@ fn op_counts_plan(p: &Plan) -> BTreeMap<String, usize> {
     h
 }
 
-/// The sum of every intermediate buffer's size: an upper bound on peak memory until the
-/// liveness-based memory plan exists.
-fn intermediate_bytes_bound(p: &Plan) -> SymDim {
-    p.buffers.iter().filter(|b| matches!(b.kind, BufferKind::Intermediate)).map(|b| b.ty.bytes()).sum()
+/// Ops fused into stitched regions, by name (a region's normalization counts as its
+/// GroupNorm/LayerNorm).
+fn op_counts_in_regions(p: &Plan) -> BTreeMap<String, usize> {
+    let mut h = BTreeMap::new();
+    for s in &p.steps {
+        let Step::Op(s) = s;
+        if let Op::Stitched(r) = &s.op {
+            for name in r.op_names() {
+                *h.entry(name).or_default() += 1;
+            }
+        }
+    }
+    h
+}
+
+/// Compute-bound steps that go to vendor libraries / dedicated kernels.
+fn is_library(op: &Op) -> bool {
+    matches!(op, Op::MatMul | Op::Gemm { .. } | Op::Conv { .. } | Op::Attention { .. })
+}
+
+/// Steps that launch nothing on a device (a Reshape is a view of its input).
+fn is_view(op: &Op) -> bool {
+    matches!(op, Op::Reshape | Op::Unary(quilt_rewrites::ir::UnaryOp::Identity))
 }
 
 pub struct Explanation {
@@ -103,11 +122,36 @@ pub fn explain(model: &Path, optimize: bool, print_plan: bool) -> Result<Explana
 
     let before = op_counts_graph(&imported.graph);
     let after = op_counts_plan(&plan);
-    let peak = intermediate_bytes_bound(&plan);
+    let fused = op_counts_in_regions(&plan);
+    let peak = &plan.memory.peak_bytes;
+    // A pattern counts whether it runs as its own step or inside a stitched region.
+    let pattern_count = |op: &str| after.get(op).copied().unwrap_or(0) + fused.get(op).copied().unwrap_or(0);
     let mut patterns = serde_json::Map::new();
     for (op, key) in PATTERNS {
-        patterns.insert(key.to_string(), after.get(*op).copied().unwrap_or(0).into());
+        patterns.insert(key.to_string(), pattern_count(op).into());
     }
+    let steps_of = |pred: &dyn Fn(&Op) -> bool| plan.steps.iter().filter(|s| { let Step::Op(s) = s; pred(&s.op) }).count();
+    let stitched_steps = steps_of(&|o| matches!(o, Op::Stitched(_)));
+    let library_steps = steps_of(&is_library);
+    let view_steps = steps_of(&is_view);
+    let regions: Vec<serde_json::Value> = plan
+        .steps
+        .iter()
+        .filter_map(|s| {
+            let Step::Op(s) = s;
+            match &s.op {
+                Op::Stitched(r) => Some(serde_json::json!({ "node": s.node, "ops": r.op_names(), "inputs": r.inputs.len(), "outputs": r.outputs.len() })),
+                _ => None,
+            }
+        })
+        .collect();
+    let stitch_json = optimized.report.stitch.as_ref().map(|r| {
+        serde_json::json!({
+            "regions": r.regions, "nodes_fused": r.nodes_fused, "views_absorbed": r.views_absorbed,
+            "weight_reshapes_folded": r.weight_reshapes_folded, "ms": r.time.as_secs_f64() * 1e3,
+            "method": "greedy region growing after e-graph extraction",
+        })
+    });
     let stages: Vec<serde_json::Value> = optimized
         .report
         .stages
@@ -135,12 +179,20 @@ pub fn explain(model: &Path, optimize: bool, print_plan: bool) -> Result<Explana
         "nodes_in": src.nodes.len(),
         "ir_nodes_in": imported.graph.node_count(),
         "steps": plan.steps.len(),
-        "stitched_steps": 0,
-        "library_steps": 0,
+        "stitched_steps": stitched_steps,
+        "library_steps": library_steps,
+        "view_steps": view_steps,
+        "launch_steps": plan.steps.len() - view_steps,
         "import_ms": import_ms,
         "optimize_ms": optimize_ms,
         "peak_bytes": peak.to_string(),
-        "peak_bytes_note": "upper bound: the sum of all intermediate buffers (no liveness memory plan yet)",
+        "peak_bytes_note": "liveness memory plan: sum of arena slot sizes (an upper bound for every binding of the symbols)",
+        "total_intermediate_bytes": plan.memory.total_bytes.to_string(),
+        "memory_slots": plan.memory.slots.len(),
+        "in_place_steps": plan.memory.in_place.len(),
+        "ops_in_regions": fused,
+        "regions": regions,
+        "stitch": stitch_json,
         "symbols": plan.symbols,
         "ops_before": before,
         "ops_after": after,
@@ -155,17 +207,33 @@ pub fn explain(model: &Path, optimize: bool, print_plan: bool) -> Result<Explana
     use std::fmt::Write;
     let _ = writeln!(text, "model       {}", model.display());
     let _ = writeln!(text, "nodes in    {} ONNX nodes → {} IR nodes (import {import_ms:.1} ms)", src.nodes.len(), imported.graph.node_count());
-    let _ = writeln!(text, "steps out   {} (stitched 0, library 0: every step is one op for now)", plan.steps.len());
+    let _ = writeln!(
+        text,
+        "steps out   {} (stitched {stitched_steps}, library {library_steps}, views {view_steps}, other {})",
+        plan.steps.len(),
+        plan.steps.len() - stitched_steps - library_steps - view_steps
+    );
     let _ = writeln!(text, "optimize    {optimize_ms:.1} ms ({})", if optimize { "e-graph" } else { "off" });
     let pats: Vec<String> = PATTERNS.iter().map(|(op, key)| format!("{key} {}", after.get(*op).copied().unwrap_or(0))).collect();
     let _ = writeln!(text, "patterns    {}", pats.join(", "));
-    let _ = writeln!(text, "peak bytes  ≤ {peak}  (sum of all intermediates; no liveness plan yet)");
+    let _ = writeln!(text, "peak bytes  ≤ {peak}  ({} arena slots, {} steps in place; all intermediates: {})", plan.memory.slots.len(), plan.memory.in_place.len(), plan.memory.total_bytes);
+    if !fused.is_empty() {
+        let list: Vec<String> = fused.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(text, "in regions  {}", list.join(", "));
+    }
     let _ = writeln!(text, "ops         before → after");
     let names: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
     for n in names {
         let _ = writeln!(text, "  {n:<16} {:>5} → {:>5}", before.get(n).copied().unwrap_or(0), after.get(n).copied().unwrap_or(0));
     }
     let _ = write!(text, "{}", optimized.report);
+    let _ = writeln!(text, "regions");
+    for s in &plan.steps {
+        let Step::Op(s) = s;
+        if let Op::Stitched(r) = &s.op {
+            let _ = writeln!(text, "  {:<60} {}", s.node, r.op_names().join(" → "));
+        }
+    }
     if print_plan {
         let _ = write!(text, "{plan}");
     }
@@ -214,6 +282,8 @@ mod tests {
             assert!(j["steps"].as_u64().unwrap() < explain(&root.join(file), false, false).unwrap().json["steps"].as_u64().unwrap());
             assert!(j["peak_bytes"].as_str().unwrap().contains("batch"), "{}", j["peak_bytes"]);
             assert!(x.text.contains("stage fusion"));
+            assert!(j["stitched_steps"].as_u64().unwrap() > 0 && j["library_steps"].as_u64().unwrap() > 0, "{file}");
+            assert!(x.text.contains("GroupNorm → Mul → Add → Silu"), "{file}: no GroupNorm+SiLU region");
         }
     }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use quilt_kernels::cpu::CpuExecutable;
-use quilt_rewrites::ir::{BinaryOp, GraphOutput, Node, ReduceKind, UnaryOp, ValueRef};
+use quilt_rewrites::ir::{BinaryOp, GraphOutput, Node, ReduceKind, RegionOp, RowSpec, StitchedRegion, UnaryOp, ValueRef};
 use quilt_rewrites::{optimize_graph, optimize_with, DType, Graph, Op, OptimizeOptions, SymDim, Tensor, TensorType};
 
 struct Rng(u64);
@@ -79,8 +79,35 @@ impl G {
     }
 }
 
+/// Nodes whose op satisfies `pred`, counting the ops fused inside stitched regions too (a
+/// region's normalization counts as the GroupNorm/LayerNorm it came from).
 fn count(g: &Graph, pred: impl Fn(&Op) -> bool) -> usize {
-    g.node_indices().filter(|&ix| pred(&g.node(ix).op)).count()
+    g.node_indices()
+        .map(|ix| match &g.node(ix).op {
+            Op::Stitched(r) => r
+                .nodes
+                .iter()
+                .filter(|n| match &n.op {
+                    RegionOp::Elementwise(op) => pred(op),
+                    RegionOp::Normalize { rows: RowSpec::Trailing { axis }, epsilon } => pred(&Op::LayerNorm { axis: *axis, epsilon: *epsilon }),
+                    RegionOp::Normalize { rows: RowSpec::Groups { groups }, epsilon } => {
+                        pred(&Op::GroupNorm { epsilon: *epsilon, num_groups: *groups, per_channel_affine: true })
+                    }
+                })
+                .count(),
+            op => pred(op) as usize,
+        })
+        .sum()
+}
+
+/// Stitched regions in `g`.
+fn regions(g: &Graph) -> Vec<std::sync::Arc<StitchedRegion>> {
+    g.node_indices()
+        .filter_map(|ix| match &g.node(ix).op {
+            Op::Stitched(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Optimizes `g`, checks `fired` on the optimized graph, then runs both plans at two sizes.
@@ -370,4 +397,84 @@ fn attention_in_both_spellings() {
             });
         }
     }
+}
+
+/// Stitching: every region kind, on random inputs at two sizes (B, N) against the unfused ops.
+#[test]
+fn stitched_regions() {
+    // An elementwise chain with a broadcast operand, a Reshape view and a value read twice
+    // outside the region (a multi-output region).
+    let mut g = G::new();
+    let x = g.input("x", "B,N,6");
+    let t = g.input("t", "B,6");
+    let tv = g.op(Op::Reshape, &[t], "B,1,6");
+    let a = g.bin(BinaryOp::Add, x, tv);
+    let s = g.un(UnaryOp::Tanh, a);
+    let k = g.scalar(0.5);
+    let m = g.bin(BinaryOp::Mul, s, k);
+    let y = g.bin(BinaryOp::Sub, m, a);
+    let w = g.weight(&[6, 4]);
+    let side = g.op(Op::MatMul, &[a, w], "B,N,4");
+    g.g.outputs.push(GraphOutput { name: "side".into(), value: side });
+    check("elementwise chain", g.output(y), |o| {
+        let r = regions(o);
+        r.len() == 1 && r[0].nodes.len() == 4 && r[0].outputs.len() == 2 && count(o, |op| *op == Op::Reshape) == 0
+    });
+
+    // GroupNorm (from its InstanceNorm spelling) with its affine and SiLU, its input a residual
+    // sum with a per-channel broadcast (the ResNet block's `conv + temb` → norm → SiLU).
+    let mut g = G::new();
+    let x = g.input("x", "B,8,N,3");
+    let temb = g.input("temb", "B,8");
+    let tv = g.op(Op::Reshape, &[temb], "B,8,1,1");
+    let h = g.bin(BinaryOp::Add, x, tv);
+    let r = g.add(Op::Reshape, &[Some(h)], vec![SymDim::sym("B"), SymDim::konst(2), SymDim::sym("N") * SymDim::konst(12)]);
+    let ones = g.konst(Tensor::from_f32s(vec![2], vec![1.0; 2]));
+    let zeros = g.konst(Tensor::from_f32s(vec![2], vec![0.0; 2]));
+    let rs = g.g.value_type(r).shape.clone();
+    let n = g.add(Op::InstanceNorm { epsilon: 1e-5 }, &[Some(r), Some(ones), Some(zeros)], rs);
+    let back = g.op(Op::Reshape, &[n], "B,8,N,3");
+    let gamma = g.weight(&[8, 1, 1]);
+    let beta = g.weight(&[8, 1, 1]);
+    let sc = g.bin(BinaryOp::Mul, back, gamma);
+    let sh = g.bin(BinaryOp::Add, beta, sc);
+    let sg = g.un(UnaryOp::Sigmoid, sh);
+    let y = g.bin(BinaryOp::Mul, sh, sg);
+    check("group norm region", g.output(y), |o| {
+        let r = regions(o);
+        r.len() == 1 && r[0].norm().is_some() && r[0].op_names() == ["Add", "GroupNorm", "Mul", "Add", "Silu"] && o.node_count() == r.len() + 4
+    });
+
+    // Residual + LayerNorm: the sum is both the norm's input and a region output.
+    let mut g = G::new();
+    let x = g.input("x", "B,N,8");
+    let res = g.input("res", "B,N,8");
+    let bias = g.weight(&[8]);
+    let xb = g.bin(BinaryOp::Add, x, bias);
+    let h = g.bin(BinaryOp::Add, xb, res);
+    let sc = g.weight(&[8]);
+    let bi = g.weight(&[8]);
+    let ln = g.op(Op::LayerNorm { axis: 2, epsilon: 1e-5 }, &[h, sc, bi], "B,N,8");
+    let w = g.weight(&[8, 8]);
+    let proj = g.op(Op::MatMul, &[ln, w], "B,N,8");
+    let y = g.bin(BinaryOp::Add, proj, h);
+    check("residual layer norm", g.output(y), |o| {
+        let r = regions(o);
+        r.iter().any(|r| r.norm().is_some() && r.outputs.len() == 2 && r.op_names() == ["Add", "Add", "LayerNorm", "Mul", "Add"])
+    });
+
+    // Convexity: `Exp(x)` feeds a MatMul whose result meets it again in an Add; fusing the Add
+    // (and the Tanh after it) with the Exp would put the MatMul inside a cycle.
+    let mut g = G::new();
+    let x = g.input("x", "B,4");
+    let a = g.un(UnaryOp::Exp, x);
+    let na = g.un(UnaryOp::Neg, a);
+    let w = g.weight(&[4, 4]);
+    let m = g.op(Op::MatMul, &[a, w], "B,4");
+    let s = g.bin(BinaryOp::Add, na, m);
+    let y = g.un(UnaryOp::Tanh, s);
+    check("convex regions", g.output(y), |o| {
+        let r = regions(o);
+        r.len() == 2 && r.iter().all(|r| !(r.op_names().contains(&"Exp".to_string()) && r.op_names().contains(&"Add".to_string())))
+    });
 }
