@@ -133,7 +133,13 @@ unsafe fn build(ep: &QuiltEp, graph: *const OrtGraph, fused_node: *const OrtNode
         .collect::<Result<Vec<_>>>()?;
     let exec = match &ep.backend {
         Backend::Reference => Executable::Cpu(CpuExecutable::new(plan)?),
-        Backend::Cuda { device, .. } => Executable::Cuda(CudaExecutable::with_device(plan, device.clone())?),
+        Backend::Cuda { device, .. } => {
+            if let Some(dir) = &ep.options.cache_dir {
+                // Process-wide: the cache is keyed by source and architecture, so sessions share it.
+                quilt_kernels::cuda::kernel_cache::set_dir(dir.clone());
+            }
+            Executable::Cuda(CudaExecutable::with_device(plan, device.clone())?)
+        }
     };
     Ok(FusedKernel { name: name.to_string(), exec, inputs, outputs })
 }

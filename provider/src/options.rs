@@ -23,11 +23,14 @@ pub struct Options {
     /// Which of the quilt GPU devices given to the session runs it (CUDA ordinal); by default
     /// the first device given.
     pub device_id: Option<usize>,
+    /// The kernel cache directory (`Some(None)`: `cache_dir=` turns the disk cache off); `None`:
+    /// not given, quilt's default (`kernels::cuda::kernel_cache`).
+    pub cache_dir: Option<Option<PathBuf>>,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true, device_id: None }
+        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true, device_id: None, cache_dir: None }
     }
 }
 
@@ -78,6 +81,14 @@ pub const OPTIONS: &[OptionSpec] = &[
             Ok(())
         },
     },
+    OptionSpec {
+        key: "cache_dir",
+        description: "directory of the compiled-kernel cache, shared by every session of the process (default $QUILT_CACHE_DIR, else ~/.cache/quilt/kernels); empty turns the disk cache off",
+        apply: |o, v| {
+            o.cache_dir = Some(Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty()));
+            Ok(())
+        },
+    },
 ];
 
 impl Options {
@@ -114,6 +125,15 @@ fn known_options() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_dir_sets_or_turns_off_the_kernel_cache() {
+        let o = Options::from_config([("ep.quiltexecutionprovider.cache_dir", "/tmp/k")]).unwrap();
+        assert_eq!(o.cache_dir, Some(Some(PathBuf::from("/tmp/k"))));
+        let o = Options::from_config([("ep.quiltexecutionprovider.cache_dir", "")]).unwrap();
+        assert_eq!(o.cache_dir, Some(None));
+        assert_eq!(Options::default().cache_dir, None);
+    }
 
     #[test]
     fn parses_known_options_and_ignores_other_prefixes() {
