@@ -275,7 +275,7 @@ impl StepCode for AttentionCode {
                     .position(|&b| b == want)
                     .ok_or_else(|| format!("head dims {d}/{dv} need the {want}-wide flash-attention variant, compiled only for {buckets:?}"))?;
                 // The flash kernel works in log2 units (exp2).
-                (k, flash_attention::BLOCK_ROWS, self.scale as f64 * std::f64::consts::LOG2_E)
+                (k, flash_attention::block_rows(want), self.scale as f64 * std::f64::consts::LOG2_E)
             }
         };
         let problems: usize = score[..score.len() - 2].iter().product();

@@ -2,12 +2,13 @@
 //! f32 accumulation and f32 softmax statistics, never materialising the N×M scores.
 //!
 //! Layout (FlashAttention-2 style, written for `mma.sync.m16n8k16`, which every sm_80+ GPU runs):
-//! one block of 8 warps per (problem, tile of `BLOCK_ROWS` = 128 query rows); each warp owns 16
-//! query rows. The query tile is staged through shared memory once and kept in registers as
+//! one block of 8 warps per (problem, tile of `block_rows` query rows); each warp owns one or two
+//! 16-row query tiles (`Tiles::row_tiles`: two halve the shared-memory reads per FLOP where
+//! registers allow). The query tile is staged through shared memory once and kept in registers as
 //! `ldmatrix` A fragments. Keys and values stream through shared memory in tiles of `BN` rows,
 //! double-buffered with `cp.async` (the next tile loads while this one is computed). Per tile a
 //! warp computes its 16×BN scores on the tensor cores, updates each row's running max and sum
-//! (log2 domain, `ex2.approx`), rescales its f32 output accumulator, and adds `P·V`, reusing the
+//! (log2 domain, `ex2.approx`; without a mask the scale folds into the exponent), rescales its f32 output accumulator, and adds `P·V`, reusing the
 //! score registers as the A fragments of the second product (rounded to the input dtype).
 //!
 //! The head dim is padded with zeros to a bucket (a multiple of 16, `BUCKETS`) so that register
@@ -15,7 +16,7 @@
 //! is a kernel parameter, so one module per (dtype, bucket, mask dtype, output dtype) serves
 //! every shape. Shared-memory rows are padded by 8 elements (16 bytes), which makes the
 //! `ldmatrix` row addresses of every bucket land in distinct banks. Tiles fit the 48 KB of static
-//! shared memory: 64-key tiles up to a 80-wide bucket, 32-key tiles above.
+//! shared memory (`tiles`).
 //!
 //! When every offset and row stride is a multiple of 8 elements (16 bytes) tiles are copied with
 //! 16-byte `cp.async` (zero-filling rows past N/M and columns past D); otherwise an element-wise
@@ -27,22 +28,39 @@ use super::{CType, Kernel};
 
 /// Head-dim buckets, ascending; a head dim runs in the smallest bucket that holds it.
 pub const BUCKETS: [usize; 8] = [16, 32, 48, 64, 80, 96, 128, 160];
-/// Query rows per block: 8 warps (the executor's 256 threads) of 16 rows.
-pub const BLOCK_ROWS: usize = 128;
 
 /// The smallest bucket that holds head dims up to `d`.
 pub fn bucket(d: usize) -> Option<usize> {
     BUCKETS.iter().copied().find(|&b| b >= d)
 }
 
-/// Keys per shared-memory tile for a bucket: two stages of K and V tiles (rows padded by 8)
-/// must fit the 48 KB of static shared memory.
-pub fn block_keys(bucket: usize) -> usize {
-    if bucket <= 80 {
-        64
-    } else {
-        32
+/// How a bucket's block is tiled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tiles {
+    /// 16-row query tiles per warp: each K/V fragment read from shared memory feeds this many
+    /// MMAs (less shared-memory traffic per FLOP), at the cost of registers.
+    pub row_tiles: usize,
+    /// Keys per shared-memory tile: two stages of K and V tiles (rows padded by 8) and the
+    /// query staging tile must fit the 48 KB of static shared memory.
+    pub keys: usize,
+}
+
+/// Chosen on the H100 (tests/bench/results/2026-11-25-attention-h100.md): two row tiles with
+/// 64-key tiles made the 48 bucket (SD 1.x's head dim 40) 1.3× faster than one; the 64 bucket
+/// needs 32-key tiles for two row tiles without spilling; at 80 two row tiles (32 keys) were
+/// slower than one (64 keys); above 80 two row tiles do not fit the registers.
+pub fn tiles(bucket: usize) -> Tiles {
+    match bucket {
+        0..=48 => Tiles { row_tiles: 2, keys: 64 },
+        49..=64 => Tiles { row_tiles: 2, keys: 32 },
+        65..=80 => Tiles { row_tiles: 1, keys: 64 },
+        _ => Tiles { row_tiles: 1, keys: 32 },
     }
+}
+
+/// Query rows per block: 8 warps (the executor's 256 threads) of `row_tiles` × 16 rows.
+pub fn block_rows(bucket: usize) -> usize {
+    8 * 16 * tiles(bucket).row_tiles
 }
 
 /// Whether q, k, v of these dtypes run on this kernel (one 16-bit float dtype for all three).
@@ -126,7 +144,7 @@ impl FlashVariant {
     pub fn kernel(&self, prefix: &str, lead: usize) -> Kernel {
         let name = format!("{prefix}_flash_attention_{}", self.bucket);
         let dp = self.bucket;
-        let bn = block_keys(dp);
+        let Tiles { row_tiles: mt, keys: bn } = tiles(dp);
         let (mma, pack) = match self.dtype {
             DType::BF16 => ("qfa_mma_bf16", "qfa_pack_bf16"),
             _ => ("qfa_mma_f16", "qfa_pack_f16"),
@@ -142,20 +160,26 @@ impl FlashVariant {
                 mask_offset += &format!("    m0 += (r_ % p.v[{dim}]) * p.v[{st}]; r_ /= p.v[{dim}];\n", dim = 23 + d, st = 23 + lead + d);
             }
             mask_term = format!(
-                "            if (i < N && j < M) x += 1.4426950408889634f * {};\n",
+                "                  if (i < N && j < M) x += 1.4426950408889634f * {};\n",
                 mc.load("mask[m0 + i * p.v[20] + j * p.v[21]]")
             );
         }
-        let st = self.out.store("o[dt][e] * inv[e >> 1]");
+        let st = self.out.store("o[mt][dt][e] * inv[mt][e >> 1]");
+        // Without a mask the max is taken over raw scores and the scale is folded into the
+        // exponent (one FFMA per score): exact for scale > 0; otherwise (and with a mask, which
+        // is added after scaling) scores are scaled first and the factor is 1.
+        let (prescale, factor) = if self.mask.is_some() { ("true", "1.0f") } else { ("sl2 <= 0.0f", "(sl2 > 0.0f ? sl2 : 1.0f)") };
         let body = format!(
             r#"{HELPERS}extern "C" __global__ void __launch_bounds__(256, 1) {name}({args}) {{
-  constexpr int DP = {dp}, BN = {bn}, BM = {BLOCK_ROWS}, LD = DP + 8;
+  constexpr int DP = {dp}, BN = {bn}, MT = {mt}, BM = 8 * 16 * MT, LD = DP + 8;
   constexpr int SMEM = BM * LD > 4 * BN * LD ? BM * LD : 4 * BN * LD;
   __shared__ __align__(16) unsigned short smem[SMEM];
   const float ninf = __int_as_float(0xff800000);
   const long long H = p.v[2], N = p.v[3], M = p.v[4];
   const int D = (int)p.v[5], Dv = (int)p.v[6];
   const float sl2 = (float)q_pd(p.v[19]);
+  const bool prescale = {prescale};
+  const float factor = {factor};
   const bool vec = p.v[22] != 0;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
   const long long ntiles = (M + BN - 1) / BN;
@@ -166,23 +190,31 @@ impl FlashVariant {
     const unsigned short* kb = k + b * p.v[8] + h * p.v[12];
     const unsigned short* vb = v + b * p.v[9] + h * p.v[13];
     const long long o0 = b * p.v[10] + h * p.v[14];
-{mask_offset}    const long long wrow = i0 + warp * 16;
-    // Warps whose 16 rows all lie past N only help load tiles.
+{mask_offset}    // This warp's MT tiles of 16 query rows.
+    const long long wrow = i0 + warp * 16 * MT;
+    // Warps whose rows all lie past N only help load tiles.
     const bool active = wrow < N;
     qfa_load_rows<DP>(smem, qb, i0, BM, N, p.v[15], D, vec);
     qfa_commit();
     qfa_wait<0>();
     __syncthreads();
-    unsigned qf[DP / 16][4];
+    unsigned qf[MT][DP / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < DP / 16; ++kk)
-      qfa_ldsm(qf[kk], qfa_saddr(smem + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8));
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int kk = 0; kk < DP / 16; ++kk)
+        qfa_ldsm(qf[mt][kk], qfa_saddr(smem + ((warp * MT + mt) * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8));
     __syncthreads();
-    float o[DP / 8][4];
+    float o[MT][DP / 8][4];
 #pragma unroll
-    for (int dt = 0; dt < DP / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
-    // Running max (log2 units) and this thread's partial sum of rows g and g + 8.
-    float mr[2] = {{ninf, ninf}}, lr[2] = {{0.0f, 0.0f}};
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int dt = 0; dt < DP / 8; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.0f;
+    // Per row (g and g + 8 of each tile): running max of scores·factor (log2 units) and this
+    // thread's partial sum.
+    float mr[MT][2], lr[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {{ mr[mt][0] = mr[mt][1] = ninf; lr[mt][0] = lr[mt][1] = 0.0f; }}
     if (ntiles > 0) {{
       qfa_load_rows<DP>(smem, kb, 0, BN, M, p.v[16], D, vec);
       qfa_load_rows<DP>(smem + BN * LD, vb, 0, BN, M, p.v[17], Dv, vec);
@@ -201,98 +233,128 @@ impl FlashVariant {
       qfa_wait<1>();
       __syncthreads();
       if (active) {{
-        float s[BN / 8][4];
+        float s[MT][BN / 8][4];
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < BN / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
+        // Each K fragment feeds the MT row tiles.
 #pragma unroll
         for (int kk = 0; kk < DP / 16; ++kk) {{
 #pragma unroll
           for (int n2 = 0; n2 < BN / 16; ++n2) {{
             unsigned kf[4];
             qfa_ldsm(kf, qfa_saddr(sk + (n2 * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8));
-            {mma}(s[2 * n2], qf[kk], kf[0], kf[1]);
-            {mma}(s[2 * n2 + 1], qf[kk], kf[2], kf[3]);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {{
+              {mma}(s[mt][2 * n2], qf[mt][kk], kf[0], kf[1]);
+              {mma}(s[mt][2 * n2 + 1], qf[mt][kk], kf[2], kf[3]);
+            }}
           }}
         }}
-        // Scores in log2 units, plus the mask; keys past M get -inf.
         const bool tail = j0 + BN > M;
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {{
+        for (int mt = 0; mt < MT; ++mt) {{
+          if (prescale || tail) {{
+            // Scores in log2 units plus the mask (prescale), and -inf for keys past M.
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {{
-            const long long i = wrow + g + (e >> 1) * 8, j = j0 + nt * 8 + 2 * t4 + (e & 1);
-            float x = s[nt][e] * sl2;
-{mask_term}            if (tail && j >= M) x = ninf;
-            s[nt][e] = x;
-            (void)i;
+            for (int nt = 0; nt < BN / 8; ++nt) {{
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {{
+                const long long i = wrow + mt * 16 + g + (e >> 1) * 8, j = j0 + nt * 8 + 2 * t4 + (e & 1);
+                float x = s[mt][nt][e];
+                if (prescale) {{
+                  x *= sl2;
+{mask_term}                }}
+                if (tail && j >= M) x = ninf;
+                s[mt][nt][e] = x;
+                (void)i;
+              }}
+            }}
+          }}
+          float mx[2] = {{ninf, ninf}};
+#pragma unroll
+          for (int nt = 0; nt < BN / 8; ++nt) {{
+            mx[0] = fmaxf(mx[0], fmaxf(s[mt][nt][0], s[mt][nt][1]));
+            mx[1] = fmaxf(mx[1], fmaxf(s[mt][nt][2], s[mt][nt][3]));
+          }}
+          float corr[2], base[2], sum[2] = {{0.0f, 0.0f}};
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {{
+            // The four lanes of a quad share a row.
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            const float mnew = fmaxf(mr[mt][r], mx[r] * factor);
+            // A row with only -inf so far subtracts 0, so exp2 gives 0 rather than NaN.
+            base[r] = mnew == ninf ? 0.0f : mnew;
+            corr[r] = qfa_exp2(mr[mt][r] - base[r]);
+            mr[mt][r] = mnew;
+          }}
+#pragma unroll
+          for (int nt = 0; nt < BN / 8; ++nt) {{
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {{
+              s[mt][nt][e] = qfa_exp2(fmaf(s[mt][nt][e], factor, -base[e >> 1]));
+              sum[e >> 1] += s[mt][nt][e];
+            }}
+          }}
+          lr[mt][0] = lr[mt][0] * corr[0] + sum[0];
+          lr[mt][1] = lr[mt][1] * corr[1] + sum[1];
+#pragma unroll
+          for (int dt = 0; dt < DP / 8; ++dt) {{
+            o[mt][dt][0] *= corr[0]; o[mt][dt][1] *= corr[0];
+            o[mt][dt][2] *= corr[1]; o[mt][dt][3] *= corr[1];
           }}
         }}
-        float mx[2] = {{mr[0], mr[1]}};
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {{
-          mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
-          mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
-        }}
-        float corr[2], sum[2] = {{0.0f, 0.0f}};
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {{
-          // The four lanes of a quad share a row.
-          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-          // A row with only -inf so far subtracts 0, so exp2 gives 0 rather than NaN.
-          const float base = mx[r] == ninf ? 0.0f : mx[r];
-          corr[r] = qfa_exp2(mr[r] - base);
-          mr[r] = mx[r];
-          mx[r] = base;
-        }}
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {{
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {{
-            s[nt][e] = qfa_exp2(s[nt][e] - mx[e >> 1]);
-            sum[e >> 1] += s[nt][e];
-          }}
-        }}
-        lr[0] = lr[0] * corr[0] + sum[0];
-        lr[1] = lr[1] * corr[1] + sum[1];
-#pragma unroll
-        for (int dt = 0; dt < DP / 8; ++dt) {{
-          o[dt][0] *= corr[0]; o[dt][1] *= corr[0];
-          o[dt][2] *= corr[1]; o[dt][3] *= corr[1];
-        }}
-        // O += P·V: two adjacent 8-key score tiles form one 16-key A fragment.
+        // O += P·V: two adjacent 8-key score tiles form one 16-key A fragment; each V
+        // fragment feeds the MT row tiles.
 #pragma unroll
         for (int kc = 0; kc < BN / 16; ++kc) {{
-          const unsigned a[4] = {{{pack}(s[2 * kc][0], s[2 * kc][1]), {pack}(s[2 * kc][2], s[2 * kc][3]),
-                                 {pack}(s[2 * kc + 1][0], s[2 * kc + 1][1]), {pack}(s[2 * kc + 1][2], s[2 * kc + 1][3])}};
+          unsigned a[MT][4];
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {{
+            a[mt][0] = {pack}(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+            a[mt][1] = {pack}(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+            a[mt][2] = {pack}(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+            a[mt][3] = {pack}(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+          }}
 #pragma unroll
           for (int d2 = 0; d2 < DP / 16; ++d2) {{
             unsigned vf[4];
             qfa_ldsm_t(vf, qfa_saddr(sv + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + d2 * 16 + (lane >> 4) * 8));
-            {mma}(o[2 * d2], a, vf[0], vf[1]);
-            {mma}(o[2 * d2 + 1], a, vf[2], vf[3]);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {{
+              {mma}(o[mt][2 * d2], a[mt], vf[0], vf[1]);
+              {mma}(o[mt][2 * d2 + 1], a[mt], vf[2], vf[3]);
+            }}
           }}
         }}
       }}
       // This stage is overwritten by the loads issued in the next iteration.
       __syncthreads();
     }}
-    float inv[2];
+    float inv[MT][2];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {{
-      float l = lr[r] + __shfl_xor_sync(0xffffffffu, lr[r], 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      // No keys: zeros (as the CPU reference); a row whose scores are all -inf: 0/0 = NaN (same).
-      inv[r] = M == 0 ? 0.0f : 1.0f / l;
+    for (int mt = 0; mt < MT; ++mt) {{
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {{
+        float l = lr[mt][r] + __shfl_xor_sync(0xffffffffu, lr[mt][r], 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        // No keys: zeros (as the CPU reference); a row whose scores are all -inf: 0/0 = NaN (same).
+        inv[mt][r] = M == 0 ? 0.0f : 1.0f / l;
+      }}
     }}
     if (active) {{
 #pragma unroll
-      for (int dt = 0; dt < DP / 8; ++dt) {{
+      for (int mt = 0; mt < MT; ++mt) {{
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {{
-          const long long i = wrow + g + (e >> 1) * 8;
-          const int c = dt * 8 + 2 * t4 + (e & 1);
-          if (i < N && c < Dv) out[o0 + i * p.v[18] + c] = {st};
+        for (int dt = 0; dt < DP / 8; ++dt) {{
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {{
+            const long long i = wrow + mt * 16 + g + (e >> 1) * 8;
+            const int c = dt * 8 + 2 * t4 + (e & 1);
+            if (i < N && c < Dv) out[o0 + i * p.v[18] + c] = {st};
+          }}
         }}
       }}
     }}
@@ -320,7 +382,7 @@ mod tests {
         for b in BUCKETS {
             // Two stages of K and V tiles (and the 128-row Q staging tile) fit 48 KB.
             let ld = b + 8;
-            let elems = (BLOCK_ROWS * ld).max(4 * block_keys(b) * ld);
+            let elems = (block_rows(b) * ld).max(4 * tiles(b).keys * ld);
             assert!(elems * 2 <= 48 * 1024, "bucket {b}: {} bytes", elems * 2);
             assert_eq!(b % 16, 0);
         }
