@@ -2,7 +2,8 @@
 //! reference (`quilt_kernels::cpu`) on the same 16-bit inputs, over SD's head dims (40, 64, 80,
 //! 128, 160), query lengths 77/1024/4096, self- and cross-attention key lengths, packed heads,
 //! rank-4 layouts with broadcast masks, and odd shapes (head dims off the 8-element grid take the
-//! element-wise tile copy; Dv ≠ D; single rows; -inf mask entries). Without a GPU it prints that
+//! element-wise tile copy; Dv ≠ D; single rows; -inf mask entries; head dims the plan leaves
+//! symbolic, which compile every bucket). Without a GPU it prints that
 //! it was skipped.
 //!
 //! Inputs: q, k, v ~ N(0, 1) rounded to the dtype, scale 1/sqrt(D); masks ~ N(0, 1) (plus -inf
@@ -32,6 +33,9 @@ struct Case {
     heads: Option<usize>,
     /// Put -inf into about 1 in 7 mask entries (never a whole row).
     neg_inf: bool,
+    /// Leave the last dim of q, k, v symbolic in the plan, so the step compiles every head-dim
+    /// bucket and picks one at run time.
+    symbolic_width: bool,
 }
 
 impl Case {
@@ -42,7 +46,7 @@ impl Case {
         } else {
             (vec![2, n, d], vec![2, m, d], vec![2, m, d], None, vec![n, m])
         };
-        Case { dtype, q, k, v, mask: masked.then_some(mask), heads, neg_inf: false }
+        Case { dtype, q, k, v, mask: masked.then_some(mask), heads, neg_inf: false, symbolic_width: false }
     }
 
     fn head_dim(&self) -> usize {
@@ -51,21 +55,34 @@ impl Case {
 
     fn label(&self) -> String {
         let mask = self.mask.as_ref().map_or("none".to_string(), |m| format!("{m:?}{}", if self.neg_inf { "+inf" } else { "" }));
-        format!("{} q{:?} k{:?} v{:?} heads={:?} mask={mask}", self.dtype, self.q, self.k, self.v, self.heads)
+        let sym = if self.symbolic_width { " width=sym" } else { "" };
+        format!("{} q{:?} k{:?} v{:?} heads={:?} mask={mask}{sym}", self.dtype, self.q, self.k, self.v, self.heads)
     }
 
     fn plan(&self) -> Plan {
         let mut plan = Plan::default();
         let mut shapes = vec![&self.q, &self.k, &self.v];
         shapes.extend(self.mask.as_ref());
+        // q, k, v's last dims as symbols W (q, k) and WV (v) when asked.
+        let dims = |s: &[usize], width: Option<&str>| -> Vec<SymDim> {
+            let mut d: Vec<SymDim> = s.iter().map(|&x| SymDim::from(x)).collect();
+            if let Some(w) = width {
+                *d.last_mut().unwrap() = SymDim::sym(w);
+            }
+            d
+        };
+        let width = |i: usize| self.symbolic_width.then_some(if i == 2 { "WV" } else { "W" }).filter(|_| i < 3);
+        if self.symbolic_width {
+            plan.symbols = vec!["W".into(), "WV".into()];
+        }
         for (i, s) in shapes.iter().enumerate() {
-            plan.buffers.push(Buffer { ty: TensorType::new(self.dtype, s.iter().map(|&d| SymDim::from(d)).collect()), kind: BufferKind::Input(i) });
+            plan.buffers.push(Buffer { ty: TensorType::new(self.dtype, dims(s, width(i))), kind: BufferKind::Input(i) });
             plan.inputs.push(PlanValue { name: ["q", "k", "v", "mask"][i].into(), buffer: i });
         }
         let mut out = self.q.clone();
         *out.last_mut().unwrap() = *self.v.last().unwrap();
         let ob = shapes.len();
-        plan.buffers.push(Buffer { ty: TensorType::new(self.dtype, out.iter().map(|&d| SymDim::from(d)).collect()), kind: BufferKind::Intermediate });
+        plan.buffers.push(Buffer { ty: TensorType::new(self.dtype, dims(&out, width(2))), kind: BufferKind::Intermediate });
         plan.outputs.push(PlanValue { name: "out".into(), buffer: ob });
         let scale = 1.0 / (self.head_dim() as f32).sqrt();
         plan.steps.push(Step::Op(OpStep { node: "attention".into(), op: Op::Attention { scale, heads: self.heads }, inputs: (0..ob).map(Some).collect(), outputs: vec![ob] }));
@@ -129,13 +146,16 @@ fn cases() -> Vec<Case> {
         }
     }
     // Rank 4 [B, H, N, D] with a mask broadcast over the batch.
-    out.push(Case { dtype: DType::F16, q: vec![2, 3, 200, 64], k: vec![2, 3, 96, 64], v: vec![2, 3, 96, 64], mask: Some(vec![1, 3, 200, 96]), heads: None, neg_inf: true });
+    out.push(Case { dtype: DType::F16, q: vec![2, 3, 200, 64], k: vec![2, 3, 96, 64], v: vec![2, 3, 96, 64], mask: Some(vec![1, 3, 200, 96]), heads: None, neg_inf: true, symbolic_width: false });
     // Head dims off the 8-element grid: element-wise tile copies (bucket 32 and 48).
-    out.push(Case { dtype: DType::F16, q: vec![2, 130, 20], k: vec![2, 33, 20], v: vec![2, 33, 20], mask: None, heads: None, neg_inf: false });
-    out.push(Case { dtype: DType::BF16, q: vec![1, 50, 3 * 36], k: vec![1, 70, 3 * 36], v: vec![1, 70, 3 * 36], mask: Some(vec![1, 3, 50, 70]), heads: Some(3), neg_inf: false });
+    out.push(Case { dtype: DType::F16, q: vec![2, 130, 20], k: vec![2, 33, 20], v: vec![2, 33, 20], mask: None, heads: None, neg_inf: false, symbolic_width: false });
+    out.push(Case { dtype: DType::BF16, q: vec![1, 50, 3 * 36], k: vec![1, 70, 3 * 36], v: vec![1, 70, 3 * 36], mask: Some(vec![1, 3, 50, 70]), heads: Some(3), neg_inf: false, symbolic_width: false });
     // Dv ≠ D, and single rows.
-    out.push(Case { dtype: DType::F16, q: vec![4, 300, 64], k: vec![4, 129, 64], v: vec![4, 129, 40], mask: None, heads: None, neg_inf: false });
-    out.push(Case { dtype: DType::F16, q: vec![3, 1, 80], k: vec![3, 1, 80], v: vec![3, 1, 80], mask: Some(vec![3, 1, 1]), heads: None, neg_inf: false });
+    out.push(Case { dtype: DType::F16, q: vec![4, 300, 64], k: vec![4, 129, 64], v: vec![4, 129, 40], mask: None, heads: None, neg_inf: false, symbolic_width: false });
+    out.push(Case { dtype: DType::F16, q: vec![3, 1, 80], k: vec![3, 1, 80], v: vec![3, 1, 80], mask: Some(vec![3, 1, 1]), heads: None, neg_inf: false, symbolic_width: false });
+    // Head dims the plan leaves symbolic: every bucket is compiled, one picked per run.
+    out.push(Case { dtype: DType::F16, q: vec![2, 300, 40], k: vec![2, 200, 40], v: vec![2, 200, 40], mask: None, heads: None, neg_inf: false, symbolic_width: true });
+    out.push(Case { dtype: DType::BF16, q: vec![1, 150, 2 * 80], k: vec![1, 77, 2 * 80], v: vec![1, 77, 2 * 80], mask: Some(vec![150, 77]), heads: Some(2), neg_inf: false, symbolic_width: true });
     // f32 keeps the plain kernel.
     out.push(Case::sd(DType::F32, 40, 1024, 77, true, true));
     out
