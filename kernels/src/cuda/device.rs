@@ -7,7 +7,7 @@
 //! work, and the executor (later an arena carved from one allocation) decides lifetimes.
 
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::driver::{result, sys, CudaContext, CudaStream};
 
@@ -24,6 +24,8 @@ pub struct CudaDevice {
     /// Compute capability, e.g. (9, 0) for Hopper; NVRTC targets `sm_{major}{minor}`.
     pub arch: (i32, i32),
     pub name: String,
+    /// Held while a run queues its work on `stream` (see [`CudaDevice::lock_stream`]).
+    stream_lock: Mutex<()>,
 }
 
 impl CudaDevice {
@@ -46,12 +48,19 @@ impl CudaDevice {
         let stream = ctx.new_stream().map_err(|e| dev_err("creating a stream", e))?;
         let arch = ctx.compute_capability().map_err(|e| dev_err("compute capability", e))?;
         let name = ctx.name().map_err(|e| dev_err("device name", e))?;
-        Ok(Arc::new(CudaDevice { ctx, stream, arch, name }))
+        Ok(Arc::new(CudaDevice { ctx, stream, arch, name, stream_lock: Mutex::new(()) }))
     }
 
     /// Makes this device's context current on the calling thread (ORT may call from any thread).
     pub fn bind(&self) -> Result<()> {
         self.ctx.bind_to_thread().map_err(|e| dev_err("binding the context", e))
+    }
+
+    /// Serialises runs on the device's stream: executables share it, a run's memory reuse
+    /// relies on its work being queued contiguously, and a stream capture must not record
+    /// another thread's work. Held from the first to the last call that queues a run's work.
+    pub fn lock_stream(&self) -> MutexGuard<'_, ()> {
+        self.stream_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -313,6 +322,16 @@ impl Event {
         // SAFETY: a live event and stream.
         unsafe { result::stream::wait_event(stream, self.0, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT) }
             .map_err(|e| dev_err("cuStreamWaitEvent", e))
+    }
+
+    /// Whether the recorded work is complete (never blocks).
+    pub fn is_complete(&self) -> Result<bool> {
+        // SAFETY: a live event.
+        match unsafe { result::event::query(self.0) } {
+            Ok(()) => Ok(true),
+            Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_NOT_READY => Ok(false),
+            Err(e) => Err(dev_err("cuEventQuery (an earlier launch failed)", e)),
+        }
     }
 
     /// Blocks the calling thread until the recorded work is complete.

@@ -3,24 +3,54 @@
 //! plan's symbols from the input shapes exactly as the CPU backend does (`crate::bind`), asks
 //! the caller for every output buffer before queuing any work (ORT allocates them from the
 //! shapes), and runs the steps on the device's stream, ordered after and before the caller's
-//! stream. A step that produces an output writes straight into the caller's buffer; outputs that
-//! are views of inputs or weights are copied there at the end. `run` is the host-tensor wrapper.
-//! Intermediates are freed after their last reader (stream-ordered).
+//! stream. `run` is the host-tensor wrapper.
+//!
+//! What a run costs on the host (the point of this module):
+//! - **Once per concrete shape signature** (the input dtypes and shapes), a `ShapeRun` is built
+//!   and kept (up to `MAX_SHAPES`, least recently used evicted): the symbol bindings, every
+//!   step's launch plan, the host-computed values and tables uploaded to the device, and each
+//!   intermediate's place in the executable's arena (`arena::pack` by liveness on the concrete
+//!   sizes). A repeat run at a known shape does none of that work.
+//! - **No allocation** inside a run: intermediates, per-step scratch and (with CUDA graphs)
+//!   staged inputs and outputs live in the arena, which grows only when a new shape needs more.
+//! - **No host synchronisation** inside a run: the per-step error words (index out of range) are
+//!   copied to pinned memory after the run and read at the start of a later run (or by `run`,
+//!   which synchronises anyway, and by [`CudaExecutable::finish`]); the error still names the node.
+//! - **CUDA graphs** (`cuda_graph`, on by default): the first run at a shape runs step by step,
+//!   which lets cuDNN choose its algorithms and its workspace and the arena grow outside any
+//!   capture; the second captures every launch and library call into a graph, and from then on
+//!   a run is: copy the inputs into their arena slots, one `cuGraphLaunch`, copy the outputs to
+//!   the caller's buffers. The copies are what keeps the graph valid when ORT hands different
+//!   buffers each run (cheaper and simpler than patching kernel nodes, and cuBLAS/cuDNN nodes
+//!   cannot be patched at all): the full SD UNet copies ~0.7 MB per run. A graph is captured
+//!   again when the arena or cuDNN's workspace has moved since its capture. A capture that
+//!   fails (a call that cannot be captured) is reported in `stats` and that shape runs step by
+//!   step. Without graphs, outputs produced by generated steps are written in place.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::ffi::c_void;
+use std::mem::ManuallyDrop;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use cudarc::driver::sys::CUstream;
 use quilt_rewrites::plan::{BufferId, BufferKind, OpStep, Step};
 use quilt_rewrites::{DType, Plan, Tensor, TensorData};
 
+use super::arena::{self, Arena, Lifetime};
 use super::codegen::{self, module_source, Action, Arg, StepKind, StepShapes, Work, BLOCK};
-use super::device::{CudaDevice, DeviceBuffer, Function};
+use super::device::{CudaDevice, DeviceBuffer, Event, Function};
 use super::gemm::Blas;
+use super::graph::CudaGraph;
 use super::nvrtc;
 use crate::bind;
 use crate::error::{Error, Result};
+
+/// Shape signatures whose schedules (and graphs) an executable keeps.
+pub const MAX_SHAPES: usize = 8;
+
+/// cuBLAS's workspace, owned by the executable so that captured GEMMs use fixed memory
+/// (NVIDIA recommends 32 MiB on Hopper).
+const BLAS_WORKSPACE: usize = 32 << 20;
 
 struct Prepared {
     kind: StepKind,
@@ -44,6 +74,27 @@ pub struct DeviceTensor<'a> {
     pub dtype: DType,
 }
 
+/// What an executable's runs have done so far (tests and reports).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunStats {
+    /// Runs queued step by step: first runs at a shape, profiled runs, runs with graphs off or
+    /// after a failed capture.
+    pub stepwise_runs: u64,
+    /// Graphs captured (the second run at a shape, and again after the arena or cuDNN's
+    /// workspace moved).
+    pub captures: u64,
+    /// Runs replayed from a graph (the capturing run included).
+    pub replays: u64,
+    pub capture_failures: u64,
+    pub last_capture_error: Option<String>,
+    /// Shape signatures held now.
+    pub shapes: usize,
+    /// Bytes of the arena: intermediates, scratch, staged inputs and outputs.
+    pub arena_bytes: usize,
+    /// Nodes of the most recently captured graph.
+    pub graph_nodes: usize,
+}
+
 pub struct CudaExecutable {
     plan: Plan,
     device: Arc<CudaDevice>,
@@ -53,7 +104,9 @@ pub struct CudaExecutable {
     weights: Vec<Option<Arc<DeviceBuffer>>>,
     producer: Vec<Option<usize>>,
     last_uses: Vec<Option<usize>>,
-    is_output: Vec<bool>,
+    cuda_graphs: bool,
+    /// Dropped by hand (under the device's stream lock) in `Drop`.
+    runtime: ManuallyDrop<Mutex<Runtime>>,
     /// Distinct modules compiled for this plan.
     pub modules: usize,
 }
@@ -61,6 +114,11 @@ pub struct CudaExecutable {
 fn step_error(plan: &Plan, index: usize, msg: String) -> Error {
     let Step::Op(s) = &plan.steps[index];
     Error::Step { node: s.node.clone(), op: s.op.name(), msg }
+}
+
+/// `QUILT_CUDA_GRAPH=0` turns CUDA graphs off for executables made by `new`/`with_device`.
+fn graphs_from_env() -> bool {
+    !matches!(std::env::var("QUILT_CUDA_GRAPH").as_deref(), Ok("0") | Ok("off") | Ok("false"))
 }
 
 impl CudaExecutable {
@@ -80,7 +138,7 @@ impl CudaExecutable {
         device.bind()?;
         let producer = check_structure(&plan)?;
         let blas = Blas::new(&device)?;
-        let mut loaded: HashMap<String, Vec<Function>> = HashMap::new();
+        let mut loaded: std::collections::HashMap<String, Vec<Function>> = std::collections::HashMap::new();
         let mut steps = Vec::with_capacity(kinds.len());
         for (i, kind) in kinds.into_iter().enumerate() {
             let functions = match &kind {
@@ -100,6 +158,8 @@ impl CudaExecutable {
             };
             steps.push(Prepared { kind, functions });
         }
+        // Uploads queue on the device's stream: keep other executables' captures clear of them.
+        let stream = device.lock_stream();
         let mut weights: Vec<Option<Arc<DeviceBuffer>>> = Vec::with_capacity(plan.buffers.len());
         for buf in &plan.buffers {
             weights.push(match &buf.kind {
@@ -107,12 +167,23 @@ impl CudaExecutable {
                 _ => None,
             });
         }
+        let runtime = Runtime::new(&device, plan.steps.len())?;
+        blas.set_workspace(runtime.blas_workspace.ptr, runtime.blas_workspace.bytes)?;
+        drop(stream);
         let last_uses = plan.last_uses();
-        let mut is_output = vec![false; plan.buffers.len()];
-        for v in &plan.outputs {
-            is_output[v.buffer] = true;
-        }
-        Ok(CudaExecutable { modules: loaded.len(), plan, device, blas, dnn: Default::default(), steps, weights, producer, last_uses, is_output })
+        Ok(CudaExecutable {
+            modules: loaded.len(),
+            plan,
+            device,
+            blas,
+            dnn: Default::default(),
+            steps,
+            weights,
+            producer,
+            last_uses,
+            cuda_graphs: graphs_from_env(),
+            runtime: ManuallyDrop::new(Mutex::new(runtime)),
+        })
     }
 
     pub fn plan(&self) -> &Plan {
@@ -121,6 +192,29 @@ impl CudaExecutable {
 
     pub fn device(&self) -> &Arc<CudaDevice> {
         &self.device
+    }
+
+    /// Turns CUDA graphs on or off for later runs (default on, or `QUILT_CUDA_GRAPH=0`).
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        if on != self.cuda_graphs {
+            self.cuda_graphs = on;
+            // Schedules differ (staged I/O or not): drop them, after their work is done.
+            let _ = self.device.synchronize();
+            self.runtime.get_mut().unwrap_or_else(|p| p.into_inner()).shapes.clear();
+        }
+    }
+
+    pub fn cuda_graphs(&self) -> bool {
+        self.cuda_graphs
+    }
+
+    pub fn stats(&self) -> RunStats {
+        let rt = self.lock_runtime();
+        RunStats { shapes: rt.shapes.len(), arena_bytes: rt.arena.bytes(), ..rt.stats.clone() }
+    }
+
+    fn lock_runtime(&self) -> MutexGuard<'_, Runtime> {
+        self.runtime.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Checks that every step of `plan` has a CUDA implementation, naming the first step that
@@ -140,7 +234,7 @@ impl CudaExecutable {
     }
 
     /// Like `run`, but synchronises after every step and reports each step's wall time (so
-    /// device errors are attributed to their node).
+    /// device errors are attributed to their node). Never replays a graph.
     pub fn run_profiled(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Vec<StepTiming>)> {
         let mut t = Vec::with_capacity(self.steps.len());
         let out = self.run_host(inputs, Some(&mut t))?;
@@ -152,8 +246,9 @@ impl CudaExecutable {
     /// returns the device address to write it to (at least `shape`'s element count times the
     /// dtype's size in bytes; any address for an empty output). With `stream`, the work is
     /// ordered after what is already queued on it, and what is queued on it later runs after
-    /// this work; the call itself returns once the work is queued and the plan's run-time checks
-    /// (index bounds) have been read back.
+    /// this work. The call returns once the work is queued, without waiting for the device: an
+    /// index found out of range by this run's kernels is reported (naming the node) by a later
+    /// call, or by [`CudaExecutable::finish`].
     pub fn run_device(
         &self,
         inputs: &[DeviceTensor],
@@ -162,10 +257,12 @@ impl CudaExecutable {
     ) -> Result<()> {
         let dev = &self.device;
         dev.bind()?;
+        let _stream = dev.lock_stream();
+        let mut rt = self.lock_runtime();
         if let Some(s) = stream {
             dev.wait_for(s)?;
         }
-        let result = self.execute(inputs, outputs, None);
+        let result = self.execute(&mut rt, inputs, outputs, None);
         if let Some(s) = stream {
             // Even after a failure: whatever was queued must finish before the caller's stream
             // reuses the memory.
@@ -174,17 +271,39 @@ impl CudaExecutable {
         result
     }
 
+    /// Waits for the runs queued so far and reports an index out of range that any of them
+    /// met (naming the node).
+    pub fn finish(&self) -> Result<()> {
+        self.device.bind()?;
+        let _stream = self.device.lock_stream();
+        let mut rt = self.lock_runtime();
+        self.take_index_error(&mut rt, true, "")
+    }
+
+    /// An index error recorded in the error words: with `wait`, everything queued so far is
+    /// read (waiting for the device); without, only a copy that has already arrived.
+    fn take_index_error(&self, rt: &mut Runtime, wait: bool, when: &str) -> Result<()> {
+        let first = if wait { rt.errors.take_all()? } else { rt.errors.take(false)? };
+        match first {
+            Some(i) if i < self.plan.steps.len() => Err(step_error(&self.plan, i, format!("an index is out of range{when}"))),
+            _ => Ok(()),
+        }
+    }
+
     fn run_host(&self, inputs: &[Tensor], timings: Option<&mut Vec<StepTiming>>) -> Result<Vec<Tensor>> {
         let plan = &self.plan;
         let dev = &self.device;
         dev.bind()?;
         // The same checks (and messages) as the CPU backend, before anything is uploaded.
         bind::bind_inputs(plan, inputs)?;
+        let _stream = dev.lock_stream();
+        let mut rt = self.lock_runtime();
         let uploaded: Vec<DeviceBuffer> = inputs.iter().map(|t| dev.upload(&t.data.to_le_bytes())).collect::<Result<_>>()?;
         let views: Vec<DeviceTensor> =
             inputs.iter().zip(&uploaded).map(|(t, b)| DeviceTensor { ptr: b.ptr, shape: &t.shape, dtype: t.dtype() }).collect();
         let mut results: Vec<Option<(DeviceBuffer, Vec<usize>)>> = (0..plan.outputs.len()).map(|_| None).collect();
         self.execute(
+            &mut rt,
             &views,
             &mut |j, shape| {
                 let bytes = shape.iter().product::<usize>() * plan.buffers[plan.outputs[j].buffer].ty.dtype.size_bytes();
@@ -204,168 +323,515 @@ impl CudaExecutable {
                 .ok_or_else(|| Error::Plan(format!("output '{}': {} bytes are not {dtype} elements", v.name, bytes.len())))?;
             outputs.push(Tensor { shape, data });
         }
+        // The downloads synchronised the stream: this run's error words are on the host.
+        self.take_index_error(&mut rt, true, "")?;
         Ok(outputs)
     }
 
+    /// One run, queued on the device's stream (the caller holds the stream lock).
     fn execute(
         &self,
+        rt: &mut Runtime,
         inputs: &[DeviceTensor],
         outputs: &mut dyn FnMut(usize, &[usize]) -> Result<u64>,
-        mut timings: Option<&mut Vec<StepTiming>>,
+        timings: Option<&mut Vec<StepTiming>>,
     ) -> Result<()> {
         let plan = &self.plan;
         let dev = &self.device;
-        let described: Vec<(DType, &[usize])> = inputs.iter().map(|t| (t.dtype, t.shape)).collect();
-        let bindings = bind::bind_shapes(plan, &described)?;
-        let shapes = bind::buffer_shapes(plan, &bindings, &self.producer)?;
-        let nbytes = |b: BufferId| shapes[b].iter().product::<usize>() * plan.buffers[b].ty.dtype.size_bytes();
+        // An index error that an earlier run met and nobody has read yet.
+        self.take_index_error(rt, false, " (met by an earlier run)")?;
+
+        let key: Vec<(DType, Vec<usize>)> = inputs.iter().map(|t| (t.dtype, t.shape.to_vec())).collect();
+        let at = match rt.shapes.iter().position(|s| s.key == key) {
+            Some(i) => {
+                let s = rt.shapes.remove(i);
+                rt.shapes.push(s);
+                rt.shapes.len() - 1
+            }
+            None => {
+                let schedule = self.schedule(key, inputs, self.cuda_graphs)?;
+                if rt.shapes.len() >= MAX_SHAPES {
+                    // The evicted graph may still be running.
+                    dev.synchronize()?;
+                    rt.shapes.remove(0);
+                }
+                rt.shapes.push(schedule);
+                rt.shapes.len() - 1
+            }
+        };
+        let Runtime { arena, shapes, errors, stats, .. } = rt;
+        let sr = &mut shapes[at];
 
         // Every output's destination, before any work is queued.
         let mut destinations = Vec::with_capacity(plan.outputs.len());
         for (j, v) in plan.outputs.iter().enumerate() {
-            let ptr = outputs(j, &shapes[v.buffer])?;
-            if ptr == 0 && nbytes(v.buffer) > 0 {
-                return Err(Error::Plan(format!("output '{}': the caller gave no buffer for {} bytes", v.name, nbytes(v.buffer))));
+            let (shape, bytes) = &sr.outputs[j];
+            let ptr = outputs(j, shape)?;
+            if ptr == 0 && *bytes > 0 {
+                return Err(Error::Plan(format!("output '{}': the caller gave no buffer for {bytes} bytes", v.name)));
             }
             destinations.push(ptr);
         }
-        // A generated step writes its output straight into the destination; outputs that are
-        // views (of inputs, weights, other outputs) or host values are copied at the end.
-        let mut direct: Vec<Option<u64>> = vec![None; plan.buffers.len()];
-        let mut copies: Vec<(u64, BufferId)> = Vec::new();
-        for (v, &dst) in plan.outputs.iter().zip(&destinations) {
-            let b = v.buffer;
-            let generated = self.producer[b].is_some_and(|i| matches!(self.steps[i].kind, StepKind::Code(_)));
-            if generated && direct[b].is_none() {
-                direct[b] = Some(dst);
-            } else {
-                copies.push((dst, b));
-            }
+        arena.reserve(sr.arena_bytes)?;
+        let input_ptrs: Vec<u64> = inputs.iter().map(|t| t.ptr).collect();
+        let bases = Bases {
+            arena: arena.base(),
+            consts: sr.consts.as_ref().map_or(0, |b| b.ptr),
+            errors: errors.words.ptr,
+            inputs: &input_ptrs,
+            outputs: &destinations,
+        };
+        for &(i, offset, bytes) in &sr.stage_in {
+            dev.copy_d2d(bases.arena + offset as u64, input_ptrs[i], bytes)?;
         }
 
-        let mut slots: Vec<Option<Arc<DeviceBuffer>>> = self.weights.clone();
-        for (b, buf) in plan.buffers.iter().enumerate() {
-            if let BufferKind::Input(i) = buf.kind {
-                slots[b] = Some(Arc::new(DeviceBuffer::borrowed(dev, inputs[i].ptr, nbytes(b))));
+        let replay = self.cuda_graphs && timings.is_none() && sr.runs > 0 && sr.capture_error.is_none();
+        if replay {
+            let dnn_shapes = self.dnn.shapes();
+            let stale = sr.graph.as_ref().is_none_or(|g| g.arena != bases.arena || g.dnn_shapes != dnn_shapes);
+            if stale {
+                if sr.graph.take().is_some() {
+                    // The old graph may still be running.
+                    dev.synchronize()?;
+                }
+                match CudaGraph::capture(dev, || self.queue_steps(sr, &bases, None)) {
+                    Ok(graph) => {
+                        stats.captures += 1;
+                        stats.graph_nodes = graph.nodes;
+                        sr.graph = Some(Captured { graph, arena: bases.arena, dnn_shapes });
+                    }
+                    Err(e) => {
+                        stats.capture_failures += 1;
+                        stats.last_capture_error = Some(e.to_string());
+                        sr.capture_error = Some(e.to_string());
+                    }
+                }
             }
         }
-        // One error word per step for kernels that meet invalid data (indices out of range).
-        let errs = dev.alloc(4 * plan.steps.len().max(1))?;
-        dev.memset_zero(errs.ptr, errs.bytes)?;
+        match (&sr.graph, replay && sr.capture_error.is_none()) {
+            (Some(captured), true) => {
+                captured.graph.launch(dev)?;
+                stats.replays += 1;
+            }
+            _ => {
+                self.queue_steps(sr, &bases, timings)?;
+                stats.stepwise_runs += 1;
+            }
+        }
+        for &(j, src, bytes) in &sr.copies_out {
+            dev.copy_d2d(destinations[j], bases.at(src), bytes)?;
+        }
+        errors.queue_copy()?;
+        sr.runs += 1;
+        Ok(())
+    }
 
-        for (index, step) in plan.steps.iter().enumerate() {
-            let Step::Op(s) = step;
+    /// Queues every step of `sr` (launches, library calls, memsets; no allocation, no sync
+    /// unless `timings` asks for per-step times).
+    fn queue_steps(&self, sr: &ShapeRun, bases: &Bases, mut timings: Option<&mut Vec<StepTiming>>) -> Result<()> {
+        let dev = &self.device;
+        for st in &sr.steps {
+            let Step::Op(s) = &self.plan.steps[st.index];
             let fail = |msg: String| Error::Step { node: s.node.clone(), op: s.op.name(), msg };
             let started = Instant::now();
-            let ins: Vec<Option<Arc<DeviceBuffer>>> = s
-                .inputs
-                .iter()
-                .enumerate()
-                .map(|(k, b)| match b {
-                    None => Ok(None),
-                    Some(b) => slots[*b].clone().map(Some).ok_or_else(|| fail(format!("input {k} (buffer %{b}) holds no value when this step runs"))),
-                })
-                .collect::<Result<_>>()?;
-            let out_bytes: Vec<usize> = s.outputs.iter().map(|&b| nbytes(b)).collect();
-            let prepared = &self.steps[index];
-            let outs: Vec<Arc<DeviceBuffer>> = match &prepared.kind {
-                StepKind::Alias => {
-                    let x = ins[0].clone().ok_or_else(|| fail("input 0 is missing".into()))?;
-                    let in_bytes = s.inputs[0].map(nbytes).unwrap_or(0);
-                    if in_bytes != out_bytes[0] {
-                        return Err(fail(format!("{in_bytes} bytes in, {} bytes out: the element count changes", out_bytes[0])));
-                    }
-                    vec![x]
-                }
-                StepKind::HostValue(values) => {
-                    let v: Vec<u8> = values.iter().map(|d| bindings.eval(d).map(|x| x.to_le_bytes())).collect::<std::result::Result<Vec<_>, _>>().map_err(fail)?.concat();
-                    if v.len() != out_bytes[0] {
-                        return Err(fail(format!("{} values for an output of {} bytes", values.len(), out_bytes[0])));
-                    }
-                    vec![Arc::new(dev.upload(&v)?)]
-                }
-                StepKind::Code(code) => {
-                    let outs: Vec<Arc<DeviceBuffer>> = s
-                        .outputs
-                        .iter()
-                        .zip(&out_bytes)
-                        .map(|(&b, &n)| match direct[b] {
-                            Some(ptr) => Ok(Arc::new(DeviceBuffer::borrowed(dev, ptr, n))),
-                            None => dev.alloc(n).map(Arc::new),
-                        })
-                        .collect::<Result<_>>()?;
-                    let st = StepShapes {
-                        ins: s.inputs.iter().map(|b| b.map(|b| shapes[b].as_slice())).collect(),
-                        outs: s.outputs.iter().map(|&b| shapes[b].as_slice()).collect(),
-                        bindings: &bindings,
-                    };
-                    let lp = code.plan(&st).map_err(fail)?;
-                    let scratch: Vec<DeviceBuffer> = lp.scratch.iter().map(|&n| dev.alloc(n)).collect::<Result<_>>()?;
-                    let tables: Vec<DeviceBuffer> = lp.tables.iter().map(|t| dev.upload(t)).collect::<Result<_>>()?;
-                    let ptr = |a: Arg| -> u64 {
-                        match a {
-                            Arg::In(k) => ins.get(k).and_then(|b| b.as_ref()).map_or(0, |b| b.ptr),
-                            Arg::Out(k) => outs.get(k).map_or(0, |b| b.ptr),
-                            Arg::Scratch(k) => scratch.get(k).map_or(0, |b| b.ptr),
-                            Arg::Table(k) => tables.get(k).map_or(0, |b| b.ptr),
-                            Arg::ErrFlag => errs.ptr + 4 * index as u64,
-                        }
-                    };
-                    for action in &lp.actions {
-                        match action {
-                            Action::Launch { kernel, work, params, args } => {
-                                let f = prepared.functions.get(*kernel).ok_or_else(|| fail(format!("kernel {kernel} was not compiled")))?;
-                                let (grid, block) = match *work {
-                                    Work::Elements(n) => (n.div_ceil(BLOCK as u64).clamp(1, 1 << 16) as u32, BLOCK),
-                                    Work::Rows(n) => (n.clamp(1, 1 << 20) as u32, BLOCK),
-                                };
-                                let ptrs: Vec<u64> = args.iter().map(|&a| ptr(a)).collect();
-                                dev.launch(f, grid, block, params, &ptrs).map_err(|e| fail(e.to_string()))?;
-                            }
-                            Action::Gemm(call) => self.blas.gemm(call, &ptr).map_err(fail)?,
-                            Action::Conv(call) => self.dnn.conv(call, dev.cu_stream(), &ptr).map_err(fail)?,
-                            Action::Zero { arg, bytes } => dev.memset_zero(ptr(*arg), *bytes).map_err(|e| fail(e.to_string()))?,
-                        }
-                    }
-                    if timings.is_some() {
-                        // Scratch and tables are freed stream-ordered on drop; synchronising
-                        // here also attributes asynchronous faults to this node.
-                        dev.synchronize().map_err(|e| fail(e.to_string()))?;
-                    }
-                    outs
+            let ptr = |a: Arg| -> u64 {
+                match a {
+                    Arg::In(k) => st.ins.get(k).map_or(0, |&l| bases.at(l)),
+                    Arg::Out(k) => st.outs.get(k).map_or(0, |&l| bases.at(l)),
+                    Arg::Scratch(k) => st.scratch.get(k).map_or(0, |&l| bases.at(l)),
+                    Arg::Table(k) => st.tables.get(k).map_or(0, |&l| bases.at(l)),
+                    Arg::ErrFlag => bases.errors + 4 * st.index as u64,
                 }
             };
-            for (&b, o) in s.outputs.iter().zip(outs) {
-                slots[b] = Some(o);
-            }
-            for &b in s.inputs.iter().flatten().chain(&s.outputs) {
-                if self.is_freeable(b, index) {
-                    slots[b] = None;
+            let prepared = &self.steps[st.index];
+            for action in &st.actions {
+                match action {
+                    Action::Launch { kernel, work, params, args } => {
+                        let f = prepared.functions.get(*kernel).ok_or_else(|| fail(format!("kernel {kernel} was not compiled")))?;
+                        let (grid, block) = match *work {
+                            Work::Elements(n) => (n.div_ceil(BLOCK as u64).clamp(1, 1 << 16) as u32, BLOCK),
+                            Work::Rows(n) => (n.clamp(1, 1 << 20) as u32, BLOCK),
+                        };
+                        let ptrs: Vec<u64> = args.iter().map(|&a| ptr(a)).collect();
+                        dev.launch(f, grid, block, params, &ptrs).map_err(|e| fail(e.to_string()))?;
+                    }
+                    Action::Gemm(call) => self.blas.gemm(call, &ptr).map_err(fail)?,
+                    Action::Conv(call) => self.dnn.conv(call, dev.cu_stream(), &ptr).map_err(fail)?,
+                    Action::Zero { arg, bytes } => dev.memset_zero(ptr(*arg), *bytes).map_err(|e| fail(e.to_string()))?,
                 }
             }
             if let Some(t) = timings.as_deref_mut() {
+                // Synchronising here also attributes asynchronous faults to this node.
                 dev.synchronize().map_err(|e| fail(e.to_string()))?;
                 t.push(StepTiming { node: s.node.clone(), op: s.op.name(), ms: started.elapsed().as_secs_f64() * 1e3 });
-            }
-        }
-
-        for &(dst, b) in &copies {
-            let src = slots[b].as_ref().ok_or_else(|| Error::Plan(format!("output buffer %{b} was never written")))?;
-            dev.copy_d2d(dst, src.ptr, nbytes(b))?;
-        }
-        let flags = dev.download(&errs, errs.bytes)?;
-        if let Some(i) = flags.chunks_exact(4).position(|w| w != [0, 0, 0, 0]) {
-            if i < plan.steps.len() {
-                return Err(step_error(plan, i, "an index is out of range".into()));
             }
         }
         Ok(())
     }
 
-    fn is_freeable(&self, b: BufferId, step: usize) -> bool {
-        matches!(self.plan.buffers[b].kind, BufferKind::Intermediate)
-            && !self.is_output[b]
-            && self.last_uses[b].is_none_or(|last| last <= step)
+    /// Everything about a run at one shape signature that does not change between runs.
+    /// `staged`: inputs are copied into the arena and outputs out of it (what a graph needs).
+    fn schedule(&self, key: Vec<(DType, Vec<usize>)>, inputs: &[DeviceTensor], staged: bool) -> Result<ShapeRun> {
+        let plan = &self.plan;
+        let described: Vec<(DType, &[usize])> = inputs.iter().map(|t| (t.dtype, t.shape)).collect();
+        let bindings = bind::bind_shapes(plan, &described)?;
+        let shapes = bind::buffer_shapes(plan, &bindings, &self.producer)?;
+        let nbytes = |b: BufferId| shapes[b].iter().product::<usize>() * plan.buffers[b].ty.dtype.size_bytes();
+        let n_steps = plan.steps.len();
+        let n_bufs = plan.buffers.len();
+
+        // Views (Reshape, Identity) are their input's memory: follow them to the owner.
+        let mut root: Vec<BufferId> = (0..n_bufs).collect();
+        for (i, step) in plan.steps.iter().enumerate() {
+            let Step::Op(s) = step;
+            if let StepKind::Alias = self.steps[i].kind {
+                let fail = |msg: String| step_error(plan, i, msg);
+                let x = s.inputs.first().copied().flatten().ok_or_else(|| fail("input 0 is missing".into()))?;
+                let (in_bytes, out_bytes) = (nbytes(x), nbytes(s.outputs[0]));
+                if in_bytes != out_bytes {
+                    return Err(fail(format!("{in_bytes} bytes in, {out_bytes} bytes out: the element count changes")));
+                }
+                root[s.outputs[0]] = root[x];
+            }
+        }
+        // The last step that needs each owner's memory (outputs: past the last step).
+        let mut last: Vec<Option<usize>> = vec![None; n_bufs];
+        for b in 0..n_bufs {
+            if let Some(l) = self.last_uses[b] {
+                last[root[b]] = Some(last[root[b]].map_or(l, |x: usize| x.max(l)));
+            }
+        }
+        for v in &plan.outputs {
+            last[root[v.buffer]] = Some(n_steps);
+        }
+
+        // Where each owner lives. Arena owners are placed after packing.
+        let mut consts = ConstBlob::default();
+        let mut loc: Vec<Loc> = vec![Loc::Null; n_bufs];
+        let mut lives: Vec<Lifetime> = Vec::new();
+        let mut lives_of: Vec<Option<usize>> = vec![None; n_bufs];
+        let mut direct = vec![false; n_bufs];
+        let mut stage_in = Vec::new();
+        if !staged {
+            for (j, v) in plan.outputs.iter().enumerate() {
+                let b = v.buffer;
+                let generated = root[b] == b && self.producer[b].is_some_and(|i| matches!(self.steps[i].kind, StepKind::Code(_)));
+                if generated && !direct[b] {
+                    direct[b] = true;
+                    loc[b] = Loc::Output(j);
+                }
+            }
+        }
+        for (b, buf) in plan.buffers.iter().enumerate() {
+            if root[b] != b || direct[b] {
+                continue;
+            }
+            match &buf.kind {
+                BufferKind::Weight(_) => loc[b] = Loc::Device(self.weights[b].as_ref().map_or(0, |w| w.ptr)),
+                BufferKind::MissingWeight(_) => return Err(Error::Plan(format!("buffer %{b}: its weight was not loaded"))),
+                BufferKind::Input(i) if !staged => loc[b] = Loc::Input(*i),
+                BufferKind::Input(i) => {
+                    lives_of[b] = Some(lives.len());
+                    lives.push(Lifetime { first: 0, last: last[b].unwrap_or(0), bytes: nbytes(b) });
+                    stage_in.push((*i, b, nbytes(b)));
+                }
+                BufferKind::Intermediate => match self.producer[b].map(|i| (i, &self.steps[i].kind)) {
+                    Some((i, StepKind::HostValue(values))) => {
+                        let fail = |msg: String| step_error(plan, i, msg);
+                        let v: Vec<u8> = values
+                            .iter()
+                            .map(|d| bindings.eval(d).map(|x| x.to_le_bytes()))
+                            .collect::<std::result::Result<Vec<_>, _>>()
+                            .map_err(fail)?
+                            .concat();
+                        if v.len() != nbytes(b) {
+                            return Err(fail(format!("{} values for an output of {} bytes", values.len(), nbytes(b))));
+                        }
+                        loc[b] = consts.push(&v);
+                    }
+                    Some((i, _)) => {
+                        lives_of[b] = Some(lives.len());
+                        lives.push(Lifetime { first: i, last: last[b].unwrap_or(i).max(i), bytes: nbytes(b) });
+                    }
+                    None => return Err(Error::Plan(format!("buffer %{b} has no producing step"))),
+                },
+            }
+        }
+
+        // Every step's launch plan at these shapes; scratch lives for its step only.
+        let mut steps = Vec::with_capacity(n_steps);
+        let mut scratch_lives: Vec<Vec<usize>> = Vec::with_capacity(n_steps);
+        for (index, step) in plan.steps.iter().enumerate() {
+            let Step::Op(s) = step;
+            let fail = |msg: String| Error::Step { node: s.node.clone(), op: s.op.name(), msg };
+            let mut st = StepRun { index, ins: Vec::new(), outs: Vec::new(), scratch: Vec::new(), tables: Vec::new(), actions: Vec::new() };
+            let mut mine = Vec::new();
+            if let StepKind::Code(code) = &self.steps[index].kind {
+                for (k, b) in s.inputs.iter().enumerate() {
+                    if let Some(b) = b {
+                        if matches!(loc[root[*b]], Loc::Null) && lives_of[root[*b]].is_none() {
+                            return Err(fail(format!("input {k} (buffer %{b}) holds no value when this step runs")));
+                        }
+                    }
+                }
+                let st_shapes = StepShapes {
+                    ins: s.inputs.iter().map(|b| b.map(|b| shapes[b].as_slice())).collect(),
+                    outs: s.outputs.iter().map(|&b| shapes[b].as_slice()).collect(),
+                    bindings: &bindings,
+                };
+                let lp = code.plan(&st_shapes).map_err(fail)?;
+                for &bytes in &lp.scratch {
+                    mine.push(lives.len());
+                    lives.push(Lifetime { first: index, last: index, bytes });
+                }
+                st.tables = lp.tables.iter().map(|t| consts.push(t)).collect();
+                st.actions = lp.actions;
+            }
+            scratch_lives.push(mine);
+            steps.push(st);
+        }
+
+        let packing = arena::pack(&lives);
+        for b in 0..n_bufs {
+            if let Some(k) = lives_of[b] {
+                loc[b] = Loc::Arena(packing.offsets[k]);
+            }
+        }
+        let at = |b: BufferId| loc[root[b]];
+        for (st, mine) in steps.iter_mut().zip(&scratch_lives) {
+            let Step::Op(s) = &plan.steps[st.index];
+            if st.actions.is_empty() {
+                continue;
+            }
+            st.ins = s.inputs.iter().map(|b| b.map_or(Loc::Null, at)).collect();
+            st.outs = s.outputs.iter().map(|&b| at(b)).collect();
+            st.scratch = mine.iter().map(|&k| Loc::Arena(packing.offsets[k])).collect();
+        }
+        // Steps that queue nothing (views, host values) are kept only for profiled timings.
+        let stage_in = stage_in.into_iter().map(|(i, b, bytes)| (i, packing.offsets[lives_of[b].expect("staged inputs are packed")], bytes)).collect();
+        let mut copies_out = Vec::new();
+        for (j, v) in plan.outputs.iter().enumerate() {
+            let b = v.buffer;
+            if !matches!(at(b), Loc::Output(k) if k == j) {
+                copies_out.push((j, at(b), nbytes(b)));
+            }
+        }
+        let consts = if consts.bytes.is_empty() { None } else { Some(self.device.upload(&consts.bytes)?) };
+        Ok(ShapeRun {
+            key,
+            outputs: plan.outputs.iter().map(|v| (shapes[v.buffer].clone(), nbytes(v.buffer))).collect(),
+            stage_in,
+            steps,
+            copies_out,
+            arena_bytes: packing.size,
+            consts,
+            runs: 0,
+            graph: None,
+            capture_error: None,
+        })
+    }
+}
+
+impl Drop for CudaExecutable {
+    fn drop(&mut self) {
+        // Device memory is freed on the device's stream: not while another executable captures.
+        let _ = self.device.bind();
+        let _stream = self.device.lock_stream();
+        let _ = self.device.synchronize();
+        // SAFETY: dropped once, here; `self.runtime` is not used after this.
+        unsafe { ManuallyDrop::drop(&mut self.runtime) };
+        self.weights.clear();
+    }
+}
+
+/// Where a buffer's bytes are during a run, resolved to an address by [`Bases::at`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Loc {
+    Null,
+    /// Offset into the executable's arena.
+    Arena(usize),
+    /// Offset into the shape's uploaded constants (host values, tables).
+    Const(usize),
+    /// A fixed device address (a weight).
+    Device(u64),
+    /// The caller's input `i`.
+    Input(usize),
+    /// The caller's output `j` (written in place; graphs off only).
+    Output(usize),
+}
+
+/// The addresses a run resolves locations against.
+struct Bases<'a> {
+    arena: u64,
+    consts: u64,
+    errors: u64,
+    inputs: &'a [u64],
+    outputs: &'a [u64],
+}
+
+impl Bases<'_> {
+    fn at(&self, l: Loc) -> u64 {
+        match l {
+            Loc::Null => 0,
+            Loc::Arena(o) => self.arena + o as u64,
+            Loc::Const(o) => self.consts + o as u64,
+            Loc::Device(p) => p,
+            Loc::Input(i) => self.inputs.get(i).copied().unwrap_or(0),
+            Loc::Output(j) => self.outputs.get(j).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// Host-computed bytes of one shape, uploaded once.
+#[derive(Default)]
+struct ConstBlob {
+    bytes: Vec<u8>,
+}
+
+impl ConstBlob {
+    fn push(&mut self, data: &[u8]) -> Loc {
+        let at = self.bytes.len().div_ceil(arena::ALIGN) * arena::ALIGN;
+        self.bytes.resize(at, 0);
+        self.bytes.extend_from_slice(data);
+        Loc::Const(at)
+    }
+}
+
+/// One step at one shape: where its operands are, and what it queues.
+struct StepRun {
+    index: usize,
+    ins: Vec<Loc>,
+    outs: Vec<Loc>,
+    scratch: Vec<Loc>,
+    tables: Vec<Loc>,
+    actions: Vec<Action>,
+}
+
+struct Captured {
+    graph: CudaGraph,
+    /// The arena base and the number of cuDNN shapes when captured: a new cuDNN shape may have
+    /// grown (moved) cuDNN's workspace, which the graph's convolutions baked in.
+    arena: u64,
+    dnn_shapes: usize,
+}
+
+/// A run at one shape signature, prepared (see the module docs).
+struct ShapeRun {
+    key: Vec<(DType, Vec<usize>)>,
+    /// Each plan output's shape and bytes.
+    outputs: Vec<(Vec<usize>, usize)>,
+    /// (input index, arena offset, bytes) copied in before the steps (graphs on).
+    stage_in: Vec<(usize, usize, usize)>,
+    steps: Vec<StepRun>,
+    /// (output index, source, bytes) copied to the caller after the steps.
+    copies_out: Vec<(usize, Loc, usize)>,
+    arena_bytes: usize,
+    consts: Option<DeviceBuffer>,
+    runs: u64,
+    graph: Option<Captured>,
+    capture_error: Option<String>,
+}
+
+/// The mutable side of an executable, behind its mutex.
+struct Runtime {
+    arena: Arena,
+    /// Least recently used first.
+    shapes: Vec<ShapeRun>,
+    errors: ErrorFlags,
+    blas_workspace: DeviceBuffer,
+    stats: RunStats,
+}
+
+impl Runtime {
+    fn new(device: &Arc<CudaDevice>, steps: usize) -> Result<Runtime> {
+        Ok(Runtime {
+            arena: Arena::new(device),
+            shapes: Vec::new(),
+            errors: ErrorFlags::new(device, steps)?,
+            blas_workspace: device.alloc(BLAS_WORKSPACE)?,
+            stats: RunStats::default(),
+        })
+    }
+}
+
+/// One 4-byte word per step that kernels set when they meet an index out of range. The words
+/// stay set on the device until the host has read them set; reading goes through pinned memory
+/// copied asynchronously after a run, so no run waits for the device.
+struct ErrorFlags {
+    device: Arc<CudaDevice>,
+    words: DeviceBuffer,
+    host: *mut c_void,
+    copied: Event,
+    /// A copy was queued and not read yet.
+    pending: bool,
+}
+
+// SAFETY: the pinned pointer is only used under the executable's runtime mutex.
+unsafe impl Send for ErrorFlags {}
+
+impl ErrorFlags {
+    fn new(device: &Arc<CudaDevice>, steps: usize) -> Result<ErrorFlags> {
+        let bytes = 4 * steps.max(1);
+        let words = device.alloc(bytes)?;
+        device.memset_zero(words.ptr, bytes)?;
+        let host = device.malloc_pinned(bytes)?;
+        // SAFETY: `host` holds `bytes` bytes.
+        unsafe { std::ptr::write_bytes(host as *mut u8, 0, bytes) };
+        Ok(ErrorFlags { device: device.clone(), words, host, copied: device.event()?, pending: false })
+    }
+
+    /// Queues a copy of the words to the host, unless an earlier copy is still unread (the
+    /// words are sticky, so a later copy sees what this one would have).
+    fn queue_copy(&mut self) -> Result<()> {
+        if self.pending {
+            return Ok(());
+        }
+        let stream = self.device.cu_stream();
+        // SAFETY: both ranges hold `words.bytes` bytes and live as long as `self`; the host
+        // side is read only after `copied` completes.
+        unsafe { self.device.copy_any(self.host as u64, self.words.ptr, self.words.bytes, Some(stream)) }?;
+        self.copied.record(stream)?;
+        self.pending = true;
+        Ok(())
+    }
+
+    /// The first step whose word the last copy found set (then the words are cleared). Without
+    /// `wait`, a copy still in flight is left for later.
+    fn take(&mut self, wait: bool) -> Result<Option<usize>> {
+        if !self.pending || (!wait && !self.copied.is_complete()?) {
+            return Ok(None);
+        }
+        self.copied.synchronize()?;
+        self.pending = false;
+        let n = self.words.bytes / 4;
+        // SAFETY: the copy into `host` (n words) has completed.
+        let words = unsafe { std::slice::from_raw_parts(self.host as *const u32, n) };
+        let first = words.iter().position(|&w| w != 0);
+        if first.is_some() {
+            self.device.memset_zero(self.words.ptr, self.words.bytes)?;
+            // SAFETY: as above; no copy is in flight.
+            unsafe { std::ptr::write_bytes(self.host as *mut u8, 0, self.words.bytes) };
+        }
+        Ok(first)
+    }
+}
+
+impl ErrorFlags {
+    /// Every word set by work queued so far (waits for the device).
+    fn take_all(&mut self) -> Result<Option<usize>> {
+        if let Some(i) = self.take(true)? {
+            return Ok(Some(i));
+        }
+        self.queue_copy()?;
+        self.take(true)
+    }
+}
+
+impl Drop for ErrorFlags {
+    fn drop(&mut self) {
+        let _ = self.copied.synchronize();
+        // SAFETY: no copy into `host` is in flight; not used after this.
+        let _ = unsafe { self.device.free_pinned(self.host) };
     }
 }
 

@@ -234,6 +234,17 @@ impl Blas {
         Ok(Blas { handle: Mutex::new(handle) })
     }
 
+    /// Gives cuBLAS `bytes` of device memory at `ptr` as its workspace for every later call, so
+    /// that calls recorded into a CUDA graph use memory the caller owns instead of allocating
+    /// inside the capture. `ptr` must stay valid while the handle is used.
+    pub fn set_workspace(&self, ptr: u64, bytes: usize) -> Result<()> {
+        let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: a live handle; the caller keeps the memory alive (see above).
+        unsafe { bsys::cublasSetWorkspace_v2(*handle, ptr as *mut c_void, bytes) }
+            .result()
+            .map_err(|e| Error::Device(format!("cublasSetWorkspace: {e:?}")))
+    }
+
     /// Runs `call` with `ptr` resolving each argument to a device pointer.
     pub fn gemm(&self, call: &GemmCall, ptr: &dyn Fn(Arg) -> u64) -> std::result::Result<(), String> {
         let (dt, compute) = match call.dtype {
