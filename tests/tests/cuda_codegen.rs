@@ -47,6 +47,12 @@ fn all_sources() -> BTreeMap<String, String> {
                         if matches!(s.op, Op::Silu | Op::QuickGelu { .. } | Op::GeGlu { .. } | Op::Attention { .. }) {
                             *fused.entry(s.op.name()).or_default() += 1;
                         }
+                        // Stitching folds activations into regions: count them there too.
+                        if let Op::Stitched(r) = &s.op {
+                            for n in r.op_names() {
+                                *fused.entry(n).or_default() += 1;
+                            }
+                        }
                         sources.entry(src).or_insert_with(|| format!("{} ({}) step {i} {} ({})", path.display(), kind.label(), s.op.name(), s.node));
                     }
                     Ok(None) => {}
