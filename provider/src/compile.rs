@@ -138,7 +138,9 @@ unsafe fn build(ep: &QuiltEp, graph: *const OrtGraph, fused_node: *const OrtNode
                 // Process-wide: the cache is keyed by source and architecture, so sessions share it.
                 quilt_kernels::cuda::kernel_cache::set_dir(dir.clone());
             }
-            Executable::Cuda(CudaExecutable::with_device(plan, device.clone())?)
+            let mut exec = CudaExecutable::with_device(plan, device.clone())?;
+            exec.set_cuda_graphs(ep.options.cuda_graph);
+            Executable::Cuda(exec)
         }
     };
     Ok(FusedKernel { name: name.to_string(), exec, inputs, outputs })

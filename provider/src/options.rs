@@ -26,11 +26,14 @@ pub struct Options {
     /// The kernel cache directory (`Some(None)`: `cache_dir=` turns the disk cache off); `None`:
     /// not given, quilt's default (`kernels::cuda::kernel_cache`).
     pub cache_dir: Option<Option<PathBuf>>,
+    /// Replay each shape's run from a captured CUDA graph (`cuda_graph=1`, the default on the
+    /// GPU device; the reference device ignores it).
+    pub cuda_graph: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true, device_id: None, cache_dir: None }
+        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true, device_id: None, cache_dir: None, cuda_graph: true }
     }
 }
 
@@ -86,6 +89,18 @@ pub const OPTIONS: &[OptionSpec] = &[
         description: "directory of the compiled-kernel cache, shared by every session of the process (default $QUILT_CACHE_DIR, else ~/.cache/quilt/kernels); empty turns the disk cache off",
         apply: |o, v| {
             o.cache_dir = Some(Some(PathBuf::from(v)).filter(|p| !p.as_os_str().is_empty()));
+            Ok(())
+        },
+    },
+    OptionSpec {
+        key: "cuda_graph",
+        description: "1|0 (default 1): 1 captures each input-shape signature's run into a CUDA graph on its second run and replays it after that; 0 queues every step each run",
+        apply: |o, v| {
+            o.cuda_graph = match v {
+                "1" => true,
+                "0" => false,
+                _ => return Err("expected 0 or 1".into()),
+            };
             Ok(())
         },
     },
@@ -164,6 +179,15 @@ mod tests {
         assert_eq!(o.device_id, Some(1));
         let e = Options::from_config([("ep.quiltexecutionprovider.device_id", "-1")]).unwrap_err().to_string();
         assert!(e.contains("device_id") && e.contains("-1") && e.contains("ordinal"), "{e}");
+    }
+
+    #[test]
+    fn cuda_graph_option() {
+        assert!(Options::default().cuda_graph);
+        assert!(!Options::from_config([("ep.quiltexecutionprovider.cuda_graph", "0")]).unwrap().cuda_graph);
+        assert!(Options::from_config([("ep.quiltexecutionprovider.cuda_graph", "1")]).unwrap().cuda_graph);
+        let e = Options::from_config([("ep.quiltexecutionprovider.cuda_graph", "on")]).unwrap_err().to_string();
+        assert!(e.contains("cuda_graph") && e.contains("on") && e.contains("0 or 1"), "{e}");
     }
 
     #[test]
