@@ -12,6 +12,7 @@ pub mod memory_plan;
 pub mod onnx;
 pub mod optimize;
 pub mod plan;
+pub mod precision;
 pub mod source;
 pub mod stitch;
 pub mod sym;

@@ -1,18 +1,27 @@
 //! Times one ONNX model end to end through quilt's CUDA backend and prints one JSON line.
 //!
 //!   bench_onnx_gpu MODEL.onnx --dims name=v,... [--iters N] [--inputs DIR] [--reference FILE]
+//!                  [--precision model|fp16] [--profile] [--memory]
 //!
 //! The model is loaded with its external data (next to the file), imported strictly, optimized
-//! (`quilt_rewrites::optimize`) and handed to `CudaExecutable::new`, whose time is reported as
-//! `prepare_s` (the session-creation analogue: codegen, NVRTC, weight upload). `--dims` binds the
-//! model's symbolic input dims (ONNX dim_param names, e.g. `batch_size=2,height=64`). Inputs are
-//! raw little-endian f32 files `DIR/<input name>.bin` when `--inputs` is given, else seeded random
-//! values (normal for floats). One warm-up run, then N timed runs: `run()` takes and returns host
+//! in the precision `--precision` asks for (`quilt_rewrites::precision::optimize_with_precision`;
+//! `model`, the default, keeps the model's dtypes, `fp16` runs its f32 math in f16 with f32
+//! inputs and outputs) and handed to `CudaExecutable::new`, whose time is reported as
+//! `prepare_s` (the session-creation analogue: codegen, NVRTC, weight upload); `weight_bytes` is
+//! the plan's weights in their planned dtypes. `--dims` binds the model's symbolic input dims
+//! (ONNX dim_param names, e.g. `batch_size=2,height=64`). Inputs are raw little-endian files
+//! `DIR/<input name>.bin` (f32, or i64 for int64 inputs) when `--inputs` is given, else seeded
+//! random values (normal for floats). One warm-up run, then N timed runs: `run()` takes and returns host
 //! tensors, so the times are host wall clock including host↔device copies and per-run
 //! allocation. `--reference FILE` (raw f32 of the expected first output) adds max abs error and
 //! max abs error relative to the reference's largest magnitude. `--profile` adds one run
 //! synchronised after every step and prints its time per op type to stderr (at full size the
 //! per-step sync costs little next to the kernels, so this shows where the time goes).
+//! `--memory` samples the GPU's used memory with `nvidia-smi -lms 20` (NVML, every 20 ms) from
+//! before `CudaExecutable::new` until after the timed runs and reports `memory.baseline_bytes`
+//! (before), `memory.after_prepare_bytes` and `memory.peak_delta_bytes` (largest sample minus
+//! baseline): a sampled device-wide reading that includes the CUDA context, cuBLAS workspaces
+//! and module code, and can miss a peak shorter than 20 ms.
 //!
 //! Built as a cargo example of `quilt-tests` so CI compiles it without a GPU; it is run on the
 //! GPU machine by `tests/bench/unet_full_gpu.sh`.
@@ -25,7 +34,9 @@ use quilt_kernels::cuda::CudaExecutable;
 use quilt_models::random::Rng;
 use quilt_rewrites::import::{import, ImportOptions};
 use quilt_rewrites::onnx::{load, LoadOptions};
-use quilt_rewrites::{DType, Plan, Tensor, TensorData};
+use quilt_rewrites::plan::BufferKind;
+use quilt_rewrites::precision::{optimize_with_precision, Precision};
+use quilt_rewrites::{DType, OptimizeOptions, Plan, Tensor, TensorData};
 
 const SEED: u64 = 20251125;
 
@@ -36,12 +47,15 @@ struct Args {
     inputs: Option<PathBuf>,
     reference: Option<PathBuf>,
     profile: bool,
+    precision: Precision,
+    memory: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let usage = "usage: bench_onnx_gpu MODEL.onnx --dims name=v,... [--iters N] [--inputs DIR] [--reference FILE] [--profile]";
+    let usage = "usage: bench_onnx_gpu MODEL.onnx --dims name=v,... [--iters N] [--inputs DIR] [--reference FILE] [--precision model|fp16] [--profile] [--memory]";
     let mut it = std::env::args().skip(1);
     let (mut model, mut dims, mut iters, mut inputs, mut reference, mut profile) = (None, BTreeMap::new(), 10usize, None, None, false);
+    let (mut precision, mut memory) = (Precision::Model, false);
     while let Some(a) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value\n{usage}"));
         match a.as_str() {
@@ -56,6 +70,8 @@ fn parse_args() -> Result<Args, String> {
             "--inputs" => inputs = Some(PathBuf::from(value("--inputs")?)),
             "--reference" => reference = Some(PathBuf::from(value("--reference")?)),
             "--profile" => profile = true,
+            "--memory" => memory = true,
+            "--precision" => precision = value("--precision")?.parse().map_err(|e| format!("--precision: {e}"))?,
             s if s.starts_with("--") => return Err(format!("unknown flag {s}\n{usage}")),
             s if model.is_none() => model = Some(PathBuf::from(s)),
             s => return Err(format!("unexpected argument {s}\n{usage}")),
@@ -65,7 +81,7 @@ fn parse_args() -> Result<Args, String> {
     if iters == 0 {
         return Err("--iters must be at least 1".into());
     }
-    Ok(Args { model, dims, iters, inputs, reference, profile })
+    Ok(Args { model, dims, iters, inputs, reference, profile, precision, memory })
 }
 
 fn read_f32(path: &Path) -> Result<Vec<f32>, String> {
@@ -74,6 +90,80 @@ fn read_f32(path: &Path) -> Result<Vec<f32>, String> {
         return Err(format!("{}: {} bytes is not a whole number of f32s", path.display(), bytes.len()));
     }
     Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+fn read_i64(path: &Path) -> Result<Vec<i64>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() % 8 != 0 {
+        return Err(format!("{}: {} bytes is not a whole number of i64s", path.display(), bytes.len()));
+    }
+    Ok(bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
+}
+
+/// Samples the GPU's used memory (MiB, device-wide) every 20 ms through `nvidia-smi -lms`, until
+/// dropped.
+struct MemorySampler {
+    child: std::process::Child,
+    samples: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MemorySampler {
+    fn start() -> Result<MemorySampler, String> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("nvidia-smi")
+            .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0", "-lms", "20"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("--memory: cannot start nvidia-smi: {e}"))?;
+        let stdout = child.stdout.take().ok_or("--memory: no nvidia-smi output")?;
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = samples.clone();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(mib) = line.trim().parse::<u64>() {
+                    sink.lock().unwrap().push(mib);
+                }
+            }
+        });
+        let sampler = MemorySampler { child, samples, reader: Some(reader) };
+        // The baseline is the first sample: wait for it (nvidia-smi takes ~100 ms to start).
+        let t = Instant::now();
+        while sampler.count() == 0 {
+            if t.elapsed().as_secs() > 10 {
+                return Err("--memory: nvidia-smi printed no sample in 10 s".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(sampler)
+    }
+
+    fn count(&self) -> usize {
+        self.samples.lock().unwrap().len()
+    }
+
+    /// Waits for one more sample, then returns (first, latest, max) in bytes.
+    fn read(&self) -> (u64, u64, u64) {
+        let n = self.count();
+        let t = Instant::now();
+        while self.count() == n && t.elapsed().as_millis() < 500 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let s = self.samples.lock().unwrap();
+        let mib = 1024 * 1024;
+        (s[0] * mib, s[s.len() - 1] * mib, s.iter().copied().max().unwrap_or(0) * mib)
+    }
+}
+
+impl Drop for MemorySampler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
 }
 
 /// The plan's inputs, shaped by `--dims`, from files or seeded random values.
@@ -97,7 +187,15 @@ fn make_inputs(plan: &Plan, args: &Args) -> Result<Vec<Tensor>, String> {
                 }
                 TensorData::F32(vals)
             }
-            (Some(_), other) => return Err(format!("input {}: --inputs reads f32 only, the model wants {other}", v.name)),
+            (Some(dir), DType::I64) => {
+                let path = dir.join(format!("{}.bin", v.name));
+                let vals = read_i64(&path)?;
+                if vals.len() != n {
+                    return Err(format!("{}: {} values, input {} of shape {shape:?} needs {n}", path.display(), vals.len(), v.name));
+                }
+                TensorData::I64(vals)
+            }
+            (Some(_), other) => return Err(format!("input {}: --inputs reads f32 and i64 only, the model wants {other}", v.name)),
             (None, DType::F32) => {
                 let mut rng = Rng::for_stream(SEED, &v.name);
                 TensorData::F32((0..n).map(|_| rng.normal() as f32).collect())
@@ -154,14 +252,25 @@ fn run() -> Result<String, String> {
     drop(src);
     let import_s = ms(t) / 1e3;
     let t = Instant::now();
-    let plan = quilt_rewrites::optimize(&imported.graph).map_err(|e| format!("optimize {}: {e}", path.display()))?;
+    let plan = optimize_with_precision(&imported.graph, &OptimizeOptions::default(), args.precision)
+        .map_err(|e| format!("optimize {} (precision {}): {e}", path.display(), args.precision))?;
     drop(imported);
     let optimize_s = ms(t) / 1e3;
     let steps = plan.steps.len();
+    let weight_bytes: usize = plan
+        .buffers
+        .iter()
+        .map(|b| match &b.kind {
+            BufferKind::Weight(t) => t.numel() * t.dtype().size_bytes(),
+            _ => 0,
+        })
+        .sum();
     let inputs = make_inputs(&plan, &args)?;
+    let sampler = if args.memory { Some(MemorySampler::start()?) } else { None };
     let t = Instant::now();
     let exe = CudaExecutable::new(plan).map_err(|e| format!("CudaExecutable::new: {e}"))?;
     let prepare_s = ms(t) / 1e3;
+    let after_prepare = sampler.as_ref().map(|s| s.read().1);
 
     let t = Instant::now();
     let first = exe.run(&inputs).map_err(|e| format!("run (warm-up): {e}"))?;
@@ -174,12 +283,21 @@ fn run() -> Result<String, String> {
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let median = if times.len() % 2 == 1 { times[times.len() / 2] } else { (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0 };
+    let memory = sampler.map(|s| {
+        let (baseline, _, max) = s.read();
+        format!(
+            ",\"memory\":{{\"source\":\"nvidia-smi memory.used every 20 ms, device-wide, CUDA context included\",\"baseline_bytes\":{baseline},\"after_prepare_bytes\":{},\"peak_delta_bytes\":{}}}",
+            after_prepare.unwrap_or(0),
+            max.saturating_sub(baseline)
+        )
+    });
 
     let out = first.first().ok_or("the model has no outputs")?;
     let mut json = format!(
-        "{{\"model\":{:?},\"dims\":{:?},\"steps\":{steps},\"load_s\":{load_s:.3},\"import_s\":{import_s:.3},\"optimize_s\":{optimize_s:.3},\"prepare_s\":{prepare_s:.3},\"warmup_ms\":{warmup_ms:.2},\"iters\":{},\"median_ms\":{median:.2},\"min_ms\":{:.2},\"timing\":\"host wall clock of run(), host<->device copies and allocation included\",\"output_shape\":{:?}",
+        "{{\"model\":{:?},\"dims\":{:?},\"precision\":\"{}\",\"weight_bytes\":{weight_bytes},\"steps\":{steps},\"load_s\":{load_s:.3},\"import_s\":{import_s:.3},\"optimize_s\":{optimize_s:.3},\"prepare_s\":{prepare_s:.3},\"warmup_ms\":{warmup_ms:.2},\"iters\":{},\"median_ms\":{median:.2},\"min_ms\":{:.2},\"timing\":\"host wall clock of run(), host<->device copies and allocation included\",\"output_shape\":{:?}",
         path.display().to_string(),
         args.dims.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+        args.precision,
         args.iters,
         times[0],
         out.shape
@@ -187,6 +305,7 @@ fn run() -> Result<String, String> {
     let got = out.data.to_f64_vec();
     let nans = got.iter().filter(|x| !x.is_finite()).count();
     json += &format!(",\"non_finite\":{nans}");
+    json += memory.as_deref().unwrap_or("");
     if let Some(r) = &args.reference {
         let want = read_f32(r)?;
         if want.len() != got.len() {
