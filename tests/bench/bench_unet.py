@@ -358,6 +358,8 @@ def quilt_worker(spec_json: str) -> int:
             # session prints the error and silently retries on the CPU EP alone.
             if "QuiltExecutionProvider" not in s.get_providers():
                 raise RuntimeError(f"onnxruntime fell back to {s.get_providers()}: quilt's EP was not created (its error is on stderr)")
+            # Likewise a failing run would be retried on a new CPU-EP session: surface the error.
+            s.disable_fallback()
             return s, create_s
 
         # Strict first (quilt takes every node); each relaxation is recorded.
@@ -496,7 +498,7 @@ def run_quilt(args, options: dict, deadline: float, model_name: str, model_cases
         log(f"{model_name}: ORT + quilt ({args.ep_lib})")
         rep = run_quilt_worker(job, timeout=max(60.0, deadline + 60 - time.time()))
     offered = "session_create_s" in rep
-    shared_keys = ("session_create_s", "session_create_warm_s", "options", "cpu_fallback_allowed", "nodes_by_ep", "session_errors", "ep_devices", "onnxruntime", "error")
+    shared_keys = ("session_create_s", "session_create_warm_s", "options", "cpu_fallback_allowed", "nodes_by_ep", "session_errors", "ep_devices", "onnxruntime", "error", "stderr_tail")
     for c in model_cases:
         r = results[c]
         if offered:
