@@ -177,11 +177,11 @@ fn check_group(
     src: &SourceGraph,
     extra_decls: &BTreeMap<String, ValueDecl>,
     group: &[usize],
-    optimize: &quilt_rewrites::OptimizeOptions,
+    options: &crate::options::Options,
     cuda: bool,
 ) -> std::result::Result<(), (Vec<usize>, String)> {
     let g = group_graph(src, extra_decls, group);
-    let result = import(&g, &ImportOptions { lenient: false }).and_then(|imported| quilt_rewrites::optimize_with(&imported.graph, optimize));
+    let result = import(&g, &ImportOptions { lenient: false }).and_then(|imported| options.plan(&imported.graph));
     let plan = match result {
         Ok(plan) => plan,
         Err(e) => return Err(rewrites_culprit(src, group, e)),
@@ -252,14 +252,13 @@ pub unsafe fn claim(ep: &QuiltEp, graph: *const OrtGraph, info: *mut OrtEpGraphS
     }
 
     // The trial compile optimizes exactly as Compile will, and checks what the backend can run.
-    let optimize = ep.options.optimize_options();
     let cuda = matches!(ep.backend, crate::ep::Backend::Cuda { .. });
     // Each round removes at least one node from `supported`, so this ends.
     let groups = loop {
         let groups = fusion_groups(src, &supported);
         let mut changed = false;
         for group in &groups {
-            if let Err((drop, why)) = check_group(src, &converted.rank0_values, group, &optimize, cuda) {
+            if let Err((drop, why)) = check_group(src, &converted.rank0_values, group, &ep.options, cuda) {
                 for &i in &drop {
                     supported[i] = false;
                 }

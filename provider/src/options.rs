@@ -29,11 +29,14 @@ pub struct Options {
     /// Replay each shape's run from a captured CUDA graph (`cuda_graph=1`, the default on the
     /// GPU device; the reference device ignores it).
     pub cuda_graph: bool,
+    /// `precision=fp16` runs f32 models' math in f16 storage (`quilt_rewrites::precision`);
+    /// the default `model` keeps the model's dtypes.
+    pub precision: quilt_rewrites::precision::Precision,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true, device_id: None, cache_dir: None, cuda_graph: true }
+        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true, device_id: None, cache_dir: None, cuda_graph: true, precision: Default::default() }
     }
 }
 
@@ -93,6 +96,14 @@ pub const OPTIONS: &[OptionSpec] = &[
         },
     },
     OptionSpec {
+        key: "precision",
+        description: "model|fp16 (default model): fp16 runs f32 models in f16 storage with f32 statistics, keeping f32 inputs/outputs and the numerically fragile paths (timestep angles, integer casts, exp/pow chains)",
+        apply: |o, v| {
+            o.precision = v.parse()?;
+            Ok(())
+        },
+    },
+    OptionSpec {
         key: "cuda_graph",
         description: "1|0 (default 1): 1 captures each input-shape signature's run into a CUDA graph on its second run and replays it after that; 0 queues every step each run",
         apply: |o, v| {
@@ -110,6 +121,12 @@ impl Options {
     /// The optimizer settings that Compile and GetCapability's trial compile both use.
     pub fn optimize_options(&self) -> quilt_rewrites::OptimizeOptions {
         quilt_rewrites::OptimizeOptions { enabled: self.optimize, ..quilt_rewrites::OptimizeOptions::default() }
+    }
+
+    /// The plan of an imported graph under these options (optimizer and precision): what Compile
+    /// runs and what GetCapability's trial compile checks.
+    pub fn plan(&self, graph: &quilt_rewrites::ir::Graph) -> std::result::Result<quilt_rewrites::Plan, quilt_rewrites::Error> {
+        quilt_rewrites::precision::optimize_with_precision(graph, &self.optimize_options(), self.precision)
     }
 
     /// Parses the session config entries (all of them; those without [`PREFIX`] are ignored).
@@ -179,6 +196,15 @@ mod tests {
         assert_eq!(o.device_id, Some(1));
         let e = Options::from_config([("ep.quiltexecutionprovider.device_id", "-1")]).unwrap_err().to_string();
         assert!(e.contains("device_id") && e.contains("-1") && e.contains("ordinal"), "{e}");
+    }
+
+    #[test]
+    fn precision_option() {
+        use quilt_rewrites::precision::Precision;
+        assert_eq!(Options::default().precision, Precision::Model);
+        assert_eq!(Options::from_config([("ep.quiltexecutionprovider.precision", "fp16")]).unwrap().precision, Precision::Fp16);
+        let e = Options::from_config([("ep.quiltexecutionprovider.precision", "fp8")]).unwrap_err().to_string();
+        assert!(e.contains("precision") && e.contains("fp8") && e.contains("fp16"), "{e}");
     }
 
     #[test]
