@@ -200,9 +200,19 @@ fn attention_picks_the_flash_kernel_by_dtype_and_head_dim() {
     }
     let src = codegen::step_source(&attention_plan(DType::F32, &[&[2, 77, 40], &[2, 77, 40], &[2, 77, 40]], None), 0).unwrap().unwrap();
     assert!(src.contains("q_attention(") && !src.contains("mma.sync"), "f32 keeps the plain kernel");
-    // Head dims past the largest bucket are declined when the step is generated.
-    let e = codegen::step_source(&attention_plan(DType::F16, &[&[2, 77, 192], &[2, 77, 192], &[2, 77, 192]], None), 0).unwrap_err();
-    assert!(e.contains("192") && e.contains("160"), "{e}");
+    // Head dims past the largest flash bucket (the SD VAE's 512) take the wide plain kernel;
+    // past its width they are declined when the step is generated.
+    for dtype in [DType::F16, DType::F32] {
+        let src = codegen::step_source(&attention_plan(dtype, &[&[1, 77, 512], &[1, 77, 512], &[1, 77, 512]], None), 0).unwrap().unwrap();
+        assert!(src.contains("q_attention(") && src.contains("#define QD 512") && !src.contains("mma.sync"), "{dtype}: d=512");
+        if nvrtc::available() {
+            let compiled = nvrtc::compile(&src, "wide.cu", (9, 0)).unwrap();
+            let stats = nvrtc::kernel_stats(&compiled.log);
+            assert!(stats.iter().all(|k| k.spill_store_bytes == 0 && k.spill_load_bytes == 0), "{dtype} d=512 spills: {stats:?}");
+        }
+    }
+    let e = codegen::step_source(&attention_plan(DType::F16, &[&[2, 77, 640], &[2, 77, 640], &[2, 77, 640]], None), 0).unwrap_err();
+    assert!(e.contains("640") && e.contains("512"), "{e}");
 }
 
 /// Every flash-attention variant (f16/bf16 × head-dim bucket × with/without mask) compiles with

@@ -291,6 +291,8 @@ fn fused_ops_match_the_cpu_backend_on_the_gpu() {
         ("attention_packed_d160", Op::Attention { scale: 0.08, heads: Some(2) }, vec![vec![2, 21, 320], vec![2, 50, 320], vec![2, 50, 320], vec![2, 1, 1, 50]], vec![2, 21, 320]),
         ("attention_packed_d40_nomask", Op::Attention { scale: 0.158, heads: Some(8) }, vec![vec![1, 64, 320], vec![1, 77, 320], vec![1, 77, 320]], vec![1, 64, 320]),
         ("attention_one_key", Op::Attention { scale: 1.0, heads: None }, vec![vec![1, 5, 8], vec![1, 1, 8], vec![1, 1, 3]], vec![1, 5, 3]),
+        // The SD VAE's single-head mid-block attention: head dim 512 (the wide plain kernel).
+        ("attention_vae_d512", Op::Attention { scale: 0.0442, heads: None }, vec![vec![1, 67, 512], vec![1, 67, 512], vec![1, 67, 512]], vec![1, 67, 512]),
     ];
     let mut failures = Vec::new();
     for (name, op, ins, out) in cases {

@@ -24,6 +24,12 @@ const TQ: usize = 16;
 const TK: usize = 16;
 /// The largest q/k and v head dims the shared-memory tiles hold.
 pub const MAX_HEAD_DIM: usize = 160;
+/// Head dims above `MAX_HEAD_DIM` (the SD VAE's single-head mid-block attention has 512) run the
+/// plain kernel with smaller tiles (`WIDE_TQ` × `WIDE_TK`) that fit 48 KB of shared memory at this
+/// width: correct but slow, for the one such attention a VAE decode has.
+pub const WIDE_MAX_HEAD_DIM: usize = 512;
+const WIDE_TQ: usize = 2;
+const WIDE_TK: usize = 8;
 
 /// The step's head dims (q/k, v) when the plan fixes them (constant last dims), else `None`.
 pub fn static_head_dims(plan: &Plan, step: &OpStep) -> Option<(usize, usize)> {
@@ -48,6 +54,9 @@ pub struct AttentionCode {
     has_mask: bool,
     /// The head-dim bucket of each kernel when they are flash-attention variants (f16/bf16).
     flash_buckets: Option<Vec<usize>>,
+    /// The plain kernel's query rows per block and largest head dim.
+    plain_rows: usize,
+    plain_max_dim: usize,
 }
 
 impl AttentionCode {
@@ -86,7 +95,12 @@ impl AttentionCode {
                 return Err(format!("attention mask of rank {mr} for scores of rank {}", lead + 2));
             }
         }
-        if flash_attention::supports(cts[0].dtype, cts[1].dtype, cts[2].dtype) {
+        // Static head dims past the flash and plain kernels' tiles take the wide plain kernel.
+        let wide = head_dims.is_some_and(|(d, dv)| d.max(dv) > MAX_HEAD_DIM);
+        if let Some((d, dv)) = head_dims.filter(|&(d, dv)| d.max(dv) > WIDE_MAX_HEAD_DIM) {
+            return Err(format!("head dims {d}/{dv} exceed the CUDA attention kernels' {WIDE_MAX_HEAD_DIM}"));
+        }
+        if !wide && flash_attention::supports(cts[0].dtype, cts[1].dtype, cts[2].dtype) {
             let buckets = match head_dims {
                 Some((d, dv)) => {
                     let b = flash_attention::bucket(d.max(dv))
@@ -99,8 +113,17 @@ impl AttentionCode {
                 .iter()
                 .map(|&bucket| FlashVariant { dtype: cts[0].dtype, bucket, mask, out }.kernel(&t.prefix, lead))
                 .collect();
-            return Ok(AttentionCode { kernels, scale: *scale, heads: *heads, has_mask: mask.is_some(), flash_buckets: Some(buckets) });
+            return Ok(AttentionCode {
+                kernels,
+                scale: *scale,
+                heads: *heads,
+                has_mask: mask.is_some(),
+                flash_buckets: Some(buckets),
+                plain_rows: TQ,
+                plain_max_dim: MAX_HEAD_DIM,
+            });
         }
+        let (tq, tk, qd) = if wide { (WIDE_TQ, WIDE_TK, WIDE_MAX_HEAD_DIM) } else { (TQ, TK, MAX_HEAD_DIM) };
         let name = format!("{}_attention", t.prefix);
         let mut args = format!("const QParams p, {}* __restrict__ out", out.storage());
         for (n, c) in ["q", "k", "v"].iter().zip(&cts) {
@@ -124,9 +147,9 @@ impl AttentionCode {
         // 19 scale (f64 bits), 20/21 mask strides of the query/key axes, 22 unused here
         // (the flash kernel's vector-copy flag), 23.. lead dims, then the mask's strides over them.
         let body = format!(
-            r#"#define QTQ {TQ}
-#define QTK {TK}
-#define QD {MAX_HEAD_DIM}
+            r#"#define QTQ {tq}
+#define QTK {tk}
+#define QD {qd}
 extern "C" __global__ void {name}({args}) {{
   __shared__ float sQ[QTQ * QD], sK[QTK * QD], sV[QTK * QD], sO[QTQ * QD], sS[QTQ * QTK], sM[QTQ], sL[QTQ], sC[QTQ];
   const float ninf = __int_as_float(0xff800000);
@@ -215,7 +238,15 @@ extern "C" __global__ void {name}({args}) {{
 #undef QD
 "#
         );
-        Ok(AttentionCode { kernels: vec![Kernel { name, body }], scale: *scale, heads: *heads, has_mask: mask.is_some(), flash_buckets: None })
+        Ok(AttentionCode {
+            kernels: vec![Kernel { name, body }],
+            scale: *scale,
+            heads: *heads,
+            has_mask: mask.is_some(),
+            flash_buckets: None,
+            plain_rows: tq,
+            plain_max_dim: qd,
+        })
     }
 }
 
@@ -261,12 +292,13 @@ impl StepCode for AttentionCode {
         if s.outs[0] != out_shape.as_slice() {
             return Err(format!("attention gives {out_shape:?}, but the output is {:?}", s.outs[0]));
         }
-        if d > MAX_HEAD_DIM || dv > MAX_HEAD_DIM {
-            return Err(format!("head dims {d}/{dv} exceed the CUDA attention kernel's {MAX_HEAD_DIM}"));
+        let max_dim = if self.flash_buckets.is_some() { MAX_HEAD_DIM } else { self.plain_max_dim };
+        if d > max_dim || dv > max_dim {
+            return Err(format!("head dims {d}/{dv} exceed the CUDA attention kernel's {max_dim}"));
         }
         // The kernel to launch, its query rows per block and the scale it takes.
         let (kernel, rows_per_block, scale) = match &self.flash_buckets {
-            None => (0, TQ, self.scale as f64),
+            None => (0, self.plain_rows, self.scale as f64),
             Some(buckets) => {
                 let want = flash_attention::bucket(d.max(dv))
                     .ok_or_else(|| format!("head dims {d}/{dv} exceed the CUDA attention kernel's {MAX_HEAD_DIM}"))?;
