@@ -97,7 +97,7 @@ pub fn gelu(c: CType, x: &str, tanh: bool) -> String {
 }
 
 /// `x * sigmoid(alpha * x)`.
-fn sigmoid_gated(c: CType, x: &str, alpha: f64) -> String {
+pub fn sigmoid_gated(c: CType, x: &str, alpha: f64) -> String {
     let cc = c.compute();
     let one = lit(1.0, cc);
     format!("({x} * ({one} / ({one} + {exp}(-({a} * {x})))))", a = lit(alpha, cc), exp = c.math("exp"))
@@ -112,7 +112,9 @@ fn bound(v: f64, ct: CType) -> String {
     }
 }
 
-fn unary(u: UnaryOp, ct: CType, a: &str) -> Result<String, String> {
+/// `u(a)` in `ct`'s compute type; on integer types only the ops with an integer meaning. Also the
+/// unary nodes of stitched regions (`stitched.rs`).
+pub fn unary(u: UnaryOp, ct: CType, a: &str) -> Result<String, String> {
     let c = ct.compute();
     let m = |f: &str| ct.math(f);
     let one = if ct.is_float() { lit(1.0, c) } else { format!("(({c})1)") };

@@ -13,10 +13,10 @@
 //! so one module serves every shape. Params: elementwise `n, dims[r], strides[k][r]`;
 //! normalizing `rows, row_len, dims[r], strides[k][r]`.
 
-use quilt_rewrites::ir::{BinaryOp, Operand, RegionOp, StitchedRegion, UnaryOp};
+use quilt_rewrites::ir::{BinaryOp, Operand, RegionOp, StitchedRegion};
 use quilt_rewrites::{DType, Op};
 
-use super::elementwise::gelu;
+use super::elementwise::{gelu, sigmoid_gated, unary};
 use super::{broadcast_strides, decompose, lit, numel, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
 use crate::cuda::device::PARAM_SLOTS;
 
@@ -24,33 +24,6 @@ pub struct StitchedCode {
     region: StitchedRegion,
     kernels: Vec<Kernel>,
     rank: usize,
-}
-
-fn unary(u: UnaryOp, c: CType, a: &str) -> String {
-    let cc = c.compute();
-    let m = |f: &str| c.math(f);
-    let (zero, one) = (lit(0.0, cc), lit(1.0, cc));
-    match u {
-        UnaryOp::Identity => a.to_string(),
-        UnaryOp::Relu => format!("({a} < {zero} ? {zero} : {a})"),
-        UnaryOp::Neg => format!("(-{a})"),
-        UnaryOp::Sign => format!("({a} > {zero} ? {one} : ({a} < {zero} ? -{one} : {a}))"),
-        UnaryOp::Not => format!("(({cc})({a} == {zero}))"),
-        UnaryOp::Abs => format!("{}({a})", m("fabs")),
-        UnaryOp::Sigmoid => format!("({one} / ({one} + {}(-{a})))", m("exp")),
-        UnaryOp::Tanh => format!("{}({a})", m("tanh")),
-        UnaryOp::Erf => format!("{}({a})", m("erf")),
-        UnaryOp::Sqrt => format!("{}({a})", m("sqrt")),
-        UnaryOp::Exp => format!("{}({a})", m("exp")),
-        UnaryOp::Log => format!("{}({a})", m("log")),
-        UnaryOp::Reciprocal => format!("({one} / {a})"),
-        UnaryOp::Sin => format!("{}({a})", m("sin")),
-        UnaryOp::Cos => format!("{}({a})", m("cos")),
-        UnaryOp::Floor => format!("{}({a})", m("floor")),
-        UnaryOp::Ceil => format!("{}({a})", m("ceil")),
-        UnaryOp::Round => format!("{}({a})", m("rint")),
-        UnaryOp::Softplus => format!("({a} > {zero} ? {a} + {lp}({ex}(-{a})) : {lp}({ex}({a})))", lp = m("log1p"), ex = m("exp")),
-    }
 }
 
 fn binary(b: BinaryOp, c: CType, a: &str, y: &str) -> Result<String, String> {
@@ -81,10 +54,9 @@ fn binary(b: BinaryOp, c: CType, a: &str, y: &str) -> Result<String, String> {
 /// The expression of one elementwise node over its operand variables.
 fn elementwise(op: &Op, c: CType, a: &[String]) -> Result<String, String> {
     let cc = c.compute();
-    let one = lit(1.0, cc);
-    let sigmoid_gated = |x: &str, alpha: f64| format!("({x} * ({one} / ({one} + {exp}(-({a} * {x})))))", a = lit(alpha, cc), exp = c.math("exp"));
     Ok(match op {
-        Op::Unary(u) => unary(*u, c, &a[0]),
+        // Region values are float: Not's `!x` is `x == 0` stored as 0/1 in the compute type.
+        Op::Unary(u) => unary(*u, c, &a[0])?,
         Op::Binary(b) => binary(*b, c, &a[0], &a[1])?,
         Op::Where => format!("({} != {} ? {} : {})", a[0], lit(0.0, cc), a[1], a[2]),
         Op::Cast { to } => match to {
@@ -107,8 +79,8 @@ fn elementwise(op: &Op, c: CType, a: &[String]) -> Result<String, String> {
         }
         Op::LeakyRelu { alpha } => format!("({x} < {z} ? {x} * {al} : {x})", x = a[0], z = lit(0.0, cc), al = lit(*alpha as f64, cc)),
         Op::Gelu { tanh } => gelu(c, &a[0], *tanh),
-        Op::Silu => sigmoid_gated(&a[0], 1.0),
-        Op::QuickGelu { alpha } => sigmoid_gated(&a[0], *alpha as f64),
+        Op::Silu => sigmoid_gated(c, &a[0], 1.0),
+        Op::QuickGelu { alpha } => sigmoid_gated(c, &a[0], *alpha as f64),
         other => return Err(format!("{} in a stitched region", other.name())),
     })
 }
