@@ -4,7 +4,7 @@
 //! raw and pinned allocations, copies between any two addresses, events and extra streams.
 //!
 //! Pointers are raw `CUdeviceptr`s rather than cudarc's tracked slices: one stream orders all
-//! work, and the executor (later an arena carved from one allocation) decides lifetimes.
+//! work (runs take `lock_stream`), and the executor (its arena, `arena.rs`) decides lifetimes.
 
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex, MutexGuard};
