@@ -15,13 +15,17 @@
 //! tolerances: relative L2 error ≤ 2e-3 (f16) / 1.6e-2 (bf16), max abs error ≤ 8u · max |ref|
 //! (a few roundings of the largest values). f32 inputs keep the plain kernel and 1e-4.
 
+#[path = "cuda_support.rs"]
+mod support;
+
 use std::time::Instant;
 
 use quilt_kernels::cpu::CpuExecutable;
-use quilt_kernels::cuda::{CudaDevice, CudaExecutable};
+use quilt_kernels::cuda::CudaExecutable;
 use quilt_models::random::Rng;
 use quilt_rewrites::plan::{Buffer, BufferKind, OpStep, PlanValue, Step};
 use quilt_rewrites::{DType, Op, Plan, SymDim, Tensor, TensorData, TensorType};
+use support::NonFinite;
 
 /// One attention problem set.
 struct Case {
@@ -161,43 +165,9 @@ fn cases() -> Vec<Case> {
     out
 }
 
-struct Errors {
-    max_abs: f64,
-    max_ref: f64,
-    l2_rel: f64,
-}
-
-fn compare(gpu: &Tensor, cpu: &Tensor) -> Result<Errors, String> {
-    if gpu.shape != cpu.shape || gpu.dtype() != cpu.dtype() {
-        return Err(format!("gpu {}{:?} vs cpu {}{:?}", gpu.dtype(), gpu.shape, cpu.dtype(), cpu.shape));
-    }
-    let (a, b) = (gpu.data.to_f64_vec(), cpu.data.to_f64_vec());
-    let (mut max_abs, mut max_ref, mut num, mut den) = (0f64, 0f64, 0f64, 0f64);
-    for (x, y) in a.iter().zip(&b) {
-        if !x.is_finite() || !y.is_finite() {
-            return Err(format!("non-finite output: gpu {x} vs cpu {y}"));
-        }
-        let d = (x - y).abs();
-        max_abs = max_abs.max(d);
-        max_ref = max_ref.max(y.abs());
-        num += d * d;
-        den += y * y;
-    }
-    if den == 0.0 {
-        return Err("the reference output is all zeros".into());
-    }
-    Ok(Errors { max_abs, max_ref, l2_rel: (num / den).sqrt() })
-}
-
 #[test]
 fn flash_attention_matches_the_cpu_reference() {
-    let device = match CudaDevice::new(0) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("SKIPPED (no GPU): {e}");
-            return;
-        }
-    };
+    let Some(device) = support::gpu_or_skip() else { return };
     println!("device: {} (sm_{}{})", device.name, device.arch.0, device.arch.1);
     println!("{:<92} {:>10} {:>10} {:>10} {:>8} {:>8}", "case", "max_abs", "max_rel", "l2_rel", "cpu_ms", "gpu_ms");
     let mut failures = Vec::new();
@@ -226,8 +196,9 @@ fn flash_attention_matches_the_cpu_reference() {
         let t = Instant::now();
         let _ = gpu.run(&inputs);
         let gpu_ms = t.elapsed().as_secs_f64() * 1e3;
-        match compare(&got[0], &want[0]) {
+        match support::compare(&got[0], &want[0], NonFinite::Reject) {
             Err(e) => failures.push(format!("{label}: {e}")),
+            Ok(err) if err.max_ref == 0.0 => failures.push(format!("{label}: the reference output is all zeros")),
             Ok(err) => {
                 let rel = err.max_abs / err.max_ref;
                 println!("{label:<92} {:>10.3e} {rel:>10.3e} {:>10.3e} {cpu_ms:>8.1} {gpu_ms:>8.2}", err.max_abs, err.l2_rel);

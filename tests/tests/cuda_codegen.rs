@@ -83,10 +83,7 @@ fn every_fixture_step_has_cuda_code() {
 
 #[test]
 fn every_generated_module_compiles_for_sm90_without_spills() {
-    if !nvrtc::available() {
-        let required = std::env::var("QUILT_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
-        assert!(!required, "QUILT_REQUIRE_NVRTC=1 but libnvrtc could not be loaded (LD_LIBRARY_PATH={:?})", std::env::var("LD_LIBRARY_PATH").ok());
-        println!("SKIPPED: libnvrtc not found (run `source scripts/setup.sh` to install PyPI's nvidia-cuda-nvrtc)");
+    if !support::nvrtc_or_skip() {
         return;
     }
     let version = nvrtc::version().unwrap();
@@ -221,10 +218,7 @@ fn attention_picks_the_flash_kernel_by_dtype_and_head_dim() {
 fn every_flash_attention_variant_compiles_for_sm90_without_spills() {
     use quilt_kernels::cuda::codegen::flash_attention::{bucket, BUCKETS};
     use quilt_rewrites::DType;
-    if !nvrtc::available() {
-        let required = std::env::var("QUILT_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
-        assert!(!required, "QUILT_REQUIRE_NVRTC=1 but libnvrtc could not be loaded");
-        println!("SKIPPED: libnvrtc not found (run `source scripts/setup.sh`)");
+    if !support::nvrtc_or_skip() {
         return;
     }
     let mut report = Vec::new();

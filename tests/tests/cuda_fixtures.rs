@@ -17,49 +17,16 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use quilt_kernels::cpu::CpuExecutable;
-use quilt_kernels::cuda::{CudaDevice, CudaExecutable};
+use quilt_kernels::cuda::CudaExecutable;
 use quilt_rewrites::Tensor;
+use support::NonFinite;
 
 /// Max-error tolerance relative to the reference output's largest magnitude.
 const REL_TOL: f64 = 1e-3;
 
-struct Errors {
-    max_abs: f64,
-    max_ref: f64,
-    l2_rel: f64,
-}
-
-fn compare(gpu: &Tensor, cpu: &Tensor) -> Result<Errors, String> {
-    if gpu.shape != cpu.shape || gpu.dtype() != cpu.dtype() {
-        return Err(format!("gpu {}{:?} vs cpu {}{:?}", gpu.dtype(), gpu.shape, cpu.dtype(), cpu.shape));
-    }
-    let (a, b) = (gpu.data.to_f64_vec(), cpu.data.to_f64_vec());
-    let (mut max_abs, mut max_ref, mut num, mut den) = (0f64, 0f64, 0f64, 0f64);
-    for (x, y) in a.iter().zip(&b) {
-        if x.is_nan() != y.is_nan() {
-            return Err(format!("NaN mismatch: gpu {x} vs cpu {y}"));
-        }
-        if x.is_nan() {
-            continue;
-        }
-        let d = (x - y).abs();
-        max_abs = max_abs.max(d);
-        max_ref = max_ref.max(y.abs());
-        num += d * d;
-        den += y * y;
-    }
-    Ok(Errors { max_abs, max_ref, l2_rel: if den > 0.0 { (num / den).sqrt() } else { num.sqrt() } })
-}
-
 #[test]
 fn fixtures_match_the_cpu_backend_on_the_gpu() {
-    let device = match CudaDevice::new(0) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("SKIPPED (no GPU): {e}");
-            return;
-        }
-    };
+    let Some(device) = support::gpu_or_skip() else { return };
     let nvrtc = quilt_kernels::cuda::nvrtc::version().map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|e| e.to_string());
     let mut report = format!("device: {} (sm_{}{}), NVRTC {nvrtc}\ntolerance: max|gpu-cpu| <= {REL_TOL:e} * max|cpu| + 1e-6 per output, fp32, TF32 off\n", device.name, device.arch.0, device.arch.1);
     report += &format!("{:<22} {:<9} {:<44} {:<18} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}\n", "model", "plan", "dims", "output", "max_abs", "max_rel", "l2_rel", "prep_s", "cpu_ms", "gpu_ms");
@@ -118,7 +85,7 @@ fn fixtures_match_the_cpu_backend_on_the_gpu() {
                         failures.push(format!("{label}: output {name} is not an output of the lowered plan"));
                         continue;
                     };
-                    match compare(g, c) {
+                    match support::compare(g, c, NonFinite::SameNaNs) {
                         Ok(e) => {
                             let rel = e.max_abs / e.max_ref.max(1e-30);
                             writeln!(report, "{:<22} {:<9} {:<44} {:<18} {:>10.3e} {:>10.3e} {:>10.3e} {:>9.2} {:>9.2} {:>9.2}", entry.name, kind.label(), dims_s, name, e.max_abs, rel, e.l2_rel, prep_s, cpu_ms, gpu_ms).unwrap();
@@ -195,13 +162,7 @@ fn to_f16(plan: &quilt_rewrites::Plan) -> quilt_rewrites::Plan {
 #[test]
 fn f16_storage_matches_the_cpu_backend_on_the_gpu() {
     use quilt_rewrites::TensorData;
-    let device = match CudaDevice::new(0) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("SKIPPED (no GPU): {e}");
-            return;
-        }
-    };
+    let Some(device) = support::gpu_or_skip() else { return };
     const F16_TOL: f64 = 2e-2;
     let manifest = support::manifest();
     let mut failures = Vec::new();
@@ -230,7 +191,7 @@ fn f16_storage_matches_the_cpu_backend_on_the_gpu() {
             Ok(got) => {
                 for (i, (g, c)) in got.iter().zip(&want).enumerate() {
                     let name = &plan.outputs[i].name;
-                    match compare(g, c) {
+                    match support::compare(g, c, NonFinite::SameNaNs) {
                         Ok(e) => {
                             writeln!(report, "{:<14} {:<18} dtype {} max_abs {:.3e} max_rel {:.3e} l2_rel {:.3e}", entry.name, name, g.dtype(), e.max_abs, e.max_abs / e.max_ref.max(1e-30), e.l2_rel).unwrap();
                             if e.max_abs > F16_TOL * e.max_ref || e.max_ref == 0.0 {
@@ -274,13 +235,7 @@ fn one_step_plan(op: quilt_rewrites::Op, ins: &[&[usize]], out: &[usize]) -> qui
 fn fused_ops_match_the_cpu_backend_on_the_gpu() {
     use quilt_models::random::Rng;
     use quilt_rewrites::{Op, TensorData};
-    let device = match CudaDevice::new(0) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("SKIPPED (no GPU): {e}");
-            return;
-        }
-    };
+    let Some(device) = support::gpu_or_skip() else { return };
     type Case = (&'static str, Op, Vec<Vec<usize>>, Vec<usize>);
     let cases: Vec<Case> = vec![
         ("silu", Op::Silu, vec![vec![5, 33]], vec![5, 33]),
@@ -317,7 +272,7 @@ fn fused_ops_match_the_cpu_backend_on_the_gpu() {
                 continue;
             }
         };
-        match compare(&got[0], &want[0]) {
+        match support::compare(&got[0], &want[0], NonFinite::SameNaNs) {
             Ok(e) => {
                 println!("{name:<28} max_abs {:.3e} max|cpu| {:.3e} l2_rel {:.3e}", e.max_abs, e.max_ref, e.l2_rel);
                 if e.max_abs > 1e-5 * e.max_ref + 1e-6 || e.max_ref == 0.0 {

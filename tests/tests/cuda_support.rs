@@ -1,11 +1,14 @@
-//! Shared by `cuda_codegen.rs` and `cuda_fixtures.rs` (included with `#[path]`; as a test
-//! target of its own it has no tests): the fixture manifest, each fixture's lowered and
-//! optimized plans, and seeded random inputs drawn from the manifest's input specs.
+//! Shared by the integration tests (included with `#[path = "cuda_support.rs"] mod support;`; as a
+//! test target of its own it has no tests): the fixture manifest, each fixture's lowered and
+//! optimized plans, seeded random inputs drawn from the manifest's input specs, the skip guards of
+//! GPU and NVRTC tests, and the error measures of a GPU output against the CPU reference.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use quilt_kernels::cuda::{nvrtc, CudaDevice};
 use quilt_models::manifest::{Manifest, ModelEntry};
 use quilt_models::random::Rng;
 use quilt_rewrites::import::{import, ImportOptions};
@@ -94,4 +97,70 @@ pub fn random_inputs(plan: &Plan, entry: &ModelEntry, dims: &BTreeMap<String, i6
             Tensor::new(shape, data)
         })
         .collect()
+}
+
+/// The first GPU, or `None` after printing that the test is skipped (no driver or no GPU, as in CI).
+pub fn gpu_or_skip() -> Option<Arc<CudaDevice>> {
+    match CudaDevice::new(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            println!("SKIPPED (no GPU): {e}");
+            None
+        }
+    }
+}
+
+/// Whether libnvrtc loads. When it does not, the test is skipped (printed) unless
+/// `QUILT_REQUIRE_NVRTC=1` (set by `scripts/setup.sh`, so CI cannot silently skip), which fails it.
+pub fn nvrtc_or_skip() -> bool {
+    if nvrtc::available() {
+        return true;
+    }
+    let required = std::env::var("QUILT_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
+    assert!(!required, "QUILT_REQUIRE_NVRTC=1 but libnvrtc could not be loaded (LD_LIBRARY_PATH={:?})", std::env::var("LD_LIBRARY_PATH").ok());
+    println!("SKIPPED: libnvrtc not found (run `source scripts/setup.sh` to install PyPI's nvidia-cuda-nvrtc)");
+    false
+}
+
+/// How [`compare`] treats values that are not finite.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NonFinite {
+    /// NaN must stand at the same places in both tensors; those places are not measured.
+    SameNaNs,
+    /// Any NaN or infinity in either tensor is an error.
+    Reject,
+}
+
+/// A GPU output's error against the CPU reference.
+pub struct Errors {
+    /// max |gpu − cpu|.
+    pub max_abs: f64,
+    /// max |cpu|: callers scale tolerances by it, and treat 0 (an all-zero reference) as a failure.
+    pub max_ref: f64,
+    /// ‖gpu − cpu‖₂ / ‖cpu‖₂ (‖gpu − cpu‖₂ when the reference is all zeros).
+    pub l2_rel: f64,
+}
+
+/// The errors of `gpu` against `cpu`; an error when their shapes or dtypes differ or a value
+/// breaks the `non_finite` rule.
+pub fn compare(gpu: &Tensor, cpu: &Tensor, non_finite: NonFinite) -> Result<Errors, String> {
+    if gpu.shape != cpu.shape || gpu.dtype() != cpu.dtype() {
+        return Err(format!("gpu {}{:?} vs cpu {}{:?}", gpu.dtype(), gpu.shape, cpu.dtype(), cpu.shape));
+    }
+    let (a, b) = (gpu.data.to_f64_vec(), cpu.data.to_f64_vec());
+    let (mut max_abs, mut max_ref, mut num, mut den) = (0f64, 0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(&b) {
+        match non_finite {
+            NonFinite::Reject if !x.is_finite() || !y.is_finite() => return Err(format!("non-finite output: gpu {x} vs cpu {y}")),
+            NonFinite::SameNaNs if x.is_nan() != y.is_nan() => return Err(format!("NaN mismatch: gpu {x} vs cpu {y}")),
+            NonFinite::SameNaNs if x.is_nan() => continue,
+            _ => {}
+        }
+        let d = (x - y).abs();
+        max_abs = max_abs.max(d);
+        max_ref = max_ref.max(y.abs());
+        num += d * d;
+        den += y * y;
+    }
+    Ok(Errors { max_abs, max_ref, l2_rel: if den > 0.0 { (num / den).sqrt() } else { num.sqrt() } })
 }

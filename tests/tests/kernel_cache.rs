@@ -4,6 +4,9 @@
 //! entry, and an empty cache directory turns the disk cache off. Needs libnvrtc like
 //! `cuda_codegen.rs` (skips, or fails under `QUILT_REQUIRE_NVRTC=1`).
 
+#[path = "cuda_support.rs"]
+mod support;
+
 use quilt_kernels::cuda::{kernel_cache, nvrtc};
 
 const SOURCE: &str = r#"extern "C" __global__ void q_cache_probe(float* out, const float* x, unsigned n) {
@@ -20,10 +23,7 @@ fn cubins_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn compiled_kernels_are_reused_from_disk() {
-    if !nvrtc::available() {
-        let required = std::env::var("QUILT_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
-        assert!(!required, "QUILT_REQUIRE_NVRTC=1 but libnvrtc could not be loaded");
-        println!("SKIPPED: libnvrtc not found (run `source scripts/setup.sh`)");
+    if !support::nvrtc_or_skip() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("quilt-kernel-cache-{}", std::process::id()));
