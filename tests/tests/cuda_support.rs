@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use quilt_kernels::cpu::CpuExecutable;
 use quilt_kernels::cuda::{nvrtc, CudaDevice};
 use quilt_models::manifest::{Manifest, ModelEntry};
 use quilt_models::random::Rng;
 use quilt_rewrites::import::{import, ImportOptions};
 use quilt_rewrites::onnx::{load, LoadOptions};
-use quilt_rewrites::{DType, Plan, Tensor, TensorData};
+use quilt_rewrites::{DType, Graph, Plan, Tensor, TensorData};
 
 /// `models/fixtures`: `$QUILT_FIXTURES` (the GPU machine runs a carried test binary from the
 /// repository root), else the source tree's.
@@ -54,13 +55,18 @@ impl PlanKind {
     }
 }
 
+/// The model's imported graph (strict import: a node quilt cannot run fails the test).
+pub fn imported_graph(path: &std::path::Path, load_weights: bool) -> Graph {
+    let src = load(path, &LoadOptions { load_weights }).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    import(&src, &ImportOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display())).graph
+}
+
 /// The model's plan of the given kind.
 pub fn plan(path: &std::path::Path, load_weights: bool, kind: PlanKind) -> Plan {
-    let src = load(path, &LoadOptions { load_weights }).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let imported = import(&src, &ImportOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let graph = imported_graph(path, load_weights);
     let plan = match kind {
-        PlanKind::Lowered => quilt_rewrites::lower::lower(&imported.graph),
-        PlanKind::Optimized => quilt_rewrites::optimize(&imported.graph),
+        PlanKind::Lowered => quilt_rewrites::lower::lower(&graph),
+        PlanKind::Optimized => quilt_rewrites::optimize(&graph),
     };
     plan.unwrap_or_else(|e| panic!("{} ({}): {e}", path.display(), kind.label()))
 }
@@ -97,6 +103,42 @@ pub fn random_inputs(plan: &Plan, entry: &ModelEntry, dims: &BTreeMap<String, i6
             Tensor::new(shape, data)
         })
         .collect()
+}
+
+/// Runs two CPU executables of one fixture, `reference` and `candidate` (e.g. the unoptimized and
+/// the optimized plan), on the same seeded random inputs ([`random_inputs`], seed `seed + k` at
+/// the k-th `test_dims` entry) at every `test_dims` entry of `entry`, and hands each output pair
+/// to `check(dims, output name, candidate's, reference's)`. Inputs and outputs are matched by
+/// name, since two plans of one model may order them differently. `labels` name the two in
+/// panic messages. Returns how many shapes ran.
+pub fn run_plan_pair(
+    entry: &ModelEntry,
+    reference: &CpuExecutable,
+    candidate: &CpuExecutable,
+    labels: [&str; 2],
+    seed: u64,
+    mut check: impl FnMut(&BTreeMap<String, i64>, &str, &Tensor, &Tensor),
+) -> usize {
+    let (want_plan, got_plan) = (reference.plan(), candidate.plan());
+    for (k, dims) in entry.test_dims.iter().enumerate() {
+        let inputs = random_inputs(want_plan, entry, dims, seed.wrapping_add(k as u64));
+        let want = reference.run(&inputs).unwrap_or_else(|e| panic!("{} {dims:?}: {}: {e}", entry.name, labels[0]));
+        let got_inputs: Vec<Tensor> = got_plan
+            .inputs
+            .iter()
+            .map(|v| {
+                let at = want_plan.inputs.iter().position(|w| w.name == v.name);
+                inputs[at.unwrap_or_else(|| panic!("{}: {} input {} is not an input of the {} plan", entry.name, labels[1], v.name, labels[0]))].clone()
+            })
+            .collect();
+        let got = candidate.run(&got_inputs).unwrap_or_else(|e| panic!("{} {dims:?}: {}: {e}", entry.name, labels[1]));
+        let got_by_name: BTreeMap<&str, &Tensor> = got_plan.outputs.iter().map(|v| v.name.as_str()).zip(&got).collect();
+        for (v, w) in want_plan.outputs.iter().zip(&want) {
+            let g = got_by_name.get(v.name.as_str()).unwrap_or_else(|| panic!("{}: output {} missing from the {} plan", entry.name, v.name, labels[1]));
+            check(dims, &v.name, g, w);
+        }
+    }
+    entry.test_dims.len()
 }
 
 /// The first GPU, or `None` after printing that the test is skipped (no driver or no GPU, as in CI).

@@ -73,6 +73,21 @@ impl G {
         let s = self.shape(x);
         self.op(Op::Unary(u), &[x], &s)
     }
+    /// GroupNorm with 2 groups over `x` (`B,8,N,3`) in the exporters' InstanceNorm spelling:
+    /// reshape to `B,2,12N`, InstanceNorm with unit scale and zero bias, reshape back, then the
+    /// per-channel affine `beta + norm · gamma` with random `gamma`, `beta` (`8,1,1`).
+    fn group_norm_as_instance_norm(&mut self, x: ValueRef) -> ValueRef {
+        let r = self.add(Op::Reshape, &[Some(x)], vec![SymDim::sym("B"), SymDim::konst(2), SymDim::sym("N") * SymDim::konst(12)]);
+        let ones = self.konst(Tensor::from_f32s(vec![2], vec![1.0; 2]));
+        let zeros = self.konst(Tensor::from_f32s(vec![2], vec![0.0; 2]));
+        let rs = self.g.value_type(r).shape.clone();
+        let n = self.add(Op::InstanceNorm { epsilon: 1e-5 }, &[Some(r), Some(ones), Some(zeros)], rs);
+        let back = self.op(Op::Reshape, &[n], "B,8,N,3");
+        let gamma = self.weight(&[8, 1, 1]);
+        let beta = self.weight(&[8, 1, 1]);
+        let scaled = self.bin(BinaryOp::Mul, back, gamma);
+        self.bin(BinaryOp::Add, beta, scaled)
+    }
     fn output(mut self, v: ValueRef) -> Graph {
         self.g.outputs.push(GraphOutput { name: "y".into(), value: v });
         self.g
@@ -197,16 +212,7 @@ fn cleanup_rules() {
 fn group_norm_and_its_affine() {
     let mut g = G::new();
     let x = g.input("x", "B,8,N,3");
-    let r = g.add(Op::Reshape, &[Some(x)], vec![SymDim::sym("B"), SymDim::konst(2), SymDim::sym("N") * SymDim::konst(12)]);
-    let ones = g.konst(Tensor::from_f32s(vec![2], vec![1.0; 2]));
-    let zeros = g.konst(Tensor::from_f32s(vec![2], vec![0.0; 2]));
-    let rs = g.g.value_type(r).shape.clone();
-    let n = g.add(Op::InstanceNorm { epsilon: 1e-5 }, &[Some(r), Some(ones), Some(zeros)], rs);
-    let back = g.op(Op::Reshape, &[n], "B,8,N,3");
-    let gamma = g.weight(&[8, 1, 1]);
-    let beta = g.weight(&[8, 1, 1]);
-    let m = g.bin(BinaryOp::Mul, back, gamma);
-    let y = g.bin(BinaryOp::Add, beta, m);
+    let y = g.group_norm_as_instance_norm(x);
     check("group norm", g.output(y), |o| {
         count(o, |op| matches!(op, Op::GroupNorm { num_groups: 2, .. })) == 1 && count(o, |op| matches!(op, Op::InstanceNorm { .. } | Op::Binary(_))) == 0
     });
@@ -428,16 +434,7 @@ fn stitched_regions() {
     let temb = g.input("temb", "B,8");
     let tv = g.op(Op::Reshape, &[temb], "B,8,1,1");
     let h = g.bin(BinaryOp::Add, x, tv);
-    let r = g.add(Op::Reshape, &[Some(h)], vec![SymDim::sym("B"), SymDim::konst(2), SymDim::sym("N") * SymDim::konst(12)]);
-    let ones = g.konst(Tensor::from_f32s(vec![2], vec![1.0; 2]));
-    let zeros = g.konst(Tensor::from_f32s(vec![2], vec![0.0; 2]));
-    let rs = g.g.value_type(r).shape.clone();
-    let n = g.add(Op::InstanceNorm { epsilon: 1e-5 }, &[Some(r), Some(ones), Some(zeros)], rs);
-    let back = g.op(Op::Reshape, &[n], "B,8,N,3");
-    let gamma = g.weight(&[8, 1, 1]);
-    let beta = g.weight(&[8, 1, 1]);
-    let sc = g.bin(BinaryOp::Mul, back, gamma);
-    let sh = g.bin(BinaryOp::Add, beta, sc);
+    let sh = g.group_norm_as_instance_norm(h);
     let sg = g.un(UnaryOp::Sigmoid, sh);
     let y = g.bin(BinaryOp::Mul, sh, sg);
     check("group norm region", g.output(y), |o| {
