@@ -62,6 +62,14 @@ struct OrtEpFactory;
 #define QUILT_OPTION_LOG_LEVEL "log_level"
 /* A CUDA ordinal: which of the quilt GPU devices given to the session runs it (default: the first). */
 #define QUILT_OPTION_DEVICE_ID "device_id"
+/* 1 | 0 (default 1): run the e-graph optimizer; 0 plans one step per ONNX node (debugging). */
+#define QUILT_OPTION_OPTIMIZE "optimize"
+/* model | fp16 (default model): fp16 runs an fp32 model's math in f16 storage (f32 statistics). */
+#define QUILT_OPTION_PRECISION "precision"
+/* 1 | 0 (default 1): replay each input-shape signature's run from a captured CUDA graph. */
+#define QUILT_OPTION_CUDA_GRAPH "cuda_graph"
+/* A directory for compiled GPU kernels, shared across sessions and processes; empty turns it off. */
+#define QUILT_OPTION_CACHE_DIR "cache_dir"
 
 /*
  * Called by ONNX Runtime at registration: creates quilt's one EP factory in factories[0].
