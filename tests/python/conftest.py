@@ -111,6 +111,11 @@ def load_manifest():
         return json.load(f)
 
 
+def manifest_models():
+    """The manifest's model entries ([] when the fixtures have not been generated)."""
+    return load_manifest()["models"] if MANIFEST.is_file() else []
+
+
 NP_DTYPES = {
     "float32": np.float32, "float": np.float32, "float16": np.float16, "float64": np.float64,
     "double": np.float64, "int64": np.int64, "int32": np.int32, "int8": np.int8, "uint8": np.uint8,
@@ -163,6 +168,25 @@ def assert_close(got, want, atol, rtol, what):
         raise AssertionError(
             f"{what}: {int((~ok).sum())}/{ok.size} element(s) outside atol={atol} rtol={rtol}; "
             f"max abs {np.nanmax(diff):.3e}; worst at {tuple(int(i) for i in worst)}: got {g[worst]} want {w[worst]}")
+
+
+def mismatches_with_cpu_ep(quilt, cpu, entry, dims_list, seed, atol=FP32_ATOL, rtol=FP32_RTOL, where=""):
+    """Runs `quilt` and `cpu` (sessions of the manifest model `entry`) on the same random feeds at
+    each entry of `dims_list` (seed `seed + i` for the i-th) and compares every output with
+    assert_close. Returns the failure messages, so one assert reports every output and size that
+    is off; `where` is appended to each message's location."""
+    output_names = [o.name for o in cpu.get_outputs()]
+    failures = []
+    for i, dims in enumerate(dims_list):
+        feeds = random_inputs(entry["inputs"], dims, seed=seed + i)
+        got = quilt.run(output_names, feeds)
+        want = cpu.run(output_names, feeds)
+        for name, g, w in zip(output_names, got, want):
+            try:
+                assert_close(g, w, atol, rtol, f"{entry['name']} output {name} at {dims}{where}")
+            except AssertionError as e:
+                failures.append(str(e))
+    return failures
 
 
 def run_python_subprocess(code, env_overrides=None, timeout=120):

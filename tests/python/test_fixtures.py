@@ -8,19 +8,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from conftest import (FP32_ATOL, FP32_RTOL, MANIFEST, assert_close, cpu_session, load_manifest,
-                      quilt_session, random_inputs, read_taken_nodes)
-
-
-def _models():
-    if not MANIFEST.is_file():
-        return []
-    return load_manifest()["models"]
+from conftest import (FP32_ATOL, FP32_RTOL, MANIFEST, cpu_session, manifest_models, mismatches_with_cpu_ep,
+                      quilt_session, read_taken_nodes)
 
 
 def test_manifest_exists_and_lists_models():
     assert MANIFEST.is_file(), f"{MANIFEST} is missing (the SD fixtures have not been generated)"
-    models = _models()
+    models = manifest_models()
     assert models, "manifest lists no models"
     for m in models:
         assert (MANIFEST.parent / m["file"]).is_file(), f"manifest entry {m['name']}: {m['file']} is missing"
@@ -32,7 +26,7 @@ def test_manifest_exists_and_lists_models():
 TOLERANCES = {}
 
 
-@pytest.mark.parametrize("entry", _models(), ids=lambda m: m["name"])
+@pytest.mark.parametrize("entry", manifest_models(), ids=lambda m: m["name"])
 def test_fixture_matches_cpu_ep(entry, dump_dir):
     path = MANIFEST.parent / entry["file"]
     atol, rtol = TOLERANCES.get(entry["name"], (FP32_ATOL, FP32_RTOL))
@@ -45,21 +39,11 @@ def test_fixture_matches_cpu_ep(entry, dump_dir):
     # exports gain Gather nodes from ORT's own shape rewrites), so only the unoptimized test below
     # compares node lists with the file; here fallback-disabled creation proves quilt took them all.
 
-    output_names = [o.name for o in cpu.get_outputs()]
-    failures = []
-    for i, dims in enumerate(entry["test_dims"]):
-        feeds = random_inputs(entry["inputs"], dims, seed=1000 + i)
-        got = quilt.run(output_names, feeds)
-        want = cpu.run(output_names, feeds)
-        for name, g, w in zip(output_names, got, want):
-            try:
-                assert_close(g, w, atol, rtol, f"{entry['name']} output {name} at {dims}")
-            except AssertionError as e:
-                failures.append(str(e))
+    failures = mismatches_with_cpu_ep(quilt, cpu, entry, entry["test_dims"], seed=1000, atol=atol, rtol=rtol)
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.parametrize("entry", _models(), ids=lambda m: m["name"])
+@pytest.mark.parametrize("entry", manifest_models(), ids=lambda m: m["name"])
 def test_quilt_takes_every_node_of_the_unoptimized_graph(entry, dump_dir):
     """With ORT's graph optimizations off, the nodes quilt reports are exactly the ONNX file's nodes."""
     path = MANIFEST.parent / entry["file"]

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from conftest import (EP_NAME, FALLBACK_DISABLED_MARKER, FP32_ATOL, FP32_RTOL, MANIFEST, assert_close, cpu_session,
-                      load_manifest, random_inputs, read_taken_nodes, register_quilt)
+                      manifest_models, mismatches_with_cpu_ep, random_inputs, read_taken_nodes, register_quilt)
 
 NVIDIA = 0x10DE
 UNET = MANIFEST.parent / "unet" / "model.onnx"
@@ -59,10 +59,6 @@ def to_host(value):
     return host
 
 
-def _models():
-    return load_manifest()["models"] if MANIFEST.is_file() else []
-
-
 def _dims_with_both_batches(test_dims):
     """Each manifest size at batch 1 and batch 2 (models without a batch dim as they are)."""
     out = []
@@ -87,7 +83,7 @@ def test_gpu_device_is_bound_to_an_nvidia_hardware_device(gpu_device):
     assert mem is not None, "quilt's GPU device registered no device memory"
 
 
-@pytest.mark.parametrize("entry", _models(), ids=lambda m: m["name"])
+@pytest.mark.parametrize("entry", manifest_models(), ids=lambda m: m["name"])
 def test_fixture_on_gpu_matches_cpu_ep(entry, gpu_device, dump_dir):
     path = MANIFEST.parent / entry["file"]
     try:
@@ -99,23 +95,14 @@ def test_fixture_on_gpu_matches_cpu_ep(entry, gpu_device, dump_dir):
     cpu = cpu_session(path)
     assert any(nodes for _, nodes in read_taken_nodes(dump_dir)), f"{entry['name']}: quilt compiled nothing"
 
-    output_names = [o.name for o in cpu.get_outputs()]
-    failures = []
     # One session for every batch and size: one compile serves them all.
-    for i, dims in enumerate(_dims_with_both_batches(entry["test_dims"])):
-        feeds = random_inputs(entry["inputs"], dims, seed=2000 + i)
-        got = quilt.run(output_names, feeds)
-        want = cpu.run(output_names, feeds)
-        for name, g, w in zip(output_names, got, want):
-            try:
-                assert_close(g, w, FP32_ATOL, FP32_RTOL, f"{entry['name']} output {name} at {dims} on the GPU")
-            except AssertionError as e:
-                failures.append(str(e))
+    dims_list = _dims_with_both_batches(entry["test_dims"])
+    failures = mismatches_with_cpu_ep(quilt, cpu, entry, dims_list, seed=2000, where=" on the GPU")
     assert not failures, "\n".join(failures)
 
 
 def _unet_spec():
-    entry = next(m for m in _models() if m["file"] == "unet/model.onnx")
+    entry = next(m for m in manifest_models() if m["file"] == "unet/model.onnx")
     return entry, entry["test_dims"][-1]
 
 
