@@ -248,3 +248,135 @@ fn every_flash_attention_variant_compiles_for_sm90_without_spills() {
     println!("{}", report.join("\n"));
     assert!(bad.is_empty(), "spills or stack frames:\n{}", bad.join("\n"));
 }
+
+/// A one-step plan of a stitched `silu(norm(x + b) · s + c)` region over `domain` (a dim of 0
+/// is the symbol "S"), in `dtype`: `x` has the domain's shape, `b` one value per (batch,
+/// channel) `[N, C, 1, …]`, `s` and `c` one per channel of axis 1 (GroupNorm) or per element of
+/// the last axis (LayerNorm over the last axis).
+fn norm_region_plan(domain: &[usize], rows: quilt_rewrites::ir::RowSpec, dtype: quilt_rewrites::DType) -> quilt_rewrites::Plan {
+    use quilt_rewrites::ir::{BinaryOp, Operand, RegionInput, RegionNode, RegionOp, RegionOutput, RowSpec, StitchedRegion};
+    use quilt_rewrites::plan::{Buffer, BufferKind, OpStep, PlanValue, Step};
+    use quilt_rewrites::{SymDim, TensorType};
+    let dim = |d: usize| if d == 0 { SymDim::sym("S") } else { SymDim::from(d) };
+    let dom: Vec<SymDim> = domain.iter().map(|&d| dim(d)).collect();
+    let r = domain.len();
+    let mut bias = dom.clone();
+    bias[2..].iter_mut().for_each(|d| *d = SymDim::from(1usize));
+    let affine: Vec<SymDim> = match rows {
+        RowSpec::Groups { .. } => std::iter::once(dom[1].clone()).chain((2..r).map(|_| SymDim::from(1usize))).collect(),
+        RowSpec::Trailing { .. } => vec![dom[r - 1].clone()],
+    };
+    let views = [dom.clone(), bias, affine.clone(), affine];
+    let ew = |op: Op, args: Vec<Operand>| RegionNode { op: RegionOp::Elementwise(op), args, dtype };
+    let region = StitchedRegion {
+        domain: dom.clone(),
+        inputs: views.iter().map(|v| RegionInput { dtype, view: v.clone() }).collect(),
+        nodes: vec![
+            ew(Op::Binary(BinaryOp::Add), vec![Operand::Input(0), Operand::Input(1)]),
+            RegionNode { op: RegionOp::Normalize { rows, epsilon: 1e-5 }, args: vec![Operand::Node(0)], dtype },
+            ew(Op::Binary(BinaryOp::Mul), vec![Operand::Node(1), Operand::Input(2)]),
+            ew(Op::Binary(BinaryOp::Add), vec![Operand::Node(2), Operand::Input(3)]),
+            ew(Op::Silu, vec![Operand::Node(3)]),
+        ],
+        outputs: vec![RegionOutput { node: 4, dtype }],
+    };
+    let mut plan = quilt_rewrites::Plan::default();
+    for (i, v) in views.iter().enumerate() {
+        plan.buffers.push(Buffer { ty: TensorType::new(dtype, v.clone()), kind: BufferKind::Input(i) });
+        plan.inputs.push(PlanValue { name: ["x", "b", "s", "c"][i].into(), buffer: i });
+    }
+    plan.buffers.push(Buffer { ty: TensorType::new(dtype, dom), kind: BufferKind::Intermediate });
+    plan.outputs.push(PlanValue { name: "y".into(), buffer: 4 });
+    if domain.contains(&0) {
+        plan.symbols.push("S".into());
+    }
+    let op = Op::Stitched(std::sync::Arc::new(region));
+    plan.steps.push(Step::Op(OpStep { node: "norm_region".into(), op, inputs: (0..4).map(Some).collect(), outputs: vec![4] }));
+    plan
+}
+
+/// The launch plan of step 0 of a plan whose dims are all constants.
+fn launch_plan(plan: &quilt_rewrites::Plan) -> codegen::LaunchPlan {
+    use quilt_rewrites::plan::Step;
+    let Step::Op(s) = &plan.steps[0];
+    let codegen::StepKind::Code(code) = codegen::generate(plan, s, 0).unwrap() else { panic!("no code") };
+    let shape = |b: usize| -> Vec<usize> { plan.buffers[b].ty.shape.iter().map(|d| d.as_const().unwrap() as usize).collect() };
+    let ins: Vec<Vec<usize>> = s.inputs.iter().map(|b| shape(b.unwrap())).collect();
+    let outs: Vec<Vec<usize>> = s.outputs.iter().map(|&b| shape(b)).collect();
+    // No symbols: the default (empty) bindings evaluate every dim.
+    let bindings = Default::default();
+    let shapes = codegen::StepShapes { ins: ins.iter().map(|v| Some(v.as_slice())).collect(), outs: outs.iter().map(|v| v.as_slice()).collect(), bindings: &bindings };
+    code.plan(&shapes).unwrap()
+}
+
+/// (kernel, blocks, head params, args) of each launch.
+fn launches(lp: &codegen::LaunchPlan) -> Vec<(usize, u64, [i64; 3], Vec<codegen::Arg>)> {
+    lp.actions
+        .iter()
+        .map(|a| match a {
+            codegen::Action::Launch { kernel, work: codegen::Work::Rows(n), params, args } => (*kernel, *n, [params.0[0], params.0[1], params.0[2]], args.clone()),
+            other => panic!("not a row launch: {other:?}"),
+        })
+        .collect()
+}
+
+/// Long GroupNorm rows (the SD VAE decoder's 128 channels at 512², the UNet's 320 at 64²) run
+/// as a partials launch and an apply launch of rows × chunks blocks with per-chunk (mean, M2) in
+/// scratch; short rows keep one block per row, and regions whose rows are constant and short do
+/// not carry the split kernels at all. Every variant compiles for sm_90 without spills.
+#[test]
+fn long_norm_rows_split_their_statistics() {
+    use codegen::Arg;
+    use quilt_rewrites::ir::RowSpec;
+    use quilt_rewrites::DType;
+    let g32 = RowSpec::Groups { groups: 32 };
+    let names = |src: &str| -> Vec<String> { src.lines().filter_map(|l| l.strip_prefix("extern \"C\" __global__ void ")).map(|r| r.split('(').next().unwrap().to_string()).collect() };
+    let mut sources = Vec::new();
+
+    // VAE decoder, 128 channels at 512², batch 1: 32 rows of 4 · 262144 → 64 chunks of 16384.
+    let vae = norm_region_plan(&[1, 128, 512, 512], g32.clone(), DType::F32);
+    let src = codegen::step_source(&vae, 0).unwrap().unwrap();
+    assert_eq!(names(&src), ["q_st", "q_st_part", "q_st_apply"]);
+    let lp = launch_plan(&vae);
+    let io: Vec<Arg> = vec![Arg::Out(0), Arg::In(0), Arg::In(1), Arg::In(2), Arg::In(3), Arg::Scratch(0)];
+    assert_eq!(lp.scratch, [2 * 32 * 64 * 4]);
+    assert_eq!(launches(&lp), [(1, 32 * 64, [32, 1 << 20, 64], io.clone()), (2, 32 * 64, [32, 1 << 20, 64], io.clone())]);
+    sources.push(("vae 512² f32", src));
+
+    // UNet, 320 channels at 64², batch 2: 64 rows of 10 · 4096 → 16 chunks (1024 blocks).
+    let lp = launch_plan(&norm_region_plan(&[2, 320, 64, 64], g32.clone(), DType::F32));
+    assert_eq!(lp.scratch, [2 * 64 * 16 * 4]);
+    assert_eq!(launches(&lp).iter().map(|l| (l.0, l.1, l.2)).collect::<Vec<_>>(), [(1, 1024, [64, 40960, 16]), (2, 1024, [64, 40960, 16])]);
+
+    // Short GroupNorm rows (1280 channels at 8²): the row kernel only, no scratch.
+    let lp = launch_plan(&norm_region_plan(&[2, 1280, 8, 8], g32.clone(), DType::F32));
+    assert!(lp.scratch.is_empty());
+    assert_eq!(launches(&lp), [(0, 64, [64, 2560, 2], io[..5].to_vec())]); // rows, L, then dims
+
+    // LayerNorm rows of 1280: constant and short, so the module has the row kernel alone.
+    let ln = norm_region_plan(&[2, 77, 1280], RowSpec::Trailing { axis: 2 }, DType::F32);
+    let src = codegen::step_source(&ln, 0).unwrap().unwrap();
+    assert_eq!(names(&src), ["q_st"]);
+    assert_eq!(launches(&launch_plan(&ln)).iter().map(|l| (l.0, l.1)).collect::<Vec<_>>(), [(0, 154)]);
+    sources.push(("layernorm 1280 f32", src));
+
+    // Symbolic spatial size: both paths are compiled, the choice is made per run.
+    for dtype in [DType::F16, DType::F64] {
+        let src = codegen::step_source(&norm_region_plan(&[2, 64, 0, 0], g32.clone(), dtype), 0).unwrap().unwrap();
+        assert_eq!(names(&src), ["q_st", "q_st_part", "q_st_apply"], "{dtype}");
+        sources.push((if dtype == DType::F16 { "symbolic f16" } else { "symbolic f64" }, src));
+    }
+
+    if !support::nvrtc_or_skip() {
+        return;
+    }
+    for (origin, src) in &sources {
+        let compiled = nvrtc::compile(src, "norm.cu", (9, 0)).unwrap_or_else(|e| panic!("{origin}: {e}\n--- source ---\n{src}"));
+        let stats = nvrtc::kernel_stats(&compiled.log);
+        assert_eq!(stats.len(), names(src).len(), "{origin}: {}", compiled.log);
+        for k in &stats {
+            println!("{origin}: {} {} registers, {} bytes stack", k.name, k.registers, k.stack_bytes);
+            assert!(k.spill_store_bytes == 0 && k.spill_load_bytes == 0, "{origin}: {k:?}");
+        }
+    }
+}

@@ -3,15 +3,21 @@
 //! - Elementwise regions: one thread per domain element (grid-stride loop); each input is read
 //!   through per-axis strides of its view broadcast to the domain (0 on broadcast axes), every
 //!   node is one local variable, every output one store.
-//! - Normalizing regions: one block per row. Pass 1 evaluates the prologue (the nodes the
-//!   normalization reads) and sums the normalized value, pass 2 sums squared deviations from the
-//!   mean (so large means do not cancel), pass 3 evaluates every node with the normalized value
-//!   `(x − mean) · rstd` and stores the outputs. Statistics are f32 (f64 for f64 regions).
+//! - Normalizing regions, short rows: one block per row. Pass 1 evaluates the prologue (the
+//!   nodes the normalization reads) and sums the normalized value, pass 2 sums squared
+//!   deviations from the mean (so large means do not cancel), pass 3 evaluates every node with
+//!   the normalized value `(x − mean) · rstd` and stores the outputs.
+//! - Normalizing regions, long rows (chosen by `plan()` from the row length at run time, see
+//!   `split`): a partials kernel and an apply kernel, each one block per (row, chunk), with
+//!   per-chunk (mean, M2) in the step's scratch between them.
 //!
-//! Math is f32 (f64 when the region computes f64 values); inputs/outputs are loaded and stored
-//! in their buffers' dtypes (f16/bf16 included). Domain sizes and strides are kernel params,
-//! so one module serves every shape. Params: elementwise `n, dims[r], strides[k][r]`;
-//! normalizing `rows, row_len, dims[r], strides[k][r]`.
+//! Statistics are f32 (f64 for f64 regions). Math is f32 (f64 when the region computes f64
+//! values); inputs/outputs are loaded and stored in their buffers' dtypes (f16/bf16 included).
+//! Domain sizes and strides are kernel params, so one module serves every shape. Params:
+//! elementwise `n, dims[r], strides[k][r]`; normalizing `rows, row_len, dims[r], strides[k][r]`;
+//! split normalizing `rows, row_len, chunks, dims[r], strides[k][r]`.
+
+mod split;
 
 use quilt_rewrites::ir::{BinaryOp, Operand, RegionOp, StitchedRegion};
 use quilt_rewrites::{DType, Op};
@@ -24,6 +30,10 @@ pub struct StitchedCode {
     region: StitchedRegion,
     kernels: Vec<Kernel>,
     rank: usize,
+    /// Whether kernels 1 (partials) and 2 (apply) exist for long normalization rows.
+    split: bool,
+    /// Bytes of one statistics value (f32, or f64 for f64 regions).
+    compute_bytes: usize,
 }
 
 fn binary(b: BinaryOp, c: CType, a: &str, y: &str) -> Result<String, String> {
@@ -100,6 +110,15 @@ impl StitchedCode {
         if params > PARAM_SLOTS {
             return Err(format!("a region of rank {r} with {} inputs needs {params} kernel params (at most {PARAM_SLOTS})", region.inputs.len()));
         }
+        // The split kernels take one more head param (the chunk count). They are generated
+        // unless the rows are known to be short, and when their params fit.
+        let split = match norm {
+            Some((_, rows, _)) => {
+                let short = rows.row_len(&region.domain).as_const().is_some_and(|l| l >= 0 && l as usize <= split::SPLIT_ABOVE);
+                !short && params < PARAM_SLOTS
+            }
+            None => false,
+        };
         // One compute type: f64 when any value is f64, else f32.
         let any_f64 = region.nodes.iter().any(|n| n.dtype == DType::F64) || t.ins.iter().flatten().any(|d| *d == DType::F64);
         let c = CType::of(if any_f64 { DType::F64 } else { DType::F32 });
@@ -113,15 +132,16 @@ impl StitchedCode {
         for (k, ct) in ins.iter().enumerate() {
             args += &format!(", const {}* __restrict__ in{k}", ct.storage());
         }
-        let offsets: Vec<(String, usize)> = (0..ins.len()).map(|k| (format!("o{k}"), head + r + k * r)).collect();
-        let refs: Vec<(&str, usize)> = offsets.iter().map(|(n, at)| (n.as_str(), *at)).collect();
-        // The body for element `i`: loads, then nodes `upto` (exclusive), the normalized value
-        // given by `normalized` when the norm node is reached.
         let operand = |o: &Operand| match *o {
             Operand::Input(k) => format!("a{k}"),
             Operand::Node(j) => format!("t{j}"),
         };
-        let element = |upto: usize, normalized: Option<&str>, indent: &str| -> Result<String, String> {
+        // The body for element `i` with the domain's dims at params `head..`: loads, then nodes
+        // `upto` (exclusive), the normalized value given by `normalized` when the norm node is
+        // reached.
+        let element = |head: usize, upto: usize, normalized: Option<&str>, indent: &str| -> Result<String, String> {
+            let offsets: Vec<(String, usize)> = (0..ins.len()).map(|k| (format!("o{k}"), head + r + k * r)).collect();
+            let refs: Vec<(&str, usize)> = offsets.iter().map(|(n, at)| (n.as_str(), *at)).collect();
             let mut s: String = decompose(r, head, &refs).lines().map(|l| format!("{indent}{}\n", l.trim_start())).collect();
             for (k, ct) in ins.iter().enumerate() {
                 s += &format!("{indent}{cc} a{k} = ({cc}){};\n", ct.load(&format!("in{k}[o{k}]")));
@@ -147,31 +167,61 @@ impl StitchedCode {
             s
         };
         let mut body = format!("extern \"C\" __global__ void {name}({args}) {{\n");
+        let mut kernels = Vec::new();
         match norm {
             None => {
                 body += "  Q_LOOP(p.v[0]) {\n";
-                body += &element(region.nodes.len(), None, "    ")?;
+                body += &element(head, region.nodes.len(), None, "    ")?;
                 body += &stores("    ");
                 body += "  }\n}\n";
             }
             Some((k, _, eps)) => {
                 let x = operand(&region.nodes[k].args[0]);
+                let eps = lit(eps as f64, cc);
+                let sqrt = c.math("sqrt");
                 // Passes 1 and 2 evaluate the nodes before the norm (its prologue, and any
                 // independent node that happens to come earlier: cheap, and side-effect free).
-                let stats = element(k, None, "      ")?;
+                let stats = element(head, k, None, "      ")?;
                 body += "  for (long long row = blockIdx.x; row < p.v[0]; row += gridDim.x) {\n";
                 body += "    long long L = p.v[1]; long long base = row * L;\n";
                 body += &format!("    {cc} s_ = 0;\n    for (long long k_ = threadIdx.x; k_ < L; k_ += blockDim.x) {{\n      long long i = base + k_;\n{stats}      s_ += {x};\n    }}\n");
                 body += &format!("    {cc} mean_ = q_block_reduce(s_, QSum()) / ({cc})L;\n");
                 body += &format!("    {cc} v_ = 0;\n    for (long long k_ = threadIdx.x; k_ < L; k_ += blockDim.x) {{\n      long long i = base + k_;\n{stats}      {cc} d_ = {x} - mean_; v_ += d_ * d_;\n    }}\n");
-                body += &format!("    {cc} rstd_ = ({cc})1 / {}(q_block_reduce(v_, QSum()) / ({cc})L + {});\n", c.math("sqrt"), lit(eps as f64, cc));
+                body += &format!("    {cc} rstd_ = ({cc})1 / {sqrt}(q_block_reduce(v_, QSum()) / ({cc})L + {eps});\n");
                 body += "    for (long long k_ = threadIdx.x; k_ < L; k_ += blockDim.x) {\n      long long i = base + k_;\n";
-                body += &element(region.nodes.len(), Some("((X - mean_) * rstd_)"), "      ")?;
+                body += &element(head, region.nodes.len(), Some("((X - mean_) * rstd_)"), "      ")?;
                 body += &stores("      ");
                 body += "    }\n  }\n}\n";
+                if split {
+                    let head = head + 1;
+                    // Partials: Welford per thread over the chunk, merged per block.
+                    let mut part = split::helpers(cc);
+                    part += &format!("extern \"C\" __global__ void {name}_part({args}, {cc}* __restrict__ part) {{\n");
+                    part += split::BLOCK_LOOP;
+                    part += &format!("    {cc} n_ = 0, m_ = 0, v_ = 0;\n    for (long long k_ = beg_ + threadIdx.x; k_ < end_; k_ += blockDim.x) {{\n      long long i = row * L + k_;\n");
+                    part += &element(head, k, None, "      ")?;
+                    part += &format!("      {cc} x_ = {x}; n_ += ({cc})1; {cc} d_ = x_ - m_; m_ += d_ / n_; v_ += d_ * (x_ - m_);\n    }}\n");
+                    part += "    q_wf_block(n_, m_, v_);\n    if (threadIdx.x == 0) { part[2 * blk] = m_; part[2 * blk + 1] = v_; }\n  }\n}\n";
+                    // Apply: merge the row's partials (chunk counts from the indices), then
+                    // normalize this chunk and run the epilogue.
+                    let mut apply = format!("extern \"C\" __global__ void {name}_apply({args}, const {cc}* __restrict__ part) {{\n");
+                    apply += split::BLOCK_LOOP;
+                    apply += &format!("    {cc} n_ = 0, m_ = 0, v_ = 0;\n    for (long long c_ = threadIdx.x; c_ < C; c_ += blockDim.x) {{\n");
+                    apply += "      long long cb_ = c_ * CL; long long cn_ = cb_ >= L ? 0 : (cb_ + CL < L ? CL : L - cb_);\n";
+                    apply += &format!("      q_wf_add(n_, m_, v_, ({cc})cn_, part[2 * (row * C + c_)], part[2 * (row * C + c_) + 1]);\n    }}\n");
+                    apply += &format!("    q_wf_block(n_, m_, v_);\n    {cc} mean_ = m_, rstd_ = ({cc})1 / {sqrt}(v_ / ({cc})L + {eps});\n");
+                    apply += "    for (long long k_ = beg_ + threadIdx.x; k_ < end_; k_ += blockDim.x) {\n      long long i = row * L + k_;\n";
+                    apply += &element(head, region.nodes.len(), Some("((X - mean_) * rstd_)"), "      ")?;
+                    apply += &stores("      ");
+                    apply += "    }\n  }\n}\n";
+                    kernels.push(Kernel { name: format!("{name}_part"), body: part });
+                    kernels.push(Kernel { name: format!("{name}_apply"), body: apply });
+                }
             }
         }
-        Ok(StitchedCode { region, kernels: vec![Kernel { name, body }], rank: r })
+        kernels.insert(0, Kernel { name, body });
+        let compute_bytes = c.dtype.size_bytes();
+        Ok(StitchedCode { region, kernels, rank: r, split, compute_bytes })
     }
 }
 
@@ -191,23 +241,8 @@ impl StepCode for StitchedCode {
             }
         }
         let n = numel(&domain);
-        let mut p = ParamList::default();
-        let work = match self.region.norm() {
-            None => {
-                p.push(n as i64);
-                Work::Elements(n as u64)
-            }
-            Some((_, rows, _)) => {
-                let len = s.bindings.eval(&rows.row_len(&self.region.domain))? as usize;
-                if len == 0 || n % len != 0 {
-                    return Err(format!("rows of {len} elements do not tile the domain {domain:?}"));
-                }
-                p.push((n / len) as i64);
-                p.push(len as i64);
-                Work::Rows((n / len) as u64)
-            }
-        };
-        p.extend(domain.iter().map(|&d| d as i64));
+        // Dims and per-input strides: every kernel's params after its head.
+        let mut tail: Vec<i64> = domain.iter().map(|&d| d as i64).collect();
         for (k, inp) in self.region.inputs.iter().enumerate() {
             let shape = s.input(k)?;
             let view: Vec<usize> = inp.view.iter().map(|d| s.bindings.eval(d).map(|v| v as usize)).collect::<Result<_, _>>()?;
@@ -217,13 +252,41 @@ impl StepCode for StitchedCode {
             let mut st = broadcast_strides(&view, &domain).map_err(|e| format!("input {k}: {e}"))?;
             // Right-aligned: leading domain axes the view lacks have stride 0 already.
             st.resize(self.rank, 0);
-            p.extend(st);
+            tail.extend(st);
         }
+        let params = |head: &[i64]| {
+            let mut p = ParamList::default();
+            p.extend(head.iter().copied());
+            p.extend(tail.iter().copied());
+            p.finish()
+        };
         let mut args: Vec<Arg> = (0..self.region.outputs.len()).map(Arg::Out).collect();
         args.extend((0..self.region.inputs.len()).map(Arg::In));
         let mut plan = LaunchPlan::default();
-        if n > 0 {
-            plan.actions.push(Action::Launch { kernel: 0, work, params: p.finish()?, args });
+        if n == 0 {
+            return Ok(plan);
+        }
+        match self.region.norm() {
+            None => plan.actions.push(Action::Launch { kernel: 0, work: Work::Elements(n as u64), params: params(&[n as i64])?, args }),
+            Some((_, rows, _)) => {
+                let len = s.bindings.eval(&rows.row_len(&self.region.domain))? as usize;
+                if len == 0 || n % len != 0 {
+                    return Err(format!("rows of {len} elements do not tile the domain {domain:?}"));
+                }
+                let rows = n / len;
+                match split::chunks(rows, len).filter(|_| self.split) {
+                    None => plan.actions.push(Action::Launch { kernel: 0, work: Work::Rows(rows as u64), params: params(&[rows as i64, len as i64])?, args }),
+                    Some(chunks) => {
+                        // Partials (kernel 1) then apply (kernel 2), ordered on the step's stream.
+                        plan.scratch.push(2 * rows * chunks * self.compute_bytes);
+                        args.push(Arg::Scratch(0));
+                        let p = params(&[rows as i64, len as i64, chunks as i64])?;
+                        let work = Work::Rows((rows * chunks) as u64);
+                        plan.actions.push(Action::Launch { kernel: 1, work, params: p, args: args.clone() });
+                        plan.actions.push(Action::Launch { kernel: 2, work, params: p, args });
+                    }
+                }
+            }
         }
         Ok(plan)
     }
