@@ -120,6 +120,7 @@ fn conv_plan(case: &Case, dtype: DType, rng: &mut Rng) -> Plan {
         outputs: vec![PlanValue { name: "y".into(), buffer: y }],
         steps: vec![Step::Op(OpStep { node: format!("conv {}", case.name), op, inputs, outputs: vec![y] })],
         symbols,
+        ..Plan::default()
     }
 }
 
