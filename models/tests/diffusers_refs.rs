@@ -25,7 +25,7 @@ use quilt_models::sd::txt2img::{SdPipeline, Txt2ImgRequest};
 use serde_json::Value;
 
 mod common;
-use common::runtime;
+use common::{max_diff_rel, runtime};
 
 const LATENT_ATOL: f32 = 5e-4;
 const LATENT_RTOL: f32 = 1e-4;
@@ -41,15 +41,6 @@ fn floats(v: &Value) -> Vec<f32> {
 
 fn usize_of(case: &Value, key: &str) -> usize {
     case[key].as_u64().unwrap_or_else(|| panic!("{key}")) as usize
-}
-
-/// (max |a - b|, max of |a - b| - LATENT_RTOL·|b|).
-fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).fold((0.0f32, f32::NEG_INFINITY), |(abs, ex), (&x, &y)| {
-        let d = (x - y).abs();
-        (abs.max(d), ex.max(d - LATENT_RTOL * y.abs()))
-    })
 }
 
 fn request(case: &Value) -> Txt2ImgRequest {
@@ -101,8 +92,8 @@ fn pipelines_match_diffusers() {
             let got = pipeline.generate(&req, init, &mut |_, _, _| {}).unwrap();
             let shape: Vec<usize> = got.latent_shape.to_vec();
             assert_eq!(shape, case["latent_shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect::<Vec<_>>(), "{name}");
-            let (lat_abs, lat_excess) = diff(&got.latents, &want_latents);
-            let (img_abs, _) = diff(&got.image, &want_image);
+            let (lat_abs, lat_excess) = max_diff_rel(&got.latents, &want_latents, LATENT_RTOL);
+            let (img_abs, _) = max_diff_rel(&got.image, &want_image, LATENT_RTOL);
             println!("{name:28} {ep:?}: latents max |Δ| {lat_abs:.2e}, image max |Δ| {img_abs:.2e}");
             if lat_excess > LATENT_ATOL || img_abs > IMAGE_ATOL {
                 failures.push(format!("{name} ({ep:?}): latents max |Δ| {lat_abs:e}, image max |Δ| {img_abs:e}"));

@@ -7,10 +7,7 @@
 //! Tolerance (as txt2img.rs): final latents within 1e-3 absolute + 1e-3 relative of the CPU EP's,
 //! decoded images within 2e-3 absolute (both fp32; kernels sum in other orders).
 
-use std::path::PathBuf;
-
-use quilt_models::runtime::Runtime;
-use quilt_models::sd::bundled::{materialize, TinyPipeline};
+use quilt_models::sd::bundled::TinyPipeline;
 use quilt_models::sd::generate::strength_start;
 use quilt_models::sd::images::{SdImage, SdMask};
 use quilt_models::sd::models::Ep;
@@ -19,24 +16,7 @@ use quilt_models::sd::schedulers::SchedulerKind;
 use quilt_models::sd::txt2img::{Generated, SdPipeline, Txt2ImgRequest};
 
 mod common;
-use common::{max_diff, runtime};
-
-/// A fresh copy of the tiny pipeline `kind` for one test (tests run in parallel).
-fn tiny(kind: TinyPipeline, test: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../target/quilt-sd-test-{}-{test}/{}", std::process::id(), kind.dir_name()));
-    materialize(kind, &dir).unwrap()
-}
-
-fn cleanup(dir: &std::path::Path) {
-    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
-}
-
-fn pair(runtime: &Runtime, dir: &std::path::Path) -> (SdPipeline, SdPipeline) {
-    let quilt = SdPipeline::load(runtime, PipelineDir::open(dir).unwrap(), Ep::Quilt).unwrap();
-    let cpu = SdPipeline::load(runtime, PipelineDir::open(dir).unwrap(), Ep::Cpu).unwrap();
-    assert!(quilt.fallbacks().is_empty(), "quilt declined nodes of {:?}", quilt.fallbacks());
-    (quilt, cpu)
-}
+use common::{cleanup, max_diff, pair, runtime, tiny};
 
 fn request(size: usize, steps: usize, seed: u64, scheduler: Option<SchedulerKind>) -> Txt2ImgRequest {
     Txt2ImgRequest {

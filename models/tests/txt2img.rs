@@ -6,25 +6,19 @@
 //! within 2e-3 absolute (both fp32; differences come from summation order inside kernels and grow
 //! a little over the denoising steps).
 
-use std::path::PathBuf;
-
-use quilt_models::sd::bundled::materialize_tiny_pipeline;
-use quilt_models::sd::models::Ep;
+use quilt_models::sd::bundled::{materialize_tiny_pipeline, TinyPipeline};
 use quilt_models::sd::pipeline_dir::PipelineDir;
 use quilt_models::sd::schedulers::{NoiseSource, SchedulerKind};
-use quilt_models::sd::txt2img::{SdPipeline, Txt2ImgRequest};
+use quilt_models::sd::txt2img::Txt2ImgRequest;
 
 mod common;
-use common::{max_diff, runtime};
+use common::{cleanup, max_diff, pair, runtime, tiny};
 
 #[test]
 fn tiny_txt2img_quilt_matches_cpu_ep() {
     let Some(runtime) = runtime() else { return };
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../target/quilt-sd-test-{}/tiny_sd", std::process::id()));
-    materialize_tiny_pipeline(&dir).unwrap();
-    let mut quilt = SdPipeline::load(&runtime, PipelineDir::open(&dir).unwrap(), Ep::Quilt).unwrap();
-    let mut cpu = SdPipeline::load(&runtime, PipelineDir::open(&dir).unwrap(), Ep::Cpu).unwrap();
-    assert!(quilt.fallbacks().is_empty(), "quilt declined nodes of {:?}", quilt.fallbacks());
+    let dir = tiny(TinyPipeline::Sd, "txt2img");
+    let (mut quilt, mut cpu) = pair(runtime, &dir);
 
     for (scheduler, size, seed) in [(None, 32, 1), (Some(SchedulerKind::EulerAncestral), 24, 2), (Some(SchedulerKind::DpmSolverMultistep), 16, 3)] {
         let req = Txt2ImgRequest {
@@ -57,7 +51,7 @@ fn tiny_txt2img_quilt_matches_cpu_ep() {
         let other = cpu.txt2img(&Txt2ImgRequest { seed: seed + 100, ..req.clone() }, &mut |_, _, _| {}).unwrap();
         assert_ne!(other.latents, c.latents);
     }
-    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    cleanup(&dir);
 }
 
 #[test]
@@ -90,10 +84,8 @@ fn bad_pipeline_directories_are_named() {
 #[test]
 fn prompt_batches_match_single_runs() {
     let Some(runtime) = runtime() else { return };
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../target/quilt-sd-test-batch-{}/tiny_sd", std::process::id()));
-    materialize_tiny_pipeline(&dir).unwrap();
-    let mut quilt = SdPipeline::load(&runtime, PipelineDir::open(&dir).unwrap(), Ep::Quilt).unwrap();
-    let mut cpu = SdPipeline::load(&runtime, PipelineDir::open(&dir).unwrap(), Ep::Cpu).unwrap();
+    let dir = tiny(TinyPipeline::Sd, "batch");
+    let (mut quilt, mut cpu) = pair(runtime, &dir);
     let prompts = ["a red lighthouse on a cliff", "two cats on a sofa"];
     let size = 16;
     let req = Txt2ImgRequest {
@@ -135,5 +127,5 @@ fn prompt_batches_match_single_runs() {
     // Two images of one prompt differ (their noise does).
     let (abs, _) = max_diff(&c.latents[..per_image], &c.latents[per_image..2 * per_image]);
     assert!(abs > 1e-2, "two images of one prompt are the same");
-    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    cleanup(&dir);
 }
