@@ -113,7 +113,12 @@ impl Runtime {
     /// Whether quilt offers a GPU device (an NVIDIA GPU with a working driver); its sessions then run
     /// there, otherwise on quilt's CPU reference device.
     pub fn quilt_has_gpu(&self) -> bool {
-        self.env.devices().any(|d| d.ep().is_ok_and(|n| n == EP_NAME) && d.hardware_device().ty() == DeviceType::GPU)
+        self.quilt_devices().any(|d| d.hardware_device().ty() == DeviceType::GPU)
+    }
+
+    /// Every device quilt offers.
+    fn quilt_devices(&self) -> impl Iterator<Item = ort::device::Device<'_>> + '_ {
+        self.env.devices().filter(|d| d.ep().is_ok_and(|n| n == EP_NAME))
     }
 
     /// A session with every node on quilt's GPU devices when it offers any, else on its reference
@@ -129,7 +134,7 @@ impl Runtime {
             builder = builder.with_config_entry("session.disable_cpu_ep_fallback", "1").map_err(|e| err(&e))?;
         }
         let on_gpu = self.quilt_has_gpu();
-        let devices = self.env.devices().filter(|d| d.ep().is_ok_and(|n| n == EP_NAME)).filter(|d| !on_gpu || d.hardware_device().ty() == DeviceType::GPU);
+        let devices = self.quilt_devices().filter(|d| !on_gpu || d.hardware_device().ty() == DeviceType::GPU);
         let mut builder = builder.with_devices(devices, Some(&prefixed)).map_err(|e| err(&e))?;
         builder.commit_from_file(model).map_err(|e| {
             let message = e.to_string();

@@ -43,13 +43,15 @@ pub fn denoise(
         return Err(ModelsError::Usage(format!("extra UNet channels: {} values are not whole {}x{} planes", extra.len(), shape[2], shape[3])));
     }
     let in_channels = shape[1] + extra.len() / plane;
-    let batch = if guidance.cfg { 2 * images } else { images };
+    // Classifier-free guidance runs the unconditional and conditional halves in one batch.
+    let halves = if guidance.cfg { 2 } else { 1 };
+    let batch = halves * images;
     let sample_shape = vec![batch as i64, in_channels as i64, shape[2] as i64, shape[3] as i64];
     for (i, &t) in timesteps.iter().enumerate() {
         let started = Instant::now();
         let scaled = scheduler.scale_model_input(&latents, t)?;
         let mut sample = Vec::with_capacity(batch * in_channels * plane);
-        for _ in 0..batch / images.max(1) {
+        for _ in 0..halves {
             for image in scaled.chunks_exact(per_image) {
                 sample.extend_from_slice(image);
                 sample.extend_from_slice(extra);
