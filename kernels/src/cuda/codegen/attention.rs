@@ -54,9 +54,10 @@ pub struct AttentionCode {
     has_mask: bool,
     /// The head-dim bucket of each kernel when they are flash-attention variants (f16/bf16).
     flash_buckets: Option<Vec<usize>>,
-    /// The plain kernel's query rows per block and largest head dim.
+    /// The plain kernel's query rows per block (unused by the flash kernel).
     plain_rows: usize,
-    plain_max_dim: usize,
+    /// The largest q/k and v head dim the compiled kernels take.
+    max_head_dim: usize,
 }
 
 impl AttentionCode {
@@ -120,7 +121,7 @@ impl AttentionCode {
                 has_mask: mask.is_some(),
                 flash_buckets: Some(buckets),
                 plain_rows: TQ,
-                plain_max_dim: MAX_HEAD_DIM,
+                max_head_dim: MAX_HEAD_DIM,
             });
         }
         let (tq, tk, qd) = if wide { (WIDE_TQ, WIDE_TK, WIDE_MAX_HEAD_DIM) } else { (TQ, TK, MAX_HEAD_DIM) };
@@ -245,7 +246,7 @@ extern "C" __global__ void {name}({args}) {{
             has_mask: mask.is_some(),
             flash_buckets: None,
             plain_rows: tq,
-            plain_max_dim: qd,
+            max_head_dim: qd,
         })
     }
 }
@@ -292,9 +293,8 @@ impl StepCode for AttentionCode {
         if s.outs[0] != out_shape.as_slice() {
             return Err(format!("attention gives {out_shape:?}, but the output is {:?}", s.outs[0]));
         }
-        let max_dim = if self.flash_buckets.is_some() { MAX_HEAD_DIM } else { self.plain_max_dim };
-        if d > max_dim || dv > max_dim {
-            return Err(format!("head dims {d}/{dv} exceed the CUDA attention kernel's {max_dim}"));
+        if d > self.max_head_dim || dv > self.max_head_dim {
+            return Err(format!("head dims {d}/{dv} exceed the CUDA attention kernel's {}", self.max_head_dim));
         }
         // The kernel to launch, its query rows per block and the scale it takes.
         let (kernel, rows_per_block, scale) = match &self.flash_buckets {
