@@ -1,7 +1,7 @@
 //! Times one ONNX model end to end through quilt's CUDA backend and prints one JSON line.
 //!
 //!   bench_onnx_gpu MODEL.onnx --dims name=v,... [--iters N] [--inputs DIR] [--reference FILE]
-//!                  [--precision model|fp16] [--profile] [--memory]
+//!                  [--precision model|fp16] [--profile] [--profile-json FILE] [--memory]
 //!
 //! The model is loaded with its external data (next to the file), imported strictly, optimized
 //! in the precision `--precision` asks for (`quilt_rewrites::precision::optimize_with_precision`;
@@ -15,8 +15,8 @@
 //! tensors, so the times are host wall clock including host↔device copies and per-run
 //! allocation. `--reference FILE` (raw f32 of the expected first output) adds max abs error and
 //! max abs error relative to the reference's largest magnitude. `--profile` adds one run
-//! synchronised after every step and prints its time per op type to stderr (at full size the
-//! per-step sync costs little next to the kernels, so this shows where the time goes).
+//! synchronised after every step and prints its device time (CUDA events around each step) per
+//! op type to stderr; `--profile-json FILE` also writes every step's times to FILE.
 //! `--memory` samples the GPU's used memory with `nvidia-smi -lms 20` (NVML, every 20 ms) from
 //! before `CudaExecutable::new` until after the timed runs and reports `memory.baseline_bytes`
 //! (before), `memory.after_prepare_bytes` and `memory.peak_delta_bytes` (largest sample minus
@@ -47,15 +47,16 @@ struct Args {
     inputs: Option<PathBuf>,
     reference: Option<PathBuf>,
     profile: bool,
+    profile_json: Option<PathBuf>,
     precision: Precision,
     memory: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let usage = "usage: bench_onnx_gpu MODEL.onnx --dims name=v,... [--iters N] [--inputs DIR] [--reference FILE] [--precision model|fp16] [--profile] [--memory]";
+    let usage = "usage: bench_onnx_gpu MODEL.onnx --dims name=v,... [--iters N] [--inputs DIR] [--reference FILE] [--precision model|fp16] [--profile] [--profile-json FILE] [--memory]";
     let mut it = std::env::args().skip(1);
     let (mut model, mut dims, mut iters, mut inputs, mut reference, mut profile) = (None, BTreeMap::new(), 10usize, None, None, false);
-    let (mut precision, mut memory) = (Precision::Model, false);
+    let (mut precision, mut memory, mut profile_json) = (Precision::Model, false, None);
     while let Some(a) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value\n{usage}"));
         match a.as_str() {
@@ -70,6 +71,10 @@ fn parse_args() -> Result<Args, String> {
             "--inputs" => inputs = Some(PathBuf::from(value("--inputs")?)),
             "--reference" => reference = Some(PathBuf::from(value("--reference")?)),
             "--profile" => profile = true,
+            "--profile-json" => {
+                profile = true;
+                profile_json = Some(PathBuf::from(value("--profile-json")?));
+            }
             "--memory" => memory = true,
             "--precision" => precision = value("--precision")?.parse().map_err(|e| format!("--precision: {e}"))?,
             s if s.starts_with("--") => return Err(format!("unknown flag {s}\n{usage}")),
@@ -81,7 +86,7 @@ fn parse_args() -> Result<Args, String> {
     if iters == 0 {
         return Err("--iters must be at least 1".into());
     }
-    Ok(Args { model, dims, iters, inputs, reference, profile, precision, memory })
+    Ok(Args { model, dims, iters, inputs, reference, profile, profile_json, precision, memory })
 }
 
 fn read_f32(path: &Path) -> Result<Vec<f32>, String> {
@@ -211,28 +216,38 @@ fn make_inputs(plan: &Plan, args: &Args) -> Result<Vec<Tensor>, String> {
     Ok(out)
 }
 
-/// One run synchronised after every step; prints time per op type (largest first) to stderr and
-/// returns the total.
-fn profile(exe: &CudaExecutable, inputs: &[Tensor]) -> Result<f64, String> {
+/// One run synchronised after every step; prints device time per op type (largest first) to
+/// stderr, writes every step (`node`, `op`, `gpu_ms`, `wall_ms`) as JSON to `dump` when given,
+/// and returns the total device time.
+fn profile(exe: &CudaExecutable, inputs: &[Tensor], dump: Option<&Path>) -> Result<f64, String> {
     let (_, steps) = exe.run_profiled(inputs).map_err(|e| format!("profiled run: {e}"))?;
-    let mut by_op: BTreeMap<&str, (usize, f64)> = BTreeMap::new();
+    let mut by_op: BTreeMap<&str, (usize, f64, f64)> = BTreeMap::new();
     for s in &steps {
         let e = by_op.entry(s.op.as_str()).or_default();
         e.0 += 1;
-        e.1 += s.ms;
+        e.1 += s.gpu_ms;
+        e.2 += s.ms;
     }
-    let total: f64 = steps.iter().map(|s| s.ms).sum();
+    let total: f64 = steps.iter().map(|s| s.gpu_ms).sum();
+    let wall: f64 = steps.iter().map(|s| s.ms).sum();
     let mut rows: Vec<_> = by_op.into_iter().collect();
     rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
-    eprintln!("profile (synchronised after each step, host wall time): {} steps, {total:.2} ms", steps.len());
-    for (op, (n, t)) in rows {
-        eprintln!("  {op:<14} {n:>5} steps {t:>10.2} ms {:>6.1}% {:>9.1} us/step", 100.0 * t / total, 1e3 * t / n as f64);
+    eprintln!("profile (device time between events around each step; synchronised after each): {} steps, {total:.2} ms device, {wall:.2} ms wall", steps.len());
+    for (op, (n, t, w)) in rows {
+        eprintln!("  {op:<14} {n:>5} steps {t:>10.2} ms {:>6.1}% {:>9.1} us/step (wall {w:.2} ms)", 100.0 * t / total, 1e3 * t / n as f64);
     }
     let mut slowest: Vec<_> = steps.iter().collect();
-    slowest.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    slowest.sort_by(|a, b| b.gpu_ms.total_cmp(&a.gpu_ms));
     eprintln!("slowest steps:");
-    for s in slowest.iter().take(12) {
-        eprintln!("  {:>8.2} ms  {:<12} {}", s.ms, s.op, s.node);
+    for s in slowest.iter().take(25) {
+        eprintln!("  {:>8.3} ms  {:<12} {}", s.gpu_ms, s.op, s.node);
+    }
+    if let Some(path) = dump {
+        let rows: Vec<String> = steps
+            .iter()
+            .map(|s| format!("{{\"node\":{:?},\"op\":{:?},\"gpu_ms\":{:.4},\"wall_ms\":{:.4}}}", s.node, s.op, s.gpu_ms, s.ms))
+            .collect();
+        std::fs::write(path, format!("[\n{}\n]\n", rows.join(",\n"))).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(total)
 }
@@ -326,7 +341,7 @@ fn run() -> Result<String, String> {
         );
     }
     if args.profile {
-        json += &format!(",\"profile_total_ms\":{:.2}", profile(&exe, &inputs)?);
+        json += &format!(",\"profile_gpu_ms\":{:.2}", profile(&exe, &inputs, args.profile_json.as_deref())?);
     }
     json.push('}');
     Ok(json)

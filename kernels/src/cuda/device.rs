@@ -168,6 +168,12 @@ impl CudaDevice {
         result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING).map(Event).map_err(|e| dev_err("cuEventCreate", e))
     }
 
+    /// A new event that records a timestamp, for profiled runs (`Event::ms_since`).
+    pub fn timing_event(&self) -> Result<Event> {
+        self.bind()?;
+        result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map(Event).map_err(|e| dev_err("cuEventCreate", e))
+    }
+
     /// A new non-blocking stream in this context, destroyed (after draining) on drop.
     pub fn new_raw_stream(self: &Arc<Self>) -> Result<RawStream> {
         self.bind()?;
@@ -338,6 +344,13 @@ impl Event {
     pub fn synchronize(&self) -> Result<()> {
         // SAFETY: a live event.
         unsafe { result::event::synchronize(self.0) }.map_err(|e| dev_err("cuEventSynchronize (an earlier launch failed)", e))
+    }
+
+    /// Device time in ms between `start`'s recorded work and this event's (both complete, both
+    /// made by `Device::timing_event`).
+    pub fn ms_since(&self, start: &Event) -> Result<f64> {
+        // SAFETY: two live timing events of one context, both complete.
+        unsafe { result::event::elapsed(start.0, self.0) }.map(f64::from).map_err(|e| dev_err("cuEventElapsedTime", e))
     }
 }
 

@@ -57,12 +57,14 @@ struct Prepared {
     functions: Vec<Function>,
 }
 
-/// Wall time of one step in a profiled run (synchronised after each step).
+/// Time of one step in a profiled run (synchronised after each step): `ms` is host wall time
+/// (launch overhead included), `gpu_ms` the device time between events around its work.
 #[derive(Clone, Debug)]
 pub struct StepTiming {
     pub node: String,
     pub op: String,
     pub ms: f64,
+    pub gpu_ms: f64,
 }
 
 /// A tensor in device memory that the caller owns (an ORT input, say).
@@ -444,6 +446,14 @@ impl CudaExecutable {
                 }
             };
             let prepared = &self.steps[st.index];
+            let events = match timings {
+                Some(_) => {
+                    let (a, b) = (dev.timing_event()?, dev.timing_event()?);
+                    a.record(dev.cu_stream())?;
+                    Some((a, b))
+                }
+                None => None,
+            };
             for action in &st.actions {
                 match action {
                     Action::Launch { kernel, work, params, args } => {
@@ -462,8 +472,11 @@ impl CudaExecutable {
             }
             if let Some(t) = timings.as_deref_mut() {
                 // Synchronising here also attributes asynchronous faults to this node.
+                let (start, end) = events.as_ref().expect("timing events exist in a profiled run");
+                end.record(dev.cu_stream())?;
                 dev.synchronize().map_err(|e| fail(e.to_string()))?;
-                t.push(StepTiming { node: s.node.clone(), op: s.op.name(), ms: started.elapsed().as_secs_f64() * 1e3 });
+                let gpu_ms = end.ms_since(start)?;
+                t.push(StepTiming { node: s.node.clone(), op: s.op.name(), ms: started.elapsed().as_secs_f64() * 1e3, gpu_ms });
             }
         }
         Ok(())
