@@ -7,6 +7,7 @@ pub mod egraph;
 pub mod error;
 pub mod import;
 pub mod ir;
+pub mod layout;
 pub mod lower;
 pub mod memory_plan;
 pub mod onnx;

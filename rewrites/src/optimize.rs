@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::egraph::{convert, cost, runner, Limits, StageReport};
 use crate::error::{Error, Result};
 use crate::ir::Graph;
+use crate::layout::{to_channels_last, LayoutOptions, LayoutReport};
 use crate::lower::lower;
 use crate::plan::Plan;
 use crate::stitch::{stitch, StitchOptions, StitchReport};
@@ -20,11 +21,14 @@ pub struct OptimizeOptions {
     /// Fuse memory-bound ops into stitched regions after extraction (`crate::stitch`).
     pub stitch: bool,
     pub stitch_caps: StitchOptions,
+    /// Run 2-D convolutions (and the ops around them) on channels-last data (`crate::layout`),
+    /// for backends with a channels-last convolution; `None` keeps the model's layout.
+    pub channels_last: Option<LayoutOptions>,
 }
 
 impl Default for OptimizeOptions {
     fn default() -> OptimizeOptions {
-        OptimizeOptions { enabled: true, limits: Limits::default(), stitch: true, stitch_caps: StitchOptions::default() }
+        OptimizeOptions { enabled: true, limits: Limits::default(), stitch: true, stitch_caps: StitchOptions::default(), channels_last: None }
     }
 }
 
@@ -40,6 +44,8 @@ pub struct OptimizeReport {
     pub extract_time: Duration,
     /// `None` when stitching was off.
     pub stitch: Option<StitchReport>,
+    /// `None` when the layout pass was off.
+    pub layout: Option<LayoutReport>,
     pub total_time: Duration,
 }
 
@@ -79,17 +85,35 @@ pub fn optimize_graph(graph: &Graph, opts: &OptimizeOptions) -> Result<Optimized
             return Err(Error::Model(format!("optimizer: internal error (panic): {msg}")));
         }
     };
-    if opts.stitch {
-        let (stitched, r) = match catch_unwind(AssertUnwindSafe(|| stitch(&out, &opts.stitch_caps))) {
-            Ok(r) => r?,
-            Err(_) => return Err(Error::Model("optimizer: internal error (panic) while stitching".into())),
-        };
-        out = stitched;
-        report.stitch = Some(r);
-    }
+    out = after_extraction(out, opts, &mut report)?;
     report.nodes_out = out.node_count();
     report.total_time = start.elapsed();
     Ok(Optimized { graph: out, report })
+}
+
+/// The passes after extraction (and after the precision pass, when there is one): the layout
+/// pass, then stitching, as `opts` asks.
+pub fn after_extraction(mut graph: Graph, opts: &OptimizeOptions, report: &mut OptimizeReport) -> Result<Graph> {
+    if !opts.enabled {
+        return Ok(graph);
+    }
+    if let Some(layout) = &opts.channels_last {
+        let (g, r) = match catch_unwind(AssertUnwindSafe(|| to_channels_last(&graph, layout))) {
+            Ok(r) => r?,
+            Err(_) => return Err(Error::Model("optimizer: internal error (panic) in the channels-last layout pass".into())),
+        };
+        graph = g;
+        report.layout = Some(r);
+    }
+    if opts.stitch {
+        let (stitched, r) = match catch_unwind(AssertUnwindSafe(|| stitch(&graph, &opts.stitch_caps))) {
+            Ok(r) => r?,
+            Err(_) => return Err(Error::Model("optimizer: internal error (panic) while stitching".into())),
+        };
+        graph = stitched;
+        report.stitch = Some(r);
+    }
+    Ok(graph)
 }
 
 /// Optimizes and lowers to a Plan.
@@ -113,6 +137,13 @@ impl fmt::Display for OptimizeReport {
         )?;
         for s in &self.stages {
             write!(f, "{s}")?;
+        }
+        if let Some(l) = &self.layout {
+            writeln!(
+                f,
+                "layout: channels-last for {} convolutions, {} GroupNorms and {} ops between them; transposes {} -> {}, {} reshapes added",
+                l.convs, l.group_norms, l.followers, l.transposes_before, l.transposes_after, l.reshapes_added
+            )?;
         }
         if let Some(s) = &self.stitch {
             write!(f, "{s}")?;

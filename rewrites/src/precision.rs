@@ -51,7 +51,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -61,9 +60,8 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ir::{BinaryOp, Graph, GraphOutput, Node, Op, TensorType, UnaryOp, ValueRef};
 use crate::lower::lower;
-use crate::optimize::{optimize_graph, optimize_with, OptimizeOptions};
+use crate::optimize::{after_extraction, optimize_graph, optimize_with, OptimizeOptions};
 use crate::plan::Plan;
-use crate::stitch::stitch;
 use crate::tensor::{Tensor, TensorData};
 
 /// The largest finite f16.
@@ -107,15 +105,10 @@ pub fn optimize_with_precision(graph: &Graph, opts: &OptimizeOptions, precision:
     if precision == Precision::Model {
         return optimize_with(graph, opts);
     }
-    let extracted = optimize_graph(graph, &OptimizeOptions { stitch: false, ..opts.clone() })?.graph;
-    let mut converted = to_fp16(&extracted)?;
-    if opts.enabled && opts.stitch {
-        converted = match catch_unwind(AssertUnwindSafe(|| stitch(&converted, &opts.stitch_caps))) {
-            Ok(r) => r?.0,
-            Err(_) => return Err(Error::Model("optimizer: internal error (panic) while stitching the fp16 graph".into())),
-        };
-    }
-    lower(&converted)
+    let extracted = optimize_graph(graph, &OptimizeOptions { stitch: false, channels_last: None, ..opts.clone() })?;
+    let converted = to_fp16(&extracted.graph)?;
+    let mut report = extracted.report;
+    lower(&after_extraction(converted, opts, &mut report)?)
 }
 
 /// `graph` with its f32 math in f16 under the module's policy.

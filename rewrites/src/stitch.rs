@@ -130,7 +130,7 @@ fn kind(g: &Graph, node: &Node) -> Kind {
                 Kind::Other
             }
         }
-        Op::GroupNorm { per_channel_affine: true, .. } if out.rank() >= 2 && floats(&ins) && *ins[0] == *out => Kind::Norm,
+        Op::GroupNorm { per_channel_affine: true, channels_last: false, .. } if out.rank() >= 2 && floats(&ins) && *ins[0] == *out => Kind::Norm,
         Op::LayerNorm { axis, .. } if *axis < out.rank() && floats(&ins) && *ins[0] == *out => Kind::Norm,
         _ => Kind::Other,
     }

@@ -4,7 +4,8 @@
 //! odd spatial sizes and batch 1 and 2. Each case is ONE prepared plan with symbolic N, H, W run
 //! at two shapes and then at the first again, so the per-shape algorithm cache is exercised.
 //! - f32: |gpu − cpu| ≤ 1e-4 + 1e-3·|cpu| elementwise (TF32 must be off).
-//! - f16 (weights, inputs, output stored as f16 on both backends, f32 math): ‖gpu − cpu‖₂/‖cpu‖₂ ≤ 2e-3.
+//! - f16 and bf16 (weights, inputs, output stored 16-bit on both backends, f32 math):
+//!   ‖gpu − cpu‖₂/‖cpu‖₂ ≤ 2e-3.
 //!
 //! Inputs are seeded normal values, weights scaled by 1/√(C·kh·kw) so outputs are O(1). When
 //! cuDNN loads, every case except the asymmetric-pad one must have gone through it (counted by
@@ -21,8 +22,8 @@ use std::time::Instant;
 
 use quilt_kernels::cpu::CpuExecutable;
 use quilt_kernels::cuda::codegen::{module_source, Action, Arg, LaunchPlan, StepCode, Types, Work, BLOCK};
-use quilt_kernels::cuda::conv::cudnn::{self, AlgoSearch, ConvCall, Dnn};
-use quilt_kernels::cuda::conv::{policy, prefers_cudnn, set_policy, ConvCode, ConvGeometry, ConvPolicy, CUDNN_DISPATCHED};
+use quilt_kernels::cuda::conv::cudnn::{self, AlgoSearch, ConvCall, ConvLayout, Dnn};
+use quilt_kernels::cuda::conv::{policy, set_policy, ConvCode, ConvGeometry, ConvPolicy, CUDNN_DISPATCHED};
 use quilt_kernels::cuda::device::{DeviceBuffer, Function};
 use quilt_kernels::cuda::gemm::Blas;
 use quilt_kernels::cuda::{nvrtc, CudaDevice, CudaExecutable};
@@ -109,7 +110,7 @@ fn conv_plan(case: &Case, dtype: DType, rng: &mut Rng) -> Plan {
     }
     buffers.push(Buffer { ty: TensorType::new(dtype, y_shape), kind: BufferKind::Intermediate });
     let y = buffers.len() - 1;
-    let op = Op::Conv { strides: case.strides.to_vec(), pads: case.pads.to_vec(), dilations: case.dilations.to_vec(), group: case.group };
+    let op = Op::Conv { strides: case.strides.to_vec(), pads: case.pads.to_vec(), dilations: case.dilations.to_vec(), group: case.group, channels_last: false };
     let mut symbols = vec!["N".to_string(), "W".to_string()];
     if two_d {
         symbols.insert(0, "H".to_string());
@@ -164,9 +165,10 @@ fn conv_matches_the_cpu_backend_on_the_gpu() {
     });
     let mut failures = Vec::new();
     let mut rng = Rng::new(20261125);
-    println!("{:<32} {:<5} {:<14} {:>10} {:>10} {:>8}", "case", "dtype", "x shape", "max_abs", "l2_rel", "cudnn");
+    println!("{:<32} {:<5} {:<14} {:>10} {:>10} {:>8} {:>6}", "case", "dtype", "x shape", "max_abs", "l2_rel", "cudnn", "graph");
+    let mut graph_runs = 0;
     for case in cases() {
-        for dtype in [DType::F32, DType::F16] {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
             let plan = conv_plan(&case, dtype, &mut rng);
             let cpu = CpuExecutable::new(plan.clone()).unwrap_or_else(|e| panic!("{}: cpu: {e}", case.name));
             let gpu = CudaExecutable::with_device(plan, device.clone()).unwrap_or_else(|e| panic!("{}: gpu: {e}", case.name));
@@ -179,7 +181,7 @@ fn conv_matches_the_cpu_backend_on_the_gpu() {
                 if r == 0 {
                     first = Some(x.clone());
                 }
-                let before = cudnn::calls();
+                let (before, graph_before) = (cudnn::calls(), cudnn::graph_calls());
                 let got = match gpu.run(std::slice::from_ref(&x)) {
                     Ok(mut v) => v.remove(0),
                     Err(e) => {
@@ -188,9 +190,11 @@ fn conv_matches_the_cpu_backend_on_the_gpu() {
                     }
                 };
                 let used_cudnn = cudnn::calls() > before;
+                let used_graph = cudnn::graph_calls() > graph_before;
+                graph_runs += used_graph as usize;
                 let want = cpu.run(std::slice::from_ref(&x)).unwrap_or_else(|e| panic!("{}: cpu: {e}", case.name)).remove(0);
                 let (within, max_abs, l2) = errors(&got, &want);
-                println!("{:<32} {:<5} {:<14} {max_abs:>10.2e} {l2:>10.2e} {:>8}", case.name, format!("{dtype}"), format!("{shape:?}"), used_cudnn);
+                println!("{:<32} {:<5} {:<14} {max_abs:>10.2e} {l2:>10.2e} {:>8} {:>6}", case.name, format!("{dtype}"), format!("{shape:?}"), used_cudnn, used_graph);
                 let ok = if dtype == DType::F32 { within } else { l2 <= F16_L2 };
                 if !ok {
                     failures.push(format!("{} {dtype} {shape:?}: max_abs {max_abs:.3e}, l2_rel {l2:.3e}", case.name));
@@ -200,6 +204,9 @@ fn conv_matches_the_cpu_backend_on_the_gpu() {
                 }
             }
         }
+    }
+    if expect_cudnn && graph_runs == 0 {
+        failures.push("no convolution ran on cuDNN's graph API".into());
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
@@ -286,6 +293,188 @@ fn time_ms(device: &CudaDevice, iters: usize, reps: usize, mut f: impl FnMut()) 
     v[reps / 2]
 }
 
+/// y = conv(x, w) + b + r in f64 on the host, NCHW (x [N, C, H, W], w [M, C/g, kh, kw]).
+fn reference_conv(g: &ConvGeometry, x: &[f64], w: &[f64], b: Option<&[f64]>, r: Option<&[f64]>) -> Vec<f64> {
+    let (cg, mg) = (g.c / g.group, g.m / g.group);
+    let mut y = vec![0.0; g.out_elems()];
+    for n in 0..g.n {
+        for m in 0..g.m {
+            let c0 = (m / mg) * cg;
+            for oh in 0..g.oh {
+                for ow in 0..g.ow {
+                    let mut acc = b.map_or(0.0, |b| b[m]);
+                    for c in 0..cg {
+                        for kr in 0..g.kh {
+                            let ih = (oh * g.stride.0 + kr * g.dilation.0) as i64 - g.pad_begin.0 as i64;
+                            if ih < 0 || ih >= g.h as i64 {
+                                continue;
+                            }
+                            for ks in 0..g.kw {
+                                let iw = (ow * g.stride.1 + ks * g.dilation.1) as i64 - g.pad_begin.1 as i64;
+                                if iw < 0 || iw >= g.w as i64 {
+                                    continue;
+                                }
+                                acc += x[((n * g.c + c0 + c) * g.h + ih as usize) * g.w + iw as usize] * w[((m * cg + c) * g.kh + kr) * g.kw + ks];
+                            }
+                        }
+                    }
+                    let i = ((n * g.m + m) * g.oh + oh) * g.ow + ow;
+                    y[i] = acc + r.map_or(0.0, |r| r[i]);
+                }
+            }
+        }
+    }
+    y
+}
+
+/// Values rounded to `dtype` (what a tensor of that type holds).
+fn rounded(v: &[f64], dtype: DType) -> Vec<f64> {
+    TensorData::from_f64(dtype, v).to_f64_vec()
+}
+
+/// A direct cuDNN call's case: channels, kernel, stride, pad, bias, residual, two (N, H, W).
+struct DirectCase {
+    name: &'static str,
+    c: usize,
+    m: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    bias: bool,
+    residual: bool,
+    shapes: [(usize, usize, usize); 2],
+}
+
+fn direct_cases() -> Vec<DirectCase> {
+    let d = |name, c, m, k, stride, pad, bias, residual, shapes| DirectCase { name, c, m, k, stride, pad, bias, residual, shapes };
+    vec![
+        d("320->320 3x3 +b +r", 320, 320, 3, 1, 1, true, true, [(1, 9, 7), (2, 8, 8)]),
+        d("conv_in 4->320 3x3 +b", 4, 320, 3, 1, 1, true, false, [(2, 9, 9), (1, 16, 13)]),
+        d("conv_out 320->4 3x3 +b", 320, 4, 3, 1, 1, true, false, [(1, 9, 9), (2, 7, 10)]),
+        d("64->64 3x3 s2 +b +r", 64, 64, 3, 2, 1, true, true, [(1, 15, 13), (2, 16, 16)]),
+        d("640->320 1x1 +b +r", 640, 320, 1, 1, 0, true, true, [(2, 7, 5), (1, 12, 12)]),
+        d("640->640 3x3 +b", 640, 640, 3, 1, 1, true, false, [(1, 5, 5), (2, 6, 7)]),
+        d("128->128 3x3 +r", 128, 128, 3, 1, 1, false, true, [(1, 17, 11), (2, 8, 8)]),
+        d("8->16 3x3 s2", 8, 16, 3, 2, 1, false, false, [(1, 9, 9), (2, 11, 7)]),
+    ]
+}
+
+/// cuDNN calls (graph API first) made directly on device buffers, NCHW and NHWC, f16, bf16 and
+/// f32, with bias and residual, against `reference_conv` on the same 16-bit (or f32) values,
+/// rounded to the output type: 16-bit ‖gpu − ref‖₂/‖ref‖₂ ≤ 2e-3; f32 elementwise
+/// 1e-4 + 1e-3·|ref| (no TF32). One `Dnn` per case runs shapes A, B, A: two cached plans. The
+/// output is poisoned (all-ones bytes: NaN) before each call. Every 16-bit NHWC call must run
+/// on the graph API (the reason it exists).
+#[test]
+fn graph_api_convs_match_a_host_reference() {
+    let device = match CudaDevice::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("SKIPPED (no GPU): {e}");
+            return;
+        }
+    };
+    let version = match cudnn::library() {
+        Ok(v) => v,
+        Err(e) => {
+            println!("SKIPPED (no cuDNN): {e}");
+            return;
+        }
+    };
+    device.bind().unwrap();
+    println!("device: {}, cuDNN {version}", device.name);
+    println!("{:<26} {:<5} {:<5} {:<13} {:>9} {:>9} {:<7} {:<40} {:>8}", "case", "dtype", "lay", "x (n,h,w)", "max_abs", "l2_rel", "api", "engine", "choose");
+    let mut rng = Rng::new(20261126);
+    let mut failures = Vec::new();
+    for case in direct_cases() {
+        for layout in [ConvLayout::Nhwc, ConvLayout::Nchw] {
+            for dtype in [DType::F16, DType::BF16, DType::F32] {
+                let dnn = Dnn::new(AlgoSearch::Heuristic);
+                let ws = [case.m, case.c, case.k, case.k];
+                let w = rounded(&(0..ws.iter().product()).map(|_| rng.normal() / ((case.c * case.k * case.k) as f64).sqrt()).collect::<Vec<_>>(), dtype);
+                let b = rounded(&(0..case.m).map(|_| rng.normal() * 0.5).collect::<Vec<_>>(), dtype);
+                let nhwc = layout == ConvLayout::Nhwc;
+                let up = |v: &[f64]| device.upload(&TensorData::from_f64(dtype, v).to_le_bytes()).unwrap();
+                let w_dev = up(&if nhwc { to_channels_last(&w, ws) } else { w.clone() });
+                let b_dev = up(&b);
+                for (run, &(n, h, wd)) in [case.shapes[0], case.shapes[1], case.shapes[0]].iter().enumerate() {
+                    let (p, k, st) = (case.pad, case.k, case.stride);
+                    let (oh, ow) = ((h + 2 * p - k) / st + 1, (wd + 2 * p - k) / st + 1);
+                    let (xs, ys) = ([n, case.c, h, wd], [n, case.m, oh, ow]);
+                    let g = ConvGeometry::new(&[st, st], &[p; 4], &[1, 1], 1, &xs, &ws, &ys).unwrap();
+                    let x = rounded(&(0..xs.iter().product()).map(|_| rng.normal()).collect::<Vec<_>>(), dtype);
+                    let r = rounded(&(0..ys.iter().product()).map(|_| rng.normal()).collect::<Vec<_>>(), dtype);
+                    let want = reference_conv(&g, &x, &w, case.bias.then_some(&b[..]), case.residual.then_some(&r[..]));
+                    let want = if dtype == DType::F32 { want } else { rounded(&want, dtype) };
+                    let x_dev = up(&if nhwc { to_channels_last(&x, xs) } else { x.clone() });
+                    let r_dev = up(&if nhwc { to_channels_last(&r, ys) } else { r.clone() });
+                    let y_bytes = g.out_elems() * dtype.size_bytes();
+                    let y_dev = device.upload(&vec![0xFF; y_bytes]).unwrap();
+                    let mut call = ConvCall::new(g, dtype, case.bias).unwrap();
+                    if nhwc {
+                        call = call.nhwc();
+                    }
+                    if case.residual {
+                        call = call.with_residual(Arg::In(3));
+                    }
+                    let ptr = |a: Arg| match a {
+                        Arg::In(0) => x_dev.ptr,
+                        Arg::In(1) => w_dev.ptr,
+                        Arg::In(2) => b_dev.ptr,
+                        Arg::In(3) => r_dev.ptr,
+                        Arg::Out(0) => y_dev.ptr,
+                        other => panic!("unexpected argument {other:?}"),
+                    };
+                    let label = format!("{} {dtype} {layout:?} {:?}", case.name, (n, h, wd));
+                    if let Err(e) = dnn.conv(&call, device.cu_stream(), &ptr) {
+                        failures.push(format!("{label}: {e}"));
+                        continue;
+                    }
+                    device.synchronize().unwrap();
+                    let got = TensorData::from_le_bytes(dtype, &device.download(&y_dev, y_bytes).unwrap()).unwrap().to_f64_vec();
+                    let got = if nhwc { from_channels_last(&got, ys) } else { got };
+                    let (within, max_abs, l2) = errors(&Tensor::new(ys.to_vec(), TensorData::from_f64(DType::F64, &got)), &Tensor::new(ys.to_vec(), TensorData::from_f64(DType::F64, &want)));
+                    let choice = dnn.choice(&call).expect("the call ran");
+                    println!(
+                        "{:<26} {:<5} {:<5} {:<13} {max_abs:>9.2e} {l2:>9.2e} {:<7} {:<40} {:>6.1}ms",
+                        case.name,
+                        format!("{dtype}"),
+                        if nhwc { "nhwc" } else { "nchw" },
+                        format!("{:?}", (n, h, wd)),
+                        choice.api,
+                        choice.algo,
+                        choice.choose_ms
+                    );
+                    if let Some(why) = &choice.fallback {
+                        println!("    graph API declined: {why}");
+                    }
+                    let ok = if dtype == DType::F32 { within } else { l2 <= F16_L2 };
+                    if !ok {
+                        failures.push(format!("{label}: max_abs {max_abs:.3e}, l2_rel {l2:.3e} ({} {})", choice.api, choice.algo));
+                    }
+                    if nhwc && dtype != DType::F32 && choice.api != "graph" {
+                        failures.push(format!("{label}: 16-bit NHWC ran on the {} API ({:?})", choice.api, choice.fallback));
+                    }
+                    let expect_shapes = if run == 0 { 1 } else { 2 };
+                    if dnn.shapes() != expect_shapes {
+                        failures.push(format!("{label}: {} cached plans after run {run}, expected {expect_shapes}", dnn.shapes()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Device buffers for the timing run (one layout).
+struct Buffers {
+    x: DeviceBuffer,
+    w: DeviceBuffer,
+    y: DeviceBuffer,
+    /// A second output, to time calls whose variant pack must be rebuilt.
+    y2: DeviceBuffer,
+}
+
 #[test]
 fn conv_timing() {
     if std::env::var("QUILT_CONV_BENCH").as_deref() != Ok("1") {
@@ -302,101 +491,125 @@ fn conv_timing() {
     device.bind().unwrap();
     let version = cudnn::library().expect("the timing run needs cuDNN");
     let blas = Blas::new(&device).unwrap();
-    // (name, C, M, k, stride, pad, H=W) at batch 2: the SD 1.5 UNet's convolutions at a 64² latent.
-    let shapes: [(&str, usize, usize, usize, usize, usize, usize); 9] = [
-        ("conv_in 4->320 3x3 @64", 4, 320, 3, 1, 1, 64),
-        ("320->320 3x3 @64", 320, 320, 3, 1, 1, 64),
-        ("320->320 3x3 s2 @64", 320, 320, 3, 2, 1, 64),
-        ("640->640 3x3 @32", 640, 640, 3, 1, 1, 32),
-        ("1280->1280 3x3 @16", 1280, 1280, 3, 1, 1, 16),
-        ("1280->1280 3x3 @8", 1280, 1280, 3, 1, 1, 8),
-        ("2560->1280 3x3 @8", 2560, 1280, 3, 1, 1, 8),
-        ("640->320 1x1 @64", 640, 320, 1, 1, 0, 64),
-        ("conv_out 320->4 3x3 @64", 320, 4, 3, 1, 1, 64),
+    // (name, N, C, M, k, stride, pad, H=W): the SD 1.5 UNet's convolutions at batch 2, 64²
+    // latent, and the VAE decoder's at batch 1, 64² → 512².
+    let shapes: &[(&str, usize, usize, usize, usize, usize, usize, usize)] = &[
+        ("unet conv_in 4->320 @64", 2, 4, 320, 3, 1, 1, 64),
+        ("unet 320->320 @64", 2, 320, 320, 3, 1, 1, 64),
+        ("unet 640->640 @32", 2, 640, 640, 3, 1, 1, 32),
+        ("unet 1280->1280 @16", 2, 1280, 1280, 3, 1, 1, 16),
+        ("unet 1280->1280 @8", 2, 1280, 1280, 3, 1, 1, 8),
+        ("unet 2560->1280 @8", 2, 2560, 1280, 3, 1, 1, 8),
+        ("unet 640->320 1x1 @64", 2, 640, 320, 1, 1, 0, 64),
+        ("unet conv_out 320->4 @64", 2, 320, 4, 3, 1, 1, 64),
+        ("vae 512->512 @64", 1, 512, 512, 3, 1, 1, 64),
+        ("vae 512->512 @128", 1, 512, 512, 3, 1, 1, 128),
+        ("vae 512->512 @256", 1, 512, 512, 3, 1, 1, 256),
+        ("vae 512->256 @256", 1, 512, 256, 3, 1, 1, 256),
+        ("vae 256->256 @256", 1, 256, 256, 3, 1, 1, 256),
+        ("vae 256->128 @512", 1, 256, 128, 3, 1, 1, 512),
+        ("vae 128->128 @512", 1, 128, 128, 3, 1, 1, 512),
+        ("vae 128->3 @512", 1, 128, 3, 3, 1, 1, 512),
     ];
+    let dtype = DType::F16;
     let out_path = std::env::var("QUILT_CONV_BENCH_OUT").ok();
     let mut json = String::new();
-    println!("device: {}, cuDNN {version}; batch 2, bias on; ms per call (median of 5 × mean of 20)", device.name);
-    println!("{:<26} {:<4} {:>7} {:>9} {:>9} {:>9} {:>9} {:<6} {:<50} {:>8} {:>9}", "conv", "dt", "GFLOP", "im2col", "heur", "bench", "nhwc", "auto", "algo heur / bench / nhwc", "l2_rel", "choose_ms");
+    println!("device: {}, cuDNN {version}; f16, bias on; ms per call (median of 5 × mean of 20, host-synchronised)", device.name);
+    println!(
+        "{:<26} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}  engines: nhwc / nhwc bench / nchw",
+        "conv", "GFLOP", "g_nhwc", "g_nhwc+r", "g_nhwc_b", "g_nchw", "legacy", "im2col", "vp_ms", "l2", "choose"
+    );
     let mut rng = Rng::new(7);
-    for &(name, c, m, k, s, p, hw) in &shapes {
-        for dtype in [DType::F32, DType::F16] {
-            let oh = (hw + 2 * p - k) / s + 1;
-            let (xs, ws, ys) = ([2, c, hw, hw], [m, c, k, k], [2, m, oh, oh]);
-            let g = ConvGeometry::new(&[s, s], &[p, p, p, p], &[1, 1], 1, &xs, &ws, &ys).unwrap();
-            let up = |t: Tensor| device.upload(&t.data.to_le_bytes()).unwrap();
-            let bench = Bench {
-                device: device.clone(),
-                x: up(random_tensor(xs.to_vec(), 1.0, dtype, &mut rng)),
-                w: up(random_tensor(ws.to_vec(), 1.0 / ((c * k * k) as f64).sqrt(), dtype, &mut rng)),
-                b: up(random_tensor(vec![m], 0.5, dtype, &mut rng)),
-                y: device.alloc(g.out_elems() * dtype.size_bytes()).unwrap(),
-            };
-            let read_y = || TensorData::from_le_bytes(dtype, &device.download(&bench.y, bench.y.bytes).unwrap()).unwrap().to_f64_vec();
-            // im2col + cuBLAS: the step's own kernels and launch plan.
-            let op = Op::Conv { strides: vec![s, s], pads: vec![p; 4], dilations: vec![1, 1], group: 1 };
-            let t = Types { ins: vec![Some(dtype); 3], in_ranks: vec![4, 4, 1], outs: vec![dtype], out_ranks: vec![4], prefix: "q".into() };
-            let code = ConvCode::new(&op, &t).unwrap();
-            let compiled = nvrtc::compile_cached(&module_source(code.kernels()), "conv.cu", device.arch).unwrap();
-            let names: Vec<&str> = code.kernels().iter().map(|k| k.name.as_str()).collect();
-            let functions = device.load_module(&compiled.cubin, &names).unwrap();
-            let lp = code.im2col_plan(&g).unwrap();
-            let scratch: Vec<DeviceBuffer> = lp.scratch.iter().map(|&n| device.alloc(n).unwrap()).collect();
-            let im2col_ms = time_ms(&device, 20, 5, || bench.im2col(&lp, &functions, &blas, &scratch));
-            let reference = read_y();
-            let call = ConvCall::new(g, dtype, true).unwrap();
-            let ptr = |a: Arg| bench.ptr(a, &[]);
-            let mut row = Vec::new();
-            let mut l2_worst = 0f64;
-            let l2 = |got: &[f64]| {
-                let (num, den) = got.iter().zip(&reference).fold((0f64, 0f64), |(n, d), (a, b)| (n + (a - b) * (a - b), d + b * b));
-                (num / den).sqrt()
-            };
-            for search in [AlgoSearch::Heuristic, AlgoSearch::Benchmark] {
-                let dnn = Dnn::new(search);
-                let ms = time_ms(&device, 20, 5, || dnn.conv(&call, device.cu_stream(), &ptr).unwrap());
-                l2_worst = l2_worst.max(l2(&read_y()));
-                row.push((ms, dnn.choice(&call).unwrap()));
+    for &(name, n, c, m, k, s, p, hw) in shapes {
+        let oh = (hw + 2 * p - k) / s + 1;
+        let (xs, ws, ys) = ([n, c, hw, hw], [m, c, k, k], [n, m, oh, oh]);
+        let g = ConvGeometry::new(&[s, s], &[p, p, p, p], &[1, 1], 1, &xs, &ws, &ys).unwrap();
+        let up = |v: &[f64]| device.upload(&TensorData::from_f64(dtype, v).to_le_bytes()).unwrap();
+        let x = rounded(&(0..xs.iter().product()).map(|_| rng.normal()).collect::<Vec<_>>(), dtype);
+        let w = rounded(&(0..ws.iter().product()).map(|_| rng.normal() / ((c * k * k) as f64).sqrt()).collect::<Vec<_>>(), dtype);
+        let y_bytes = g.out_elems() * dtype.size_bytes();
+        let nchw = Buffers { x: up(&x), w: up(&w), y: device.alloc(y_bytes).unwrap(), y2: device.alloc(y_bytes).unwrap() };
+        let nhwc = Buffers { x: up(&to_channels_last(&x, xs)), w: up(&to_channels_last(&w, ws)), y: device.alloc(y_bytes).unwrap(), y2: device.alloc(y_bytes).unwrap() };
+        let b = up(&(0..m).map(|_| rng.normal() * 0.5).collect::<Vec<_>>());
+        let r = device.upload(&vec![0u8; y_bytes]).unwrap();
+        let ptrs = |bufs: &Buffers, second: bool| {
+            let (x, w, y, y2, b, r) = (bufs.x.ptr, bufs.w.ptr, bufs.y.ptr, bufs.y2.ptr, b.ptr, r.ptr);
+            move |a: Arg| match a {
+                Arg::In(0) => x,
+                Arg::In(1) => w,
+                Arg::In(2) => b,
+                Arg::In(3) => r,
+                Arg::Out(0) => if second { y2 } else { y },
+                other => panic!("unexpected argument {other:?}"),
             }
-            // Channels-last: x and w transposed on the host, y transposed back for the check.
-            let nhwc = {
-                let host_x = TensorData::from_le_bytes(dtype, &device.download(&bench.x, bench.x.bytes).unwrap()).unwrap().to_f64_vec();
-                let host_w = TensorData::from_le_bytes(dtype, &device.download(&bench.w, bench.w.bytes).unwrap()).unwrap().to_f64_vec();
-                let xt = up(Tensor::new(vec![xs.iter().product()], TensorData::from_f64(dtype, &to_channels_last(&host_x, xs))));
-                let wt = up(Tensor::new(vec![ws.iter().product()], TensorData::from_f64(dtype, &to_channels_last(&host_w, ws))));
-                let yt = device.alloc(bench.y.bytes).unwrap();
-                let p = |a: Arg| match a {
-                    Arg::In(0) => xt.ptr,
-                    Arg::In(1) => wt.ptr,
-                    Arg::Out(0) => yt.ptr,
-                    other => bench.ptr(other, &[]),
-                };
-                let call = call.clone().nhwc();
-                let dnn = Dnn::new(AlgoSearch::Heuristic);
-                let ms = time_ms(&device, 20, 5, || dnn.conv(&call, device.cu_stream(), &p).unwrap());
-                let got = TensorData::from_le_bytes(dtype, &device.download(&yt, yt.bytes).unwrap()).unwrap().to_f64_vec();
-                l2_worst = l2_worst.max(l2(&from_channels_last(&got, ys)));
-                (ms, dnn.choice(&call).unwrap())
-            };
-            let gflop = g.flops() / 1e9;
-            let auto = if prefers_cudnn(&g) { "cudnn" } else { "im2col" };
-            let algo = |c: &cudnn::ConvChoice| format!("{}{}", c.algo.replace("IMPLICIT_", "I").replace("PRECOMP_", "P"), if c.fused_bias { "+b" } else { "" });
-            println!(
-                "{name:<26} {:<4} {gflop:>7.2} {im2col_ms:>9.4} {:>9.4} {:>9.4} {:>9.4} {auto:<6} {:<50} {l2_worst:>8.1e} {:>4.1}/{:<4.1}",
-                format!("{dtype}"),
-                row[0].0,
-                row[1].0,
-                nhwc.0,
-                format!("{} / {} / {}", algo(&row[0].1), algo(&row[1].1), algo(&nhwc.1)),
-                row[0].1.choose_ms,
-                row[1].1.choose_ms
-            );
-            json += &format!(
-                "{{\"conv\":\"{name}\",\"dtype\":\"{dtype}\",\"gflop\":{gflop:.4},\"im2col_ms\":{im2col_ms:.5},\"cudnn_heuristic_ms\":{:.5},\"cudnn_benchmark_ms\":{:.5},\"algo_heuristic\":\"{}\",\"algo_benchmark\":\"{}\",\"workspace_heuristic\":{},\"workspace_benchmark\":{},\"fused_bias_heuristic\":{},\"choose_ms_heuristic\":{:.3},\"choose_ms_benchmark\":{:.3},\"l2_rel_vs_im2col\":{l2_worst:.3e},\"cudnn_nhwc_ms\":{:.5},\"algo_nhwc\":\"{}\",\"auto\":\"{auto}\"}}\n",
-                row[0].0, row[1].0, row[0].1.algo, row[1].1.algo, row[0].1.workspace_bytes, row[1].1.workspace_bytes, row[0].1.fused_bias, row[0].1.choose_ms, row[1].1.choose_ms, nhwc.0, nhwc.1.algo
-            );
-            assert!(l2_worst < if dtype == DType::F32 { 1e-5 } else { 2e-3 }, "{name} {dtype}: cuDNN vs im2col l2_rel {l2_worst:e}");
+        };
+        let read = |buf: &DeviceBuffer, channels_last: bool| {
+            let v = TensorData::from_le_bytes(dtype, &device.download(buf, y_bytes).unwrap()).unwrap().to_f64_vec();
+            if channels_last { from_channels_last(&v, ys) } else { v }
+        };
+        // im2col + cuBLAS: the step's own kernels and launch plan (the reference for the others).
+        let op = Op::Conv { strides: vec![s, s], pads: vec![p; 4], dilations: vec![1, 1], group: 1, channels_last: false };
+        let t = Types { ins: vec![Some(dtype); 3], in_ranks: vec![4, 4, 1], outs: vec![dtype], out_ranks: vec![4], prefix: "q".into() };
+        let code = ConvCode::new(&op, &t).unwrap();
+        let compiled = nvrtc::compile_cached(&module_source(code.kernels()), "conv.cu", device.arch).unwrap();
+        let names: Vec<&str> = code.kernels().iter().map(|k| k.name.as_str()).collect();
+        let functions = device.load_module(&compiled.cubin, &names).unwrap();
+        let lp = code.im2col_plan(&g).unwrap();
+        let scratch: Vec<DeviceBuffer> = lp.scratch.iter().map(|&n| device.alloc(n).unwrap()).collect();
+        let view = |d: &DeviceBuffer| DeviceBuffer::borrowed(&device, d.ptr, d.bytes);
+        let bench = Bench { device: device.clone(), x: view(&nchw.x), w: view(&nchw.w), b: view(&b), y: view(&nchw.y) };
+        let im2col_ms = time_ms(&device, 20, 5, || bench.im2col(&lp, &functions, &blas, &scratch));
+        let reference = read(&nchw.y, false);
+        let l2 = |got: &[f64]| {
+            let (num, den) = got.iter().zip(&reference).fold((0f64, 0f64), |(n, d), (a, b)| (n + (a - b) * (a - b), d + b * b));
+            (num / den).sqrt()
+        };
+        let base = ConvCall::new(g, dtype, true).unwrap();
+        let mut l2_worst = 0f64;
+        // (label, call, layout buffers, search) → (ms, choice)
+        let mut time_call = |call: &ConvCall, bufs: &Buffers, search: AlgoSearch| {
+            let dnn = Dnn::new(search);
+            let first = ptrs(bufs, false);
+            let ms = time_ms(&device, 20, 5, || dnn.conv(call, device.cu_stream(), &first).unwrap());
+            if call.residual.is_none() {
+                l2_worst = l2_worst.max(l2(&read(&bufs.y, call.layout == ConvLayout::Nhwc)));
+            }
+            (ms, dnn.choice(call).unwrap(), dnn)
+        };
+        let g_nhwc = time_call(&base.clone().nhwc(), &nhwc, AlgoSearch::Heuristic);
+        let g_nhwc_r = time_call(&base.clone().nhwc().with_residual(Arg::In(3)), &nhwc, AlgoSearch::Heuristic);
+        let g_nhwc_b = time_call(&base.clone().nhwc(), &nhwc, AlgoSearch::Benchmark);
+        let g_nchw = time_call(&base, &nchw, AlgoSearch::Heuristic);
+        let legacy = time_call(&base.clone().legacy(), &nchw, AlgoSearch::Heuristic);
+        // Alternating outputs: every call rebuilds the graph API's variant pack.
+        let vp_ms = {
+            let call = base.clone().nhwc();
+            let dnn = &g_nhwc.2;
+            let (a, bb) = (ptrs(&nhwc, false), ptrs(&nhwc, true));
+            let mut flip = false;
+            time_ms(&device, 20, 5, || {
+                flip = !flip;
+                dnn.conv(&call, device.cu_stream(), if flip { &a as &dyn Fn(Arg) -> u64 } else { &bb }).unwrap()
+            })
+        };
+        let gflop = g.flops() / 1e9;
+        let eng = |c: &cudnn::ConvChoice| if c.api == "graph" { c.algo.clone() } else { format!("legacy:{}", c.algo) };
+        println!(
+            "{name:<26} {gflop:>7.2} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {:>8.4} {im2col_ms:>8.4} {vp_ms:>8.4} {l2_worst:>7.1e} {:>6.0}ms  {} / {} / {}",
+            g_nhwc.0, g_nhwc_r.0, g_nhwc_b.0, g_nchw.0, legacy.0, g_nhwc.1.choose_ms, eng(&g_nhwc.1), eng(&g_nhwc_b.1), eng(&g_nchw.1)
+        );
+        for (what, ch) in [("nhwc", &g_nhwc.1), ("nhwc+r", &g_nhwc_r.1), ("nchw", &g_nchw.1)] {
+            if let Some(f) = &ch.fallback {
+                println!("    {what}: graph API declined: {f}");
+            }
         }
+        json += &format!(
+            "{{\"conv\":\"{name}\",\"n\":{n},\"c\":{c},\"m\":{m},\"k\":{k},\"hw\":{hw},\"gflop\":{gflop:.4},\"graph_nhwc_ms\":{:.5},\"graph_nhwc_residual_ms\":{:.5},\"graph_nhwc_benchmark_ms\":{:.5},\"graph_nchw_ms\":{:.5},\"legacy_nchw_ms\":{:.5},\"im2col_nchw_ms\":{im2col_ms:.5},\"graph_nhwc_new_variant_pack_ms\":{vp_ms:.5},\"engine_nhwc\":\"{}\",\"engine_nhwc_residual\":\"{}\",\"engine_nhwc_benchmark\":\"{}\",\"engine_nchw\":\"{}\",\"legacy_algo\":\"{}\",\"workspace_nhwc\":{},\"workspace_nchw\":{},\"skipped_nhwc\":{},\"choose_ms_nhwc\":{:.2},\"choose_ms_nhwc_benchmark\":{:.2},\"l2_rel_vs_im2col\":{l2_worst:.3e}}}\n",
+            g_nhwc.0, g_nhwc_r.0, g_nhwc_b.0, g_nchw.0, legacy.0,
+            eng(&g_nhwc.1), eng(&g_nhwc_r.1), eng(&g_nhwc_b.1), eng(&g_nchw.1), legacy.1.algo,
+            g_nhwc.1.workspace_bytes, g_nchw.1.workspace_bytes, g_nhwc.1.skipped, g_nhwc.1.choose_ms, g_nhwc_b.1.choose_ms
+        );
+        assert!(l2_worst < 2e-3, "{name}: cuDNN vs im2col l2_rel {l2_worst:e}");
     }
     if let Some(p) = out_path {
         std::fs::write(&p, json).unwrap();

@@ -106,7 +106,10 @@ fn count(g: &Graph, pred: impl Fn(&Op) -> bool) -> usize {
                     RegionOp::Elementwise(op) => pred(op),
                     RegionOp::Normalize { rows: RowSpec::Trailing { axis }, epsilon } => pred(&Op::LayerNorm { axis: *axis, epsilon: *epsilon }),
                     RegionOp::Normalize { rows: RowSpec::Groups { groups }, epsilon } => {
-                        pred(&Op::GroupNorm { epsilon: *epsilon, num_groups: *groups, per_channel_affine: true })
+                        pred(&Op::GroupNorm { epsilon: *epsilon, num_groups: *groups, per_channel_affine: true, channels_last: false })
+                    }
+                    RegionOp::Normalize { rows: RowSpec::GroupsChannelsLast { groups }, epsilon } => {
+                        pred(&Op::GroupNorm { epsilon: *epsilon, num_groups: *groups, per_channel_affine: true, channels_last: true })
                     }
                 })
                 .count(),
@@ -474,4 +477,47 @@ fn stitched_regions() {
         let r = regions(o);
         r.len() == 2 && r.iter().all(|r| !(r.op_names().contains(&"Exp".to_string()) && r.op_names().contains(&"Add".to_string())))
     });
+}
+
+/// linear-bias: `MatMul(x, W) + b` → `Reshape(Gemm(Reshape(x), W, b))` for `x` of rank 3 (bias
+/// on either side of the Add, `[N]` and `[1, N]` biases) and rank 2; the product's last axis
+/// must be the bias's. Not rewritten: a full-size addend (a residual) and a MatMul that has
+/// another consumer.
+#[test]
+fn linear_bias_becomes_gemm() {
+    let gemms = |o: &Graph| count(o, |op| matches!(op, Op::Gemm { .. }));
+    let adds = |o: &Graph| count(o, |op| *op == Op::Binary(BinaryOp::Add));
+    for (rank3, bias_first, bias_2d) in [(true, false, false), (true, true, false), (true, false, true), (false, true, false)] {
+        let mut g = G::new();
+        let (xs, ys) = if rank3 { ("B,N,8", "B,N,6") } else { ("B,8", "B,6") };
+        let x = g.input("x", xs);
+        let w = g.weight(&[8, 6]);
+        let bias = g.weight(if bias_2d { &[1, 6] } else { &[6] });
+        let m = g.op(Op::MatMul, &[x, w], ys);
+        let y = if bias_first { g.op(Op::Binary(BinaryOp::Add), &[bias, m], ys) } else { g.op(Op::Binary(BinaryOp::Add), &[m, bias], ys) };
+        let t = g.un(UnaryOp::Tanh, y);
+        let case = format!("linear bias (rank 3 {rank3}, bias first {bias_first}, bias [1, N] {bias_2d})");
+        check(&case, g.output(t), |o| gemms(o) == 1 && count(o, |op| *op == Op::MatMul) == 0 && adds(o) == 0);
+    }
+
+    // A residual is not a bias: the Add stays (and is stitched with the Tanh).
+    let mut g = G::new();
+    let x = g.input("x", "B,N,8");
+    let r = g.input("r", "B,N,6");
+    let w = g.weight(&[8, 6]);
+    let m = g.op(Op::MatMul, &[x, w], "B,N,6");
+    let y = g.bin(BinaryOp::Add, m, r);
+    let t = g.un(UnaryOp::Tanh, y);
+    check("linear residual (not rewritten)", g.output(t), |o| gemms(o) == 0 && adds(o) == 1);
+
+    // The product has another consumer: rewriting would run the GEMM twice.
+    let mut g = G::new();
+    let x = g.input("x", "B,N,8");
+    let w = g.weight(&[8, 6]);
+    let bias = g.weight(&[6]);
+    let m = g.op(Op::MatMul, &[x, w], "B,N,6");
+    let y = g.bin(BinaryOp::Add, m, bias);
+    let side = g.un(UnaryOp::Neg, m);
+    let z = g.bin(BinaryOp::Mul, y, side);
+    check("linear shared product (not rewritten)", g.output(z), |o| gemms(o) == 0 && count(o, |op| *op == Op::MatMul) == 1);
 }

@@ -257,7 +257,7 @@ mod tests {
             let w = rng.tensor(&ws);
             let b = rng.tensor(&[ws[0]]);
             let (want, shape) = direct2d(&f32s(&x), xs, &f32s(&w), ws, &f32s(&b), s, p, d, g);
-            let op = Op::Conv { strides: s.to_vec(), pads: p.to_vec(), dilations: d.to_vec(), group: g };
+            let op = Op::Conv { strides: s.to_vec(), pads: p.to_vec(), dilations: d.to_vec(), group: g, channels_last: false };
             let got = run_one(op, &[&x, &w, &b], DType::F32, &shape).unwrap();
             assert_close(&f32s(&got), &want, 1e-5, 1e-5);
         }
@@ -267,12 +267,12 @@ mod tests {
     fn conv1d_and_bad_geometry() {
         let x = Tensor::from_f32s(vec![1, 1, 5], vec![1.0, 2.0, 3.0, 4.0, 5.0]);
         let w = Tensor::from_f32s(vec![1, 1, 2], vec![1.0, -1.0]);
-        let op = Op::Conv { strides: vec![2], pads: vec![1, 0], dilations: vec![1], group: 1 };
+        let op = Op::Conv { strides: vec![2], pads: vec![1, 0], dilations: vec![1], group: 1, channels_last: false };
         let got = run_one(op, &[&x, &w], DType::F32, &[1, 1, 3]).unwrap();
         // Padded input [0,1,2,3,4,5] at positions 0, 2, 4.
         assert_eq!(f32s(&got), vec![-1.0, -1.0, -1.0]);
         let w3 = Tensor::from_f32s(vec![1, 2, 2], vec![0.0; 4]);
-        let op = Op::Conv { strides: vec![1], pads: vec![0, 0], dilations: vec![1], group: 1 };
+        let op = Op::Conv { strides: vec![1], pads: vec![0, 0], dilations: vec![1], group: 1, channels_last: false };
         let e = run_one(op, &[&x, &w3], DType::F32, &[1, 1, 4]).unwrap_err().to_string();
         assert!(e.contains("group"), "{e}");
     }
@@ -282,7 +282,7 @@ mod tests {
         let mut rng = Rng::new(22);
         let x = rng.tensor(&[2, 64, 32, 32]);
         let w = rng.tensor(&[64, 64, 3, 3]);
-        let op = Op::Conv { strides: vec![1, 1], pads: vec![1, 1, 1, 1], dilations: vec![1, 1], group: 1 };
+        let op = Op::Conv { strides: vec![1, 1], pads: vec![1, 1, 1, 1], dilations: vec![1, 1], group: 1, channels_last: false };
         let start = std::time::Instant::now();
         let got = run_one(op, &[&x, &w], DType::F32, &[2, 64, 32, 32]).unwrap();
         let took = start.elapsed();

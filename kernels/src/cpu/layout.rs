@@ -25,7 +25,11 @@ pub(crate) fn expand(cx: &StepCtx) -> Result<Tensor, String> {
 }
 
 pub(crate) fn transpose(cx: &StepCtx, perm: &[usize]) -> Result<Tensor, String> {
-    let x = cx.input(0)?;
+    permuted(cx.input(0)?, perm)
+}
+
+/// `x` with its axes permuted: output axis `i` is input axis `perm[i]`.
+pub(crate) fn permuted(x: &Tensor, perm: &[usize]) -> Result<Tensor, String> {
     let rank = x.shape.len();
     let mut seen = vec![false; rank];
     if perm.len() != rank || perm.iter().any(|&p| p >= rank || std::mem::replace(&mut seen[p], true)) {

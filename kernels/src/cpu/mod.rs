@@ -224,10 +224,16 @@ fn dispatch(op: &Op, cx: &StepCtx) -> std::result::Result<Vec<Tensor>, String> {
         Op::Gelu { tanh } => one(elementwise::gelu(cx, *tanh)),
         Op::MatMul => one(matmul::matmul(cx)),
         Op::Gemm { alpha, beta, trans_a, trans_b } => one(matmul::gemm(cx, *alpha, *beta, *trans_a, *trans_b)),
-        Op::Conv { strides, pads, dilations, group } => one(conv::conv(cx, strides, pads, dilations, *group)),
+        Op::Conv { strides, pads, dilations, group, channels_last: false } => one(conv::conv(cx, strides, pads, dilations, *group)),
+        Op::Conv { strides, pads, dilations, group, channels_last: true } => {
+            one(via_channels_first(cx, &[0, 1], |cx| conv::conv(cx, strides, pads, dilations, *group)))
+        }
         Op::InstanceNorm { epsilon } => one(norm::instance_norm(cx, *epsilon)),
-        Op::GroupNorm { epsilon, num_groups, per_channel_affine } => {
+        Op::GroupNorm { epsilon, num_groups, per_channel_affine, channels_last: false } => {
             one(norm::group_norm(cx, *epsilon, *num_groups, *per_channel_affine))
+        }
+        Op::GroupNorm { epsilon, num_groups, per_channel_affine, channels_last: true } => {
+            one(via_channels_first(cx, &[0], |cx| norm::group_norm(cx, *epsilon, *num_groups, *per_channel_affine)))
         }
         Op::LayerNorm { axis, epsilon } => one(norm::layer_norm(cx, *axis, *epsilon)),
         Op::Softmax { axis } => one(softmax::softmax(cx, *axis, false)),
@@ -275,6 +281,38 @@ fn dispatch(op: &Op, cx: &StepCtx) -> std::result::Result<Vec<Tensor>, String> {
             Err("this op is not executable as a step".into())
         }
     }
+}
+
+/// Runs a channels-first op on channels-last data: the inputs listed in `moved` (and the
+/// output) have their channel axis last (`[N, spatial…, C]`, a weight `[M, k…, C]`); they are
+/// permuted to ONNX's `[N, C, spatial…]`, `f` runs, and its output is permuted back. The
+/// reference for `channels_last` ops made by the layout pass: plain, obviously equal to the
+/// ONNX op.
+fn via_channels_first(cx: &StepCtx, moved: &[usize], f: impl Fn(&StepCtx) -> std::result::Result<Tensor, String>) -> std::result::Result<Tensor, String> {
+    let to_first = |rank: usize| -> Vec<usize> { std::iter::once(0).chain(std::iter::once(rank - 1)).chain(1..rank - 1).collect() };
+    let to_last = |rank: usize| -> Vec<usize> { std::iter::once(0).chain(2..rank).chain(std::iter::once(1)).collect() };
+    let mut owned: Vec<Option<Tensor>> = Vec::with_capacity(cx.inputs.len());
+    for (i, t) in cx.inputs.iter().enumerate() {
+        owned.push(match t {
+            Some(t) if moved.contains(&i) => {
+                if t.shape.len() < 2 {
+                    return Err(format!("input {i} has shape {:?}: channels-last data needs rank ≥ 2", t.shape));
+                }
+                Some(layout::permuted(t, &to_first(t.shape.len()))?)
+            }
+            Some(t) => Some((*t).clone()),
+            None => None,
+        });
+    }
+    let refs: Vec<Option<&Tensor>> = owned.iter().map(|t| t.as_ref()).collect();
+    let outs: Vec<(DType, Vec<usize>)> = cx
+        .outs
+        .iter()
+        .map(|(d, s)| (*d, if s.len() >= 2 { to_first(s.len()).iter().map(|&a| s[a]).collect() } else { s.clone() }))
+        .collect();
+    let first = f(&StepCtx { inputs: &refs, outs: &outs, bindings: cx.bindings })?;
+    let rank = first.shape.len();
+    layout::permuted(&first, &to_last(rank))
 }
 
 #[cfg(test)]

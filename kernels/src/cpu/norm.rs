@@ -133,14 +133,14 @@ mod tests {
         let z = naive(&f32s(&x), 12, 1e-5); // 3 groups of 2 channels × 6 positions
         let sc = rng.tensor(&[6]);
         let bi = rng.tensor(&[6]);
-        let op = Op::GroupNorm { epsilon: 1e-5, num_groups: 3, per_channel_affine: true };
+        let op = Op::GroupNorm { epsilon: 1e-5, num_groups: 3, per_channel_affine: true, channels_last: false };
         let got = run_one(op, &[&x, &sc, &bi], DType::F32, &[2, 6, 3, 2]).unwrap();
         let (s, b) = (f32s(&sc), f32s(&bi));
         let want: Vec<f32> = z.iter().enumerate().map(|(i, &v)| (v * s[(i / 6) % 6] as f64 + b[(i / 6) % 6] as f64) as f32).collect();
         assert_close(&f32s(&got), &want, 1e-5, 1e-4);
         let sg = rng.tensor(&[3]);
         let bg = rng.tensor(&[3]);
-        let op = Op::GroupNorm { epsilon: 1e-5, num_groups: 3, per_channel_affine: false };
+        let op = Op::GroupNorm { epsilon: 1e-5, num_groups: 3, per_channel_affine: false, channels_last: false };
         let got = run_one(op, &[&x, &sg, &bg], DType::F32, &[2, 6, 3, 2]).unwrap();
         let (s, b) = (f32s(&sg), f32s(&bg));
         let want: Vec<f32> = z.iter().enumerate().map(|(i, &v)| (v * s[(i / 12) % 3] as f64 + b[(i / 12) % 3] as f64) as f32).collect();

@@ -144,7 +144,7 @@ pub(crate) fn conv(ctx: &NodeCtx) -> Build {
         shape.push((span + s.clone()).floor_div(&s));
     }
     let ins: Vec<Option<usize>> = vec![Some(0), Some(1), if has_b { Some(2) } else { None }];
-    Ok(Built::node(Op::Conv { strides, pads, dilations, group }, &ins, vec![TensorType::new(dtype, shape)]))
+    Ok(Built::node(Op::Conv { strides, pads, dilations, group, channels_last: false }, &ins, vec![TensorType::new(dtype, shape)]))
 }
 
 pub(crate) fn global_average_pool(ctx: &NodeCtx) -> Build {
@@ -195,7 +195,7 @@ pub(crate) fn group_norm(ctx: &NodeCtx) -> Build {
         }
     }
     let epsilon = ctx.float_or("epsilon", 1e-5)?;
-    let op = Op::GroupNorm { epsilon, num_groups: groups as usize, per_channel_affine };
+    let op = Op::GroupNorm { epsilon, num_groups: groups as usize, per_channel_affine, channels_last: false };
     Ok(Built::one(op, &[0, 1, 2], TensorType::new(dtype, x.shape().to_vec())))
 }
 
@@ -250,7 +250,7 @@ mod tests {
         g.output("y2");
         let out = g.import_strict();
         assert_eq!(out.type_of("y"), "f32[N, 6, 4, 4]");
-        assert_eq!(out.op("y"), Op::Conv { strides: vec![2, 2], pads: vec![1, 0, 1, 1], dilations: vec![1, 1], group: 2 });
+        assert_eq!(out.op("y"), Op::Conv { strides: vec![2, 2], pads: vec![1, 0, 1, 1], dilations: vec![1, 1], group: 2, channels_last: false });
         assert_eq!(out.input_ops("y"), vec!["Input", "Constant", "_"]);
         assert_eq!(out.type_of("y2"), "f32[N, 8, ((H + 1) / 2), ((W + 1) / 2)]");
     }

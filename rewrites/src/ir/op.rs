@@ -143,13 +143,17 @@ pub enum Op {
     MatMul,
     /// `[a, b, c?]`: `alpha * op(a) @ op(b) + beta * c`, c broadcast to the output.
     Gemm { alpha: f32, beta: f32, trans_a: bool, trans_b: bool },
-    /// `[x, w, b?]`, N C spatial… layout. `pads` = begins then ends (auto_pad already resolved).
-    Conv { strides: Vec<usize>, pads: Vec<usize>, dilations: Vec<usize>, group: usize },
+    /// `[x, w, b?]`. `pads` = begins then ends (auto_pad already resolved). ONNX's layout (x
+    /// `[N, C, spatial…]`, w `[M, C/group, k…]`, y `[N, M, spatial…]`) unless `channels_last`:
+    /// x `[N, spatial…, C]`, w `[M, k…, C/group]`, y `[N, spatial…, M]` (made by
+    /// `crate::layout`, never by the importer).
+    Conv { strides: Vec<usize>, pads: Vec<usize>, dilations: Vec<usize>, group: usize, channels_last: bool },
     /// `[x, scale, bias]`.
     InstanceNorm { epsilon: f32 },
     /// `[x, scale, bias]`; scale/bias have C entries if `per_channel_affine` (opset 21), else
-    /// `num_groups` entries (opset 18).
-    GroupNorm { epsilon: f32, num_groups: usize, per_channel_affine: bool },
+    /// `num_groups` entries (opset 18). x is `[N, C, spatial…]`, or `[N, spatial…, C]` when
+    /// `channels_last` (made by `crate::layout`, never by the importer).
+    GroupNorm { epsilon: f32, num_groups: usize, per_channel_affine: bool, channels_last: bool },
     /// `[x, scale, bias?]`, normalising axes `axis..rank`; only the first output (Y) is produced.
     LayerNorm { axis: usize, epsilon: f32 },
     /// `[x]` along one axis (opset ≥ 13 semantics).

@@ -44,6 +44,10 @@ impl ReduceCode {
                 b += &format!("    for (long long k = threadIdx.x; k < L; k += blockDim.x) out[base + k * inner] = {};\n  }}\n}}\n", out.store(&y));
                 b
             }
+            Op::GroupNorm { channels_last: true, .. } => {
+                // The layout pass only emits it where the stitcher turns it into a region.
+                return Err("a channels-last GroupNorm runs only inside a stitched region".into());
+            }
             Op::LayerNorm { epsilon, .. } | Op::InstanceNorm { epsilon } | Op::GroupNorm { epsilon, .. } => {
                 if !x.is_float() {
                     return Err(format!("normalization of {}", x.dtype));

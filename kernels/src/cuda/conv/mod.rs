@@ -1,13 +1,21 @@
-//! Convolution (ONNX Conv, 1-D and 2-D, NCHW): cuDNN when it can, im2col + cuBLAS otherwise.
+//! Convolution (ONNX Conv, 1-D and 2-D, NCHW or channels-last): cuDNN when it can, im2col +
+//! cuBLAS otherwise.
 //!
-//! - `cudnn`: one cuDNN forward convolution per step (bias in the same call where cuDNN allows
-//!   it), the algorithm chosen once per concrete shape and cached; f32, f16 and bf16 with f32
-//!   accumulation; f32 without TF32 so fp32 models match the CPU reference.
-//! - `im2col`: the fallback (column buffer + cuBLAS GEMM). It runs when libcudnn cannot be
-//!   loaded (reported once on stderr), for f64, for asymmetric pads, for tensors past cuDNN's
-//!   32-bit sizes, and for the shapes where it is faster on NCHW data (`prefers_cudnn`, measured
-//!   on the H100). `QUILT_CONV=cudnn|im2col` (or `set_policy`) overrides that choice for steps
-//!   prepared afterwards.
+//! - `cudnn`: one cuDNN forward convolution per step, bias in the same call; the plan built once
+//!   per concrete shape and cached; f32, f16 and bf16 with f32 accumulation; f32 without TF32
+//!   so fp32 models match the CPU reference. Two APIs behind it: `graph_api` (cuDNN's backend
+//!   API, engine heuristics; the Hopper engines, 2-4× faster than the legacy API in f16 NHWC)
+//!   and `legacy` (`cudnnConvolutionForward`), which runs a shape the graph API has no engine for.
+//! - `im2col`: the fallback for NCHW data (column buffer + cuBLAS GEMM). It runs when libcudnn
+//!   cannot be loaded (reported once on stderr), for f64, for asymmetric pads, for tensors past
+//!   cuDNN's 32-bit sizes, and for the f32 shapes where it beats cuDNN (`prefers_cudnn`,
+//!   measured on the H100). Channels-last convolutions (`Op::Conv::channels_last`) have no
+//!   im2col path: without cuDNN (or for f64, asymmetric pads) `ConvCode::new` declines them.
+//!
+//! Policy (`QUILT_CONV`, or `set_policy`, read when a step is prepared): `auto` (default: 16-bit
+//! data on the graph API; f32 on the legacy API or im2col by `prefers_cudnn`), `cudnn` (every
+//! convolution cuDNN can run on the graph API first), `legacy` (the legacy API only, the
+//! pre-graph-API behaviour for cuDNN shapes), `im2col` (NCHW convolutions never on cuDNN).
 //!
 //! Where cuDNN comes from: quilt opens cuDNN 9 at run time through the dynamic loader, trying
 //! the names `libcudnn.so` first and `libcudnn.so.9` later (cudarc's order), so the loader's
@@ -25,7 +33,9 @@
 //! ```
 
 pub mod cudnn;
+pub mod graph_api;
 pub mod im2col;
+pub mod legacy;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -116,28 +126,34 @@ impl ConvGeometry {
 /// Whether `ConvCode::plan` emits cuDNN calls (`Action::Conv`, run by the executor's `Dnn`).
 pub const CUDNN_DISPATCHED: bool = true;
 
-/// Which convolutions go to cuDNN (read when a step is prepared).
+/// Which convolutions go to cuDNN, and through which API (read when a step is prepared).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPolicy {
-    /// Per shape, by a rule measured on the H100 with NCHW data (`prefers_cudnn`).
+    /// 16-bit data on the graph API; f32 by a rule measured on the H100 with NCHW data
+    /// (`prefers_cudnn`: the legacy API's FMA kernels, else im2col).
     Auto,
-    /// Every convolution cuDNN can run.
+    /// Every convolution cuDNN can run, graph API first.
     Cudnn,
-    /// None: im2col + cuBLAS throughout.
+    /// None of the NCHW ones: im2col + cuBLAS throughout (channels-last ones still need cuDNN).
     Im2col,
+    /// Every convolution cuDNN can run, on the legacy API only.
+    Legacy,
 }
 
 static POLICY: AtomicU8 = AtomicU8::new(u8::MAX);
 
-/// The process-wide policy: set by `set_policy`, else `QUILT_CONV=auto|cudnn|im2col`, else Auto.
+/// The process-wide policy: set by `set_policy`, else `QUILT_CONV=auto|cudnn|legacy|im2col`,
+/// else Auto.
 pub fn policy() -> ConvPolicy {
     match POLICY.load(Ordering::Relaxed) {
         0 => ConvPolicy::Auto,
         1 => ConvPolicy::Cudnn,
         2 => ConvPolicy::Im2col,
+        3 => ConvPolicy::Legacy,
         _ => match std::env::var("QUILT_CONV").as_deref() {
             Ok("cudnn") => ConvPolicy::Cudnn,
             Ok("im2col") => ConvPolicy::Im2col,
+            Ok("legacy") => ConvPolicy::Legacy,
             _ => ConvPolicy::Auto,
         },
     }
@@ -148,7 +164,8 @@ pub fn set_policy(p: ConvPolicy) {
     POLICY.store(p as u8, Ordering::Relaxed);
 }
 
-/// Whether cuDNN beats im2col + cuBLAS for `g` with NCHW data, as measured on the H100
+/// Whether cuDNN's legacy API beats im2col + cuBLAS for `g` with NCHW data (the f32 rule of
+/// `ConvPolicy::Auto`), as measured on the H100
 /// (tests/bench/results/2026-11-25-conv-h100.md, batch 2): cuDNN's NCHW kernels win at large
 /// spatial sizes (and save im2col's C·kh·kw·OH·OW column buffer there) and when there are few
 /// output channels; cuBLAS wins on the deep, small-spatial convolutions and on 1×1 convolutions,
@@ -163,6 +180,9 @@ pub struct ConvCode {
     pads: Vec<usize>,
     dilations: Vec<usize>,
     group: usize,
+    /// NHWC data and KRSC filters (`Op::Conv::channels_last`): cuDNN only, there is no
+    /// channels-last im2col.
+    channels_last: bool,
     dtype: DType,
     has_bias: bool,
     policy: ConvPolicy,
@@ -174,7 +194,7 @@ pub struct ConvCode {
 
 impl ConvCode {
     pub fn new(op: &Op, t: &Types) -> Result<ConvCode, String> {
-        let Op::Conv { strides, pads, dilations, group } = op else { return Err(format!("{} is not Conv", op.name())) };
+        let Op::Conv { strides, pads, dilations, group, channels_last } = op else { return Err(format!("{} is not Conv", op.name())) };
         let dtype = t.input(0)?;
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) || t.input(1)? != dtype {
             return Err(format!("Conv of {dtype}"));
@@ -191,7 +211,7 @@ impl ConvCode {
             return Err(format!("Conv bias of {} with data of {dtype}", t.input(2)?));
         }
         let policy = policy();
-        let cudnn_declined = if policy == ConvPolicy::Im2col {
+        let cudnn_declined = if policy == ConvPolicy::Im2col && !channels_last {
             Some("conv policy im2col".to_string())
         } else if !cudnn::supports_dtype(dtype) {
             Some(format!("cuDNN is not used for {dtype}"))
@@ -200,11 +220,20 @@ impl ConvCode {
         } else {
             None
         };
+        if *channels_last {
+            // No im2col for channels-last data: decline here, where the executor's check sees it
+            // (the node then runs elsewhere), rather than at the first shape.
+            if let Some(why) = &cudnn_declined {
+                return Err(format!("channels-last Conv needs cuDNN, which is not used here: {why}"));
+            }
+            cudnn::library().map_err(|e| format!("channels-last Conv needs cuDNN: {e}"))?;
+        }
         Ok(ConvCode {
             strides: strides.clone(),
             pads: pads.clone(),
             dilations: dilations.clone(),
             group: *group,
+            channels_last: *channels_last,
             dtype,
             has_bias,
             policy,
@@ -213,8 +242,18 @@ impl ConvCode {
         })
     }
 
-    /// The step's geometry at concrete shapes (x, w, output).
+    /// The step's geometry at concrete shapes (x, w, output; channels-last shapes when the op
+    /// is).
     pub fn geometry(&self, x: &[usize], w: &[usize], out: &[usize]) -> Result<ConvGeometry, String> {
+        if self.channels_last {
+            let first = |s: &[usize]| -> Vec<usize> {
+                if s.len() < 2 {
+                    return s.to_vec();
+                }
+                std::iter::once(s[0]).chain(std::iter::once(s[s.len() - 1])).chain(s[1..s.len() - 1].iter().copied()).collect()
+            };
+            return ConvGeometry::new(&self.strides, &self.pads, &self.dilations, self.group, &first(x), &first(w), &first(out));
+        }
         ConvGeometry::new(&self.strides, &self.pads, &self.dilations, self.group, x, w, out)
     }
 
@@ -223,11 +262,19 @@ impl ConvCode {
         if let Some(why) = &self.cudnn_declined {
             return Err(why.clone());
         }
-        if self.policy == ConvPolicy::Auto && !prefers_cudnn(g) {
-            return Err("im2col + cuBLAS is faster for this shape".into());
-        }
-        cudnn::library()?;
-        ConvCall::new(*g, self.dtype, self.has_bias)
+        let call = if self.channels_last {
+            cudnn::library().map_err(|e| format!("a channels-last convolution needs cuDNN: {e}"))?;
+            ConvCall::new(*g, self.dtype, self.has_bias)?.nhwc()
+        } else {
+            if self.policy == ConvPolicy::Auto && self.dtype == DType::F32 && !prefers_cudnn(g) {
+                return Err("im2col + cuBLAS is faster for this shape".into());
+            }
+            cudnn::library()?;
+            ConvCall::new(*g, self.dtype, self.has_bias)?
+        };
+        // f32 under Auto stays on the legacy API's measured FMA kernels.
+        let legacy = self.policy == ConvPolicy::Legacy || (self.policy == ConvPolicy::Auto && self.dtype == DType::F32);
+        Ok(if legacy { call.legacy() } else { call })
     }
 
     /// The im2col + cuBLAS launch plan for `g` (kernels from `kernels()`).
@@ -261,6 +308,7 @@ impl StepCode for ConvCode {
         }
         match self.cudnn_call(&g) {
             Ok(call) => Ok(LaunchPlan { actions: vec![Action::Conv(call)], ..LaunchPlan::default() }),
+            Err(why) if self.channels_last => Err(why),
             Err(_) => self.im2col_plan(&g),
         }
     }

@@ -48,7 +48,7 @@ fn group_norm(eg: &EGraph, class: Id, node: &ENode, _: &Op) -> Option<Rhs> {
         }
         let c = c as usize;
         let x = Rhs::op(Op::Reshape, y.clone(), vec![Rhs::Class(r)]);
-        let op = Op::GroupNorm { epsilon: *epsilon, num_groups: g as usize, per_channel_affine: true };
+        let op = Op::GroupNorm { epsilon: *epsilon, num_groups: g as usize, per_channel_affine: true, channels_last: false };
         let ones = Rhs::konst(filled(y.dtype, &[c], 1.0));
         let zeros = Rhs::konst(filled(y.dtype, &[c], 0.0));
         return Some(Rhs::op(op, y, vec![x, ones, zeros]));
@@ -68,7 +68,7 @@ enum Affine {
 fn norm_in(eg: &EGraph, n: Id) -> Vec<(&ENode, Affine, &Op)> {
     let mut out = Vec::new();
     let Some(t) = ty(eg, n) else { return out };
-    for (node, op) in nodes_where(eg, n, |o| matches!(o, Op::GroupNorm { per_channel_affine: true, .. } | Op::LayerNorm { .. })) {
+    for (node, op) in nodes_where(eg, n, |o| matches!(o, Op::GroupNorm { per_channel_affine: true, channels_last: false, .. } | Op::LayerNorm { .. })) {
         match op {
             Op::GroupNorm { .. } => {
                 if let Some(c) = t.shape.get(1).and_then(|d| d.as_const()) {
