@@ -5,17 +5,19 @@
 #   strip -o BIN_DIR/cuda_conv target/release/deps/cuda_conv-<hash>
 #   bash tests/bench/conv_gpu.sh BIN_DIR OUT_DIR
 #
-# 1. Conv correctness (tests/tests/cuda_conv.rs) with cuDNN's heuristic algorithm choice, with
-#    the benchmarked choice (QUILT_CUDNN_ALGO=benchmark), and on the im2col path (QUILT_CONV=im2col;
-#    the machine has a system libcudnn, so a missing library cannot be simulated there).
-# 2. Timing of the SD 1.5 UNet's conv shapes at batch 2, 64² latent, f32 and f16: quilt's cuDNN
-#    call (heuristic / benchmarked algorithm) and its im2col path (QUILT_CONV_BENCH=1 of the same
-#    binary), then torch.nn.functional.conv2d (cuDNN via PyTorch, cudnn.benchmark=True, TF32 off,
-#    NCHW and channels_last) on the same shapes, timed the same way: median of 5 × mean of 20
-#    back-to-back calls, synchronised at both ends (so per-call host overhead is included).
+# 1. Conv correctness (tests/tests/cuda_conv.rs): through the executor with every convolution on
+#    cuDNN (graph API first), on the legacy API only (QUILT_CONV=legacy), on the im2col path
+#    (QUILT_CONV=im2col; the machine has a system libcudnn, so a missing library cannot be
+#    simulated there); and direct graph-API calls, NCHW and NHWC, with bias and residual.
+# 2. Timing, f16, of the SD 1.5 UNet's conv shapes at batch 2, 64² latent, and the VAE decoder's
+#    at batch 1 (QUILT_CONV_BENCH=1 of the same binary): cuDNN graph API NHWC (heuristic engine,
+#    with a residual, benchmarked engine), graph API NCHW, legacy API NCHW, im2col NCHW; then
+#    torch.nn.functional.conv2d (cudnn.benchmark=True, NCHW and channels_last) on the same
+#    shapes, timed the same way: median of 5 × mean of 20 back-to-back calls, synchronised at
+#    both ends (so per-call host overhead is included).
 #
 # cuDNN comes from PyTorch's nvidia-cudnn wheel (the same recipe a user follows, see the module
-# doc of kernels/src/cuda/conv/mod.rs); the results recorded so far ran the system's cuDNN 9.14.
+# doc of kernels/src/cuda/conv/mod.rs).
 set -uo pipefail
 BIN="${1:?bin dir}"; OUT="${2:?out dir}"
 mkdir -p "$OUT"
@@ -34,11 +36,15 @@ export QUILT_FIXTURES="$PWD/models/fixtures"
 # before libcudnn.so.9, and the wheel has no libcudnn.so, so a link to it goes first.
 mkdir -p /tmp/quilt-cudnn && ln -sf "$CUDNN_LIB/libcudnn.so.9" /tmp/quilt-cudnn/libcudnn.so
 export LD_LIBRARY_PATH="/tmp/quilt-cudnn:$CUDNN_LIB:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-echo "== correctness, heuristic algorithms"
+echo "== correctness, direct graph-API calls (NCHW/NHWC, bias, residual)"
+"$BIN"/cuda_conv --nocapture --test-threads=1 graph_api 2>&1 | tee "$OUT/correctness_graph.log" || status=1
+echo "== correctness through the executor, cuDNN graph API first"
 "$BIN"/cuda_conv --nocapture --test-threads=1 conv_matches 2>&1 | tee "$OUT/correctness.log" || status=1
+echo "== correctness, legacy API"
+QUILT_CONV=legacy "$BIN"/cuda_conv --nocapture --test-threads=1 conv_matches 2>&1 | tee "$OUT/correctness_legacy.log" | tail -4 || status=1
 echo "== correctness, im2col path"
 QUILT_CONV=im2col "$BIN"/cuda_conv --nocapture --test-threads=1 conv_matches 2>&1 | tee "$OUT/correctness_im2col.log" | tail -4 || status=1
-echo "== correctness, benchmarked algorithms"
+echo "== correctness, benchmarked engines and algorithms"
 QUILT_CUDNN_ALGO=benchmark "$BIN"/cuda_conv --nocapture --test-threads=1 conv_matches 2>&1 | tee "$OUT/correctness_benchmark.log" | tail -4 || status=1
 
 echo "== timing: quilt"
@@ -53,16 +59,24 @@ import torch.nn.functional as F
 torch.backends.cudnn.benchmark = True
 torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
+# (name, N, C, M, k, stride, pad, H=W): as conv_timing in tests/tests/cuda_conv.rs.
 shapes = [
-    ("conv_in 4->320 3x3 @64", 4, 320, 3, 1, 1, 64),
-    ("320->320 3x3 @64", 320, 320, 3, 1, 1, 64),
-    ("320->320 3x3 s2 @64", 320, 320, 3, 2, 1, 64),
-    ("640->640 3x3 @32", 640, 640, 3, 1, 1, 32),
-    ("1280->1280 3x3 @16", 1280, 1280, 3, 1, 1, 16),
-    ("1280->1280 3x3 @8", 1280, 1280, 3, 1, 1, 8),
-    ("2560->1280 3x3 @8", 2560, 1280, 3, 1, 1, 8),
-    ("640->320 1x1 @64", 640, 320, 1, 1, 0, 64),
-    ("conv_out 320->4 3x3 @64", 320, 4, 3, 1, 1, 64),
+    ("unet conv_in 4->320 @64", 2, 4, 320, 3, 1, 1, 64),
+    ("unet 320->320 @64", 2, 320, 320, 3, 1, 1, 64),
+    ("unet 640->640 @32", 2, 640, 640, 3, 1, 1, 32),
+    ("unet 1280->1280 @16", 2, 1280, 1280, 3, 1, 1, 16),
+    ("unet 1280->1280 @8", 2, 1280, 1280, 3, 1, 1, 8),
+    ("unet 2560->1280 @8", 2, 2560, 1280, 3, 1, 1, 8),
+    ("unet 640->320 1x1 @64", 2, 640, 320, 1, 1, 0, 64),
+    ("unet conv_out 320->4 @64", 2, 320, 4, 3, 1, 1, 64),
+    ("vae 512->512 @64", 1, 512, 512, 3, 1, 1, 64),
+    ("vae 512->512 @128", 1, 512, 512, 3, 1, 1, 128),
+    ("vae 512->512 @256", 1, 512, 512, 3, 1, 1, 256),
+    ("vae 512->256 @256", 1, 512, 256, 3, 1, 1, 256),
+    ("vae 256->256 @256", 1, 256, 256, 3, 1, 1, 256),
+    ("vae 256->128 @512", 1, 256, 128, 3, 1, 1, 512),
+    ("vae 128->128 @512", 1, 128, 128, 3, 1, 1, 512),
+    ("vae 128->3 @512", 1, 128, 3, 3, 1, 1, 512),
 ]
 
 def time_ms(f, iters=20, reps=5):
@@ -78,9 +92,9 @@ def time_ms(f, iters=20, reps=5):
 
 rows = []
 print(f"{'conv':<26} {'dt':<4} {'nchw':>9} {'nhwc':>9}")
-for name, c, m, k, s, p, hw in shapes:
-    for dt, tdt in (("f32", torch.float32), ("f16", torch.float16)):
-        x = torch.randn(2, c, hw, hw, device="cuda", dtype=tdt)
+for name, n, c, m, k, s, p, hw in shapes:
+    for dt, tdt in (("f16", torch.float16),):
+        x = torch.randn(n, c, hw, hw, device="cuda", dtype=tdt)
         w = torch.randn(m, c, k, k, device="cuda", dtype=tdt) / (c * k * k) ** 0.5
         b = torch.randn(m, device="cuda", dtype=tdt) * 0.5
         res = {}
@@ -94,5 +108,18 @@ for name, c, m, k, s, p, hw in shapes:
 with open(sys.argv[1], "w") as f:
     for r in rows:
         f.write(json.dumps(r) + "\n")
+EOF
+
+echo "== table (ms)"
+python3 - "$OUT/quilt.jsonl" "$OUT/torch.jsonl" <<'EOF' 2>&1 | tee "$OUT/table.md"
+import json, sys
+q = [json.loads(l) for l in open(sys.argv[1])]
+t = {r["conv"]: r for r in map(json.loads, open(sys.argv[2])) if r["dtype"] == "f16"}
+print("| conv (f16) | GFLOP | graph NHWC | graph NHWC +res | graph NHWC bench | graph NCHW | legacy NCHW | im2col NCHW | torch NCHW | torch NHWC | engine NHWC (heur / bench) | engine NCHW |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for r in q:
+    tr = t.get(r["conv"], {})
+    f = lambda k, d=r: f"{d[k]:.3f}" if k in d else "-"
+    print(f"| {r['conv']} | {r['gflop']:.2f} | {f('graph_nhwc_ms')} | {f('graph_nhwc_residual_ms')} | {f('graph_nhwc_benchmark_ms')} | {f('graph_nchw_ms')} | {f('legacy_nchw_ms')} | {f('im2col_nchw_ms')} | {f('torch_nchw_ms', tr)} | {f('torch_nhwc_ms', tr)} | {r['engine_nhwc']} / {r['engine_nhwc_benchmark']} | {r['engine_nchw']} |")
 EOF
 exit $status

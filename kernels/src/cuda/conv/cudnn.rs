@@ -1,47 +1,50 @@
-//! Convolution through cuDNN's forward-convolution API (cudarc's `cudnn` bindings; libcudnn 9.x
-//! opened at run time).
+//! cuDNN for convolutions: the library probe, the call the executor queues (`ConvCall`), and
+//! `Dnn`, which owns the handle, the per-shape plans and the workspace.
 //!
-//! - Layout: NCHW tensors and KCRS filters, as the ONNX graph stores them. cuDNN runs f16 NCHW
-//!   2-3× slower than NHWC on the H100 (see the results file), so `ConvLayout::Nhwc` (NHWC
-//!   tensors, KRSC filters) is ready for a planner that keeps activations channels-last.
-//! - Precision: f32, f16 and bf16 data, f32 compute. f32 convolutions use `CUDNN_FMA_MATH`:
-//!   cuDNN's default math mode allows TF32 on Ampere and later, which would not match the CPU
-//!   reference at 1e-4. f16/bf16 use `CUDNN_TENSOR_OP_MATH`.
-//! - Algorithm: chosen once per concrete shape (dtype, geometry, bias) and cached in the `Dnn`
-//!   that runs it, together with its descriptors; the workspace is sized from the choice (at most
-//!   `WORKSPACE_CAP`) and kept across calls, so a repeat call is one cuDNN call. The choice is
-//!   cuDNN's heuristic (`cudnnGetConvolutionForwardAlgorithm_v7`, no GPU work, safe inside CUDA
-//!   graph capture) unless `QUILT_CUDNN_ALGO=benchmark`, which times the candidates on the real
-//!   buffers (`cudnnFindConvolutionForwardAlgorithmEx`) on the first call at each shape.
-//! - Bias: `cudnnConvolutionBiasActivationForward` with the identity activation when the chosen
-//!   algorithm is IMPLICIT_PRECOMP_GEMM (the only one cuDNN allows with identity), otherwise the
-//!   convolution followed by `cudnnAddTensor`.
-//!
-//! A new shape's first call (descriptor setup, algorithm choice, workspace growth) synchronises
-//! the stream when the workspace grows; run every shape once before capturing a CUDA graph.
+//! - Layout: NCHW tensors with KCRS filters (the ONNX layout) or NHWC with KRSC
+//!   (`ConvLayout::Nhwc`, channels-last Conv steps): cuDNN's fast tensor-core kernels are NHWC.
+//! - API: the graph (backend) API first (`graph_api`, the engines PyTorch reaches), the legacy
+//!   `cudnnConvolutionForward` API (`legacy`) when the graph API has no engine for a shape or the
+//!   call asks for it. Both: f32, f16 and bf16 data, f32 compute, no TF32 for f32 data.
+//! - Epilogue: an optional bias [M] and an optional residual (same shape and layout as y, must
+//!   not alias y) are added to the convolution's result: inside the graph when an engine takes
+//!   them, else by `cudnnAddTensor` after the convolution.
+//! - Plans: built once per concrete shape (dtype, layout, geometry, bias, residual, API, pointer
+//!   alignment) and cached with their descriptors; the workspace is one block per `Dnn`, grown to
+//!   the largest plan's need (at most `WORKSPACE_CAP`). A repeat call is one cuDNN call (plus, on
+//!   the graph API, a host-side variant pack when the pointers changed), so repeat calls are legal
+//!   inside CUDA graph capture. A new shape's first call may synchronise the stream (workspace
+//!   growth, `AlgoSearch::Benchmark`): run every shape once before capturing.
 
 use std::collections::HashMap;
-use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
 
 use cudarc::cudnn::sys;
 use cudarc::driver::{result as drv, sys as dsys};
 use quilt_rewrites::DType;
 
+use super::graph_api::{GraphPlan, Pointers};
+use super::legacy::LegacyPlan;
 use super::ConvGeometry;
 use crate::cuda::codegen::Arg;
 
-/// Largest workspace a convolution may use (algorithms wanting more are skipped): the memory
-/// target is a few hundred MB over the weights for the whole UNet.
+/// Largest workspace a convolution may use (engines and algorithms wanting more are skipped):
+/// the memory target is a few hundred MB over the weights for the whole UNet, and the workspace
+/// is one block per executable, grown to its largest convolution's need.
 pub const WORKSPACE_CAP: usize = 64 << 20;
 
-/// Convolutions cuDNN has run in this process (tests check that the cuDNN path was taken).
+/// Convolutions cuDNN has run in this process, on either API (tests check the path taken).
 static CALLS: AtomicU64 = AtomicU64::new(0);
+/// Of those, the ones run through the graph API.
+static GRAPH_CALLS: AtomicU64 = AtomicU64::new(0);
 
 pub fn calls() -> u64 {
     CALLS.load(Ordering::Relaxed)
+}
+
+pub fn graph_calls() -> u64 {
+    GRAPH_CALLS.load(Ordering::Relaxed)
 }
 
 pub fn supports_dtype(dtype: DType) -> bool {
@@ -80,7 +83,7 @@ fn probe() -> Result<usize, String> {
     Ok(version)
 }
 
-fn check(status: sys::cudnnStatus_t, what: &str) -> Result<(), String> {
+pub(super) fn check(status: sys::cudnnStatus_t, what: &str) -> Result<(), String> {
     match status {
         sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS => Ok(()),
         other => Err(format!("{what}: {other:?}")),
@@ -92,20 +95,32 @@ fn check(status: sys::cudnnStatus_t, what: &str) -> Result<(), String> {
 pub enum ConvLayout {
     /// x, y NCHW and w KCRS: the ONNX layout.
     Nchw,
-    /// x, y NHWC and w KRSC: the layout cuDNN's tensor-core kernels use natively (for a planner
-    /// that keeps activations channels-last; the executor's Conv steps use NCHW).
+    /// x, y NHWC and w KRSC: the layout cuDNN's tensor-core kernels use natively.
     Nhwc,
 }
 
-/// One convolution for the executor: input 0 = x, 1 = w, 2 = bias (K), output 0 = y.
+/// Which cuDNN API a call tries first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvApi {
+    /// The graph (backend) API, falling back to the legacy API for a shape it has no engine for.
+    Graph,
+    /// The legacy API only.
+    Legacy,
+}
+
+/// One convolution for the executor: input 0 = x, 1 = w, 2 = bias (M), output 0 = y; y gets
+/// conv(x, w) + bias + residual.
 #[derive(Clone, Debug)]
 pub struct ConvCall {
     pub geom: ConvGeometry,
     pub dtype: DType,
     pub layout: ConvLayout,
+    pub api: ConvApi,
     pub x: Arg,
     pub w: Arg,
     pub bias: Option<Arg>,
+    /// Same shape and layout as y (not aliasing it).
+    pub residual: Option<Arg>,
     pub y: Arg,
 }
 
@@ -129,7 +144,17 @@ impl ConvCall {
         if x > limit || w > limit || y > limit {
             return Err(format!("tensors of {x}, {w} and {y} elements exceed cuDNN's 32-bit sizes"));
         }
-        Ok(ConvCall { geom, dtype, layout: ConvLayout::Nchw, x: Arg::In(0), w: Arg::In(1), bias: has_bias.then_some(Arg::In(2)), y: Arg::Out(0) })
+        Ok(ConvCall {
+            geom,
+            dtype,
+            layout: ConvLayout::Nchw,
+            api: ConvApi::Graph,
+            x: Arg::In(0),
+            w: Arg::In(1),
+            bias: has_bias.then_some(Arg::In(2)),
+            residual: None,
+            y: Arg::Out(0),
+        })
     }
 
     /// The same call on channels-last data.
@@ -138,8 +163,20 @@ impl ConvCall {
         self
     }
 
-    fn key(&self) -> ShapeKey {
-        (self.dtype, self.layout, self.geom, self.bias.is_some())
+    /// The same call on the legacy API only.
+    pub fn legacy(mut self) -> ConvCall {
+        self.api = ConvApi::Legacy;
+        self
+    }
+
+    /// The same call adding `residual` (same shape and layout as y) to the result.
+    pub fn with_residual(mut self, residual: Arg) -> ConvCall {
+        self.residual = Some(residual);
+        self
+    }
+
+    fn key(&self) -> CallKey {
+        (self.dtype, self.layout, self.geom, self.bias.is_some(), self.residual.is_some(), self.api)
     }
 }
 
@@ -165,6 +202,9 @@ impl AlgoSearch {
 /// What was chosen for one shape (for reports and benchmarks).
 #[derive(Clone, Debug)]
 pub struct ConvChoice {
+    /// "graph" or "legacy".
+    pub api: &'static str,
+    /// The graph API's engine tag (`eng<index>_k<knob>=<value>..`) or the legacy algorithm.
     pub algo: String,
     pub math: String,
     pub workspace_bytes: usize,
@@ -172,16 +212,41 @@ pub struct ConvChoice {
     pub fused_bias: bool,
     /// Time spent choosing (descriptors + heuristic or benchmark).
     pub choose_ms: f64,
+    /// The graph API engine compiles its kernel at run time (NVRTC inside cuDNN).
+    pub runtime_compiled: bool,
+    /// Why the graph API was not used, when it was tried and the legacy API runs instead.
+    pub fallback: Option<String>,
+    /// Engine configurations passed over before the chosen one (precision, workspace, failed to
+    /// finalize).
+    pub skipped: usize,
 }
 
 /// A cuDNN handle (created on first use, on the thread's current context), the per-shape
-/// algorithm cache and the workspace. One per executable; calls are serialised by a mutex.
+/// plan cache and the workspace. One per executable; calls are serialised by a mutex.
 pub struct Dnn {
     search: AlgoSearch,
     inner: Mutex<Inner>,
 }
 
-type ShapeKey = (DType, ConvLayout, ConvGeometry, bool);
+/// (dtype, layout, geometry, has bias, has residual, API).
+type CallKey = (DType, ConvLayout, ConvGeometry, bool, bool, ConvApi);
+/// A call's key and its pointers' common alignment (the graph API's tensors declare it).
+type ShapeKey = (CallKey, u8);
+
+/// A prepared shape on one of the two APIs.
+enum ShapePlan {
+    Graph(GraphPlan),
+    Legacy(LegacyPlan),
+}
+
+impl ShapePlan {
+    fn choice(&self) -> &ConvChoice {
+        match self {
+            ShapePlan::Graph(g) => &g.choice,
+            ShapePlan::Legacy(l) => &l.choice,
+        }
+    }
+}
 
 struct Inner {
     handle: sys::cudnnHandle_t,
@@ -218,22 +283,46 @@ impl Dnn {
         }
         // SAFETY: a live handle; the stream belongs to the current context.
         check(unsafe { sys::cudnnSetStream(inner.handle, stream as sys::cudaStream_t) }, "cudnnSetStream")?;
-        let p = Pointers { x: ptr(call.x), w: ptr(call.w), bias: call.bias.map(ptr), y: ptr(call.y) };
-        if !inner.shapes.contains_key(&call.key()) {
-            let plan = ShapePlan::choose(inner.handle, call, self.search, &p, &mut inner.workspace, stream)?;
-            inner.shapes.insert(call.key(), plan);
+        let p = Pointers { x: ptr(call.x), w: ptr(call.w), bias: call.bias.map(ptr), residual: call.residual.map(ptr), y: ptr(call.y) };
+        if p.residual.is_some_and(|r| r == p.y) {
+            return Err("the residual of a cuDNN convolution must not alias its output".into());
         }
-        let plan = inner.shapes.get_mut(&call.key()).expect("inserted above");
-        inner.workspace.reserve(plan.workspace, stream)?;
-        plan.run(inner.handle, &p, &inner.workspace)?;
+        let key = (call.key(), p.alignment());
+        if !inner.shapes.contains_key(&key) {
+            let plan = match call.api {
+                ConvApi::Graph => match GraphPlan::build(inner.handle, call, &p, self.search, &mut inner.workspace, stream) {
+                    Ok(g) => ShapePlan::Graph(g),
+                    Err(why) => {
+                        let mut l = LegacyPlan::choose(inner.handle, call, self.search, &p, &mut inner.workspace, stream)?;
+                        l.choice.fallback = Some(why);
+                        ShapePlan::Legacy(l)
+                    }
+                },
+                ConvApi::Legacy => ShapePlan::Legacy(LegacyPlan::choose(inner.handle, call, self.search, &p, &mut inner.workspace, stream)?),
+            };
+            inner.shapes.insert(key, plan);
+        }
+        let plan = inner.shapes.get_mut(&key).expect("inserted above");
+        match plan {
+            ShapePlan::Graph(g) => {
+                inner.workspace.reserve(g.workspace(), stream)?;
+                g.run(inner.handle, &p, &inner.workspace)?;
+                GRAPH_CALLS.fetch_add(1, Ordering::Relaxed);
+            }
+            ShapePlan::Legacy(l) => {
+                inner.workspace.reserve(l.workspace, stream)?;
+                l.run(inner.handle, &p, &inner.workspace)?;
+            }
+        }
         CALLS.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// The choice made for `call`'s shape, once it has run.
+    /// The choice made for `call`'s shape, once it has run (at any pointer alignment).
     pub fn choice(&self, call: &ConvCall) -> Option<ConvChoice> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.shapes.get(&call.key()).map(|s| s.choice.clone())
+        let key = call.key();
+        inner.shapes.iter().find(|((k, _), _)| *k == key).map(|(_, s)| s.choice().clone())
     }
 
     /// Distinct shapes prepared so far.
@@ -253,23 +342,16 @@ impl Drop for Dnn {
     }
 }
 
-struct Pointers {
-    x: u64,
-    w: u64,
-    bias: Option<u64>,
-    y: u64,
-}
-
 /// Device memory for cuDNN's workspace, grown on demand (plain allocation: it outlives any one
 /// stream's work, and growth waits for the stream before freeing the old block).
 #[derive(Default)]
-struct Workspace {
-    ptr: u64,
-    bytes: usize,
+pub(super) struct Workspace {
+    pub ptr: u64,
+    pub bytes: usize,
 }
 
 impl Workspace {
-    fn reserve(&mut self, bytes: usize, stream: dsys::CUstream) -> Result<(), String> {
+    pub fn reserve(&mut self, bytes: usize, stream: dsys::CUstream) -> Result<(), String> {
         if bytes <= self.bytes {
             return Ok(());
         }
@@ -298,223 +380,10 @@ impl Drop for Workspace {
     }
 }
 
-/// The descriptors of one shape (destroyed on drop).
-struct Descriptors {
-    x: sys::cudnnTensorDescriptor_t,
-    w: sys::cudnnFilterDescriptor_t,
-    y: sys::cudnnTensorDescriptor_t,
-    bias: sys::cudnnTensorDescriptor_t,
-    conv: sys::cudnnConvolutionDescriptor_t,
-    identity: sys::cudnnActivationDescriptor_t,
-}
-
-impl Drop for Descriptors {
-    fn drop(&mut self) {
-        // SAFETY: each descriptor is destroyed once (null ones were never created).
-        unsafe {
-            for t in [self.x, self.y, self.bias] {
-                if !t.is_null() {
-                    sys::cudnnDestroyTensorDescriptor(t);
-                }
-            }
-            if !self.w.is_null() {
-                sys::cudnnDestroyFilterDescriptor(self.w);
-            }
-            if !self.conv.is_null() {
-                sys::cudnnDestroyConvolutionDescriptor(self.conv);
-            }
-            if !self.identity.is_null() {
-                sys::cudnnDestroyActivationDescriptor(self.identity);
-            }
-        }
-    }
-}
-
-fn data_type(dtype: DType) -> sys::cudnnDataType_t {
+pub(super) fn data_type(dtype: DType) -> sys::cudnnDataType_t {
     match dtype {
         DType::F16 => sys::cudnnDataType_t::CUDNN_DATA_HALF,
         DType::BF16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
         _ => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
-    }
-}
-
-impl Descriptors {
-    fn new(call: &ConvCall) -> Result<Descriptors, String> {
-        use sys::cudnnTensorFormat_t::{CUDNN_TENSOR_NCHW as NCHW, CUDNN_TENSOR_NHWC as NHWC};
-        let g = &call.geom;
-        let fmt = if call.layout == ConvLayout::Nhwc { NHWC } else { NCHW };
-        let dt = data_type(call.dtype);
-        let i = |v: usize| v as c_int;
-        let mut d = Descriptors {
-            x: std::ptr::null_mut(),
-            w: std::ptr::null_mut(),
-            y: std::ptr::null_mut(),
-            bias: std::ptr::null_mut(),
-            conv: std::ptr::null_mut(),
-            identity: std::ptr::null_mut(),
-        };
-        // SAFETY: each descriptor is created before it is set; sizes fit in int (`ConvCall::new`).
-        unsafe {
-            check(sys::cudnnCreateTensorDescriptor(&mut d.x), "cudnnCreateTensorDescriptor")?;
-            check(sys::cudnnSetTensor4dDescriptor(d.x, fmt, dt, i(g.n), i(g.c), i(g.h), i(g.w)), "input descriptor")?;
-            check(sys::cudnnCreateFilterDescriptor(&mut d.w), "cudnnCreateFilterDescriptor")?;
-            check(sys::cudnnSetFilter4dDescriptor(d.w, dt, fmt, i(g.m), i(g.c / g.group), i(g.kh), i(g.kw)), "filter descriptor")?;
-            check(sys::cudnnCreateTensorDescriptor(&mut d.y), "cudnnCreateTensorDescriptor")?;
-            check(sys::cudnnSetTensor4dDescriptor(d.y, fmt, dt, i(g.n), i(g.m), i(g.oh), i(g.ow)), "output descriptor")?;
-            check(sys::cudnnCreateConvolutionDescriptor(&mut d.conv), "cudnnCreateConvolutionDescriptor")?;
-            check(
-                sys::cudnnSetConvolution2dDescriptor(
-                    d.conv,
-                    i(g.pad_begin.0),
-                    i(g.pad_begin.1),
-                    i(g.stride.0),
-                    i(g.stride.1),
-                    i(g.dilation.0),
-                    i(g.dilation.1),
-                    sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-                    sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
-                ),
-                "convolution descriptor",
-            )?;
-            check(sys::cudnnSetConvolutionGroupCount(d.conv, i(g.group)), "cudnnSetConvolutionGroupCount")?;
-            check(sys::cudnnSetConvolutionMathType(d.conv, base_math(call.dtype)), "cudnnSetConvolutionMathType")?;
-            let (mut n, mut c, mut h, mut w) = (0, 0, 0, 0);
-            check(sys::cudnnGetConvolution2dForwardOutputDim(d.conv, d.x, d.w, &mut n, &mut c, &mut h, &mut w), "cudnnGetConvolution2dForwardOutputDim")?;
-            if [n, c, h, w] != [i(g.n), i(g.m), i(g.oh), i(g.ow)] {
-                return Err(format!("cuDNN computes output {:?}, the plan has {:?}", [n, c, h, w], [g.n, g.m, g.oh, g.ow]));
-            }
-            if call.bias.is_some() {
-                check(sys::cudnnCreateTensorDescriptor(&mut d.bias), "cudnnCreateTensorDescriptor")?;
-                check(sys::cudnnSetTensor4dDescriptor(d.bias, NCHW, dt, 1, i(g.m), 1, 1), "bias descriptor")?;
-                check(sys::cudnnCreateActivationDescriptor(&mut d.identity), "cudnnCreateActivationDescriptor")?;
-                check(
-                    sys::cudnnSetActivationDescriptor(d.identity, sys::cudnnActivationMode_t::CUDNN_ACTIVATION_IDENTITY, sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN, 0.0),
-                    "activation descriptor",
-                )?;
-            }
-        }
-        Ok(d)
-    }
-}
-
-/// f32 without TF32; tensor cores for 16-bit data.
-fn base_math(dtype: DType) -> sys::cudnnMathType_t {
-    if dtype == DType::F32 {
-        sys::cudnnMathType_t::CUDNN_FMA_MATH
-    } else {
-        sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
-    }
-}
-
-/// Whether a candidate may run this dtype: for f32 nothing that could use TF32 tensor cores.
-fn acceptable(perf: &sys::cudnnConvolutionFwdAlgoPerf_t, dtype: DType) -> bool {
-    use sys::cudnnMathType_t::*;
-    perf.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
-        && perf.memory <= WORKSPACE_CAP
-        && (dtype != DType::F32 || !matches!(perf.mathType, CUDNN_TENSOR_OP_MATH | CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION))
-}
-
-/// A prepared shape: descriptors, algorithm and workspace size.
-struct ShapePlan {
-    descs: Descriptors,
-    algo: sys::cudnnConvolutionFwdAlgo_t,
-    workspace: usize,
-    fused_bias: bool,
-    choice: ConvChoice,
-}
-
-impl ShapePlan {
-    fn choose(handle: sys::cudnnHandle_t, call: &ConvCall, search: AlgoSearch, p: &Pointers, ws: &mut Workspace, stream: dsys::CUstream) -> Result<ShapePlan, String> {
-        let started = Instant::now();
-        let descs = Descriptors::new(call)?;
-        let mut max = 0;
-        // SAFETY: live handle and descriptors; the result arrays hold `max` entries.
-        let ranked = unsafe {
-            check(sys::cudnnGetConvolutionForwardAlgorithmMaxCount(handle, &mut max), "cudnnGetConvolutionForwardAlgorithmMaxCount")?;
-            let mut perf: Vec<sys::cudnnConvolutionFwdAlgoPerf_t> = vec![std::mem::zeroed(); max.max(1) as usize];
-            let mut got = 0;
-            check(sys::cudnnGetConvolutionForwardAlgorithm_v7(handle, descs.x, descs.w, descs.conv, descs.y, max, &mut got, perf.as_mut_ptr()), "cudnnGetConvolutionForwardAlgorithm_v7")?;
-            perf.truncate(got.max(0) as usize);
-            perf
-        };
-        let candidates: Vec<_> = ranked.into_iter().filter(|q| acceptable(q, call.dtype)).collect();
-        let best = match search {
-            AlgoSearch::Heuristic => candidates.first().copied(),
-            AlgoSearch::Benchmark if !candidates.is_empty() => {
-                let need = candidates.iter().map(|q| q.memory).max().unwrap_or(0);
-                ws.reserve(need, stream)?;
-                let mut timed: Vec<sys::cudnnConvolutionFwdAlgoPerf_t> = vec![unsafe { std::mem::zeroed() }; max.max(1) as usize];
-                let mut got = 0;
-                // SAFETY: x, w, y are the call's live buffers (y is overwritten by the real call
-                // afterwards); the workspace holds `ws.bytes` bytes.
-                check(
-                    unsafe {
-                        sys::cudnnFindConvolutionForwardAlgorithmEx(
-                            handle, descs.x, p.x as *const c_void, descs.w, p.w as *const c_void, descs.conv, descs.y, p.y as *mut c_void, max, &mut got, timed.as_mut_ptr(), ws.ptr as *mut c_void, ws.bytes,
-                        )
-                    },
-                    "cudnnFindConvolutionForwardAlgorithmEx",
-                )?;
-                timed.truncate(got.max(0) as usize);
-                timed.into_iter().find(|q| acceptable(q, call.dtype))
-            }
-            AlgoSearch::Benchmark => None,
-        };
-        let best = best.ok_or_else(|| format!("cuDNN offers no forward algorithm for {:?} ({}) within a {WORKSPACE_CAP}-byte workspace", call.geom, call.dtype))?;
-        // The chosen variant's math mode (never tensor-op for f32: `acceptable` filtered those).
-        let math = if call.dtype == DType::F32 { base_math(call.dtype) } else { best.mathType };
-        let mut workspace = 0;
-        // SAFETY: live handle and descriptors.
-        unsafe {
-            check(sys::cudnnSetConvolutionMathType(descs.conv, math), "cudnnSetConvolutionMathType")?;
-            check(sys::cudnnGetConvolutionForwardWorkspaceSize(handle, descs.x, descs.w, descs.conv, descs.y, best.algo, &mut workspace), "cudnnGetConvolutionForwardWorkspaceSize")?;
-        }
-        let fused_bias = call.bias.is_some() && best.algo == sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
-        let choice = ConvChoice {
-            algo: format!("{:?}", best.algo).trim_start_matches("CUDNN_CONVOLUTION_FWD_ALGO_").to_string(),
-            math: format!("{math:?}").trim_start_matches("CUDNN_").to_string(),
-            workspace_bytes: workspace,
-            fused_bias,
-            choose_ms: started.elapsed().as_secs_f64() * 1e3,
-        };
-        Ok(ShapePlan { descs, algo: best.algo, workspace, fused_bias, choice })
-    }
-
-    fn run(&mut self, handle: sys::cudnnHandle_t, p: &Pointers, ws: &Workspace) -> Result<(), String> {
-        let (one, zero) = (1.0f32, 0.0f32);
-        let (one, zero) = (&one as *const f32 as *const c_void, &zero as *const f32 as *const c_void);
-        let d = &self.descs;
-        let ws_ptr = ws.ptr as *mut c_void;
-        if let (true, Some(b)) = (self.fused_bias, p.bias) {
-            // SAFETY: live handle/descriptors; buffers sized by the plan's shapes; z = y with
-            // alpha2 = 0 (read but not used); scaling factors are f32 for every data type here.
-            let status = unsafe {
-                sys::cudnnConvolutionBiasActivationForward(
-                    handle, one, d.x, p.x as *const c_void, d.w, p.w as *const c_void, d.conv, self.algo, ws_ptr, self.workspace, zero, d.y, p.y as *const c_void, d.bias, b as *const c_void, d.identity, d.y,
-                    p.y as *mut c_void,
-                )
-            };
-            match status {
-                sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS => return Ok(()),
-                // Not every engine behind the algorithm takes the fused form: remember that and
-                // add the bias separately from now on.
-                s if format!("{s:?}").contains("NOT_SUPPORTED") => {
-                    self.fused_bias = false;
-                    self.choice.fused_bias = false;
-                }
-                s => return Err(format!("cudnnConvolutionBiasActivationForward ({}): {s:?}", self.choice.algo)),
-            }
-        }
-        // SAFETY: as above.
-        unsafe {
-            check(
-                sys::cudnnConvolutionForward(handle, one, d.x, p.x as *const c_void, d.w, p.w as *const c_void, d.conv, self.algo, ws_ptr, self.workspace, zero, d.y, p.y as *mut c_void),
-                &format!("cudnnConvolutionForward ({})", self.choice.algo),
-            )?;
-            if let Some(b) = p.bias {
-                check(sys::cudnnAddTensor(handle, one, d.bias, b as *const c_void, one, d.y, p.y as *mut c_void), "cudnnAddTensor (bias)")?;
-            }
-        }
-        Ok(())
     }
 }

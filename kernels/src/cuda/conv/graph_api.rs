@@ -1,0 +1,506 @@
+//! Forward convolution through cuDNN's graph (backend) API: the route PyTorch takes (through
+//! cudnn-frontend) to the Hopper convolution engines that the legacy algorithm enum does not
+//! expose.
+//!
+//! One operation graph per concrete shape: `conv fprop(X, W) → [+ bias B] → [+ residual R] → Y`,
+//! the intermediates virtual (f32) so the additions are the engine's epilogue. Tensors are
+//! described in NCHW dimension order with explicit strides, so NCHW/KCRS and NHWC/KRSC are the
+//! same code. Compute is f32; for f32 data every engine with a tensor-core or down-converting
+//! numerical note is skipped (no TF32), and for 16-bit data every engine that reduces in reduced
+//! precision.
+//!
+//! Engine choice: cuDNN's heuristics (mode A, then B, then the fallback list), the first engine
+//! configuration whose execution plan finalizes with a workspace within `WORKSPACE_CAP`;
+//! `AlgoSearch::Benchmark` times the first few such plans on the first call's buffers instead.
+//! If the graph with the additions finds no engine, the conv-only graph is tried, with the
+//! additions run by `cudnnAddTensor` after it. The plan is built once per shape; a repeat call is
+//! one `cudnnBackendExecute` with the variant pack kept from the previous call when the pointers
+//! are the same (rebuilding it is host work only, so repeat calls are legal in CUDA graph
+//! capture either way).
+
+use std::ffi::{c_char, c_void};
+use std::time::Instant;
+
+use cudarc::cudnn::sys;
+use cudarc::driver::{result as drv, sys as dsys};
+use sys::cudnnBackendAttributeName_t as A;
+use sys::cudnnBackendAttributeType_t as T;
+use sys::cudnnBackendDescriptorType_t as D;
+
+use quilt_rewrites::DType;
+
+use super::cudnn::{data_type, AlgoSearch, ConvCall, ConvChoice, ConvLayout, Workspace, WORKSPACE_CAP};
+use super::legacy::Epilogue;
+
+/// Candidate plans timed by `AlgoSearch::Benchmark`.
+const BENCH_CANDIDATES: usize = 8;
+
+/// Tensor unique ids in the operation graph and the variant pack.
+const UID_X: i64 = 1;
+const UID_W: i64 = 2;
+const UID_B: i64 = 3;
+const UID_R: i64 = 4;
+const UID_Y: i64 = 5;
+const UID_CONV_OUT: i64 = 10;
+const UID_BIAS_OUT: i64 = 11;
+
+/// A status as an error naming the call, with cuDNN's own last message when it has one.
+pub(super) fn check(status: sys::cudnnStatus_t, what: &dyn Fn() -> String) -> Result<(), String> {
+    if status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+        return Ok(());
+    }
+    let mut buf = [0 as c_char; 512];
+    // SAFETY: writes at most `buf.len()` bytes, NUL-terminated.
+    unsafe { sys::cudnnGetLastErrorString(buf.as_mut_ptr(), buf.len()) };
+    // SAFETY: NUL-terminated above (the buffer was zeroed and cuDNN terminates its message).
+    let msg = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().trim().to_string();
+    Err(if msg.is_empty() { format!("{}: {status:?}", what()) } else { format!("{}: {status:?} ({msg})", what()) })
+}
+
+/// One backend descriptor, destroyed on drop.
+struct Desc(sys::cudnnBackendDescriptor_t);
+
+impl Drop for Desc {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: created by cudnnBackendCreateDescriptor and destroyed once.
+            let _ = unsafe { sys::cudnnBackendDestroyDescriptor(self.0) };
+        }
+    }
+}
+
+impl Desc {
+    fn new(kind: D) -> Result<Desc, String> {
+        let mut d = std::ptr::null_mut();
+        // SAFETY: creates a descriptor of a valid kind.
+        check(unsafe { sys::cudnnBackendCreateDescriptor(kind, &mut d) }, &|| format!("cudnnBackendCreateDescriptor({kind:?})"))?;
+        Ok(Desc(d))
+    }
+
+    /// Sets `name` to `values`, whose element type must be the C type that `ty` names.
+    fn set<V: Copy>(&self, name: A, ty: T, values: &[V]) -> Result<(), String> {
+        // SAFETY: `values` holds `len` elements of the type `ty` names (the callers below).
+        check(unsafe { sys::cudnnBackendSetAttribute(self.0, name, ty, values.len() as i64, values.as_ptr() as *const c_void) }, &|| format!("cudnnBackendSetAttribute({name:?})"))
+    }
+
+    fn set_i64s(&self, name: A, values: &[i64]) -> Result<(), String> {
+        self.set(name, T::CUDNN_TYPE_INT64, values)
+    }
+
+    fn set_descs(&self, name: A, descs: &[&Desc]) -> Result<(), String> {
+        let raw: Vec<sys::cudnnBackendDescriptor_t> = descs.iter().map(|d| d.0).collect();
+        self.set(name, T::CUDNN_TYPE_BACKEND_DESCRIPTOR, &raw)
+    }
+
+    fn finalize(&self, what: &str) -> Result<(), String> {
+        // SAFETY: a live descriptor.
+        check(unsafe { sys::cudnnBackendFinalize(self.0) }, &|| format!("finalizing the {what}"))
+    }
+
+    /// Reads up to `out.len()` elements of `name`; returns how many cuDNN has.
+    fn get<V: Copy>(&self, name: A, ty: T, out: &mut [V]) -> Result<usize, String> {
+        let mut n = 0i64;
+        // SAFETY: `out` has room for the requested count of `ty`'s C type.
+        check(unsafe { sys::cudnnBackendGetAttribute(self.0, name, ty, out.len() as i64, &mut n, out.as_mut_ptr() as *mut c_void) }, &|| format!("cudnnBackendGetAttribute({name:?})"))?;
+        Ok(n.max(0) as usize)
+    }
+
+    fn get_i64(&self, name: A) -> Result<i64, String> {
+        let mut v = [0i64];
+        self.get(name, T::CUDNN_TYPE_INT64, &mut v)?;
+        Ok(v[0])
+    }
+
+    /// Reads descriptor-valued `name` into `count` fresh descriptors of `kind`.
+    fn get_descs(&self, name: A, kind: D, count: usize) -> Result<Vec<Desc>, String> {
+        let descs = (0..count).map(|_| Desc::new(kind)).collect::<Result<Vec<_>, _>>()?;
+        let mut raw: Vec<sys::cudnnBackendDescriptor_t> = descs.iter().map(|d| d.0).collect();
+        let got = self.get(name, T::CUDNN_TYPE_BACKEND_DESCRIPTOR, &mut raw)?;
+        Ok(descs.into_iter().take(got).collect())
+    }
+}
+
+/// Dimensions (NCHW order) and strides of one tensor.
+#[derive(Clone, Copy, Debug)]
+struct Shape4 {
+    dims: [i64; 4],
+    strides: [i64; 4],
+}
+
+impl Shape4 {
+    /// [n, c, h, w] stored NCHW or NHWC (for filters: KCRS or KRSC).
+    fn packed(n: usize, c: usize, h: usize, w: usize, layout: ConvLayout) -> Shape4 {
+        let [n, c, h, w] = [n, c, h, w].map(|v| v as i64);
+        let strides = match layout {
+            ConvLayout::Nchw => [c * h * w, h * w, w, 1],
+            ConvLayout::Nhwc => [h * w * c, 1, w * c, c],
+        };
+        Shape4 { dims: [n, c, h, w], strides }
+    }
+}
+
+fn tensor(uid: i64, dtype: sys::cudnnDataType_t, s: Shape4, is_virtual: bool, align: i64) -> Result<Desc, String> {
+    let t = Desc::new(D::CUDNN_BACKEND_TENSOR_DESCRIPTOR)?;
+    t.set(A::CUDNN_ATTR_TENSOR_DATA_TYPE, T::CUDNN_TYPE_DATA_TYPE, &[dtype])?;
+    t.set_i64s(A::CUDNN_ATTR_TENSOR_DIMENSIONS, &s.dims)?;
+    t.set_i64s(A::CUDNN_ATTR_TENSOR_STRIDES, &s.strides)?;
+    t.set_i64s(A::CUDNN_ATTR_TENSOR_UNIQUE_ID, &[uid])?;
+    t.set_i64s(A::CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, &[align])?;
+    if is_virtual {
+        t.set(A::CUDNN_ATTR_TENSOR_IS_VIRTUAL, T::CUDNN_TYPE_BOOLEAN, &[true])?;
+    }
+    t.finalize(&format!("tensor {uid} {:?}", s.dims))?;
+    Ok(t)
+}
+
+/// The engine configuration behind a plan, as a tag like cudnn-frontend's (`eng12_k2=3_k13=1`),
+/// and its numerical and behaviour notes.
+struct EngineInfo {
+    tag: String,
+    numerical: Vec<u32>,
+    runtime_compiled: bool,
+}
+
+fn engine_info(cfg: &Desc) -> Result<EngineInfo, String> {
+    let engine = cfg.get_descs(A::CUDNN_ATTR_ENGINECFG_ENGINE, D::CUDNN_BACKEND_ENGINE_DESCRIPTOR, 1)?;
+    let engine = engine.first().ok_or("the engine configuration has no engine")?;
+    let index = engine.get_i64(A::CUDNN_ATTR_ENGINE_GLOBAL_INDEX)?;
+    let mut numerical = [u32::MAX; 16];
+    let n = engine.get(A::CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, T::CUDNN_TYPE_NUMERICAL_NOTE, &mut numerical)?;
+    let mut behavior = [u32::MAX; 16];
+    let b = engine.get(A::CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, T::CUDNN_TYPE_BEHAVIOR_NOTE, &mut behavior).unwrap_or(0);
+    let runtime_compiled = behavior[..b.min(16)].contains(&(sys::cudnnBackendBehaviorNote_t::CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION as u32));
+    let mut tag = format!("eng{index}");
+    let knobs = cfg.get_descs(A::CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, D::CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR, 64)?;
+    for k in &knobs {
+        let mut ty = [0u32];
+        k.get(A::CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, T::CUDNN_TYPE_KNOB_TYPE, &mut ty)?;
+        let v = k.get_i64(A::CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE)?;
+        tag += &format!("_k{}={v}", ty[0]);
+    }
+    if runtime_compiled {
+        tag += "_rtc";
+    }
+    Ok(EngineInfo { tag, numerical: numerical[..n.min(16)].to_vec(), runtime_compiled })
+}
+
+/// Whether an engine's numerical notes keep the promised precision for `dtype`: f32 data never
+/// on tensor cores (TF32) or down-converted; no engine reduces in 16-bit.
+fn precise_enough(notes: &[u32], dtype: DType) -> bool {
+    use sys::cudnnBackendNumericalNote_t::*;
+    let has = |n: sys::cudnnBackendNumericalNote_t| notes.contains(&(n as u32));
+    if has(CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION) {
+        return false;
+    }
+    dtype != DType::F32 || !(has(CUDNN_NUMERICAL_NOTE_TENSOR_CORE) || has(CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS))
+}
+
+/// Device pointers of one call (0 where the call has no such tensor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Pointers {
+    pub x: u64,
+    pub w: u64,
+    pub bias: Option<u64>,
+    pub residual: Option<u64>,
+    pub y: u64,
+}
+
+impl Pointers {
+    /// The largest power of two up to 16 that divides every pointer (cuDNN's byte alignment).
+    pub fn alignment(&self) -> u8 {
+        let all = [Some(self.x), Some(self.w), self.bias, self.residual, Some(self.y)];
+        let tz = all.iter().flatten().map(|p| p.trailing_zeros()).min().unwrap_or(4).min(4);
+        1 << tz
+    }
+}
+
+/// A variant pack for one set of pointers.
+struct Variant {
+    pack: Desc,
+    ptrs: Pointers,
+    workspace: u64,
+}
+
+/// The operation graph's descriptors, kept alive as long as plans built from them.
+struct Graph {
+    /// Tensors, convolution descriptor, operations: owned for the lifetime of the graph.
+    _parts: Vec<Desc>,
+    op_graph: Desc,
+    /// Whether the bias and residual additions are inside the graph.
+    fused: bool,
+    uids: Vec<i64>,
+}
+
+fn build_graph(handle: sys::cudnnHandle_t, call: &ConvCall, align: i64, fused: bool) -> Result<Graph, String> {
+    let g = &call.geom;
+    let dt = data_type(call.dtype);
+    let f32t = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
+    let x_s = Shape4::packed(g.n, g.c, g.h, g.w, call.layout);
+    let w_s = Shape4::packed(g.m, g.c / g.group, g.kh, g.kw, call.layout);
+    let y_s = Shape4::packed(g.n, g.m, g.oh, g.ow, call.layout);
+    let epilogue = fused && (call.bias.is_some() || call.residual.is_some());
+    let mut parts = Vec::new();
+    let mut uids = vec![UID_X, UID_W, UID_Y];
+    let x = tensor(UID_X, dt, x_s, false, align)?;
+    let w = tensor(UID_W, dt, w_s, false, align)?;
+    let y = tensor(UID_Y, dt, y_s, false, align)?;
+    let conv_out = if epilogue { tensor(UID_CONV_OUT, f32t, y_s, true, align)? } else { Desc(std::ptr::null_mut()) };
+
+    let conv = Desc::new(D::CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR)?;
+    conv.set(A::CUDNN_ATTR_CONVOLUTION_COMP_TYPE, T::CUDNN_TYPE_DATA_TYPE, &[f32t])?;
+    conv.set(A::CUDNN_ATTR_CONVOLUTION_CONV_MODE, T::CUDNN_TYPE_CONVOLUTION_MODE, &[sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION])?;
+    conv.set_i64s(A::CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, &[2])?;
+    conv.set_i64s(A::CUDNN_ATTR_CONVOLUTION_DILATIONS, &[g.dilation.0 as i64, g.dilation.1 as i64])?;
+    conv.set_i64s(A::CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, &[g.stride.0 as i64, g.stride.1 as i64])?;
+    conv.set_i64s(A::CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, &[g.pad_begin.0 as i64, g.pad_begin.1 as i64])?;
+    conv.set_i64s(A::CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, &[g.pad_end.0 as i64, g.pad_end.1 as i64])?;
+    conv.finalize("convolution descriptor")?;
+
+    let fprop = Desc::new(D::CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR)?;
+    fprop.set_descs(A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, &[&x])?;
+    fprop.set_descs(A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, &[&w])?;
+    fprop.set_descs(A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, &[if epilogue { &conv_out } else { &y }])?;
+    fprop.set_descs(A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, &[&conv])?;
+    fprop.set(A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, T::CUDNN_TYPE_FLOAT, &[1.0f32])?;
+    fprop.set(A::CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, T::CUDNN_TYPE_FLOAT, &[0.0f32])?;
+    fprop.finalize("convolution forward operation")?;
+
+    let mut ops = vec![fprop];
+    if epilogue {
+        let add = Desc::new(D::CUDNN_BACKEND_POINTWISE_DESCRIPTOR)?;
+        add.set(A::CUDNN_ATTR_POINTWISE_MODE, T::CUDNN_TYPE_POINTWISE_MODE, &[sys::cudnnPointwiseMode_t::CUDNN_POINTWISE_ADD])?;
+        add.set(A::CUDNN_ATTR_POINTWISE_MATH_PREC, T::CUDNN_TYPE_DATA_TYPE, &[f32t])?;
+        add.finalize("pointwise add descriptor")?;
+        // (input so far, second operand) pairs: bias then residual; the last writes Y.
+        let mut operands = Vec::new();
+        if call.bias.is_some() {
+            // [1, M, 1, 1], contiguous over M.
+            let m = g.m as i64;
+            operands.push(tensor(UID_B, dt, Shape4 { dims: [1, m, 1, 1], strides: [m, 1, m, m] }, false, align)?);
+            uids.push(UID_B);
+        }
+        if call.residual.is_some() {
+            operands.push(tensor(UID_R, dt, y_s, false, align)?);
+            uids.push(UID_R);
+        }
+        let last = operands.len() - 1;
+        let mut input = conv_out;
+        for (i, operand) in operands.into_iter().enumerate() {
+            let output = if i == last { None } else { Some(tensor(UID_BIAS_OUT, f32t, y_s, true, align)?) };
+            let op = Desc::new(D::CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR)?;
+            op.set_descs(A::CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, &[&add])?;
+            op.set_descs(A::CUDNN_ATTR_OPERATION_POINTWISE_XDESC, &[&input])?;
+            op.set_descs(A::CUDNN_ATTR_OPERATION_POINTWISE_BDESC, &[&operand])?;
+            op.set_descs(A::CUDNN_ATTR_OPERATION_POINTWISE_YDESC, &[output.as_ref().unwrap_or(&y)])?;
+            op.finalize("pointwise add operation")?;
+            ops.push(op);
+            parts.push(std::mem::replace(&mut input, Desc(std::ptr::null_mut())));
+            parts.push(operand);
+            if let Some(o) = output {
+                input = o;
+            }
+        }
+        parts.push(add);
+    }
+    let op_graph = Desc::new(D::CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR)?;
+    op_graph.set(A::CUDNN_ATTR_OPERATIONGRAPH_HANDLE, T::CUDNN_TYPE_HANDLE, &[handle])?;
+    op_graph.set_descs(A::CUDNN_ATTR_OPERATIONGRAPH_OPS, &ops.iter().collect::<Vec<_>>())?;
+    op_graph.finalize("operation graph")?;
+    parts.extend([x, w, y, conv]);
+    parts.extend(ops);
+    Ok(Graph { _parts: parts, op_graph, fused: epilogue || (call.bias.is_none() && call.residual.is_none()), uids })
+}
+
+/// A finalized execution plan and the engine configuration it came from.
+struct Candidate {
+    plan: Desc,
+    _cfg: Desc,
+    info: EngineInfo,
+    workspace: usize,
+}
+
+/// Execution plans for `graph` in heuristic order (modes A, B, then the fallback list; duplicate
+/// engine configurations skipped), at most `want` of them, each within `WORKSPACE_CAP` and
+/// precise enough for `dtype`. `skipped` collects why the others were passed over.
+fn candidates(handle: sys::cudnnHandle_t, graph: &Graph, dtype: DType, want: usize, skipped: &mut Vec<String>) -> Result<Vec<Candidate>, String> {
+    use sys::cudnnBackendHeurMode_t::*;
+    let mut found: Vec<Candidate> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    for mode in [CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_B, CUDNN_HEUR_MODE_FALLBACK] {
+        let heur = Desc::new(D::CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR)?;
+        heur.set_descs(A::CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, &[&graph.op_graph])?;
+        heur.set(A::CUDNN_ATTR_ENGINEHEUR_MODE, T::CUDNN_TYPE_HEUR_MODE, &[mode])?;
+        if let Err(e) = heur.finalize(&format!("{mode:?} heuristics")) {
+            skipped.push(e);
+            continue;
+        }
+        let mut count = 0i64;
+        // SAFETY: asks for the number of results only (no output array).
+        check(
+            unsafe { sys::cudnnBackendGetAttribute(heur.0, A::CUDNN_ATTR_ENGINEHEUR_RESULTS, T::CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &mut count, std::ptr::null_mut()) },
+            &|| "counting heuristic results".into(),
+        )?;
+        let cfgs = heur.get_descs(A::CUDNN_ATTR_ENGINEHEUR_RESULTS, D::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, count.max(0) as usize)?;
+        for cfg in cfgs {
+            let info = match engine_info(&cfg) {
+                Ok(i) => i,
+                Err(e) => {
+                    skipped.push(e);
+                    continue;
+                }
+            };
+            if seen.contains(&info.tag) {
+                continue;
+            }
+            seen.push(info.tag.clone());
+            if !precise_enough(&info.numerical, dtype) {
+                skipped.push(format!("{}: numerical notes {:?} not allowed for {dtype}", info.tag, info.numerical));
+                continue;
+            }
+            let plan = Desc::new(D::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
+            plan.set(A::CUDNN_ATTR_EXECUTION_PLAN_HANDLE, T::CUDNN_TYPE_HANDLE, &[handle])?;
+            plan.set_descs(A::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, &[&cfg])?;
+            if let Err(e) = plan.finalize(&format!("execution plan of {}", info.tag)) {
+                skipped.push(e);
+                continue;
+            }
+            let workspace = plan.get_i64(A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE)?.max(0) as usize;
+            if workspace > WORKSPACE_CAP {
+                skipped.push(format!("{}: workspace {workspace} bytes over the {WORKSPACE_CAP}-byte cap", info.tag));
+                continue;
+            }
+            found.push(Candidate { plan, _cfg: cfg, info, workspace });
+            if found.len() >= want {
+                return Ok(found);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A prepared shape on the graph API.
+pub(super) struct GraphPlan {
+    graph: Graph,
+    chosen: Candidate,
+    variant: Option<Variant>,
+    /// The bias and residual additions when the graph does not hold them.
+    epilogue: Option<Epilogue>,
+    pub choice: ConvChoice,
+}
+
+// SAFETY: descriptors are plain cuDNN objects, used only under the `Dnn` mutex.
+unsafe impl Send for GraphPlan {}
+
+impl GraphPlan {
+    /// Builds the graph and picks its engine, or says why none runs `call`. `Benchmark` runs
+    /// candidates on `p`'s buffers (y is overwritten; the real call follows) and synchronises.
+    pub fn build(handle: sys::cudnnHandle_t, call: &ConvCall, p: &Pointers, search: AlgoSearch, ws: &mut Workspace, stream: dsys::CUstream) -> Result<GraphPlan, String> {
+        let started = Instant::now();
+        let align = p.alignment() as i64;
+        let want = if search == AlgoSearch::Benchmark { BENCH_CANDIDATES } else { 1 };
+        let mut skipped = Vec::new();
+        let mut attempts = vec![true];
+        if call.bias.is_some() || call.residual.is_some() {
+            attempts.push(false);
+        }
+        let mut why = Vec::new();
+        for fused in attempts {
+            let graph = match build_graph(handle, call, align, fused) {
+                Ok(g) => g,
+                Err(e) => {
+                    why.push(e);
+                    continue;
+                }
+            };
+            let mut found = candidates(handle, &graph, call.dtype, want, &mut skipped)?;
+            if found.is_empty() {
+                why.push(format!("no engine for the {} graph", if graph.fused { "fused" } else { "conv-only" }));
+                continue;
+            }
+            let index = if found.len() > 1 { fastest(handle, &graph, &found, p, ws, stream)? } else { 0 };
+            let chosen = found.swap_remove(index);
+            let choice = ConvChoice {
+                api: "graph",
+                algo: chosen.info.tag.clone(),
+                math: "FLOAT".into(),
+                workspace_bytes: chosen.workspace,
+                fused_bias: graph.fused && call.bias.is_some(),
+                choose_ms: started.elapsed().as_secs_f64() * 1e3,
+                runtime_compiled: chosen.info.runtime_compiled,
+                fallback: None,
+                skipped: skipped.len(),
+            };
+            let epilogue = if graph.fused { None } else { Some(Epilogue::new(call)?) };
+            return Ok(GraphPlan { graph, chosen, variant: None, epilogue, choice });
+        }
+        let mut msg = why.join("; ");
+        if let Some(s) = skipped.first() {
+            msg += &format!(" (skipped {} configurations, first: {s})", skipped.len());
+        }
+        Err(msg)
+    }
+
+    pub fn workspace(&self) -> usize {
+        self.chosen.workspace
+    }
+
+    /// Queues the convolution (and its additions) on the handle's stream.
+    pub fn run(&mut self, handle: sys::cudnnHandle_t, p: &Pointers, ws: &Workspace) -> Result<(), String> {
+        let stale = self.variant.as_ref().is_none_or(|v| v.ptrs != *p || v.workspace != ws.ptr);
+        if stale {
+            self.variant = Some(variant(&self.graph, p, ws.ptr)?);
+        }
+        let v = self.variant.as_ref().expect("built above");
+        // SAFETY: a finalized plan and variant pack whose pointers are live device buffers.
+        check(unsafe { sys::cudnnBackendExecute(handle, self.chosen.plan.0, v.pack.0) }, &|| format!("cudnnBackendExecute ({})", self.choice.algo))?;
+        match &self.epilogue {
+            Some(e) => e.run(handle, p),
+            None => Ok(()),
+        }
+    }
+}
+
+fn variant(graph: &Graph, p: &Pointers, workspace: u64) -> Result<Variant, String> {
+    let ptr_of = |uid: i64| -> u64 {
+        match uid {
+            UID_X => p.x,
+            UID_W => p.w,
+            UID_B => p.bias.unwrap_or(0),
+            UID_R => p.residual.unwrap_or(0),
+            _ => p.y,
+        }
+    };
+    let ptrs: Vec<*mut c_void> = graph.uids.iter().map(|&u| ptr_of(u) as *mut c_void).collect();
+    let pack = Desc::new(D::CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR)?;
+    pack.set_i64s(A::CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, &graph.uids)?;
+    pack.set(A::CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, T::CUDNN_TYPE_VOID_PTR, &ptrs)?;
+    pack.set(A::CUDNN_ATTR_VARIANT_PACK_WORKSPACE, T::CUDNN_TYPE_VOID_PTR, &[workspace as *mut c_void])?;
+    pack.finalize("variant pack")?;
+    Ok(Variant { pack, ptrs: *p, workspace })
+}
+
+/// Index of the fastest candidate on the call's own buffers (3 timed runs each after one warm-up).
+fn fastest(handle: sys::cudnnHandle_t, graph: &Graph, found: &[Candidate], p: &Pointers, ws: &mut Workspace, stream: dsys::CUstream) -> Result<usize, String> {
+    ws.reserve(found.iter().map(|c| c.workspace).max().unwrap_or(0), stream)?;
+    let v = variant(graph, p, ws.ptr)?;
+    let sync = || unsafe { drv::stream::synchronize(stream) }.map_err(|e| format!("synchronising while timing cuDNN engines: {e}"));
+    let mut best = (f64::INFINITY, 0);
+    for (i, c) in found.iter().enumerate() {
+        // SAFETY: as in `GraphPlan::run`.
+        let exec = || check(unsafe { sys::cudnnBackendExecute(handle, c.plan.0, v.pack.0) }, &|| format!("cudnnBackendExecute ({})", c.info.tag));
+        if exec().is_err() {
+            continue;
+        }
+        sync()?;
+        let t = Instant::now();
+        for _ in 0..3 {
+            exec()?;
+        }
+        sync()?;
+        let ms = t.elapsed().as_secs_f64();
+        if ms < best.0 {
+            best = (ms, i);
+        }
+    }
+    Ok(best.1)
+}
