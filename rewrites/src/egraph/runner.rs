@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use egg::{Runner, SimpleScheduler};
 
 use crate::egraph::analysis::EGraph;
-use crate::egraph::rules::{activation, attention, cleanup, norm, Rule, RuleRewrite, RuleStats};
+use crate::egraph::rules::{activation, attention, cleanup, linear, norm, Rule, RuleRewrite, RuleStats};
 
 /// Limits for one stage.
 #[derive(Clone, Debug)]
@@ -33,7 +33,7 @@ pub struct Stage {
     pub rules: Vec<Box<dyn Rule>>,
 }
 
-/// The stages, in order: cleanup → fusion (norms, activations, attention) → attention layout.
+/// The stages, in order: cleanup → fusion (norms, activations, linear layers, attention) → attention layout.
 pub fn stages() -> Vec<Stage> {
     let with_cleanup = |mut v: Vec<Box<dyn Rule>>| {
         v.extend(cleanup::rules());
@@ -41,6 +41,7 @@ pub fn stages() -> Vec<Stage> {
     };
     let mut fusion = norm::rules();
     fusion.extend(activation::rules());
+    fusion.extend(linear::rules());
     fusion.extend(attention::rules().into_iter().filter(|r| r.name() == "attention"));
     vec![
         Stage { name: "cleanup", rules: cleanup::rules() },

@@ -9,6 +9,7 @@
 pub mod activation;
 pub mod attention;
 pub mod cleanup;
+pub mod linear;
 pub mod norm;
 
 use std::sync::{Arc, Mutex};
