@@ -264,7 +264,7 @@ fn norm_region_plan(domain: &[usize], rows: quilt_rewrites::ir::RowSpec, dtype: 
     bias[2..].iter_mut().for_each(|d| *d = SymDim::from(1usize));
     let affine: Vec<SymDim> = match rows {
         RowSpec::Groups { .. } => std::iter::once(dom[1].clone()).chain((2..r).map(|_| SymDim::from(1usize))).collect(),
-        RowSpec::Trailing { .. } => vec![dom[r - 1].clone()],
+        RowSpec::Trailing { .. } | RowSpec::GroupsChannelsLast { .. } => vec![dom[r - 1].clone()],
     };
     let views = [dom.clone(), bias, affine.clone(), affine];
     let ew = |op: Op, args: Vec<Operand>| RegionNode { op: RegionOp::Elementwise(op), args, dtype };

@@ -321,3 +321,84 @@ fn fused_ops_match_the_cpu_backend_on_the_gpu() {
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+#[path = "regions_cases.rs"]
+mod regions_cases;
+
+/// Memory-bound steps at shapes that reach every index path of their kernels (`regions_cases`):
+/// stitched GroupNorm regions with contiguous and channels-last rows, short and split; LayerNorm
+/// rows; elementwise regions, a broadcast Add, a transpose and concats; f32 and f16 (the 32-bit
+/// vector paths with 4 and 8 elements per thread) and innermost extents that do not divide the
+/// vector width (the scalar 32-bit path). GPU vs the CPU interpreter on seeded normal inputs:
+/// f32 within 1e-5 · max|cpu| + 1e-6 (f32 math on both sides, f64 statistics on the CPU);
+/// f16 within 2e-3 · max|cpu| (both round the same f32 value to f16; statistics that differ in
+/// the last f32 bits may move a result across one f16 rounding boundary, 2^-11 relative).
+#[test]
+fn memory_bound_steps_match_the_cpu_backend_on_the_gpu() {
+    let Some(device) = support::gpu_or_skip() else { return };
+    let mut failures = Vec::new();
+    for case in regions_cases::test_cases() {
+        let inputs = regions_cases::random_inputs(&case, 11);
+        let name = &case.name;
+        let want = CpuExecutable::new(case.plan.clone()).unwrap().run(&inputs).unwrap_or_else(|e| panic!("{name}: cpu: {e}"));
+        let got = match CudaExecutable::with_device(case.plan.clone(), device.clone()).and_then(|g| g.run(&inputs)) {
+            Ok(g) => g,
+            Err(e) => {
+                failures.push(format!("{name}: gpu: {e}"));
+                continue;
+            }
+        };
+        let f16 = got[0].dtype() == quilt_rewrites::DType::F16;
+        let (rel, abs) = if f16 { (2e-3, 0.0) } else { (1e-5, 1e-6) };
+        match support::compare(&got[0], &want[0], NonFinite::Reject) {
+            Ok(e) => {
+                println!("{name:<26} max_abs {:.3e} max|cpu| {:.3e} l2_rel {:.3e}", e.max_abs, e.max_ref, e.l2_rel);
+                if e.max_abs > rel * e.max_ref + abs || e.max_ref == 0.0 {
+                    failures.push(format!("{name}: max abs error {:.3e} vs max |cpu| {:.3e}", e.max_abs, e.max_ref));
+                }
+            }
+            Err(m) => failures.push(format!("{name}: {m}")),
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Without a GPU too (NVRTC only): the memory-bound cases' modules, at the test and the SD
+/// benchmark shapes, compile for sm_90 with no spills and no stack frame (the vector paths keep
+/// their per-lane arrays in registers), and the SD-shaped launches take the 32-bit vector path
+/// (`V` elements per thread: the element launches cover `n / V` threads).
+#[test]
+fn memory_bound_kernels_compile_for_sm90_without_spills() {
+    use quilt_kernels::cuda::{codegen, nvrtc};
+    use quilt_rewrites::plan::Step;
+    let cases: Vec<_> = regions_cases::test_cases().into_iter().chain(regions_cases::bench_cases()).collect();
+    let mut bad = Vec::new();
+    for case in &cases {
+        let Step::Op(s) = &case.plan.steps[0];
+        let codegen::StepKind::Code(code) = codegen::generate(&case.plan, s, 0).unwrap_or_else(|e| panic!("{}: {e}", case.name)) else { panic!("{}: no code", case.name) };
+        // The launch plan at the case's shapes (no symbols: default bindings).
+        let bindings = Default::default();
+        let outs: Vec<usize> = case.plan.buffers[s.outputs[0]].ty.shape.iter().map(|d| d.as_const().unwrap() as usize).collect();
+        let shapes = codegen::StepShapes { ins: case.inputs.iter().map(|(_, v)| Some(v.as_slice())).collect(), outs: vec![outs.as_slice()], bindings: &bindings };
+        let lp = code.plan(&shapes).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        if case.name == "unet ff bias add 4096x2560" || case.name == "unet residual+bias 320@64²" {
+            let n: usize = outs.iter().product();
+            let threads: Vec<u64> = lp.actions.iter().filter_map(|a| match a { codegen::Action::Launch { work: codegen::Work::Elements(t), .. } => Some(*t), _ => None }).collect();
+            assert_eq!(threads, [n as u64 / 8], "{}: f16 vector launches of 8 elements per thread", case.name);
+        }
+        let src = codegen::module_source(code.kernels());
+        if !nvrtc::available() {
+            continue;
+        }
+        let compiled = nvrtc::compile(&src, "regions.cu", (9, 0)).unwrap_or_else(|e| panic!("{}: {e}\n--- source ---\n{src}", case.name));
+        for k in nvrtc::kernel_stats(&compiled.log) {
+            if k.spill_store_bytes > 0 || k.spill_load_bytes > 0 || k.stack_bytes > 0 {
+                bad.push(format!("{}: {k:?}", case.name));
+            }
+        }
+    }
+    if !support::nvrtc_or_skip() {
+        return;
+    }
+    assert!(bad.is_empty(), "spills or stack frames:\n{}", bad.join("\n"));
+}

@@ -5,7 +5,7 @@
 //! rounding. A normalization takes two passes per row (mean, then mean squared deviation).
 
 use half::{bf16, f16};
-use quilt_rewrites::ir::{BinaryOp, Op, Operand, RegionOp, StitchedRegion, UnaryOp};
+use quilt_rewrites::ir::{BinaryOp, Op, Operand, RegionOp, RowSpec, StitchedRegion, UnaryOp};
 use quilt_rewrites::{DType, Tensor, TensorData};
 
 use super::broadcast::broadcast_to;
@@ -111,6 +111,23 @@ fn elementwise(op: &Op, a: &[f64]) -> Result<f64, String> {
     })
 }
 
+/// The row of each domain element (by linear index) for rows of `len` elements.
+fn row_mapping(rows: &RowSpec, domain: &[usize], len: usize) -> Result<Box<dyn Fn(usize) -> usize>, String> {
+    Ok(match *rows {
+        RowSpec::Trailing { .. } | RowSpec::Groups { .. } => Box::new(move |i| i / len),
+        RowSpec::GroupsChannelsLast { groups } => {
+            // Domain [N, spatial…, C]: batch entry i / (spatial·C), channel i % C.
+            let c = *domain.last().ok_or("channels-last GroupNorm over an empty domain")?;
+            if c % groups != 0 {
+                return Err(format!("{c} channels do not split into {groups} groups"));
+            }
+            let per_batch: usize = domain[1..].iter().product();
+            let per_group = c / groups;
+            Box::new(move |i| (i / per_batch) * groups + (i % c) / per_group)
+        }
+    })
+}
+
 pub(crate) fn stitched(cx: &StepCtx, r: &StitchedRegion) -> Result<Vec<Tensor>, String> {
     r.validate()?;
     let domain: Vec<usize> = r.domain.iter().map(|d| cx.eval(d).map(|v| v as usize)).collect::<Result<_, _>>()?;
@@ -146,19 +163,24 @@ pub(crate) fn stitched(cx: &StepCtx, r: &StitchedRegion) -> Result<Vec<Tensor>, 
             RegionOp::Normalize { rows, epsilon } => {
                 let x = arg(&node.args[0]);
                 let len = cx.eval(&rows.row_len(&r.domain))? as usize;
+                let row_of = row_mapping(rows, &domain, len).map_err(|e| format!("node {j}: {e}"))?;
                 if len == 0 || n % len != 0 {
                     return Err(format!("node {j}: rows of {len} elements do not tile the domain {domain:?}"));
                 }
-                let mut y = vec![0.0; n];
-                for (src, dst) in x.chunks(len).zip(y.chunks_mut(len)) {
-                    let mean = src.iter().sum::<f64>() / len as f64;
-                    let var = src.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / len as f64;
-                    let inv = 1.0 / (var + *epsilon as f64).sqrt();
-                    for (d, s) in dst.iter_mut().zip(src) {
-                        *d = round(node.dtype, (s - mean) * inv);
-                    }
+                // Per row: the mean, then the mean squared deviation from it (two passes, f64).
+                let nrows = n / len;
+                let mut mean = vec![0.0; nrows];
+                for (i, v) in x.iter().enumerate() {
+                    mean[row_of(i)] += v;
                 }
-                y
+                mean.iter_mut().for_each(|m| *m /= len as f64);
+                let mut var = vec![0.0; nrows];
+                for (i, v) in x.iter().enumerate() {
+                    let d = v - mean[row_of(i)];
+                    var[row_of(i)] += d * d;
+                }
+                let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v / len as f64 + *epsilon as f64).sqrt()).collect();
+                x.iter().enumerate().map(|(i, v)| round(node.dtype, (v - mean[row_of(i)]) * inv[row_of(i)])).collect()
             }
             RegionOp::Elementwise(op) => {
                 let args: Vec<&Vec<f64>> = node.args.iter().map(arg).collect();
@@ -233,6 +255,52 @@ mod tests {
             }
         }
         assert_close(&f32s(&got), &want, 1e-5, 1e-4);
+    }
+
+    /// `silu(groupnorm(x + b) · s + c)` over a channels-last domain `[N, H, W, C]` equals the
+    /// same region over NCHW data (`Groups` rows) with transposes around it; and a channel count
+    /// that does not split into the groups is an error naming both.
+    #[test]
+    fn channels_last_group_norm_matches_nchw_with_transposes() {
+        let mut rng = Rng::new(43);
+        let (n, h, w, c, g) = (2usize, 3usize, 5usize, 12usize, 4usize);
+        let f = DType::F32;
+        let x = rng.tensor(&[n, h, w, c]);
+        let b = rng.tensor(&[n, c]);
+        let s = rng.tensor(&[c]);
+        let sh = rng.tensor(&[c]);
+        let ew = |op: Op, args: Vec<Operand>| RegionNode { op: RegionOp::Elementwise(op), args, dtype: f };
+        let region = |domain: &[usize], rows: RowSpec, views: [Vec<i64>; 4]| StitchedRegion {
+            domain: domain.iter().map(|&d| SymDim::from(d)).collect(),
+            inputs: views.into_iter().map(|v| RegionInput { dtype: f, view: k(&v) }).collect(),
+            nodes: vec![
+                ew(Op::Binary(BinaryOp::Add), vec![Operand::Input(0), Operand::Input(1)]),
+                RegionNode { op: RegionOp::Normalize { rows, epsilon: 1e-5 }, args: vec![Operand::Node(0)], dtype: f },
+                ew(Op::Binary(BinaryOp::Mul), vec![Operand::Node(1), Operand::Input(2)]),
+                ew(Op::Binary(BinaryOp::Add), vec![Operand::Node(2), Operand::Input(3)]),
+                ew(Op::Silu, vec![Operand::Node(3)]),
+            ],
+            outputs: vec![RegionOutput { node: 4, dtype: f }],
+        };
+        let (ni, hi, wi, ci) = (n as i64, h as i64, w as i64, c as i64);
+        let nhwc = region(&[n, h, w, c], RowSpec::GroupsChannelsLast { groups: g }, [vec![ni, hi, wi, ci], vec![ni, 1, 1, ci], vec![ci], vec![ci]]);
+        let got = run_one(Op::Stitched(Arc::new(nhwc.clone())), &[&x, &b, &s, &sh], f, &[n, h, w, c]).unwrap();
+
+        let x_nchw = run_one(Op::Transpose { perm: vec![0, 3, 1, 2] }, &[&x], f, &[n, c, h, w]).unwrap();
+        let nchw = region(&[n, c, h, w], RowSpec::Groups { groups: g }, [vec![ni, ci, hi, wi], vec![ni, ci, 1, 1], vec![ci, 1, 1], vec![ci, 1, 1]]);
+        let y_nchw = run_one(Op::Stitched(Arc::new(nchw)), &[&x_nchw, &b, &s, &sh], f, &[n, c, h, w]).unwrap();
+        let want = run_one(Op::Transpose { perm: vec![0, 2, 3, 1] }, &[&y_nchw], f, &[n, h, w, c]).unwrap();
+        assert_close(&f32s(&got), &f32s(&want), 1e-6, 1e-5);
+        // Not vacuous: the rows really are strided (a contiguous-rows GroupNorm differs).
+        let contiguous = StitchedRegion { nodes: nhwc.nodes.iter().map(|nd| match nd.op { RegionOp::Normalize { .. } => RegionNode { op: RegionOp::Normalize { rows: RowSpec::Groups { groups: g }, epsilon: 1e-5 }, ..nd.clone() }, _ => nd.clone() }).collect(), ..nhwc.clone() };
+        let other = run_one(Op::Stitched(Arc::new(contiguous)), &[&x, &b, &s, &sh], f, &[n, h, w, c]).unwrap();
+        assert!(f32s(&other).iter().zip(f32s(&want)).any(|(a, b)| (a - b).abs() > 1e-2));
+
+        let bad = region(&[n, h, w, 10], RowSpec::GroupsChannelsLast { groups: g }, [vec![ni, hi, wi, 10], vec![10], vec![10], vec![10]]);
+        let x10 = rng.tensor(&[n, h, w, 10]);
+        let v10 = rng.tensor(&[10]);
+        let e = run_one(Op::Stitched(Arc::new(bad)), &[&x10, &v10, &v10, &v10], f, &[n, h, w, 10]).unwrap_err().to_string();
+        assert!(e.contains("10 channels do not split into 4 groups"), "{e}");
     }
 
     #[test]

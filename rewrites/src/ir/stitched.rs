@@ -5,8 +5,9 @@
 //! broadcasts (numpy rules, right-aligned) to the domain; a view shape has the input buffer's
 //! element count, so a Reshape in front of the region costs nothing. Interior nodes are
 //! elementwise IR ops (unary, binary, Where, Cast, Clip, the fused activations) or at most one
-//! [`RegionOp::Normalize`]: `(x − mean) / sqrt(var + ε)` over contiguous rows of the domain
-//! (a LayerNorm's trailing axes, or a GroupNorm's channel groups). Nodes that feed the
+//! [`RegionOp::Normalize`]: `(x − mean) / sqrt(var + ε)` over rows of the domain (a
+//! LayerNorm's trailing axes, a GroupNorm's channel groups, or a channels-last GroupNorm's
+//! strided channel groups; see [`RowSpec`]). Nodes that feed the
 //! normalization form the *prologue* (evaluated while the statistics are gathered); nodes after
 //! it apply to the normalized rows (the GroupNorm/LayerNorm affine, SiLU, a residual add).
 //!
@@ -21,13 +22,21 @@ use crate::dtype::DType;
 use crate::ir::op::Op;
 use crate::sym::{shape_string, SymDim};
 
-/// How a normalization groups the domain into rows (each row is contiguous in the domain).
+/// How a normalization groups the domain into rows (contiguous in the domain except for
+/// [`RowSpec::GroupsChannelsLast`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum RowSpec {
     /// LayerNorm over axes `axis..rank`: one row per index of the leading axes.
     Trailing { axis: usize },
     /// GroupNorm over `[N, C, …]`: `groups` rows per batch entry, each `C/groups` channels × spatial.
     Groups { groups: usize },
+    /// GroupNorm over a channels-last domain `[N, spatial…, C]` (rank ≥ 2): row `n·groups + g`
+    /// holds every element of batch entry `n` whose channel lies in `[g·C/groups, (g+1)·C/groups)`,
+    /// over all spatial positions, taken in domain order (spatial outer, channel inner). Such a
+    /// row is *not* contiguous in the domain: it is `spatial` runs of `C/groups` elements, `C`
+    /// apart. Rows = `N·groups`, row length = `spatial·C/groups`; `C % groups == 0` is checked
+    /// at run time.
+    GroupsChannelsLast { groups: usize },
 }
 
 /// What a region node computes.
@@ -86,11 +95,16 @@ impl RowSpec {
     pub fn row_len(&self, domain: &[SymDim]) -> SymDim {
         match self {
             RowSpec::Trailing { axis } => domain[*axis..].iter().cloned().product(),
-            RowSpec::Groups { groups } => {
+            RowSpec::Groups { groups } | RowSpec::GroupsChannelsLast { groups } => {
                 let per_batch: SymDim = domain[1..].iter().cloned().product();
                 per_batch.floor_div(&SymDim::konst(*groups as i64))
             }
         }
+    }
+
+    /// Whether each row is one contiguous range of the domain (`row · len .. (row + 1) · len`).
+    pub fn is_contiguous(&self) -> bool {
+        !matches!(self, RowSpec::GroupsChannelsLast { .. })
     }
 }
 
@@ -100,7 +114,7 @@ impl RegionOp {
         match self {
             RegionOp::Elementwise(op) => op.name(),
             RegionOp::Normalize { rows: RowSpec::Trailing { .. }, .. } => "LayerNorm".into(),
-            RegionOp::Normalize { rows: RowSpec::Groups { .. }, .. } => "GroupNorm".into(),
+            RegionOp::Normalize { rows: RowSpec::Groups { .. } | RowSpec::GroupsChannelsLast { .. }, .. } => "GroupNorm".into(),
         }
     }
 }
@@ -131,6 +145,7 @@ impl StitchedRegion {
                     match rows {
                         RowSpec::Trailing { axis } if *axis >= self.domain.len() => return Err(format!("LayerNorm axis {axis} outside the domain")),
                         RowSpec::Groups { groups } if *groups == 0 || self.domain.len() < 2 => return Err("GroupNorm needs a domain [N, C, …] and groups ≥ 1".into()),
+                        RowSpec::GroupsChannelsLast { groups } if *groups == 0 || self.domain.len() < 2 => return Err("channels-last GroupNorm needs a domain [N, …, C] and groups ≥ 1".into()),
                         _ => {}
                     }
                     1
@@ -212,6 +227,7 @@ fn node_text(n: &RegionNode) -> String {
     let attrs = match &n.op {
         RegionOp::Normalize { rows: RowSpec::Trailing { axis }, epsilon } => format!("{{axis={axis}, eps={epsilon:e}}}"),
         RegionOp::Normalize { rows: RowSpec::Groups { groups }, epsilon } => format!("{{groups={groups}, eps={epsilon:e}}}"),
+        RegionOp::Normalize { rows: RowSpec::GroupsChannelsLast { groups }, epsilon } => format!("{{groups={groups}, channels_last, eps={epsilon:e}}}"),
         RegionOp::Elementwise(Op::Cast { to }) => format!("{{to={to}}}"),
         RegionOp::Elementwise(Op::Clip { min, max }) => format!("{{min={min:?}, max={max:?}}}"),
         RegionOp::Elementwise(Op::LeakyRelu { alpha }) => format!("{{alpha={alpha}}}"),

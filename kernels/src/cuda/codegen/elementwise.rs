@@ -1,12 +1,15 @@
 //! Elementwise kernels with numpy broadcasting: one thread per output element; each input is
 //! read through per-axis strides given at run time (0 on broadcast axes), so one source serves
 //! every shape. Unary, Binary, Where, Cast, Clip, LeakyRelu, Gelu, the optimizer's Silu and
-//! QuickGelu, Expand, Fill and Range.
+//! QuickGelu, Expand, Fill and Range. Below 2^31 elements the kernel takes 32-bit indices over
+//! collapsed axes, and `V` outputs per thread where the innermost axis allows (`stitched::index`).
 
 use quilt_rewrites::ir::{BinaryOp, UnaryOp};
 use quilt_rewrites::{DType, Op};
 
+use super::stitched::index::{self, env_on, vectorizable};
 use super::{broadcast_strides, decompose, lit, numel, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
+use crate::cuda::device::PARAM_SLOTS;
 
 pub struct ElementwiseCode {
     kernels: Vec<Kernel>,
@@ -14,6 +17,10 @@ pub struct ElementwiseCode {
     inputs: Vec<usize>,
     out_rank: usize,
     fill: Option<FillKind>,
+    /// Whether the kernel has the 32-bit paths (their params follow the strides).
+    narrow: bool,
+    /// Elements per thread on the vector path (1: none).
+    vlen: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -64,23 +71,73 @@ impl ElementwiseCode {
             }
             other => return Err(format!("{} is not elementwise", other.name())),
         };
-        // Param layout: n, out dims (r), then r strides per input (fill: its values at 1..).
+        // Param layout: n, out dims (r), then r strides per input (fill: its values at 1..);
+        // then, when they fit, the 32-bit paths' narrow data and vector flag (`index`).
         let name = format!("{}_ew", t.prefix);
         let mut args = format!("const QParams p, {}* __restrict__ out", out.storage());
         for (k, ct) in cts.iter().enumerate() {
             args += &format!(", const {}* __restrict__ in{k}", ct.storage());
         }
-        let mut body = format!("extern \"C\" __global__ void {name}({args}) {{\n  Q_LOOP(p.v[0]) {{\n");
+        let narrow_at = 1 + r + r * cts.len();
+        let narrow = fill.is_none() && narrow_at + index::slots(r, cts.len()) + 1 <= PARAM_SLOTS;
+        let widest = cts.iter().chain([&out]).map(|ct| ct.dtype.size_bytes()).max().unwrap_or(16);
+        let vlen = if narrow { 16 / widest } else { 1 };
+        let mut body = String::new();
+        if narrow {
+            body += &super::stitched::text::helpers();
+        }
+        body += &format!("extern \"C\" __global__ void {name}({args}) {{\n");
+        let element = |indent: &str| -> String {
+            let mut b = String::new();
+            for (k, ct) in cts.iter().enumerate() {
+                b += &format!("{indent}{} a{k} = {};\n", ct.compute(), ct.load(&format!("in{k}[o{k}]")));
+            }
+            b + &format!("{indent}out[i] = {};\n", out.store(&expr))
+        };
+        let mut wide = "  Q_LOOP(p.v[0]) {\n".to_string();
         if fill.is_none() {
             let offs: Vec<(String, usize)> = (0..cts.len()).map(|k| (format!("o{k}"), 1 + r + k * r)).collect();
             let refs: Vec<(&str, usize)> = offs.iter().map(|(n, at)| (n.as_str(), *at)).collect();
-            body += &decompose(r, 1, &refs);
-            for (k, ct) in cts.iter().enumerate() {
-                body += &format!("    {} a{k} = {};\n", ct.compute(), ct.load(&format!("in{k}[o{k}]")));
-            }
+            wide += &decompose(r, 1, &refs);
+            wide += &element("    ");
+        } else {
+            wide += &format!("    out[i] = {};\n", out.store(&expr));
         }
-        body += &format!("    out[i] = {};\n  }}\n}}\n", out.store(&expr));
-        Ok(ElementwiseCode { kernels: vec![Kernel { name, body }], inputs: present, out_rank: r, fill })
+        wide += "  }\n";
+        if narrow {
+            let names: Vec<String> = (0..cts.len()).map(|k| format!("o{k}")).collect();
+            body += &format!("  const unsigned nax_ = q_lo(p.v[{narrow_at}]);\n");
+            if vlen > 1 {
+                let ptrs: Vec<String> = std::iter::once("(unsigned long long)out".to_string()).chain((0..cts.len()).map(|k| format!("(unsigned long long)in{k}"))).collect();
+                body += &format!("  const bool vec_ = nax_ != 0u && p.v[{}] != 0 && (({}) & 15ull) == 0ull;\n", narrow_at + index::slots(r, cts.len()), ptrs.join(" | "));
+                // V consecutive outputs per thread: inputs that vary along the innermost
+                // collapsed axis load V at once, inputs constant along it load one value.
+                body += &format!("  if (vec_) {{\n    const unsigned n_ = (unsigned)p.v[0] / {vlen}u;\n    for (unsigned w_ = blockIdx.x * blockDim.x + threadIdx.x; w_ < n_; w_ += gridDim.x * blockDim.x) {{\n      const unsigned i = w_ * {vlen}u;\n");
+                body += &index::offsets(r, narrow_at, &names, "      ");
+                let pairs = r.max(1).div_ceil(2);
+                for (k, ct) in cts.iter().enumerate() {
+                    let st = ct.storage();
+                    body += &format!("      QVec<{st}, {vlen}> x{k};\n      if (q_lo(p.v[{}]) == 1u) x{k} = *reinterpret_cast<const QVec<{st}, {vlen}>*>(in{k} + o{k});\n      else {{ {st} b_ = in{k}[o{k}];\n#pragma unroll\n        for (int e_ = 0; e_ < {vlen}; ++e_) x{k}.x[e_] = b_; }}\n", narrow_at + 1 + r.max(1) + k * pairs);
+                }
+                body += &format!("      QVec<{st}, {vlen}> y_;\n#pragma unroll\n      for (int e_ = 0; e_ < {vlen}; ++e_) {{\n", st = out.storage());
+                for (k, ct) in cts.iter().enumerate() {
+                    body += &format!("        {} a{k} = {};\n", ct.compute(), ct.load(&format!("x{k}.x[e_]")));
+                }
+                body += &format!("        y_.x[e_] = {};\n      }}\n      *reinterpret_cast<QVec<{st}, {vlen}>*>(out + i) = y_;\n    }}\n  }} else ", out.store(&expr), st = out.storage());
+            } else {
+                body += "  ";
+            }
+            body += "if (nax_ != 0u) {\n    const unsigned n_ = (unsigned)p.v[0];\n    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n_; i += gridDim.x * blockDim.x) {\n";
+            body += &index::offsets(r, narrow_at, &names, "      ");
+            body += &element("      ");
+            body += "    }\n  } else {\n";
+            body += &wide.lines().map(|l| format!("  {l}\n")).collect::<String>();
+            body += "  }\n}\n";
+        } else {
+            body += &wide;
+            body += "}\n";
+        }
+        Ok(ElementwiseCode { kernels: vec![Kernel { name, body }], inputs: present, out_rank: r, fill, narrow, vlen })
     }
 }
 
@@ -184,6 +241,7 @@ impl StepCode for ElementwiseCode {
         let n = numel(out);
         let mut p = ParamList::default();
         p.push(n as i64);
+        let mut vector = false;
         match self.fill {
             Some(FillKind::Value(v)) => {
                 p.push_f64(v);
@@ -203,9 +261,26 @@ impl StepCode for ElementwiseCode {
             }
             None => {
                 p.extend(out.iter().map(|&d| d as i64));
+                let mut strides = Vec::with_capacity(self.inputs.len());
                 for &k in &self.inputs {
                     let shape = s.input(k)?;
-                    p.extend(broadcast_strides(shape, out).map_err(|e| format!("input {k}: {e}"))?);
+                    let st = broadcast_strides(shape, out).map_err(|e| format!("input {k}: {e}"))?;
+                    p.extend(st.iter().copied());
+                    strides.push(st);
+                }
+                if self.narrow {
+                    let dims = if out.is_empty() { vec![1] } else { out.to_vec() };
+                    let strides: Vec<Vec<i64>> = strides.into_iter().map(|s| if s.is_empty() { vec![0] } else { s }).collect();
+                    match index::narrow(&dims, &strides).filter(|_| !env_on("QUILT_INDEX64")) {
+                        Some((data, collapsed)) => {
+                            vector = self.vlen > 1 && !env_on("QUILT_NO_VECTOR") && vectorizable(&collapsed, self.vlen);
+                            p.extend(data);
+                        }
+                        None => {
+                            p.extend(index::wide(self.out_rank, self.inputs.len()));
+                        }
+                    }
+                    p.push(vector as i64);
                 }
             }
         }
@@ -213,7 +288,8 @@ impl StepCode for ElementwiseCode {
         args.extend(self.inputs.iter().map(|&k| Arg::In(k)));
         let mut plan = LaunchPlan::default();
         if n > 0 {
-            plan.actions.push(Action::Launch { kernel: 0, work: Work::Elements(n as u64), params: p.finish()?, args });
+            let threads = if vector { n / self.vlen } else { n };
+            plan.actions.push(Action::Launch { kernel: 0, work: Work::Elements(threads as u64), params: p.finish()?, args });
         }
         Ok(plan)
     }

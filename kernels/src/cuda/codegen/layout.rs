@@ -5,6 +5,8 @@
 use quilt_rewrites::ir::{PadMode, ResizeMode, SymScale};
 use quilt_rewrites::{DType, Op};
 
+use super::stitched::index;
+use crate::cuda::device::PARAM_SLOTS;
 use super::{contiguous_strides, decompose, numel, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
 
 /// An unsigned type as wide as `dtype` (copies do not look at values).
@@ -17,16 +19,42 @@ fn raw_type(dtype: DType) -> &'static str {
     }
 }
 
-/// `out[ob + Σ c·os] = in[ib + Σ c·is]` over an index space of `rank` dims.
+/// `out[ob + Σ c·os] = in[ib + Σ c·is]` over an index space of `rank` dims. Params: n, dims,
+/// in strides, out strides, in base, out base (64-bit path); then the narrow data of the two
+/// operands and the vector flag (`stitched::index`): below 2^31 elements the copy walks
+/// collapsed axes with 32-bit indices, and moves 16 bytes per thread where both sides are
+/// contiguous along the innermost collapsed axis.
 fn copy_kernel(name: &str, dtype: DType, rank: usize) -> Kernel {
     let t = raw_type(dtype);
-    let mut body = format!("extern \"C\" __global__ void {name}(const QParams p, {t}* __restrict__ out, const {t}* __restrict__ in) {{\n  Q_LOOP(p.v[0]) {{\n");
+    let (ib, ob) = (1 + 3 * rank, 2 + 3 * rank);
+    let narrow_at = copy_narrow_at(rank);
+    let vlen = copy_vlen(dtype);
+    let names = ["oi".to_string(), "oo".to_string()];
+    let mut body = super::stitched::text::helpers();
+    body += &format!("extern \"C\" __global__ void {name}(const QParams p, {t}* __restrict__ out, const {t}* __restrict__ in) {{\n");
+    body += &format!("  const unsigned nax_ = q_lo(p.v[{narrow_at}]);\n");
+    body += &format!("  const bool vec_ = nax_ != 0u && p.v[{}] != 0 && (((unsigned long long)out | (unsigned long long)in) & 15ull) == 0ull;\n", narrow_at + index::slots(rank, 2));
+    body += &format!("  if (vec_) {{\n    const unsigned n_ = (unsigned)p.v[0] / {vlen}u;\n    for (unsigned w_ = blockIdx.x * blockDim.x + threadIdx.x; w_ < n_; w_ += gridDim.x * blockDim.x) {{\n      const unsigned i = w_ * {vlen}u;\n");
+    body += &index::offsets(rank, narrow_at, &names, "      ");
+    body += &format!("      *reinterpret_cast<QVec<{t}, {vlen}>*>(out + (unsigned)p.v[{ob}] + oo) = *reinterpret_cast<const QVec<{t}, {vlen}>*>(in + (unsigned)p.v[{ib}] + oi);\n    }}\n");
+    body += "  } else if (nax_ != 0u) {\n    const unsigned n_ = (unsigned)p.v[0];\n    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n_; i += gridDim.x * blockDim.x) {\n";
+    body += &index::offsets(rank, narrow_at, &names, "      ");
+    body += &format!("      out[(unsigned)p.v[{ob}] + oo] = in[(unsigned)p.v[{ib}] + oi];\n    }}\n  }} else {{\n  Q_LOOP(p.v[0]) {{\n");
     body += &decompose(rank, 1, &[("oi", 1 + rank), ("oo", 1 + 2 * rank)]);
-    body += &format!("    out[p.v[{}] + oo] = in[p.v[{}] + oi];\n  }}\n}}\n", 2 + 3 * rank, 1 + 3 * rank);
+    body += &format!("    out[p.v[{ob}] + oo] = in[p.v[{ib}] + oi];\n  }}\n  }}\n}}\n");
     Kernel { name: name.to_string(), body }
 }
 
-fn copy_launch(dims: &[usize], in_strides: &[i64], out_strides: &[i64], in_base: i64, out_base: i64, out: Arg, input: Arg) -> Result<Option<Action>, String> {
+fn copy_narrow_at(rank: usize) -> usize {
+    3 + 3 * rank
+}
+
+/// Elements per 16-byte vector of `dtype`.
+fn copy_vlen(dtype: DType) -> usize {
+    (16 / dtype.size_bytes()).max(1)
+}
+
+fn copy_launch(dims: &[usize], in_strides: &[i64], out_strides: &[i64], in_base: i64, out_base: i64, vlen: usize, out: Arg, input: Arg) -> Result<Option<Action>, String> {
     let n = numel(dims);
     if n == 0 {
         return Ok(None);
@@ -38,12 +66,39 @@ fn copy_launch(dims: &[usize], in_strides: &[i64], out_strides: &[i64], in_base:
     p.extend(out_strides.iter().copied());
     p.push(in_base);
     p.push(out_base);
-    Ok(Some(Action::Launch { kernel: 0, work: Work::Elements(n as u64), params: p.finish()?, args: vec![out, input] }))
+    let (d, st): (Vec<usize>, Vec<Vec<i64>>) = if dims.is_empty() { (vec![1], vec![vec![0], vec![0]]) } else { (dims.to_vec(), vec![in_strides.to_vec(), out_strides.to_vec()]) };
+    let bases_fit = in_base >= 0 && out_base >= 0 && in_base + out_base <= index::NARROW_MAX as i64;
+    let mut vector = false;
+    match index::narrow(&d, &st).filter(|(_, c)| bases_fit && c_fits(c, in_base.max(out_base)) && !index::env_on("QUILT_INDEX64")) {
+        Some((data, c)) => {
+            let v = vlen as i64;
+            vector = vlen > 1
+                && !index::env_on("QUILT_NO_VECTOR")
+                && c.strides.iter().all(|s| s[0] == 1)
+                && index::vectorizable(&c, vlen)
+                && in_base % v == 0
+                && out_base % v == 0;
+            p.extend(data);
+        }
+        None => {
+            p.extend(index::wide(dims.len(), 2));
+        }
+    }
+    p.push(vector as i64);
+    let threads = if vector { n / vlen } else { n };
+    Ok(Some(Action::Launch { kernel: 0, work: Work::Elements(threads as u64), params: p.finish()?, args: vec![out, input] }))
+}
+
+/// Whether every offset plus `base` stays below 2^31.
+fn c_fits(c: &index::Collapsed, base: i64) -> bool {
+    c.strides.iter().all(|s| base + s.iter().zip(&c.dims).map(|(&st, &d)| st * (d as i64 - 1)).sum::<i64>() <= index::NARROW_MAX as i64)
 }
 
 pub struct CopyCode {
     op: Op,
     kernels: Vec<Kernel>,
+    /// Elements per 16-byte vector.
+    vlen: usize,
 }
 
 impl CopyCode {
@@ -53,7 +108,10 @@ impl CopyCode {
             return Err("inputs and outputs must share one dtype".into());
         }
         let rank = t.out_ranks[0];
-        Ok(CopyCode { op: op.clone(), kernels: vec![copy_kernel(&format!("{}_copy", t.prefix), dtype, rank)] })
+        if copy_narrow_at(rank) + index::slots(rank, 2) + 1 > PARAM_SLOTS {
+            return Err(format!("a copy of rank {rank} needs more than {PARAM_SLOTS} kernel params"));
+        }
+        Ok(CopyCode { op: op.clone(), kernels: vec![copy_kernel(&format!("{}_copy", t.prefix), dtype, rank)], vlen: copy_vlen(dtype) })
     }
 }
 
@@ -64,6 +122,7 @@ impl StepCode for CopyCode {
 
     fn plan(&self, s: &StepShapes) -> Result<LaunchPlan, String> {
         let mut plan = LaunchPlan::default();
+        let vlen = self.vlen;
         let mut push = |a: Option<Action>| plan.actions.extend(a);
         match &self.op {
             Op::Transpose { perm } => {
@@ -73,7 +132,7 @@ impl StepCode for CopyCode {
                     return Err(format!("perm {perm:?} does not fit input {x:?}"));
                 }
                 let is: Vec<i64> = perm.iter().map(|&a| xs[a]).collect();
-                push(copy_launch(out, &is, &contiguous_strides(out), 0, 0, Arg::Out(0), Arg::In(0))?);
+                push(copy_launch(out, &is, &contiguous_strides(out), 0, 0, vlen, Arg::Out(0), Arg::In(0))?);
             }
             Op::Slice { axes, starts, steps } => {
                 let (x, out) = (s.input(0)?, s.outs[0]);
@@ -90,7 +149,7 @@ impl StepCode for CopyCode {
                     base += start * is[a];
                     is[a] *= step;
                 }
-                push(copy_launch(out, &is, &contiguous_strides(out), base, 0, Arg::Out(0), Arg::In(0))?);
+                push(copy_launch(out, &is, &contiguous_strides(out), base, 0, vlen, Arg::Out(0), Arg::In(0))?);
             }
             Op::Concat { axis } => {
                 let out = s.outs[0];
@@ -98,7 +157,7 @@ impl StepCode for CopyCode {
                 let mut offset = 0i64;
                 for k in 0..s.ins.len() {
                     let x = s.input(k)?;
-                    push(copy_launch(x, &contiguous_strides(x), &os, 0, offset * os[*axis], Arg::Out(0), Arg::In(k))?);
+                    push(copy_launch(x, &contiguous_strides(x), &os, 0, offset * os[*axis], vlen, Arg::Out(0), Arg::In(k))?);
                     offset += x[*axis] as i64;
                 }
                 if offset != out[*axis] as i64 {
@@ -110,7 +169,7 @@ impl StepCode for CopyCode {
                 let xs = contiguous_strides(x);
                 let mut offset = 0i64;
                 for (k, out) in s.outs.iter().enumerate() {
-                    push(copy_launch(out, &xs, &contiguous_strides(out), offset * xs[*axis], 0, Arg::Out(k), Arg::In(0))?);
+                    push(copy_launch(out, &xs, &contiguous_strides(out), offset * xs[*axis], 0, vlen, Arg::Out(k), Arg::In(0))?);
                     offset += out[*axis] as i64;
                 }
                 if offset > x[*axis] as i64 {

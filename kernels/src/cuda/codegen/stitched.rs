@@ -17,19 +17,25 @@
 //! elementwise `n, dims[r], strides[k][r]`; normalizing `rows, row_len, dims[r], strides[k][r]`;
 //! split normalizing `rows, row_len, chunks, dims[r], strides[k][r]`.
 
+pub mod index;
 mod split;
+pub(crate) mod text;
 
-use quilt_rewrites::ir::{BinaryOp, Operand, RegionOp, StitchedRegion};
+use quilt_rewrites::ir::{BinaryOp, Operand, RowSpec, StitchedRegion};
 use quilt_rewrites::{DType, Op};
 
 use super::elementwise::{gelu, sigmoid_gated, unary};
-use super::{broadcast_strides, decompose, lit, numel, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
+use super::{broadcast_strides, lit, numel, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
+use index::{env_on, vectorizable};
+use text::{Layout, Text};
 use crate::cuda::device::PARAM_SLOTS;
 
 pub struct StitchedCode {
     region: StitchedRegion,
     kernels: Vec<Kernel>,
-    rank: usize,
+    layout: Layout,
+    /// Elements per thread on the vector path (1: no vector path).
+    vlen: usize,
     /// Whether kernels 1 (partials) and 2 (apply) exist for long normalization rows.
     split: bool,
     /// Bytes of one statistics value (f32, or f64 for f64 regions).
@@ -105,8 +111,10 @@ impl StitchedCode {
         }
         let r = region.domain.len();
         let norm = region.norm();
+        let channels_last = norm.is_some_and(|(_, rows, _)| !rows.is_contiguous());
         let head = if norm.is_some() { 2 } else { 1 };
-        let params = head + r + r * region.inputs.len();
+        let mut layout = Layout { rank: r, inputs: region.inputs.len(), narrow: false, channels_last };
+        let params = head + layout.tail_slots();
         if params > PARAM_SLOTS {
             return Err(format!("a region of rank {r} with {} inputs needs {params} kernel params (at most {PARAM_SLOTS})", region.inputs.len()));
         }
@@ -119,6 +127,9 @@ impl StitchedCode {
             }
             None => false,
         };
+        // The 32-bit paths need their params too (every kernel of the module shares one layout).
+        let widest_head = if split { 3 } else { head };
+        layout.narrow = widest_head + Layout { narrow: true, ..layout }.tail_slots() <= PARAM_SLOTS;
         // One compute type: f64 when any value is f64, else f32.
         let any_f64 = region.nodes.iter().any(|n| n.dtype == DType::F64) || t.ins.iter().flatten().any(|d| *d == DType::F64);
         let c = CType::of(if any_f64 { DType::F64 } else { DType::F32 });
@@ -132,96 +143,44 @@ impl StitchedCode {
         for (k, ct) in ins.iter().enumerate() {
             args += &format!(", const {}* __restrict__ in{k}", ct.storage());
         }
-        let operand = |o: &Operand| match *o {
-            Operand::Input(k) => format!("a{k}"),
-            Operand::Node(j) => format!("t{j}"),
-        };
-        // The body for element `i` with the domain's dims at params `head..`: loads, then nodes
-        // `upto` (exclusive), the normalized value given by `normalized` when the norm node is
-        // reached.
-        let element = |head: usize, upto: usize, normalized: Option<&str>, indent: &str| -> Result<String, String> {
-            let offsets: Vec<(String, usize)> = (0..ins.len()).map(|k| (format!("o{k}"), head + r + k * r)).collect();
-            let refs: Vec<(&str, usize)> = offsets.iter().map(|(n, at)| (n.as_str(), *at)).collect();
-            let mut s: String = decompose(r, head, &refs).lines().map(|l| format!("{indent}{}\n", l.trim_start())).collect();
-            for (k, ct) in ins.iter().enumerate() {
-                s += &format!("{indent}{cc} a{k} = ({cc}){};\n", ct.load(&format!("in{k}[o{k}]")));
-            }
-            for (j, node) in region.nodes.iter().enumerate().take(upto) {
-                let args: Vec<String> = node.args.iter().map(operand).collect();
-                let e = match &node.op {
-                    RegionOp::Elementwise(op) => elementwise(op, c, &args).map_err(|e| format!("node {j}: {e}"))?,
-                    RegionOp::Normalize { .. } => match normalized {
-                        Some(n) => n.replace("X", &args[0]),
-                        None => return Err("internal: normalized value outside the apply pass".into()),
-                    },
-                };
-                s += &format!("{indent}{cc} t{j} = {e};\n");
-            }
-            Ok(s)
-        };
-        let stores = |indent: &str| -> String {
-            let mut s = String::new();
-            for (k, o) in region.outputs.iter().enumerate() {
-                s += &format!("{indent}out{k}[i] = {};\n", CType::of(t.outs[k]).store(&format!("t{}", o.node)));
-            }
-            s
-        };
-        let mut body = format!("extern \"C\" __global__ void {name}({args}) {{\n");
+        let outs: Vec<CType> = t.outs.iter().map(|&d| CType::of(d)).collect();
+        // Elements per vector: 16 bytes of the widest operand (channels-last rows are strided).
+        let widest = ins.iter().chain(&outs).map(|ct| ct.dtype.size_bytes()).max().unwrap_or(16);
+        let vlen = if layout.narrow && !channels_last { (16 / widest.max(1)).max(1) } else { 1 };
+        let text = Text { region: &region, ins, outs, c, layout, vlen };
+        let mut body = text::helpers();
+        body += &format!("extern \"C\" __global__ void {name}({args}) {{\n{}", text.prologue(head));
         let mut kernels = Vec::new();
         match norm {
-            None => {
-                body += "  Q_LOOP(p.v[0]) {\n";
-                body += &element(head, region.nodes.len(), None, "    ")?;
-                body += &stores("    ");
-                body += "  }\n}\n";
-            }
+            None => body += &text.elementwise_body(head)?,
             Some((k, _, eps)) => {
-                let x = operand(&region.nodes[k].args[0]);
-                let eps = lit(eps as f64, cc);
-                let sqrt = c.math("sqrt");
-                // Passes 1 and 2 evaluate the nodes before the norm (its prologue, and any
-                // independent node that happens to come earlier: cheap, and side-effect free).
-                let stats = element(head, k, None, "      ")?;
-                body += "  for (long long row = blockIdx.x; row < p.v[0]; row += gridDim.x) {\n";
-                body += "    long long L = p.v[1]; long long base = row * L;\n";
-                body += &format!("    {cc} s_ = 0;\n    for (long long k_ = threadIdx.x; k_ < L; k_ += blockDim.x) {{\n      long long i = base + k_;\n{stats}      s_ += {x};\n    }}\n");
-                body += &format!("    {cc} mean_ = q_block_reduce(s_, QSum()) / ({cc})L;\n");
-                body += &format!("    {cc} v_ = 0;\n    for (long long k_ = threadIdx.x; k_ < L; k_ += blockDim.x) {{\n      long long i = base + k_;\n{stats}      {cc} d_ = {x} - mean_; v_ += d_ * d_;\n    }}\n");
-                body += &format!("    {cc} rstd_ = ({cc})1 / {sqrt}(q_block_reduce(v_, QSum()) / ({cc})L + {eps});\n");
-                body += "    for (long long k_ = threadIdx.x; k_ < L; k_ += blockDim.x) {\n      long long i = base + k_;\n";
-                body += &element(head, region.nodes.len(), Some("((X - mean_) * rstd_)"), "      ")?;
-                body += &stores("      ");
-                body += "    }\n  }\n}\n";
+                let x = operand_name(&region.nodes[k].args[0]);
+                body += &text.rows_body(head, k, &x, eps)?;
                 if split {
                     let head = head + 1;
-                    // Partials: Welford per thread over the chunk, merged per block.
                     let mut part = split::helpers(cc);
-                    part += &format!("extern \"C\" __global__ void {name}_part({args}, {cc}* __restrict__ part) {{\n");
-                    part += split::BLOCK_LOOP;
-                    part += &format!("    {cc} n_ = 0, m_ = 0, v_ = 0;\n    for (long long k_ = beg_ + threadIdx.x; k_ < end_; k_ += blockDim.x) {{\n      long long i = row * L + k_;\n");
-                    part += &element(head, k, None, "      ")?;
-                    part += &format!("      {cc} x_ = {x}; n_ += ({cc})1; {cc} d_ = x_ - m_; m_ += d_ / n_; v_ += d_ * (x_ - m_);\n    }}\n");
-                    part += "    q_wf_block(n_, m_, v_);\n    if (threadIdx.x == 0) { part[2 * blk] = m_; part[2 * blk + 1] = v_; }\n  }\n}\n";
-                    // Apply: merge the row's partials (chunk counts from the indices), then
-                    // normalize this chunk and run the epilogue.
-                    let mut apply = format!("extern \"C\" __global__ void {name}_apply({args}, const {cc}* __restrict__ part) {{\n");
-                    apply += split::BLOCK_LOOP;
-                    apply += &format!("    {cc} n_ = 0, m_ = 0, v_ = 0;\n    for (long long c_ = threadIdx.x; c_ < C; c_ += blockDim.x) {{\n");
-                    apply += "      long long cb_ = c_ * CL; long long cn_ = cb_ >= L ? 0 : (cb_ + CL < L ? CL : L - cb_);\n";
-                    apply += &format!("      q_wf_add(n_, m_, v_, ({cc})cn_, part[2 * (row * C + c_)], part[2 * (row * C + c_) + 1]);\n    }}\n");
-                    apply += &format!("    q_wf_block(n_, m_, v_);\n    {cc} mean_ = m_, rstd_ = ({cc})1 / {sqrt}(v_ / ({cc})L + {eps});\n");
-                    apply += "    for (long long k_ = beg_ + threadIdx.x; k_ < end_; k_ += blockDim.x) {\n      long long i = row * L + k_;\n";
-                    apply += &element(head, region.nodes.len(), Some("((X - mean_) * rstd_)"), "      ")?;
-                    apply += &stores("      ");
-                    apply += "    }\n  }\n}\n";
+                    part += &format!("extern \"C\" __global__ void {name}_part({args}, {cc}* __restrict__ part) {{\n{}", text.prologue(head));
+                    part += &text.partials_body(head, k, &x)?;
+                    part += "}\n";
+                    let mut apply = format!("extern \"C\" __global__ void {name}_apply({args}, const {cc}* __restrict__ part) {{\n{}", text.prologue(head));
+                    apply += &text.apply_body(head, eps)?;
+                    apply += "}\n";
                     kernels.push(Kernel { name: format!("{name}_part"), body: part });
                     kernels.push(Kernel { name: format!("{name}_apply"), body: apply });
                 }
             }
         }
+        body += "}\n";
         kernels.insert(0, Kernel { name, body });
         let compute_bytes = c.dtype.size_bytes();
-        Ok(StitchedCode { region, kernels, rank: r, split, compute_bytes })
+        Ok(StitchedCode { region, kernels, layout, split, compute_bytes, vlen })
+    }
+}
+
+fn operand_name(o: &Operand) -> String {
+    match *o {
+        Operand::Input(k) => format!("a{k}"),
+        Operand::Node(j) => format!("t{j}"),
     }
 }
 
@@ -231,9 +190,10 @@ impl StepCode for StitchedCode {
     }
 
     fn plan(&self, s: &StepShapes) -> Result<LaunchPlan, String> {
+        let rank = self.layout.rank;
         let domain: Vec<usize> = self.region.domain.iter().map(|d| s.bindings.eval(d).map(|v| v as usize)).collect::<Result<_, _>>()?;
-        if domain.len() != self.rank {
-            return Err(format!("domain rank {} but the kernel was generated for {}", domain.len(), self.rank));
+        if domain.len() != rank {
+            return Err(format!("domain rank {} but the kernel was generated for {rank}", domain.len()));
         }
         for (k, out) in s.outs.iter().enumerate() {
             if *out != domain.as_slice() {
@@ -241,8 +201,8 @@ impl StepCode for StitchedCode {
             }
         }
         let n = numel(&domain);
-        // Dims and per-input strides: every kernel's params after its head.
-        let mut tail: Vec<i64> = domain.iter().map(|&d| d as i64).collect();
+        // Per-input strides over the domain (0 on broadcast axes).
+        let mut strides: Vec<Vec<i64>> = Vec::with_capacity(self.region.inputs.len());
         for (k, inp) in self.region.inputs.iter().enumerate() {
             let shape = s.input(k)?;
             let view: Vec<usize> = inp.view.iter().map(|d| s.bindings.eval(d).map(|v| v as usize)).collect::<Result<_, _>>()?;
@@ -251,8 +211,44 @@ impl StepCode for StitchedCode {
             }
             let mut st = broadcast_strides(&view, &domain).map_err(|e| format!("input {k}: {e}"))?;
             // Right-aligned: leading domain axes the view lacks have stride 0 already.
-            st.resize(self.rank, 0);
-            tail.extend(st);
+            st.resize(rank, 0);
+            strides.push(st);
+        }
+        let norm = self.region.norm();
+        let len = match norm {
+            Some((_, rows, _)) => {
+                let len = s.bindings.eval(&rows.row_len(&self.region.domain))? as usize;
+                if let RowSpec::GroupsChannelsLast { groups } = rows {
+                    let c = domain[rank - 1];
+                    if c % groups != 0 {
+                        return Err(format!("{c} channels do not split into {groups} groups"));
+                    }
+                }
+                if len == 0 || n % len != 0 {
+                    return Err(format!("rows of {len} elements do not tile the domain {domain:?}"));
+                }
+                Some(len)
+            }
+            None => None,
+        };
+        // Params after each kernel's head: dims and strides (64-bit path), the narrow data and
+        // the vector flag (32-bit paths), the channels-last group params.
+        let mut tail: Vec<i64> = domain.iter().map(|&d| d as i64).collect();
+        tail.extend(strides.iter().flatten().copied());
+        let mut vector = false;
+        if self.layout.narrow {
+            match index::narrow(&domain, &strides).filter(|_| !env_on("QUILT_INDEX64")) {
+                Some((data, collapsed)) => {
+                    vector = self.vlen > 1 && !env_on("QUILT_NO_VECTOR") && vectorizable(&collapsed, self.vlen) && len.is_none_or(|l| l % self.vlen == 0);
+                    tail.extend(data);
+                }
+                None => tail.extend(index::wide(rank, strides.len())),
+            }
+            tail.push(vector as i64);
+        }
+        if let Some((_, RowSpec::GroupsChannelsLast { groups }, _)) = norm {
+            tail.push(*groups as i64);
+            tail.push(index::magic_slot((domain[rank - 1] / groups).clamp(1, index::NARROW_MAX)));
         }
         let params = |head: &[i64]| {
             let mut p = ParamList::default();
@@ -266,13 +262,12 @@ impl StepCode for StitchedCode {
         if n == 0 {
             return Ok(plan);
         }
-        match self.region.norm() {
-            None => plan.actions.push(Action::Launch { kernel: 0, work: Work::Elements(n as u64), params: params(&[n as i64])?, args }),
-            Some((_, rows, _)) => {
-                let len = s.bindings.eval(&rows.row_len(&self.region.domain))? as usize;
-                if len == 0 || n % len != 0 {
-                    return Err(format!("rows of {len} elements do not tile the domain {domain:?}"));
-                }
+        match len {
+            None => {
+                let threads = if vector { n / self.vlen } else { n };
+                plan.actions.push(Action::Launch { kernel: 0, work: Work::Elements(threads as u64), params: params(&[n as i64])?, args })
+            }
+            Some(len) => {
                 let rows = n / len;
                 match split::chunks(rows, len).filter(|_| self.split) {
                     None => plan.actions.push(Action::Launch { kernel: 0, work: Work::Rows(rows as u64), params: params(&[rows as i64, len as i64])?, args }),

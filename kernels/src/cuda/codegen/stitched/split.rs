@@ -15,6 +15,8 @@
 //! No E[x²] − E[x]² anywhere: every merge adds squared deviations from a mean, so rows with a
 //! large mean keep their variance in f32.
 
+use super::text::Path;
+
 /// Rows of at most this many elements keep the one-block-per-row kernel (LayerNorm rows of
 /// 320–1280, GroupNorm rows of small feature maps).
 pub const SPLIT_ABOVE: usize = 16384;
@@ -66,12 +68,19 @@ __device__ __forceinline__ void q_wf_block({cc}& n, {cc}& m, {cc}& v) {{
 }
 
 /// The opening of a block loop over (row, chunk) pairs: defines `L`, `C`, `CL` (chunk length),
-/// `row`, `blk` and the chunk's `[beg_, end_)`. Params: `rows, L, C`.
-pub const BLOCK_LOOP: &str = "  long long L = p.v[1], C = p.v[2], CL = (L + C - 1) / C;
-  for (long long blk = blockIdx.x; blk < p.v[0] * C; blk += gridDim.x) {
-    long long row = blk / C, beg_ = (blk - row * C) * CL;
-    long long end_ = beg_ + CL < L ? beg_ + CL : L;
-";
+/// `row`, `blk` and the chunk's `[beg_, end_)`. Params: `rows, L, C`. On the vector path the
+/// chunk length rounds up to a multiple of the vector width, so every chunk starts aligned;
+/// trailing chunks may then be empty (their partials hold count 0, which merges as nothing).
+pub fn block_loop(path: Path) -> String {
+    let ix = path.ix();
+    let round = match path {
+        Path::Vector(v) => format!("    CL = (CL + {v}u - 1u) / {v}u * {v}u;\n"),
+        _ => String::new(),
+    };
+    format!(
+        "    const {ix} L = ({ix})p.v[1], C = ({ix})p.v[2];\n    {ix} CL = (L + C - 1) / C;\n{round}    for ({ix} blk = blockIdx.x; blk < ({ix})p.v[0] * C; blk += gridDim.x) {{\n      const {ix} row = blk / C, beg_ = (blk - row * C) * CL;\n      const {ix} end_ = beg_ + CL < L ? beg_ + CL : L;\n"
+    )
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,318 @@
+//! The CUDA C text of a stitched region's kernels.
+//!
+//! Every kernel holds up to three index paths over one loop structure, chosen per launch from
+//! params (block-uniform, so barriers inside stay legal):
+//!
+//! - *wide*: 64-bit coordinates from `mod.rs`'s `decompose` (any size; the code before 32-bit
+//!   indexing, also forced by `QUILT_INDEX64=1`);
+//! - *narrow*: `unsigned` indices over collapsed axes with multiply-shift division (`index`);
+//! - *vector*: narrow, `V` consecutive elements per thread with one 16-byte (or narrower) load
+//!   per input that varies along the innermost axis, a broadcast scalar for inputs constant
+//!   along it, and vector stores. Taken when the host found the innermost collapsed extent (and
+//!   row length) divisible by `V` and every pointer 16-byte aligned.
+
+use quilt_rewrites::ir::{Operand, RegionOp, StitchedRegion};
+
+use super::super::{decompose, lit, CType};
+use super::{elementwise, index};
+
+/// How a loop walks its indices.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Path {
+    Wide,
+    Narrow,
+    Vector(usize),
+}
+
+impl Path {
+    pub fn ix(self) -> &'static str {
+        match self {
+            Path::Wide => "long long",
+            _ => "unsigned",
+        }
+    }
+}
+
+/// Param positions relative to a kernel's head (`h`): dims at `h`, 64-bit strides after them,
+/// then the narrow data, the vector flag, and the channels-last group params.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub rank: usize,
+    pub inputs: usize,
+    /// Whether the narrow data and the vector flag are present.
+    pub narrow: bool,
+    pub channels_last: bool,
+}
+
+impl Layout {
+    pub fn wide_slots(&self) -> usize {
+        self.rank + self.rank * self.inputs
+    }
+    pub fn narrow_at(&self) -> usize {
+        self.wide_slots()
+    }
+    pub fn vector_at(&self) -> usize {
+        self.narrow_at() + index::slots(self.rank, self.inputs)
+    }
+    /// `G` then the `C/G` divisor slot.
+    pub fn groups_at(&self) -> usize {
+        if self.narrow {
+            self.vector_at() + 1
+        } else {
+            self.wide_slots()
+        }
+    }
+    pub fn tail_slots(&self) -> usize {
+        self.groups_at() + if self.channels_last { 2 } else { 0 }
+    }
+    /// The param holding input `k`'s stride along the innermost collapsed axis (low half).
+    fn inner_stride_at(&self, k: usize) -> usize {
+        self.narrow_at() + 1 + self.rank.max(1) + k * self.rank.max(1).div_ceil(2)
+    }
+}
+
+pub struct Text<'a> {
+    pub region: &'a StitchedRegion,
+    pub ins: Vec<CType>,
+    pub outs: Vec<CType>,
+    /// The compute type.
+    pub c: CType,
+    pub layout: Layout,
+    /// Elements per thread of the vector path (1: none).
+    pub vlen: usize,
+}
+
+impl Text<'_> {
+    fn operand(o: &Operand) -> String {
+        match *o {
+            Operand::Input(k) => format!("a{k}"),
+            Operand::Node(j) => format!("t{j}"),
+        }
+    }
+
+    /// The opening of a kernel: its narrow-axis count `nax_` (0 selects the wide path), the
+    /// vector decision `vec_`, and the channels-last group params `G_`, `cpg_`.
+    pub fn prologue(&self, h: usize) -> String {
+        let l = &self.layout;
+        let mut s = String::new();
+        if l.narrow {
+            s += &format!("  const unsigned nax_ = q_lo(p.v[{}]);\n", h + l.narrow_at());
+            if self.vlen > 1 {
+                let mut ptrs: Vec<String> = (0..self.outs.len()).map(|k| format!("(unsigned long long)out{k}")).collect();
+                ptrs.extend((0..self.ins.len()).map(|k| format!("(unsigned long long)in{k}")));
+                s += &format!("  const bool vec_ = nax_ != 0u && p.v[{}] != 0 && (({}) & 15ull) == 0ull;\n", h + l.vector_at(), ptrs.join(" | "));
+            }
+        }
+        if l.channels_last {
+            s += &format!("  const long long G_ = p.v[{}], cpg_ = q_lo(p.v[{}]);\n", h + l.groups_at(), h + l.groups_at() + 1);
+        }
+        s
+    }
+
+    /// `if (vec_) {…} else if (nax_) {…} else {…}` over the paths this kernel has, each body
+    /// made by `body`.
+    pub fn dispatch(&self, body: impl Fn(Path) -> Result<String, String>) -> Result<String, String> {
+        let mut s = String::new();
+        if self.layout.narrow {
+            if self.vlen > 1 {
+                s += &format!("  if (vec_) {{\n{}  }} else ", body(Path::Vector(self.vlen))?);
+            } else {
+                s += "  ";
+            }
+            s += &format!("if (nax_ != 0u) {{\n{}  }} else {{\n{}  }}\n", body(Path::Narrow)?, body(Path::Wide)?);
+        } else {
+            s += &format!("  {{\n{}  }}\n", body(Path::Wide)?);
+        }
+        Ok(s)
+    }
+
+    /// Loads and node values of element `i` (in scope, of `path.ix()`): nodes before `upto`,
+    /// the normalization as `normalized` (with `X` for its operand). Returns the code that opens
+    /// the element (for the vector path: up to inside the per-lane loop, where `a{k}` and `t{j}`
+    /// are lane values) and the code that closes it (the vector path's stores when `store`).
+    pub fn element(&self, h: usize, path: Path, upto: usize, normalized: Option<&str>, store: bool, indent: &str) -> Result<(String, String), String> {
+        let l = &self.layout;
+        let cc = self.c.compute();
+        let names: Vec<String> = (0..self.ins.len()).map(|k| format!("o{k}")).collect();
+        let mut open = match path {
+            Path::Wide => {
+                let refs: Vec<(&str, usize)> = names.iter().enumerate().map(|(k, n)| (n.as_str(), h + l.rank + k * l.rank)).collect();
+                decompose(l.rank, h, &refs).lines().map(|x| format!("{indent}{}\n", x.trim_start())).collect()
+            }
+            Path::Narrow | Path::Vector(_) => index::offsets(l.rank, h + l.narrow_at(), &names, indent),
+        };
+        let mut close = String::new();
+        let lane_indent = match path {
+            Path::Vector(v) => {
+                for (k, ct) in self.ins.iter().enumerate() {
+                    let st = ct.storage();
+                    open += &format!("{indent}QVec<{st}, {v}> x{k};\n");
+                    open += &format!(
+                        "{indent}if (q_lo(p.v[{}]) == 1u) x{k} = *reinterpret_cast<const QVec<{st}, {v}>*>(in{k} + o{k});\n{indent}else {{ {st} b_ = in{k}[o{k}];\n{indent}#pragma unroll\n{indent}  for (int e_ = 0; e_ < {v}; ++e_) x{k}.x[e_] = b_; }}\n",
+                        h + l.inner_stride_at(k)
+                    );
+                }
+                if store {
+                    for (k, ct) in self.outs.iter().enumerate() {
+                        open += &format!("{indent}QVec<{}, {v}> y{k};\n", ct.storage());
+                        close += &format!("{indent}*reinterpret_cast<QVec<{st}, {v}>*>(out{k} + i) = y{k};\n", st = ct.storage());
+                    }
+                }
+                open += &format!("{indent}#pragma unroll\n{indent}for (int e_ = 0; e_ < {v}; ++e_) {{\n");
+                close = format!("{indent}}}\n{close}");
+                format!("{indent}  ")
+            }
+            _ => indent.to_string(),
+        };
+        for (k, ct) in self.ins.iter().enumerate() {
+            let raw = match path {
+                Path::Vector(_) => format!("x{k}.x[e_]"),
+                _ => format!("in{k}[o{k}]"),
+            };
+            open += &format!("{lane_indent}{cc} a{k} = ({cc}){};\n", ct.load(&raw));
+        }
+        for (j, node) in self.region.nodes.iter().enumerate().take(upto) {
+            let args: Vec<String> = node.args.iter().map(Self::operand).collect();
+            let e = match &node.op {
+                RegionOp::Elementwise(op) => elementwise(op, self.c, &args).map_err(|e| format!("node {j}: {e}"))?,
+                RegionOp::Normalize { .. } => match normalized {
+                    Some(n) => n.replace("X", &args[0]),
+                    None => return Err("internal: normalized value outside the apply pass".into()),
+                },
+            };
+            open += &format!("{lane_indent}{cc} t{j} = {e};\n");
+        }
+        if store {
+            for (k, o) in self.region.outputs.iter().enumerate() {
+                let v = self.outs[k].store(&format!("t{}", o.node));
+                open += &match path {
+                    Path::Vector(_) => format!("{lane_indent}y{k}.x[e_] = {v};\n"),
+                    _ => format!("{lane_indent}out{k}[i] = {v};\n"),
+                };
+            }
+        }
+        Ok((open, close))
+    }
+
+    /// The indentation inside `element`'s opening (where per-lane code such as statistics goes).
+    pub fn lane_indent(path: Path, indent: &str) -> String {
+        match path {
+            Path::Vector(_) => format!("{indent}  "),
+            _ => indent.to_string(),
+        }
+    }
+
+    /// Elementwise regions: a grid-stride loop over every element (vector path: every group of
+    /// `V` elements).
+    pub fn elementwise_body(&self, h: usize) -> Result<String, String> {
+        let n = self.region.nodes.len();
+        self.dispatch(|path| {
+            let (open, close) = self.element(h, path, n, None, true, "      ")?;
+            let head = match path {
+                Path::Wide => "    Q_LOOP(p.v[0]) {\n".to_string(),
+                Path::Narrow => "    const unsigned n_ = (unsigned)p.v[0];\n    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < n_; i += gridDim.x * blockDim.x) {\n".to_string(),
+                Path::Vector(v) => format!("    const unsigned n_ = (unsigned)p.v[0] / {v}u;\n    for (unsigned w_ = blockIdx.x * blockDim.x + threadIdx.x; w_ < n_; w_ += gridDim.x * blockDim.x) {{\n      const unsigned i = w_ * {v}u;\n"),
+            };
+            Ok(format!("{head}{open}{close}    }}\n"))
+        })
+    }
+
+    /// Row setup inside a row or chunk loop (`row`, `L` in scope): `rb_`, the row's first
+    /// element (contiguous rows) or its first element's batch and group base (channels-last).
+    pub fn row_base(&self, path: Path, indent: &str) -> String {
+        let ix = path.ix();
+        if self.layout.channels_last {
+            format!("{indent}const {ix} rb_ = (row / ({ix})G_) * (L * ({ix})G_) + (row % ({ix})G_) * ({ix})cpg_;\n")
+        } else {
+            format!("{indent}const {ix} rb_ = row * L;\n")
+        }
+    }
+
+    /// A loop over the row's elements `[beg, end)` (per thread: `k_`, and its domain index `i`).
+    pub fn row_loop(&self, h: usize, path: Path, beg: &str, end: &str, indent: &str) -> String {
+        let ix = path.ix();
+        match path {
+            Path::Vector(v) => format!("{indent}for (unsigned k_ = {beg} + threadIdx.x * {v}u; k_ < {end}; k_ += blockDim.x * {v}u) {{\n{indent}  const unsigned i = rb_ + k_;\n"),
+            _ if self.layout.channels_last => {
+                // Element k_ of the row: spatial position k_ / (C/G), channel k_ % (C/G) of the group.
+                let div = match path {
+                    Path::Narrow => format!("q_div32(k_, p.v[{}])", h + self.layout.groups_at() + 1),
+                    _ => "k_ / cpg_".to_string(),
+                };
+                format!("{indent}for ({ix} k_ = {beg} + threadIdx.x; k_ < {end}; k_ += blockDim.x) {{\n{indent}  const {ix} sp_ = {div};\n{indent}  const {ix} i = rb_ + sp_ * ({ix})(G_ * cpg_) + (k_ - sp_ * ({ix})cpg_);\n")
+            }
+            _ => format!("{indent}for ({ix} k_ = {beg} + threadIdx.x; k_ < {end}; k_ += blockDim.x) {{\n{indent}  const {ix} i = rb_ + k_;\n"),
+        }
+    }
+
+    /// One block per row: mean, squared deviations, then normalize and run every node.
+    pub fn rows_body(&self, h: usize, k: usize, x: &str, eps: f32) -> Result<String, String> {
+        let cc = self.c.compute();
+        let eps = lit(eps as f64, cc);
+        let sqrt = self.c.math("sqrt");
+        let n = self.region.nodes.len();
+        self.dispatch(|path| {
+            let ix = path.ix();
+            let li = Self::lane_indent(path, "        ");
+            let mut s = format!("    for ({ix} row = blockIdx.x; row < ({ix})p.v[0]; row += gridDim.x) {{\n      const {ix} L = ({ix})p.v[1];\n");
+            s += &self.row_base(path, "      ");
+            // Passes 1 and 2 evaluate the nodes before the norm (its prologue, and any
+            // independent node that happens to come earlier: cheap, and side-effect free).
+            let (open, close) = self.element(h, path, k, None, false, "        ")?;
+            s += &format!("      {cc} s_ = 0;\n");
+            s += &self.row_loop(h, path, "0", "L", "      ");
+            s += &format!("{open}{li}s_ += {x};\n{close}      }}\n");
+            s += &format!("      const {cc} mean_ = q_block_reduce(s_, QSum()) / ({cc})L;\n      {cc} v_ = 0;\n");
+            s += &self.row_loop(h, path, "0", "L", "      ");
+            s += &format!("{open}{li}const {cc} d_ = {x} - mean_; v_ += d_ * d_;\n{close}      }}\n");
+            s += &format!("      const {cc} rstd_ = ({cc})1 / {sqrt}(q_block_reduce(v_, QSum()) / ({cc})L + {eps});\n");
+            let (open, close) = self.element(h, path, n, Some("((X - mean_) * rstd_)"), true, "        ")?;
+            s += &self.row_loop(h, path, "0", "L", "      ");
+            s += &format!("{open}{close}      }}\n    }}\n");
+            Ok(s)
+        })
+    }
+
+    /// Split statistics, kernel 1: per (row, chunk) block, Welford per thread, merged per block.
+    pub fn partials_body(&self, h: usize, k: usize, x: &str) -> Result<String, String> {
+        let cc = self.c.compute();
+        self.dispatch(|path| {
+            let li = Self::lane_indent(path, "        ");
+            let mut s = super::split::block_loop(path);
+            s += &self.row_base(path, "      ");
+            s += &format!("      {cc} n_ = 0, m_ = 0, v_ = 0;\n");
+            let (open, close) = self.element(h, path, k, None, false, "        ")?;
+            s += &self.row_loop(h, path, "beg_", "end_", "      ");
+            s += &format!("{open}{li}const {cc} x_ = {x}; n_ += ({cc})1; const {cc} d_ = x_ - m_; m_ += d_ / n_; v_ += d_ * (x_ - m_);\n{close}      }}\n");
+            s += "      q_wf_block(n_, m_, v_);\n      if (threadIdx.x == 0) { part[2 * blk] = m_; part[2 * blk + 1] = v_; }\n    }\n";
+            Ok(s)
+        })
+    }
+
+    /// Split statistics, kernel 2: merge the row's partials (chunk counts follow from the
+    /// indices), then normalize this chunk and run the epilogue.
+    pub fn apply_body(&self, h: usize, eps: f32) -> Result<String, String> {
+        let cc = self.c.compute();
+        let eps = lit(eps as f64, cc);
+        let sqrt = self.c.math("sqrt");
+        let n = self.region.nodes.len();
+        self.dispatch(|path| {
+            let ix = path.ix();
+            let mut s = super::split::block_loop(path);
+            s += &self.row_base(path, "      ");
+            s += &format!("      {cc} n_ = 0, m_ = 0, v_ = 0;\n      for ({ix} c_ = threadIdx.x; c_ < C; c_ += blockDim.x) {{\n");
+            s += &format!("        const {ix} cb_ = c_ * CL; const {ix} cn_ = cb_ >= L ? 0 : (cb_ + CL < L ? CL : L - cb_);\n");
+            s += &format!("        q_wf_add(n_, m_, v_, ({cc})cn_, part[2 * (row * C + c_)], part[2 * (row * C + c_) + 1]);\n      }}\n");
+            s += &format!("      q_wf_block(n_, m_, v_);\n      const {cc} mean_ = m_, rstd_ = ({cc})1 / {sqrt}(v_ / ({cc})L + {eps});\n");
+            let (open, close) = self.element(h, path, n, Some("((X - mean_) * rstd_)"), true, "        ")?;
+            s += &self.row_loop(h, path, "beg_", "end_", "      ");
+            s += &format!("{open}{close}      }}\n    }}\n");
+            Ok(s)
+        })
+    }
+}
+
+/// Module-level helpers of every stitched module: 32-bit division and the vector type.
+pub fn helpers() -> String {
+    format!("{}template <class T, int V> struct alignas(sizeof(T) * V) QVec {{ T x[V]; }};\n", index::DEVICE)
+}
