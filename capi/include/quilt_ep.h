@@ -68,6 +68,8 @@ struct OrtEpFactory;
 #define QUILT_OPTION_PRECISION "precision"
 /* 1 | 0 (default 1): replay each input-shape signature's run from a captured CUDA graph. */
 #define QUILT_OPTION_CUDA_GRAPH "cuda_graph"
+/* auto | nchw | channels_last (default auto): run 2-D convolutions and the ops between them on NHWC data on the GPU (cuDNN). */
+#define QUILT_OPTION_LAYOUT "layout"
 /* A directory for compiled GPU kernels, shared across sessions and processes; empty turns it off. */
 #define QUILT_OPTION_CACHE_DIR "cache_dir"
 

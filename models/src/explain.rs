@@ -15,12 +15,13 @@ use quilt_rewrites::{optimize_graph, Graph, Op, OptimizeOptions, Plan};
 use crate::error::{ModelsError, Result};
 
 pub const USAGE: &str = "\
-usage: quilt explain MODEL.onnx [--json] [--no-optimize] [--plan]
+usage: quilt explain MODEL.onnx [--json] [--no-optimize] [--plan] [--channels-last]
 
 Compiles MODEL (graph only: weights are not loaded) and reports ONNX nodes in, plan steps out,
 per-op counts before and after optimization, recognized patterns (attention, GroupNorm,
 LayerNorm, GELU, GeGLU, SiLU, QuickGELU), each e-graph stage's size and time, and optimize_ms.
---json prints one JSON object; --plan also prints the plan; --no-optimize shows the plain lowering.";
+--json prints one JSON object; --plan also prints the plan; --no-optimize shows the plain lowering;
+--channels-last plans as quilt's GPU device with cuDNN does (convolutions on NHWC data).";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExplainArgs {
@@ -28,16 +29,18 @@ pub struct ExplainArgs {
     pub json: bool,
     pub optimize: bool,
     pub print_plan: bool,
+    pub channels_last: bool,
 }
 
 pub fn parse_args(args: &[String]) -> Result<ExplainArgs> {
-    let mut parsed = ExplainArgs { model: PathBuf::new(), json: false, optimize: true, print_plan: false };
+    let mut parsed = ExplainArgs { model: PathBuf::new(), json: false, optimize: true, print_plan: false, channels_last: false };
     let mut model = None;
     for a in args {
         match a.as_str() {
             "--json" => parsed.json = true,
             "--no-optimize" => parsed.optimize = false,
             "--plan" => parsed.print_plan = true,
+            "--channels-last" => parsed.channels_last = true,
             flag if flag.starts_with('-') => return Err(ModelsError::Usage(format!("unknown option {flag}"))),
             path if model.is_none() => model = Some(PathBuf::from(path)),
             extra => return Err(ModelsError::Usage(format!("unexpected argument `{extra}`"))),
@@ -108,13 +111,17 @@ pub struct Explanation {
     pub text: String,
 }
 
-pub fn explain(model: &Path, optimize: bool, print_plan: bool) -> Result<Explanation> {
+pub fn explain(model: &Path, optimize: bool, print_plan: bool, channels_last: bool) -> Result<Explanation> {
     let err = |e: quilt_rewrites::Error| ModelsError::Usage(format!("{}: {e}", model.display()));
     let start = Instant::now();
     let src = load(model, &LoadOptions { load_weights: false }).map_err(err)?;
     let imported = import(&src, &ImportOptions { lenient: false }).map_err(err)?;
     let import_ms = start.elapsed().as_secs_f64() * 1e3;
-    let opts = OptimizeOptions { enabled: optimize, ..OptimizeOptions::default() };
+    let opts = OptimizeOptions {
+        enabled: optimize,
+        channels_last: channels_last.then(quilt_rewrites::layout::LayoutOptions::default),
+        ..OptimizeOptions::default()
+    };
     let t = Instant::now();
     let optimized = optimize_graph(&imported.graph, &opts).map_err(err)?;
     let plan = quilt_rewrites::lower::lower(&optimized.graph).map_err(err)?;
@@ -150,6 +157,12 @@ pub fn explain(model: &Path, optimize: bool, print_plan: bool) -> Result<Explana
             "regions": r.regions, "nodes_fused": r.nodes_fused, "views_absorbed": r.views_absorbed,
             "weight_reshapes_folded": r.weight_reshapes_folded, "ms": r.time.as_secs_f64() * 1e3,
             "method": "greedy region growing after e-graph extraction",
+        })
+    });
+    let layout_json = optimized.report.layout.as_ref().map(|l| {
+        serde_json::json!({
+            "convs": l.convs, "group_norms": l.group_norms, "followers": l.followers,
+            "transposes_before": l.transposes_before, "transposes_after": l.transposes_after, "reshapes_added": l.reshapes_added,
         })
     });
     let stages: Vec<serde_json::Value> = optimized
@@ -193,6 +206,7 @@ pub fn explain(model: &Path, optimize: bool, print_plan: bool) -> Result<Explana
         "ops_in_regions": fused,
         "regions": regions,
         "stitch": stitch_json,
+        "layout": layout_json,
         "symbols": plan.symbols,
         "ops_before": before,
         "ops_after": after,
@@ -249,7 +263,7 @@ pub fn command(args: &[String]) -> i32 {
             return 2;
         }
     };
-    match explain(&parsed.model, parsed.optimize, parsed.print_plan) {
+    match explain(&parsed.model, parsed.optimize, parsed.print_plan, parsed.channels_last) {
         Ok(x) if parsed.json => {
             println!("{}", x.json);
             0
@@ -273,13 +287,13 @@ mod tests {
     fn explains_the_tiny_unet_in_both_spellings() {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/unet");
         for file in ["model.onnx", "model.dynamo.onnx"] {
-            let x = explain(&root.join(file), true, false).unwrap();
+            let x = explain(&root.join(file), true, false, false).unwrap();
             let j = &x.json;
             assert_eq!(j["attention"], 8, "{file}");
             assert_eq!(j["group_norm"], 21, "{file}");
             assert_eq!(j["layer_norm"], 12, "{file}");
             assert_eq!(j["geglu"], 4, "{file}");
-            assert!(j["steps"].as_u64().unwrap() < explain(&root.join(file), false, false).unwrap().json["steps"].as_u64().unwrap());
+            assert!(j["steps"].as_u64().unwrap() < explain(&root.join(file), false, false, false).unwrap().json["steps"].as_u64().unwrap());
             assert!(j["peak_bytes"].as_str().unwrap().contains("batch"), "{}", j["peak_bytes"]);
             assert!(x.text.contains("stage fusion"));
             assert!(j["stitched_steps"].as_u64().unwrap() > 0 && j["library_steps"].as_u64().unwrap() > 0, "{file}");

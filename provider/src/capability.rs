@@ -181,7 +181,7 @@ fn check_group(
     cuda: bool,
 ) -> std::result::Result<(), (Vec<usize>, String)> {
     let g = group_graph(src, extra_decls, group);
-    let result = import(&g, &ImportOptions { lenient: false }).and_then(|imported| options.plan(&imported.graph));
+    let result = import(&g, &ImportOptions { lenient: false }).and_then(|imported| options.plan(&imported.graph, cuda));
     let plan = match result {
         Ok(plan) => plan,
         Err(e) => return Err(rewrites_culprit(src, group, e)),

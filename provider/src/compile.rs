@@ -98,7 +98,7 @@ unsafe fn build(ep: &QuiltEp, graph: *const OrtGraph, fused_node: *const OrtNode
     let converted = convert(ep.api, graph, GraphIo::FusedNode(fused_node), WeightCopy::All)?;
     let src = &converted.source;
     let imported = import(src, &ImportOptions { lenient: false })?;
-    let plan = ep.options.plan(&imported.graph)?;
+    let plan = ep.options.plan(&imported.graph, matches!(ep.backend, Backend::Cuda { .. }))?;
     if let Some(dir) = &ep.options.dump_plans {
         // The node list says which ORT nodes quilt took (shape chains that fold away leave no
         // step in the plan, so the plan alone cannot say).

@@ -32,11 +32,29 @@ pub struct Options {
     /// `precision=fp16` runs f32 models' math in f16 storage (`quilt_rewrites::precision`);
     /// the default `model` keeps the model's dtypes.
     pub precision: quilt_rewrites::precision::Precision,
+    /// Where 2-D convolutions' activations live (`quilt_rewrites::layout`).
+    pub layout: Layout,
 }
+
+/// The `layout` option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Channels-last on the GPU device when cuDNN loads (its NHWC tensor-core convolutions), the
+    /// model's layout otherwise.
+    Auto,
+    /// The model's layout (NCHW) everywhere.
+    Nchw,
+    /// Channels-last on the GPU device (a convolution then fails if cuDNN is missing); the
+    /// reference device keeps the model's layout.
+    ChannelsLast,
+}
+
+/// Whether `layout=auto` picks channels-last on the GPU device with cuDNN.
+const AUTO_CHANNELS_LAST: bool = false;
 
 impl Default for Options {
     fn default() -> Options {
-        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true, device_id: None, cache_dir: None, cuda_graph: true, precision: Default::default() }
+        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true, device_id: None, cache_dir: None, cuda_graph: true, precision: Default::default(), layout: Layout::Auto }
     }
 }
 
@@ -104,6 +122,19 @@ pub const OPTIONS: &[OptionSpec] = &[
         },
     },
     OptionSpec {
+        key: "layout",
+        description: "auto|nchw|channels_last (default auto): channels_last runs 2-D convolutions, and the ops between them, on NHWC data on the GPU device (cuDNN's tensor-core layout); auto does so when cuDNN loads; nchw keeps the model's layout",
+        apply: |o, v| {
+            o.layout = match v {
+                "auto" => Layout::Auto,
+                "nchw" => Layout::Nchw,
+                "channels_last" => Layout::ChannelsLast,
+                _ => return Err("expected auto, nchw or channels_last".into()),
+            };
+            Ok(())
+        },
+    },
+    OptionSpec {
         key: "cuda_graph",
         description: "1|0 (default 1): 1 captures each input-shape signature's run into a CUDA graph on its second run and replays it after that; 0 queues every step each run",
         apply: |o, v| {
@@ -118,15 +149,26 @@ pub const OPTIONS: &[OptionSpec] = &[
 ];
 
 impl Options {
-    /// The optimizer settings that Compile and GetCapability's trial compile both use.
-    pub fn optimize_options(&self) -> quilt_rewrites::OptimizeOptions {
-        quilt_rewrites::OptimizeOptions { enabled: self.optimize, ..quilt_rewrites::OptimizeOptions::default() }
+    /// The optimizer settings that Compile and GetCapability's trial compile both use, for the
+    /// GPU device (`cuda`) or the reference device.
+    pub fn optimize_options(&self, cuda: bool) -> quilt_rewrites::OptimizeOptions {
+        let channels_last = cuda
+            && match self.layout {
+                Layout::Nchw => false,
+                Layout::ChannelsLast => true,
+                Layout::Auto => AUTO_CHANNELS_LAST && quilt_kernels::cuda::conv::cudnn::library().is_ok(),
+            };
+        quilt_rewrites::OptimizeOptions {
+            enabled: self.optimize,
+            channels_last: channels_last.then(quilt_rewrites::layout::LayoutOptions::default),
+            ..quilt_rewrites::OptimizeOptions::default()
+        }
     }
 
-    /// The plan of an imported graph under these options (optimizer and precision): what Compile
-    /// runs and what GetCapability's trial compile checks.
-    pub fn plan(&self, graph: &quilt_rewrites::ir::Graph) -> std::result::Result<quilt_rewrites::Plan, quilt_rewrites::Error> {
-        quilt_rewrites::precision::optimize_with_precision(graph, &self.optimize_options(), self.precision)
+    /// The plan of an imported graph under these options (optimizer, precision, layout): what
+    /// Compile runs and what GetCapability's trial compile checks.
+    pub fn plan(&self, graph: &quilt_rewrites::ir::Graph, cuda: bool) -> std::result::Result<quilt_rewrites::Plan, quilt_rewrites::Error> {
+        quilt_rewrites::precision::optimize_with_precision(graph, &self.optimize_options(cuda), self.precision)
     }
 
     /// Parses the session config entries (all of them; those without [`PREFIX`] are ignored).
@@ -184,7 +226,7 @@ mod tests {
     fn optimize_option() {
         assert!(Options::default().optimize);
         let o = Options::from_config([("ep.quiltexecutionprovider.optimize", "0")]).unwrap();
-        assert!(!o.optimize && !o.optimize_options().enabled);
+        assert!(!o.optimize && !o.optimize_options(false).enabled);
         let e = Options::from_config([("ep.quiltexecutionprovider.optimize", "yes")]).unwrap_err().to_string();
         assert!(e.contains("optimize") && e.contains("yes") && e.contains("0 or 1"), "{e}");
     }

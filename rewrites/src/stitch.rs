@@ -130,7 +130,7 @@ fn kind(g: &Graph, node: &Node) -> Kind {
                 Kind::Other
             }
         }
-        Op::GroupNorm { per_channel_affine: true, channels_last: false, .. } if out.rank() >= 2 && floats(&ins) && *ins[0] == *out => Kind::Norm,
+        Op::GroupNorm { per_channel_affine: true, .. } if out.rank() >= 2 && floats(&ins) && *ins[0] == *out => Kind::Norm,
         Op::LayerNorm { axis, .. } if *axis < out.rank() && floats(&ins) && *ins[0] == *out => Kind::Norm,
         _ => Kind::Other,
     }
@@ -340,12 +340,18 @@ fn build_region(s: &Stitcher, gid: usize) -> Built {
             Operand::Node(nodes.len() - 1)
         };
         let last = match &node.op {
-            Op::GroupNorm { epsilon, num_groups, .. } => {
+            Op::GroupNorm { epsilon, num_groups, channels_last, .. } => {
                 let x = arg(0, None);
-                let mut t = push(&mut nodes, RegionOp::Normalize { rows: RowSpec::Groups { groups: *num_groups }, epsilon: *epsilon }, vec![x]);
-                // Per-channel affine, read as [C, 1, …] against [N, C, spatial…].
-                let mut channel = vec![domain[1].clone()];
-                channel.extend(std::iter::repeat_n(SymDim::konst(1), domain.len() - 2));
+                let (rows, channel) = if *channels_last {
+                    // Per-channel affine, read as [C] against [N, spatial…, C].
+                    (RowSpec::GroupsChannelsLast { groups: *num_groups }, vec![domain[domain.len() - 1].clone()])
+                } else {
+                    // Per-channel affine, read as [C, 1, …] against [N, C, spatial…].
+                    let mut channel = vec![domain[1].clone()];
+                    channel.extend(std::iter::repeat_n(SymDim::konst(1), domain.len() - 2));
+                    (RowSpec::Groups { groups: *num_groups }, channel)
+                };
+                let mut t = push(&mut nodes, RegionOp::Normalize { rows, epsilon: *epsilon }, vec![x]);
                 if !is_splat(g, node.inputs[1].unwrap(), 1.0) {
                     let sc = arg(1, Some(channel.clone()));
                     t = push(&mut nodes, RegionOp::Elementwise(Op::Binary(BinaryOp::Mul)), vec![t, sc]);
@@ -407,7 +413,10 @@ pub fn stitch(graph: &Graph, opts: &StitchOptions) -> Result<(Graph, StitchRepor
 
     let mut built: BTreeMap<usize, Built> = BTreeMap::new();
     for gid in 0..s.groups.len() {
-        if s.groups[gid].members.len() >= 2 {
+        // A lone channels-last GroupNorm becomes a region too: backends run it only as one.
+        let members = &s.groups[gid].members;
+        let lone_channels_last = members.len() == 1 && matches!(g.node(members[0]).op, Op::GroupNorm { channels_last: true, .. });
+        if members.len() >= 2 || lone_channels_last {
             let b = build_region(&s, gid);
             b.region.validate().map_err(|e| Error::Model(format!("stitching group of '{}': {e}", g.node(s.groups[gid].members[0]).name)))?;
             report.regions += 1;

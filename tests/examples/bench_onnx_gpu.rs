@@ -2,11 +2,12 @@
 //!
 //!   bench_onnx_gpu MODEL.onnx --dims name=v,... [--iters N] [--inputs DIR] [--reference FILE]
 //!                  [--precision model|fp16] [--profile] [--profile-json FILE] [--memory]
+//!                  [--layout nchw|channels_last]
 //!
 //! The model is loaded with its external data (next to the file), imported strictly, optimized
 //! in the precision `--precision` asks for (`quilt_rewrites::precision::optimize_with_precision`;
 //! `model`, the default, keeps the model's dtypes, `fp16` runs its f32 math in f16 with f32
-//! inputs and outputs) and handed to `CudaExecutable::new`, whose time is reported as
+//! inputs and outputs; `--layout channels_last` adds the channels-last layout pass) and handed to `CudaExecutable::new`, whose time is reported as
 //! `prepare_s` (the session-creation analogue: codegen, NVRTC, weight upload); `weight_bytes` is
 //! the plan's weights in their planned dtypes. `--dims` binds the model's symbolic input dims
 //! (ONNX dim_param names, e.g. `batch_size=2,height=64`). Inputs are raw little-endian files
@@ -33,6 +34,7 @@ use std::time::Instant;
 use quilt_kernels::cuda::CudaExecutable;
 use quilt_models::random::Rng;
 use quilt_rewrites::import::{import, ImportOptions};
+use quilt_rewrites::layout::LayoutOptions;
 use quilt_rewrites::onnx::{load, LoadOptions};
 use quilt_rewrites::plan::BufferKind;
 use quilt_rewrites::precision::{optimize_with_precision, Precision};
@@ -50,13 +52,14 @@ struct Args {
     profile_json: Option<PathBuf>,
     precision: Precision,
     memory: bool,
+    channels_last: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let usage = "usage: bench_onnx_gpu MODEL.onnx --dims name=v,... [--iters N] [--inputs DIR] [--reference FILE] [--precision model|fp16] [--profile] [--profile-json FILE] [--memory]";
+    let usage = "usage: bench_onnx_gpu MODEL.onnx --dims name=v,... [--iters N] [--inputs DIR] [--reference FILE] [--precision model|fp16] [--profile] [--profile-json FILE] [--memory] [--layout nchw|channels_last]";
     let mut it = std::env::args().skip(1);
     let (mut model, mut dims, mut iters, mut inputs, mut reference, mut profile) = (None, BTreeMap::new(), 10usize, None, None, false);
-    let (mut precision, mut memory, mut profile_json) = (Precision::Model, false, None);
+    let (mut precision, mut memory, mut profile_json, mut channels_last) = (Precision::Model, false, None, false);
     while let Some(a) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value\n{usage}"));
         match a.as_str() {
@@ -76,6 +79,13 @@ fn parse_args() -> Result<Args, String> {
                 profile_json = Some(PathBuf::from(value("--profile-json")?));
             }
             "--memory" => memory = true,
+            "--layout" => {
+                channels_last = match value("--layout")?.as_str() {
+                    "nchw" => false,
+                    "channels_last" => true,
+                    other => return Err(format!("--layout: expected nchw or channels_last, got {other}")),
+                }
+            }
             "--precision" => precision = value("--precision")?.parse().map_err(|e| format!("--precision: {e}"))?,
             s if s.starts_with("--") => return Err(format!("unknown flag {s}\n{usage}")),
             s if model.is_none() => model = Some(PathBuf::from(s)),
@@ -86,7 +96,7 @@ fn parse_args() -> Result<Args, String> {
     if iters == 0 {
         return Err("--iters must be at least 1".into());
     }
-    Ok(Args { model, dims, iters, inputs, reference, profile, profile_json, precision, memory })
+    Ok(Args { model, dims, iters, inputs, reference, profile, profile_json, precision, memory, channels_last })
 }
 
 fn read_f32(path: &Path) -> Result<Vec<f32>, String> {
@@ -267,7 +277,8 @@ fn run() -> Result<String, String> {
     drop(src);
     let import_s = ms(t) / 1e3;
     let t = Instant::now();
-    let plan = optimize_with_precision(&imported.graph, &OptimizeOptions::default(), args.precision)
+    let opts = OptimizeOptions { channels_last: args.channels_last.then(LayoutOptions::default), ..OptimizeOptions::default() };
+    let plan = optimize_with_precision(&imported.graph, &opts, args.precision)
         .map_err(|e| format!("optimize {} (precision {}): {e}", path.display(), args.precision))?;
     drop(imported);
     let optimize_s = ms(t) / 1e3;
@@ -309,10 +320,11 @@ fn run() -> Result<String, String> {
 
     let out = first.first().ok_or("the model has no outputs")?;
     let mut json = format!(
-        "{{\"model\":{:?},\"dims\":{:?},\"precision\":\"{}\",\"weight_bytes\":{weight_bytes},\"steps\":{steps},\"load_s\":{load_s:.3},\"import_s\":{import_s:.3},\"optimize_s\":{optimize_s:.3},\"prepare_s\":{prepare_s:.3},\"warmup_ms\":{warmup_ms:.2},\"iters\":{},\"median_ms\":{median:.2},\"min_ms\":{:.2},\"timing\":\"host wall clock of run(), host<->device copies and allocation included\",\"output_shape\":{:?}",
+        "{{\"model\":{:?},\"dims\":{:?},\"precision\":\"{}\",\"layout\":\"{}\",\"weight_bytes\":{weight_bytes},\"steps\":{steps},\"load_s\":{load_s:.3},\"import_s\":{import_s:.3},\"optimize_s\":{optimize_s:.3},\"prepare_s\":{prepare_s:.3},\"warmup_ms\":{warmup_ms:.2},\"iters\":{},\"median_ms\":{median:.2},\"min_ms\":{:.2},\"timing\":\"host wall clock of run(), host<->device copies and allocation included\",\"output_shape\":{:?}",
         path.display().to_string(),
         args.dims.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
         args.precision,
+        if args.channels_last { "channels_last" } else { "nchw" },
         args.iters,
         times[0],
         out.shape

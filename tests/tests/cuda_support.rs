@@ -43,14 +43,18 @@ pub enum PlanKind {
     /// The e-graph optimizer's plan (`quilt_rewrites::optimize`): fused Silu, QuickGelu, GeGlu
     /// and Attention steps among the rest.
     Optimized,
+    /// The optimized plan with the channels-last layout pass (NHWC convolutions through cuDNN,
+    /// channels-last GroupNorm regions), as quilt's GPU device plans with `layout=channels_last`.
+    ChannelsLast,
 }
 
 impl PlanKind {
-    pub const ALL: [PlanKind; 2] = [PlanKind::Optimized, PlanKind::Lowered];
+    pub const ALL: [PlanKind; 3] = [PlanKind::Optimized, PlanKind::ChannelsLast, PlanKind::Lowered];
     pub fn label(self) -> &'static str {
         match self {
             PlanKind::Lowered => "lowered",
             PlanKind::Optimized => "optimized",
+            PlanKind::ChannelsLast => "channels-last",
         }
     }
 }
@@ -67,6 +71,10 @@ pub fn plan(path: &std::path::Path, load_weights: bool, kind: PlanKind) -> Plan 
     let plan = match kind {
         PlanKind::Lowered => quilt_rewrites::lower::lower(&graph),
         PlanKind::Optimized => quilt_rewrites::optimize(&graph),
+        PlanKind::ChannelsLast => quilt_rewrites::optimize_with(
+            &graph,
+            &quilt_rewrites::OptimizeOptions { channels_last: Some(quilt_rewrites::layout::LayoutOptions::default()), ..Default::default() },
+        ),
     };
     plan.unwrap_or_else(|e| panic!("{} ({}): {e}", path.display(), kind.label()))
 }

@@ -48,6 +48,9 @@ fn channels_last_plans_match_nchw_plans_on_every_fixture() {
         assert_eq!(convs(&nhwc, false, true), 0, "{}: a 2-D convolution stayed NCHW", entry.name);
         assert_eq!(convs(&nhwc, true, true), convs(&nchw, false, true), "{}: convolution count changed", entry.name);
         converted += convs(&nhwc, true, true);
+        // The CUDA backend runs a channels-last GroupNorm only inside a stitched region.
+        let lone_norms = nhwc.steps.iter().filter(|s| matches!(s, Step::Op(s) if matches!(s.op, Op::GroupNorm { channels_last: true, .. }))).count();
+        assert_eq!(lone_norms, 0, "{}: a channels-last GroupNorm was left outside a region", entry.name);
         let a = CpuExecutable::new(nchw).unwrap_or_else(|e| panic!("{}: {e}", entry.name));
         let b = CpuExecutable::new(nhwc).unwrap_or_else(|e| panic!("{}: channels-last: {e}", entry.name));
         checked += support::run_plan_pair(entry, &a, &b, ["nchw", "channels-last"], 0x5EED_1A70, |dims, name, got, want| {
