@@ -466,6 +466,7 @@ impl CudaExecutable {
                         dev.launch(f, grid, block, params, &ptrs).map_err(|e| fail(e.to_string()))?;
                     }
                     Action::Gemm(call) => self.blas.gemm(call, &ptr).map_err(fail)?,
+                    Action::LtGemm(call) => self.blas.lt_gemm(call, &ptr).map_err(fail)?,
                     Action::Conv(call) => self.dnn.conv(call, dev.cu_stream(), &ptr).map_err(fail)?,
                     Action::Zero { arg, bytes } => dev.memset_zero(ptr(*arg), *bytes).map_err(|e| fail(e.to_string()))?,
                 }

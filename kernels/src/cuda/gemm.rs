@@ -2,11 +2,25 @@
 //! for the 16-bit types). Plans are row-major; cuBLAS is column-major, so each call computes
 //! Cᵀ = op(B)ᵀ·op(A)ᵀ, which is the same memory. TF32 stays off: the handle keeps the default
 //! math mode, so f32 GEMMs are full f32 (a `precision` option can allow TF32 later).
+//!
+//! A `Gemm` with a C input (f32/f16/bf16, k > 0) runs as one cuBLASLt matmul ([`LtGemmCall`]):
+//! - C a bias row `[N]`/`[1, N]` with β = 1 (what the optimizer's `linear-bias` rule makes of
+//!   `MatMul + bias`): `CUBLASLT_EPILOGUE_BIAS`. Lt's bias has one entry per row of its
+//!   column-major D, which is Dᵀ here, so one entry per column of our row-major output, i.e. per
+//!   last-axis element, as ONNX broadcasts `[N]`. The bias has the output's dtype.
+//! - C of the output's full shape `[M, N]` (a residual), any β: Lt's separate C (C ≠ D, β·C).
+//! The algorithm comes from `cublasLtMatmulAlgoGetHeuristic` once per shape, stride and pointer
+//! alignment, and is cached with its descriptors; the workspace is the executable's fixed
+//! cuBLAS workspace, so the call is legal inside a CUDA graph capture. Everything else (C that
+//! broadcasts another way, β ≠ 1 with a bias row, f64, k = 0) keeps the cuBLAS path: a kernel
+//! writes β·C broadcast into the output, then cuBLAS accumulates with β = 1.
 
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Mutex;
 
 use cudarc::cublas::{result as blas, sys as bsys};
+use cudarc::cublaslt::{result as lt, sys as ltsys};
 use quilt_rewrites::{DType, Op};
 
 use super::codegen::{broadcast_strides, contiguous_strides, decompose, numel, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
@@ -38,6 +52,16 @@ pub struct GemmCall {
     pub beta: f64,
 }
 
+/// A GEMM run by cuBLASLt with an epilogue: `D = alpha · op(A) · op(B) + beta · addend + bias`
+/// where `gemm.c` is D (`gemm.beta` scales `addend`, which is read with D's leading dim and
+/// stride) and `bias` has one entry per column of D.
+#[derive(Clone, Debug)]
+pub struct LtGemmCall {
+    pub gemm: GemmCall,
+    pub bias: Option<(Arg, usize)>,
+    pub addend: Option<(Arg, usize)>,
+}
+
 pub struct GemmCode {
     op: Op,
     dtype: DType,
@@ -57,7 +81,9 @@ impl GemmCode {
                 return Err(format!("Gemm C has dtype {cd}, A has {dtype}"));
             }
             let ct = CType::of(dtype);
-            let name = format!("{}_gemm_c", t.prefix);
+            // Named by dtype alone: every Gemm step of one dtype has the same module source,
+            // so it is compiled (and cached) once however many Gemm steps a plan has.
+            let name = format!("gemm_c_{}", ct.storage().replace(' ', "_"));
             let mut body = format!("extern \"C\" __global__ void {name}(const QParams p, {s}* __restrict__ out, const {s}* __restrict__ c) {{\n  Q_LOOP(p.v[0]) {{\n", s = ct.storage());
             body += &decompose(2, 1, &[("o", 3)]);
             body += &format!("    out[i] = {};\n  }}\n}}\n", ct.store(&format!("({})q_pd(p.v[5]) * {}", ct.compute(), ct.load("c[o]"))));
@@ -85,8 +111,38 @@ impl StepCode for GemmCode {
                 if k != kb || out != [m, n] {
                     return Err(format!("Gemm shapes {a:?} x {b:?} (trans {trans_a}, {trans_b}) do not give {out:?}"));
                 }
+                let c = s.ins.get(2).copied().flatten().filter(|_| *beta != 0.0);
+                let lt_dtype = matches!(self.dtype, DType::F32 | DType::F16 | DType::BF16);
+                if let (Some(c), true) = (c, lt_dtype && m > 0 && n > 0 && k > 0) {
+                    let bias_row = *beta == 1.0 && (c == [n] || c == [1, n]);
+                    if bias_row || c == [m, n] {
+                        let gemm = GemmCall {
+                            dtype: self.dtype,
+                            m,
+                            n,
+                            k,
+                            a: (Arg::In(0), 0),
+                            lda: a[1],
+                            trans_a: *trans_a,
+                            stride_a: 0,
+                            b: (Arg::In(1), 0),
+                            ldb: b[1],
+                            trans_b: *trans_b,
+                            stride_b: 0,
+                            c: (Arg::Out(0), 0),
+                            ldc: n,
+                            stride_c: 0,
+                            batch: 1,
+                            alpha: *alpha as f64,
+                            beta: if bias_row { 0.0 } else { *beta as f64 },
+                        };
+                        let (bias, addend) = if bias_row { (Some((Arg::In(2), 0)), None) } else { (None, Some((Arg::In(2), 0))) };
+                        plan.actions.push(Action::LtGemm(LtGemmCall { gemm, bias, addend }));
+                        return Ok(plan);
+                    }
+                }
                 let mut gemm_beta = 0.0;
-                if let (Some(c), false) = (s.ins.get(2).copied().flatten(), *beta == 0.0) {
+                if let Some(c) = c {
                     let mut p = ParamList::default();
                     p.push((m * n) as i64);
                     p.extend([m as i64, n as i64]);
@@ -213,9 +269,132 @@ fn matmul_plan(plan: &mut LaunchPlan, a: &[usize], b: &[usize], out: &[usize], d
     Ok(())
 }
 
-/// A cuBLAS handle bound to the device's stream (handles are not thread-safe: one at a time).
+/// A cuBLAS handle bound to the device's stream (handles are not thread-safe: one at a time),
+/// and a cuBLASLt handle with its per-shape plans for [`LtGemmCall`]s.
 pub struct Blas {
     handle: Mutex<bsys::cublasHandle_t>,
+    lt: Mutex<Lt>,
+    /// The device's stream (`CUstream`), which Lt takes per call.
+    stream: usize,
+}
+
+/// What selects an Lt plan: the call's shape and strides, which epilogue inputs it has, and the
+/// alignment its pointers guarantee (the heuristic picks kernels that rely on it).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct LtKey {
+    dtype: DType,
+    dims: [usize; 4],
+    lds: [usize; 3],
+    strides: [usize; 3],
+    trans: (bool, bool),
+    bias: bool,
+    addend: bool,
+    align: u32,
+}
+
+/// Descriptors and the algorithm for one [`LtKey`]; destroyed with the cache.
+struct LtPlan {
+    desc: ltsys::cublasLtMatmulDesc_t,
+    /// Lt's A, B (our B and A: the row-major product seen column-major), C and D layouts.
+    layouts: [ltsys::cublasLtMatrixLayout_t; 4],
+    algo: ltsys::cublasLtMatmulAlgo_t,
+}
+
+impl Drop for LtPlan {
+    fn drop(&mut self) {
+        // SAFETY: created by this plan and used by nothing after it.
+        unsafe {
+            let _ = lt::destroy_matmul_desc(self.desc);
+            for l in self.layouts {
+                let _ = lt::destroy_matrix_layout(l);
+            }
+        }
+    }
+}
+
+struct Lt {
+    handle: ltsys::cublasLtHandle_t,
+    /// The workspace given to `Blas::set_workspace` (pointer, bytes); none until then.
+    workspace: (u64, usize),
+    plans: HashMap<LtKey, LtPlan>,
+}
+
+fn lt_err(what: &str) -> impl Fn(lt::CublasError) -> String + '_ {
+    move |e| format!("cuBLASLt {what}: {e:?}")
+}
+
+/// Sets one attribute of an Lt descriptor from a plain value.
+unsafe fn desc_attr<T>(desc: ltsys::cublasLtMatmulDesc_t, attr: ltsys::cublasLtMatmulDescAttributes_t, v: &T) -> std::result::Result<(), String> {
+    lt::set_matmul_desc_attribute(desc, attr, v as *const T as *const c_void, std::mem::size_of::<T>()).map_err(lt_err("set matmul attribute"))
+}
+
+unsafe fn layout_attr<T>(l: ltsys::cublasLtMatrixLayout_t, attr: ltsys::cublasLtMatrixLayoutAttribute_t, v: &T) -> std::result::Result<(), String> {
+    lt::set_matrix_layout_attribute(l, attr, v as *const T as *const c_void, std::mem::size_of::<T>()).map_err(lt_err("set layout attribute"))
+}
+
+unsafe fn pref_attr<T>(p: ltsys::cublasLtMatmulPreference_t, attr: ltsys::cublasLtMatmulPreferenceAttributes_t, v: &T) -> std::result::Result<(), String> {
+    lt::set_matmul_pref_attribute(p, attr, v as *const T as *const c_void, std::mem::size_of::<T>()).map_err(lt_err("set preference"))
+}
+
+impl LtPlan {
+    /// Builds the descriptors of `key` and asks the heuristic for its best algorithm.
+    fn new(handle: ltsys::cublasLtHandle_t, call: &GemmCall, key: &LtKey, workspace: usize) -> std::result::Result<LtPlan, String> {
+        use ltsys::cublasLtMatmulDescAttributes_t as D;
+        use ltsys::cublasLtMatrixLayoutAttribute_t as L;
+        use ltsys::cublasLtMatmulPreferenceAttributes_t as P;
+        let dt = match call.dtype {
+            DType::F32 => ltsys::cudaDataType_t::CUDA_R_32F,
+            DType::F16 => ltsys::cudaDataType_t::CUDA_R_16F,
+            DType::BF16 => ltsys::cudaDataType_t::CUDA_R_16BF,
+            other => return Err(format!("cuBLASLt GEMM of {other}")),
+        };
+        // f32 compute for every dtype (no TF32 for f32: COMPUTE_32F, not 32F_FAST_TF32).
+        let desc = lt::create_matmul_desc(ltsys::cublasComputeType_t::CUBLAS_COMPUTE_32F, ltsys::cudaDataType_t::CUDA_R_32F).map_err(lt_err("create matmul descriptor"))?;
+        let mut plan = LtPlan { desc, layouts: [std::ptr::null_mut(); 4], algo: ltsys::cublasLtMatmulAlgo_t { data: [0; 8] } };
+        // Row-major C[m×n] = op(A)·op(B) is column-major Cᵀ[n×m] = op(B)ᵀ·op(A)ᵀ: Lt's A is our
+        // B (stored n×k column-major when not transposed), Lt's B is our A.
+        let (op_a, op_b) = (call.trans_b as i32, call.trans_a as i32);
+        let (a_rows, a_cols) = if call.trans_b { (call.k, call.n) } else { (call.n, call.k) };
+        let (b_rows, b_cols) = if call.trans_a { (call.m, call.k) } else { (call.k, call.m) };
+        let shapes = [(a_rows, a_cols, call.ldb, call.stride_b), (b_rows, b_cols, call.lda, call.stride_a), (call.n, call.m, call.ldc, call.stride_c), (call.n, call.m, call.ldc, call.stride_c)];
+        // SAFETY: every descriptor is live (created just above or here) and each attribute gets
+        // a value of the type the cuBLASLt documentation gives it.
+        unsafe {
+            desc_attr(desc, D::CUBLASLT_MATMUL_DESC_TRANSA, &op_a)?;
+            desc_attr(desc, D::CUBLASLT_MATMUL_DESC_TRANSB, &op_b)?;
+            if key.bias {
+                desc_attr(desc, D::CUBLASLT_MATMUL_DESC_EPILOGUE, &(ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS as u32))?;
+            }
+            for (i, (rows, cols, ld, stride)) in shapes.into_iter().enumerate() {
+                plan.layouts[i] = lt::create_matrix_layout(dt, rows as u64, cols as u64, ld.max(1) as i64).map_err(lt_err("create layout"))?;
+                if call.batch > 1 {
+                    layout_attr(plan.layouts[i], L::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &(call.batch as i32))?;
+                    layout_attr(plan.layouts[i], L::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &(stride as i64))?;
+                }
+            }
+            let pref = lt::create_matmul_pref().map_err(lt_err("create preference"))?;
+            let found = (|| {
+                pref_attr(pref, P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &(workspace as u64))?;
+                for attr in [
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                    P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                ] {
+                    pref_attr(pref, attr, &key.align)?;
+                }
+                let [a, b, c, d] = plan.layouts;
+                lt::get_matmul_algo_heuristic(handle, desc, a, b, c, d, pref).map_err(lt_err("no algorithm (heuristic)"))
+            })();
+            let _ = lt::destroy_matmul_pref(pref);
+            let found = found?;
+            if found.workspaceSize > workspace {
+                return Err(format!("cuBLASLt algorithm wants {} bytes of workspace, {workspace} are set", found.workspaceSize));
+            }
+            plan.algo = found.algo;
+        }
+        Ok(plan)
+    }
 }
 
 // SAFETY: the handle is only used under the mutex.
@@ -231,7 +410,13 @@ impl Blas {
         let handle = blas::create_handle().map_err(|e| Error::Device(format!("cublasCreate: {e:?}")))?;
         // SAFETY: a live handle and stream of the current context.
         unsafe { blas::set_stream(handle, device.cu_stream() as _) }.map_err(|e| Error::Device(format!("cublasSetStream: {e:?}")))?;
-        Ok(Blas { handle: Mutex::new(handle) })
+        // SAFETY: probes whether libcublasLt loads (libcublas itself depends on it).
+        if !unsafe { ltsys::is_culib_present() } {
+            return Err(Error::Device("libcublasLt could not be loaded: put CUDA's cuBLASLt (libcublasLt.so.13) on LD_LIBRARY_PATH".into()));
+        }
+        let lt_handle = lt::create_handle().map_err(|e| Error::Device(format!("cublasLtCreate: {e:?}")))?;
+        let lt = Lt { handle: lt_handle, workspace: (0, 0), plans: HashMap::new() };
+        Ok(Blas { handle: Mutex::new(handle), lt: Mutex::new(lt), stream: device.cu_stream() as usize })
     }
 
     /// Gives cuBLAS `bytes` of device memory at `ptr` as its workspace for every later call, so
@@ -242,7 +427,73 @@ impl Blas {
         // SAFETY: a live handle; the caller keeps the memory alive (see above).
         unsafe { bsys::cublasSetWorkspace_v2(*handle, ptr as *mut c_void, bytes) }
             .result()
-            .map_err(|e| Error::Device(format!("cublasSetWorkspace: {e:?}")))
+            .map_err(|e| Error::Device(format!("cublasSetWorkspace: {e:?}")))?;
+        // cuBLAS and cuBLASLt calls run one after another on one stream: they share it. Plans
+        // chose their algorithms for the old size.
+        let mut lt = self.lt.lock().unwrap_or_else(|p| p.into_inner());
+        lt.workspace = (ptr, bytes);
+        lt.plans.clear();
+        Ok(())
+    }
+
+    /// Runs an epilogue GEMM through cuBLASLt, choosing (and caching) its algorithm the first
+    /// time its shape and pointer alignment are seen.
+    pub fn lt_gemm(&self, call: &LtGemmCall, ptr: &dyn Fn(Arg) -> u64) -> std::result::Result<(), String> {
+        let g = &call.gemm;
+        let es = g.dtype.size_bytes() as u64;
+        let at = |(arg, off): (Arg, usize)| ptr(arg) + off as u64 * es;
+        let (a, b, d) = (at(g.a), at(g.b), at(g.c));
+        let bias = call.bias.map(at);
+        let c = call.addend.map(at).unwrap_or(d);
+        // The largest power of two (≤ 256) dividing every pointer.
+        let align = [a, b, c, d, bias.unwrap_or(d)].iter().fold(256u64, |m, &p| if p == 0 { m } else { m.min(1 << p.trailing_zeros().min(8)) }) as u32;
+        let key = LtKey {
+            dtype: g.dtype,
+            dims: [g.m, g.n, g.k, g.batch],
+            lds: [g.lda, g.ldb, g.ldc],
+            strides: [g.stride_a, g.stride_b, g.stride_c],
+            trans: (g.trans_a, g.trans_b),
+            bias: bias.is_some(),
+            addend: call.addend.is_some(),
+            align,
+        };
+        let shape = || format!("cuBLASLt GEMM {}x{}x{} (batch {}, {}, bias {}, C {})", g.m, g.n, g.k, g.batch, g.dtype, key.bias, key.addend);
+        let mut guard = self.lt.lock().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *guard;
+        if !state.plans.contains_key(&key) {
+            let plan = LtPlan::new(state.handle, g, &key, state.workspace.1).map_err(|e| format!("{}: {e}", shape()))?;
+            state.plans.insert(key.clone(), plan);
+        }
+        let plan = &state.plans[&key];
+        let (alpha, beta) = (g.alpha as f32, g.beta as f32);
+        let [la, lb, lc, ld] = plan.layouts;
+        // SAFETY: pointers come from live buffers sized by the plan's shapes (the launch plan
+        // checked them); the descriptor is only touched under the lock; alpha/beta and the
+        // algorithm outlive the (host-side) enqueue; the workspace is the one set above.
+        unsafe {
+            if let Some(p) = bias {
+                desc_attr(plan.desc, ltsys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p)?;
+            }
+            lt::matmul(
+                state.handle,
+                plan.desc,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                b as *const c_void,
+                la,
+                a as *const c_void,
+                lb,
+                c as *const c_void,
+                lc,
+                d as *mut c_void,
+                ld,
+                &plan.algo,
+                state.workspace.0 as *mut c_void,
+                state.workspace.1,
+                self.stream as ltsys::cudaStream_t,
+            )
+        }
+        .map_err(|e| format!("{}: {e:?}", shape()))
     }
 
     /// Runs `call` with `ptr` resolving each argument to a device pointer.
@@ -303,5 +554,9 @@ impl Drop for Blas {
         let h = *self.handle.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: the handle is not used after this.
         let _ = unsafe { blas::destroy_handle(h) };
+        let lt = self.lt.get_mut().unwrap_or_else(|p| p.into_inner());
+        lt.plans.clear();
+        // SAFETY: its plans are gone and nothing uses the handle after this.
+        let _ = unsafe { lt::destroy_handle(lt.handle) };
     }
 }

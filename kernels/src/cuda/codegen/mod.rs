@@ -59,6 +59,8 @@ pub enum Work {
 pub enum Action {
     Launch { kernel: usize, work: Work, params: Params, args: Vec<Arg> },
     Gemm(GemmCall),
+    /// A GEMM with a bias and/or separate C through cuBLASLt (`gemm::LtGemmCall`).
+    LtGemm(super::gemm::LtGemmCall),
     /// A cuDNN forward convolution (`conv::cudnn`), run by the executable's `Dnn`.
     Conv(super::conv::cudnn::ConvCall),
     /// Zero `bytes` bytes of an argument from `offset`.
