@@ -40,6 +40,8 @@ echo "== correctness, direct graph-API calls (NCHW/NHWC, bias, residual)"
 "$BIN"/cuda_conv --nocapture --test-threads=1 graph_api 2>&1 | tee "$OUT/correctness_graph.log" || status=1
 echo "== correctness through the executor, cuDNN graph API first"
 "$BIN"/cuda_conv --nocapture --test-threads=1 conv_matches 2>&1 | tee "$OUT/correctness.log" || status=1
+echo "== correctness, default policy (auto)"
+QUILT_CONV=auto "$BIN"/cuda_conv --nocapture --test-threads=1 conv_matches 2>&1 | tee "$OUT/correctness_auto.log" | tail -4 || status=1
 echo "== correctness, legacy API"
 QUILT_CONV=legacy "$BIN"/cuda_conv --nocapture --test-threads=1 conv_matches 2>&1 | tee "$OUT/correctness_legacy.log" | tail -4 || status=1
 echo "== correctness, im2col path"

@@ -12,8 +12,9 @@
 //!   measured on the H100). Channels-last convolutions (`Op::Conv::channels_last`) have no
 //!   im2col path: without cuDNN (or for f64, asymmetric pads) `ConvCode::new` declines them.
 //!
-//! Policy (`QUILT_CONV`, or `set_policy`, read when a step is prepared): `auto` (default: 16-bit
-//! data on the graph API; f32 on the legacy API or im2col by `prefers_cudnn`), `cudnn` (every
+//! Policy (`QUILT_CONV`, or `set_policy`, read when a step is prepared): `auto` (default:
+//! channels-last data on the graph API; 16-bit NCHW on the graph API or im2col by
+//! `graph_beats_im2col_nchw`; f32 NCHW on the legacy API or im2col by `prefers_cudnn`), `cudnn` (every
 //! convolution cuDNN can run on the graph API first), `legacy` (the legacy API only, the
 //! pre-graph-API behaviour for cuDNN shapes), `im2col` (NCHW convolutions never on cuDNN).
 //!
@@ -129,8 +130,9 @@ pub const CUDNN_DISPATCHED: bool = true;
 /// Which convolutions go to cuDNN, and through which API (read when a step is prepared).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPolicy {
-    /// 16-bit data on the graph API; f32 by a rule measured on the H100 with NCHW data
-    /// (`prefers_cudnn`: the legacy API's FMA kernels, else im2col).
+    /// Channels-last data on the graph API; NCHW by rules measured on the H100: 16-bit on the
+    /// graph API or im2col (`graph_beats_im2col_nchw`), f32 on the legacy API's FMA kernels or
+    /// im2col (`prefers_cudnn`).
     Auto,
     /// Every convolution cuDNN can run, graph API first.
     Cudnn,
@@ -173,6 +175,21 @@ pub fn set_policy(p: ConvPolicy) {
 pub fn prefers_cudnn(g: &ConvGeometry) -> bool {
     let pointwise = g.kh == 1 && g.kw == 1 && g.stride == (1, 1) && g.pad_begin == (0, 0) && g.pad_end == (0, 0) && g.group == 1;
     !pointwise && ((g.oh * g.ow >= 2048 && g.c >= 16) || g.m < 64)
+}
+
+/// Whether cuDNN's graph API beats im2col + cuBLAS for `g` with 16-bit NCHW data (the f16/bf16
+/// rule of `ConvPolicy::Auto`), as measured on the H100
+/// (tests/bench/results/2026-11-25-conv-graph-api-h100.md): the graph API wins 1.5-5× at the
+/// UNet's 64² and 32² and the VAE's 64² and 128² convolutions and on few output channels; im2col
+/// wins on 1×1 convolutions (plain GEMMs), on the deep ones at ≤ 16² (1280 channels: cuBLAS 2×
+/// at 8²), and at ≥ 256² (the fast NCHW engines want a workspace over `cudnn::WORKSPACE_CAP`
+/// there, so cuDNN falls back to a 2-4× slower engine). Channels-last data is always faster on
+/// the graph API.
+pub fn graph_beats_im2col_nchw(g: &ConvGeometry) -> bool {
+    let pointwise = g.kh == 1 && g.kw == 1 && g.stride == (1, 1) && g.pad_begin == (0, 0) && g.pad_end == (0, 0) && g.group == 1;
+    let deep_and_small = g.c >= 1280 && g.oh * g.ow <= 256;
+    let large = g.oh * g.ow >= 256 * 256;
+    !pointwise && !deep_and_small && !large
 }
 
 pub struct ConvCode {
@@ -266,7 +283,11 @@ impl ConvCode {
             cudnn::library().map_err(|e| format!("a channels-last convolution needs cuDNN: {e}"))?;
             ConvCall::new(*g, self.dtype, self.has_bias)?.nhwc()
         } else {
-            if self.policy == ConvPolicy::Auto && self.dtype == DType::F32 && !prefers_cudnn(g) {
+            let im2col_faster = match self.dtype {
+                DType::F32 => !prefers_cudnn(g),
+                _ => !graph_beats_im2col_nchw(g),
+            };
+            if self.policy == ConvPolicy::Auto && im2col_faster {
                 return Err("im2col + cuBLAS is faster for this shape".into());
             }
             cudnn::library()?;
