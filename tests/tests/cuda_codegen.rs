@@ -58,6 +58,12 @@ fn all_sources() -> BTreeMap<String, String> {
                     Ok(None) => {}
                     Err(e) => {
                         let quilt_rewrites::plan::Step::Op(s) = &plan.steps[i];
+                        // Channels-last convolutions are cuDNN calls, declined where cuDNN does
+                        // not load (CI); every other step of those plans is still checked.
+                        let needs_cudnn = matches!(s.op, Op::Conv { channels_last: true, .. }) && quilt_kernels::cuda::conv::cudnn::library().is_err();
+                        if needs_cudnn {
+                            continue;
+                        }
                         failures.push(format!("{} ({}): step {i} node '{}' ({}): {e}", path.display(), kind.label(), s.node, s.op.name()));
                     }
                 }
