@@ -366,7 +366,8 @@ fn memory_bound_steps_match_the_cpu_backend_on_the_gpu() {
 /// Without a GPU too (NVRTC only): the memory-bound cases' modules, at the test and the SD
 /// benchmark shapes, compile for sm_90 with no spills and no stack frame (the vector paths keep
 /// their per-lane arrays in registers), and the SD-shaped launches take the 32-bit vector path
-/// (`V` elements per thread: the element launches cover `n / V` threads).
+/// (`V` elements per thread: the element launches cover `n / V` threads; channels-last
+/// GroupNorm rows run the slab kernels 3–5).
 #[test]
 fn memory_bound_kernels_compile_for_sm90_without_spills() {
     use quilt_kernels::cuda::{codegen, nvrtc};
@@ -385,6 +386,11 @@ fn memory_bound_kernels_compile_for_sm90_without_spills() {
             let n: usize = outs.iter().product();
             let threads: Vec<u64> = lp.actions.iter().filter_map(|a| match a { codegen::Action::Launch { work: codegen::Work::Elements(t), .. } => Some(*t), _ => None }).collect();
             assert_eq!(threads, [n as u64 / 8], "{}: f16 vector launches of 8 elements per thread", case.name);
+        }
+        if case.name.ends_with(" nhwc") || case.name.contains("nhwc_f32_split") || case.name.contains("split_c320") {
+            // Channels-last GroupNorm rows: slab partials, row statistics, slab apply.
+            let kernels: Vec<usize> = lp.actions.iter().filter_map(|a| match a { codegen::Action::Launch { kernel, .. } => Some(*kernel), _ => None }).collect();
+            assert_eq!(kernels, [3, 4, 5], "{}", case.name);
         }
         let src = codegen::module_source(code.kernels());
         if !nvrtc::available() {

@@ -141,6 +141,7 @@ pub fn test_cases() -> Vec<Case> {
         norm_case("gn_nhwc_f16_c320", &[2, 16, 16, 320], cl32.clone(), F16),
         norm_case("gn_nhwc_f16_split_c320", &[1, 64, 64, 320], RowSpec::GroupsChannelsLast { groups: 16 }, F16),
         norm_case("ln_f16_320", &[2, 77, 320], RowSpec::Trailing { axis: 2 }, F16),
+        norm_case("ln_f16_warp_rows", &[2, 1100, 320], RowSpec::Trailing { axis: 2 }, F16),
         norm_case("ln_f32_split", &[3, 40000], RowSpec::Trailing { axis: 1 }, F32),
         residual_case("residual_f16", &[2, 320, 16, 16], &[320, 1, 1], F16),
         residual_case("residual_f16_odd", &[2, 40, 5, 7], &[40, 1, 1], F16),

@@ -10,12 +10,20 @@
 //! - Normalizing regions, long rows (chosen by `plan()` from the row length at run time, see
 //!   `split`): a partials kernel and an apply kernel, each one block per (row, chunk), with
 //!   per-chunk (mean, M2) in the step's scratch between them.
+//! - Channels-last GroupNorm rows (`RowSpec::GroupsChannelsLast`), when the channel count
+//!   divides into 16-byte vectors: kernels 3–5 walk each batch entry's `[spatial, C]` slab in
+//!   memory order (`text::cl_*`): slab partials per (row, chunk), one (mean, rstd) per row, then
+//!   the slab apply. Otherwise the row kernels above with a strided row → element mapping.
+//!
+//! Every kernel has up to three index paths picked per launch (`text`, `index`): 64-bit
+//! coordinates, 32-bit coordinates over collapsed axes, and 16-byte vectors.
 //!
 //! Statistics are f32 (f64 for f64 regions). Math is f32 (f64 when the region computes f64
 //! values); inputs/outputs are loaded and stored in their buffers' dtypes (f16/bf16 included).
-//! Domain sizes and strides are kernel params, so one module serves every shape. Params:
-//! elementwise `n, dims[r], strides[k][r]`; normalizing `rows, row_len, dims[r], strides[k][r]`;
-//! split normalizing `rows, row_len, chunks, dims[r], strides[k][r]`.
+//! Domain sizes and strides are kernel params, so one module serves every shape. Params after
+//! the head (`n`; `rows, row_len`; split and channels-last: `rows, row_len, chunks`): dims[r],
+//! strides[k][r], then (when they fit) the narrow data and the vector flag, then for
+//! channels-last rows `G` and the `C/G` divisor.
 
 pub mod index;
 mod split;
@@ -27,6 +35,15 @@ use quilt_rewrites::{DType, Op};
 use super::elementwise::{gelu, sigmoid_gated, unary};
 use super::{broadcast_strides, lit, numel, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
 use index::{env_on, vectorizable};
+use super::BLOCK;
+
+/// Channels-last slabs: blocks worth aiming for, and the fewest vectors each thread should read.
+const CL_TARGET_BLOCKS: usize = 1024;
+const CL_VECTORS_PER_THREAD: usize = 4;
+/// Rows of at most this many elements, when there are at least `WARP_ROWS_MIN` of them, take one
+/// warp each (8 rows per block, shuffle reductions) instead of one 256-thread block each.
+const WARP_ROW_MAX: usize = 2048;
+const WARP_ROWS_MIN: usize = 2048;
 use text::{Layout, Text};
 use crate::cuda::device::PARAM_SLOTS;
 
@@ -36,6 +53,8 @@ pub struct StitchedCode {
     layout: Layout,
     /// Elements per thread on the vector path (1: no vector path).
     vlen: usize,
+    /// Channels per thread of the channels-last kernels 3–5 (1: none).
+    cl_vlen: usize,
     /// Whether kernels 1 (partials) and 2 (apply) exist for long normalization rows.
     split: bool,
     /// Bytes of one statistics value (f32, or f64 for f64 regions).
@@ -147,6 +166,8 @@ impl StitchedCode {
         // Elements per vector: 16 bytes of the widest operand (channels-last rows are strided).
         let widest = ins.iter().chain(&outs).map(|ct| ct.dtype.size_bytes()).max().unwrap_or(16);
         let vlen = if layout.narrow && !channels_last { (16 / widest.max(1)).max(1) } else { 1 };
+        // Channels-last rows take their own kernels (whole `V`-channel vectors per thread).
+        let cl_vlen = if layout.narrow && channels_last && split { (16 / widest.max(1)).max(1) } else { 1 };
         let text = Text { region: &region, ins, outs, c, layout, vlen };
         let mut body = text::helpers();
         body += &format!("extern \"C\" __global__ void {name}({args}) {{\n{}", text.prologue(head));
@@ -167,13 +188,21 @@ impl StitchedCode {
                     apply += "}\n";
                     kernels.push(Kernel { name: format!("{name}_part"), body: part });
                     kernels.push(Kernel { name: format!("{name}_apply"), body: apply });
+                    if cl_vlen > 1 {
+                        // Channels-last rows in memory order (kernels 3–5; `text::cl_*`).
+                        let args = format!("{args}, {cc}* __restrict__ part, {cc}* __restrict__ stats");
+                        let open = |k: &str| format!("extern \"C\" __global__ void {name}_{k}({args}) {{\n{}", text.prologue(head));
+                        kernels.push(Kernel { name: format!("{name}_clpart"), body: format!("{}{}}}\n", open("clpart"), text.cl_partials_body(head, cl_vlen, k, &x)?) });
+                        kernels.push(Kernel { name: format!("{name}_clstats"), body: format!("{}{}}}\n", open("clstats"), text.cl_finalize_body(cl_vlen, eps)) });
+                        kernels.push(Kernel { name: format!("{name}_clapply"), body: format!("{}{}}}\n", open("clapply"), text.cl_apply_body(head, cl_vlen)?) });
+                    }
                 }
             }
         }
         body += "}\n";
         kernels.insert(0, Kernel { name, body });
         let compute_bytes = c.dtype.size_bytes();
-        Ok(StitchedCode { region, kernels, layout, split, compute_bytes, vlen })
+        Ok(StitchedCode { region, kernels, layout, split, compute_bytes, vlen, cl_vlen })
     }
 }
 
@@ -236,15 +265,23 @@ impl StepCode for StitchedCode {
         let mut tail: Vec<i64> = domain.iter().map(|&d| d as i64).collect();
         tail.extend(strides.iter().flatten().copied());
         let mut vector = false;
+        let mut channels_last_vector = false;
+        let mut warp_rows = false;
         if self.layout.narrow {
             match index::narrow(&domain, &strides).filter(|_| !env_on("QUILT_INDEX64")) {
                 Some((data, collapsed)) => {
-                    vector = self.vlen > 1 && !env_on("QUILT_NO_VECTOR") && vectorizable(&collapsed, self.vlen) && len.is_none_or(|l| l % self.vlen == 0);
+                    let allowed = !env_on("QUILT_NO_VECTOR");
+                    vector = allowed && self.vlen > 1 && vectorizable(&collapsed, self.vlen) && len.is_none_or(|l| l % self.vlen == 0);
+                    let (v, c) = (self.cl_vlen, domain[rank - 1]);
+                    channels_last_vector = allowed && v > 1 && c % v == 0 && c / v <= BLOCK as usize && vectorizable(&collapsed, v);
+                    // Short rows, many of them (LayerNorm over 320–1280 channels): a warp per row.
+                    warp_rows = vector && len.is_some_and(|l| l <= WARP_ROW_MAX && n / l >= WARP_ROWS_MIN && (split::chunks(n / l, l).is_none() || !self.split));
                     tail.extend(data);
                 }
                 None => tail.extend(index::wide(rank, strides.len())),
             }
             tail.push(vector as i64);
+            tail.push(warp_rows as i64);
         }
         if let Some((_, RowSpec::GroupsChannelsLast { groups }, _)) = norm {
             tail.push(*groups as i64);
@@ -267,10 +304,29 @@ impl StepCode for StitchedCode {
                 let threads = if vector { n / self.vlen } else { n };
                 plan.actions.push(Action::Launch { kernel: 0, work: Work::Elements(threads as u64), params: params(&[n as i64])?, args })
             }
+            Some(len) if channels_last_vector => {
+                // Kernels 3–5: slab partials, per-row statistics, slab apply.
+                let (rows, v, c) = (n / len, self.cl_vlen, domain[rank - 1]);
+                let positions = len / (c / (rows / domain[0]));
+                let lanes = BLOCK as usize / (c / v);
+                let chunks = CL_TARGET_BLOCKS.div_ceil(domain[0]).clamp(1, (positions / (CL_VECTORS_PER_THREAD * lanes)).max(1));
+                let chunks = positions.div_ceil(positions.div_ceil(chunks));
+                plan.scratch.push(2 * rows * chunks * self.compute_bytes);
+                plan.scratch.push(2 * rows * self.compute_bytes);
+                args.extend([Arg::Scratch(0), Arg::Scratch(1)]);
+                let p = params(&[rows as i64, len as i64, chunks as i64])?;
+                let slabs = Work::Rows((domain[0] * chunks) as u64);
+                plan.actions.push(Action::Launch { kernel: 3, work: slabs, params: p, args: args.clone() });
+                plan.actions.push(Action::Launch { kernel: 4, work: Work::Rows(rows as u64), params: p, args: args.clone() });
+                plan.actions.push(Action::Launch { kernel: 5, work: slabs, params: p, args });
+            }
             Some(len) => {
                 let rows = n / len;
                 match split::chunks(rows, len).filter(|_| self.split) {
-                    None => plan.actions.push(Action::Launch { kernel: 0, work: Work::Rows(rows as u64), params: params(&[rows as i64, len as i64])?, args }),
+                    None => {
+                        let blocks = if warp_rows { rows.div_ceil(BLOCK as usize / 32) } else { rows };
+                        plan.actions.push(Action::Launch { kernel: 0, work: Work::Rows(blocks as u64), params: params(&[rows as i64, len as i64])?, args })
+                    }
                     Some(chunks) => {
                         // Partials (kernel 1) then apply (kernel 2), ordered on the step's stream.
                         plan.scratch.push(2 * rows * chunks * self.compute_bytes);

@@ -41,7 +41,8 @@ pub fn chunks(rows: usize, len: usize) -> Option<usize> {
 }
 
 /// Device helpers for (count, mean, M2) triples in compute type `cc`: `q_wf_add` merges a triple
-/// into another (Chan et al.), `q_wf_block` merges a block's triples so that every thread holds
+/// into another (Chan et al.), `q_wf_warp` merges a warp's triples (every lane gets the result),
+/// `q_wf_block` merges a block's triples so that every thread holds
 /// the same result (lane 0 of each warp after a butterfly, then the warps in order, so the result
 /// is deterministic). Block-uniform control flow is required around `q_wf_block` (barriers).
 pub fn helpers(cc: &str) -> String {
@@ -50,6 +51,12 @@ pub fn helpers(cc: &str) -> String {
   if (nb == ({cc})0) return;
   {cc} t = n + nb; {cc} d = mb - m; {cc} f = nb / t;
   m += d * f; v += vb + d * d * n * f; n = t;
+}}
+__device__ __forceinline__ void q_wf_warp({cc}& n, {cc}& m, {cc}& v) {{
+  for (int o = 16; o > 0; o >>= 1) {{
+    {cc} nb = __shfl_xor_sync(0xffffffffu, n, o), mb = __shfl_xor_sync(0xffffffffu, m, o), vb = __shfl_xor_sync(0xffffffffu, v, o);
+    q_wf_add(n, m, v, nb, mb, vb);
+  }}
 }}
 __device__ __forceinline__ void q_wf_block({cc}& n, {cc}& m, {cc}& v) {{
   __shared__ {cc} q_wn[32], q_wm[32], q_wv[32];

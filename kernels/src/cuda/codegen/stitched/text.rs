@@ -54,10 +54,14 @@ impl Layout {
     pub fn vector_at(&self) -> usize {
         self.narrow_at() + index::slots(self.rank, self.inputs)
     }
+    /// The warp-per-row flag of normalizing kernels (vector path).
+    pub fn warp_at(&self) -> usize {
+        self.vector_at() + 1
+    }
     /// `G` then the `C/G` divisor slot.
     pub fn groups_at(&self) -> usize {
         if self.narrow {
-            self.vector_at() + 1
+            self.vector_at() + 2
         } else {
             self.wide_slots()
         }
@@ -97,10 +101,12 @@ impl Text<'_> {
         let mut s = String::new();
         if l.narrow {
             s += &format!("  const unsigned nax_ = q_lo(p.v[{}]);\n", h + l.narrow_at());
+            let mut ptrs: Vec<String> = (0..self.outs.len()).map(|k| format!("(unsigned long long)out{k}")).collect();
+            ptrs.extend((0..self.ins.len()).map(|k| format!("(unsigned long long)in{k}")));
+            // Whether every pointer allows 16-byte vector access.
+            s += &format!("  const bool al_ = (({}) & 15ull) == 0ull;\n", ptrs.join(" | "));
             if self.vlen > 1 {
-                let mut ptrs: Vec<String> = (0..self.outs.len()).map(|k| format!("(unsigned long long)out{k}")).collect();
-                ptrs.extend((0..self.ins.len()).map(|k| format!("(unsigned long long)in{k}")));
-                s += &format!("  const bool vec_ = nax_ != 0u && p.v[{}] != 0 && (({}) & 15ull) == 0ull;\n", h + l.vector_at(), ptrs.join(" | "));
+                s += &format!("  const bool vec_ = nax_ != 0u && p.v[{}] != 0 && al_;\n", h + l.vector_at());
             }
         }
         if l.channels_last {
@@ -148,14 +154,14 @@ impl Text<'_> {
                     let st = ct.storage();
                     open += &format!("{indent}QVec<{st}, {v}> x{k};\n");
                     open += &format!(
-                        "{indent}if (q_lo(p.v[{}]) == 1u) x{k} = *reinterpret_cast<const QVec<{st}, {v}>*>(in{k} + o{k});\n{indent}else {{ {st} b_ = in{k}[o{k}];\n{indent}#pragma unroll\n{indent}  for (int e_ = 0; e_ < {v}; ++e_) x{k}.x[e_] = b_; }}\n",
+                        "{indent}if (q_lo(p.v[{}]) == 1u) {{\n{indent}  if (al_) x{k} = *reinterpret_cast<const QVec<{st}, {v}>*>(in{k} + o{k});\n{indent}  else {{\n{indent}#pragma unroll\n{indent}    for (int e_ = 0; e_ < {v}; ++e_) x{k}.x[e_] = in{k}[o{k} + e_];\n{indent}  }}\n{indent}}} else {{\n{indent}  const {st} b_ = in{k}[o{k}];\n{indent}#pragma unroll\n{indent}  for (int e_ = 0; e_ < {v}; ++e_) x{k}.x[e_] = b_;\n{indent}}}\n",
                         h + l.inner_stride_at(k)
                     );
                 }
                 if store {
                     for (k, ct) in self.outs.iter().enumerate() {
                         open += &format!("{indent}QVec<{}, {v}> y{k};\n", ct.storage());
-                        close += &format!("{indent}*reinterpret_cast<QVec<{st}, {v}>*>(out{k} + i) = y{k};\n", st = ct.storage());
+                        close += &format!("{indent}if (al_) *reinterpret_cast<QVec<{st}, {v}>*>(out{k} + i) = y{k};\n{indent}else {{\n{indent}#pragma unroll\n{indent}  for (int e_ = 0; e_ < {v}; ++e_) out{k}[i + e_] = y{k}.x[e_];\n{indent}}}\n", st = ct.storage());
                     }
                 }
                 open += &format!("{indent}#pragma unroll\n{indent}for (int e_ = 0; e_ < {v}; ++e_) {{\n");
@@ -230,18 +236,24 @@ impl Text<'_> {
 
     /// A loop over the row's elements `[beg, end)` (per thread: `k_`, and its domain index `i`).
     pub fn row_loop(&self, h: usize, path: Path, beg: &str, end: &str, indent: &str) -> String {
+        self.row_loop_by(h, path, beg, end, ("threadIdx.x", "blockDim.x"), indent)
+    }
+
+    /// `row_loop` shared by `threads.1` threads, this one being `threads.0`.
+    fn row_loop_by(&self, h: usize, path: Path, beg: &str, end: &str, threads: (&str, &str), indent: &str) -> String {
         let ix = path.ix();
+        let (tid, nthreads) = threads;
         match path {
-            Path::Vector(v) => format!("{indent}for (unsigned k_ = {beg} + threadIdx.x * {v}u; k_ < {end}; k_ += blockDim.x * {v}u) {{\n{indent}  const unsigned i = rb_ + k_;\n"),
+            Path::Vector(v) => format!("{indent}for (unsigned k_ = {beg} + {tid} * {v}u; k_ < {end}; k_ += {nthreads} * {v}u) {{\n{indent}  const unsigned i = rb_ + k_;\n"),
             _ if self.layout.channels_last => {
                 // Element k_ of the row: spatial position k_ / (C/G), channel k_ % (C/G) of the group.
                 let div = match path {
                     Path::Narrow => format!("q_div32(k_, p.v[{}])", h + self.layout.groups_at() + 1),
                     _ => "k_ / cpg_".to_string(),
                 };
-                format!("{indent}for ({ix} k_ = {beg} + threadIdx.x; k_ < {end}; k_ += blockDim.x) {{\n{indent}  const {ix} sp_ = {div};\n{indent}  const {ix} i = rb_ + sp_ * ({ix})(G_ * cpg_) + (k_ - sp_ * ({ix})cpg_);\n")
+                format!("{indent}for ({ix} k_ = {beg} + {tid}; k_ < {end}; k_ += {nthreads}) {{\n{indent}  const {ix} sp_ = {div};\n{indent}  const {ix} i = rb_ + sp_ * ({ix})(G_ * cpg_) + (k_ - sp_ * ({ix})cpg_);\n")
             }
-            _ => format!("{indent}for ({ix} k_ = {beg} + threadIdx.x; k_ < {end}; k_ += blockDim.x) {{\n{indent}  const {ix} i = rb_ + k_;\n"),
+            _ => format!("{indent}for ({ix} k_ = {beg} + {tid}; k_ < {end}; k_ += {nthreads}) {{\n{indent}  const {ix} i = rb_ + k_;\n"),
         }
     }
 
@@ -251,25 +263,35 @@ impl Text<'_> {
         let eps = lit(eps as f64, cc);
         let sqrt = self.c.math("sqrt");
         let n = self.region.nodes.len();
-        self.dispatch(|path| {
+        // `warp`: one warp per row (short rows, many of them: LayerNorm), else one block per row.
+        let body = |path: Path, warp: bool| -> Result<String, String> {
             let ix = path.ix();
             let li = Self::lane_indent(path, "        ");
-            let mut s = format!("    for ({ix} row = blockIdx.x; row < ({ix})p.v[0]; row += gridDim.x) {{\n      const {ix} L = ({ix})p.v[1];\n");
+            let (rows_from, rows_step, threads, reduce) = if warp {
+                ("blockIdx.x * (blockDim.x / 32u) + threadIdx.x / 32u", "gridDim.x * (blockDim.x / 32u)", ("(threadIdx.x % 32u)", "32u"), "q_warp_sum")
+            } else {
+                ("blockIdx.x", "gridDim.x", ("threadIdx.x", "blockDim.x"), "q_block_sum")
+            };
+            let mut s = format!("    for ({ix} row = {rows_from}; row < ({ix})p.v[0]; row += {rows_step}) {{\n      const {ix} L = ({ix})p.v[1];\n");
             s += &self.row_base(path, "      ");
             // Passes 1 and 2 evaluate the nodes before the norm (its prologue, and any
             // independent node that happens to come earlier: cheap, and side-effect free).
             let (open, close) = self.element(h, path, k, None, false, "        ")?;
             s += &format!("      {cc} s_ = 0;\n");
-            s += &self.row_loop(h, path, "0", "L", "      ");
+            s += &self.row_loop_by(h, path, "0", "L", threads, "      ");
             s += &format!("{open}{li}s_ += {x};\n{close}      }}\n");
-            s += &format!("      const {cc} mean_ = q_block_reduce(s_, QSum()) / ({cc})L;\n      {cc} v_ = 0;\n");
-            s += &self.row_loop(h, path, "0", "L", "      ");
+            s += &format!("      const {cc} mean_ = {reduce}(s_) / ({cc})L;\n      {cc} v_ = 0;\n");
+            s += &self.row_loop_by(h, path, "0", "L", threads, "      ");
             s += &format!("{open}{li}const {cc} d_ = {x} - mean_; v_ += d_ * d_;\n{close}      }}\n");
-            s += &format!("      const {cc} rstd_ = ({cc})1 / {sqrt}(q_block_reduce(v_, QSum()) / ({cc})L + {eps});\n");
+            s += &format!("      const {cc} rstd_ = ({cc})1 / {sqrt}({reduce}(v_) / ({cc})L + {eps});\n");
             let (open, close) = self.element(h, path, n, Some("((X - mean_) * rstd_)"), true, "        ")?;
-            s += &self.row_loop(h, path, "0", "L", "      ");
+            s += &self.row_loop_by(h, path, "0", "L", threads, "      ");
             s += &format!("{open}{close}      }}\n    }}\n");
             Ok(s)
+        };
+        self.dispatch(|path| match path {
+            Path::Vector(_) => Ok(format!("    if (p.v[{}] != 0) {{\n{}    }} else {{\n{}    }}\n", h + self.layout.warp_at(), body(path, true)?, body(path, false)?)),
+            _ => body(path, false),
         })
     }
 
@@ -312,7 +334,80 @@ impl Text<'_> {
     }
 }
 
+/// Channels-last GroupNorm statistics that read memory in order: a block per (batch entry,
+/// chunk of spatial positions) walks its `[positions, C]` slab with `V`-channel vectors, each
+/// thread at one fixed vector column (so its `V` lanes always hold the same channels, hence the
+/// same groups), one Welford triple per lane; the block then merges the triples of each group's
+/// channels in shared memory (a warp per group) and stores one (mean, M2) per (row, chunk),
+/// `part[2 · (row · chunks + chunk)]`. Params: `rows, L, chunks` (rows = N·G, L = S·C/G).
+impl Text<'_> {
+    /// Shared opening of the channels-last kernels: sizes, the thread's column and row lane.
+    fn cl_sizes(&self, v: usize) -> String {
+        format!(
+            "  const unsigned G = (unsigned)G_, cpg = (unsigned)cpg_, C = G * cpg, rows = (unsigned)p.v[0], L = (unsigned)p.v[1], CH = (unsigned)p.v[2];\n  const unsigned N = rows / G, S = L / cpg, cs = (S + CH - 1u) / CH;\n  const unsigned cols = C / {v}u, lanes_ = blockDim.x / cols, col = threadIdx.x % cols, rl = threadIdx.x / cols;\n  const bool active_ = threadIdx.x < lanes_ * cols;\n"
+        )
+    }
+
+    fn cl_block_loop() -> &'static str {
+        "  for (unsigned blk = blockIdx.x; blk < N * CH; blk += gridDim.x) {\n    const unsigned n = blk / CH, ch = blk - n * CH, s0 = ch * cs, s1 = s0 + cs < S ? s0 + cs : S;\n"
+    }
+
+    pub fn cl_partials_body(&self, h: usize, v: usize, k: usize, x: &str) -> Result<String, String> {
+        let cc = self.c.compute();
+        let mut s = self.cl_sizes(v);
+        s += &format!("  __shared__ {cc} sh_n[{b} * {v}], sh_m[{b} * {v}], sh_v[{b} * {v}];\n", b = super::super::BLOCK);
+        s += Self::cl_block_loop();
+        s += &format!("    {cc} wn[{v}], wm[{v}], wv[{v}];\n#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{ wn[e_] = 0; wm[e_] = 0; wv[e_] = 0; }}\n");
+        s += "    if (active_) {\n      for (unsigned sp_ = s0 + rl; sp_ < s1; sp_ += lanes_) {\n";
+        s += &format!("        const unsigned i = (n * S + sp_) * C + col * {v}u;\n");
+        let (open, close) = self.element(h, Path::Vector(v), k, None, false, "        ")?;
+        s += &open;
+        s += &format!("          const {cc} x_ = {x}; wn[e_] += ({cc})1; const {cc} d_ = x_ - wm[e_]; wm[e_] += d_ / wn[e_]; wv[e_] += d_ * (x_ - wm[e_]);\n");
+        s += &close;
+        s += "      }\n    }\n";
+        s += &format!("#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{ sh_n[threadIdx.x * {v} + e_] = wn[e_]; sh_m[threadIdx.x * {v} + e_] = wm[e_]; sh_v[threadIdx.x * {v} + e_] = wv[e_]; }}\n");
+        s += "    __syncthreads();\n";
+        s += &format!("    for (unsigned g = threadIdx.x / 32u; g < G; g += blockDim.x / 32u) {{\n      {cc} n_ = 0, m_ = 0, v_ = 0;\n");
+        s += &format!("      for (unsigned j = threadIdx.x % 32u; j < cpg * lanes_; j += 32u) {{\n        const unsigned c = g * cpg + j % cpg, at = (j / cpg * cols + c / {v}u) * {v}u + c % {v}u;\n        q_wf_add(n_, m_, v_, sh_n[at], sh_m[at], sh_v[at]);\n      }}\n");
+        s += "      q_wf_warp(n_, m_, v_);\n      if (threadIdx.x % 32u == 0u) { part[2u * ((n * G + g) * CH + ch)] = m_; part[2u * ((n * G + g) * CH + ch) + 1u] = v_; }\n    }\n    __syncthreads();\n  }\n";
+        Ok(s)
+    }
+
+    /// One block per row: merge the row's chunk partials (counts from the chunk bounds) into
+    /// `stats[2 · row] = mean`, `stats[2 · row + 1] = 1 / sqrt(var + ε)`.
+    pub fn cl_finalize_body(&self, v: usize, eps: f32) -> String {
+        let cc = self.c.compute();
+        let mut s = self.cl_sizes(v);
+        s += &format!("  (void)N; (void)col; (void)rl; (void)active_;\n  for (unsigned row = blockIdx.x; row < rows; row += gridDim.x) {{\n    {cc} n_ = 0, m_ = 0, v_ = 0;\n");
+        s += &format!("    for (unsigned k_ = threadIdx.x; k_ < CH; k_ += blockDim.x) {{\n      const unsigned b_ = k_ * cs, cnt_ = b_ >= S ? 0u : (b_ + cs < S ? cs : S - b_) * cpg;\n      q_wf_add(n_, m_, v_, ({cc})cnt_, part[2u * (row * CH + k_)], part[2u * (row * CH + k_) + 1u]);\n    }}\n");
+        s += &format!("    q_wf_block(n_, m_, v_);\n    if (threadIdx.x == 0) {{ stats[2u * row] = m_; stats[2u * row + 1u] = ({cc})1 / {}(v_ / ({cc})L + {}); }}\n  }}\n", self.c.math("sqrt"), lit(eps as f64, cc));
+        s
+    }
+
+    /// Normalize each (batch entry, chunk) slab in order with its lanes' group statistics, then
+    /// run the epilogue and store.
+    pub fn cl_apply_body(&self, h: usize, v: usize) -> Result<String, String> {
+        let cc = self.c.compute();
+        let n = self.region.nodes.len();
+        let mut s = self.cl_sizes(v);
+        s += Self::cl_block_loop();
+        s += &format!("    {cc} mean_[{v}], rstd_[{v}];\n#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{ const unsigned r_ = n * G + (col * {v}u + e_) / cpg; mean_[e_] = stats[2u * r_]; rstd_[e_] = stats[2u * r_ + 1u]; }}\n");
+        s += "    if (active_) {\n      for (unsigned sp_ = s0 + rl; sp_ < s1; sp_ += lanes_) {\n";
+        s += &format!("        const unsigned i = (n * S + sp_) * C + col * {v}u;\n");
+        let (open, close) = self.element(h, Path::Vector(v), n, Some("((X - mean_[e_]) * rstd_[e_])"), true, "        ")?;
+        s += &open;
+        s += &close;
+        s += "      }\n    }\n  }\n";
+        Ok(s)
+    }
+}
+
 /// Module-level helpers of every stitched module: 32-bit division and the vector type.
 pub fn helpers() -> String {
-    format!("{}template <class T, int V> struct alignas(sizeof(T) * V) QVec {{ T x[V]; }};\n", index::DEVICE)
+    format!(
+        "{}template <class T, int V> struct alignas(sizeof(T) * V) QVec {{ T x[V]; }};\n\
+template <class T> __device__ __forceinline__ T q_warp_sum(T v) {{ for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o); return v; }}\n\
+template <class T> __device__ __forceinline__ T q_block_sum(T v) {{ return q_block_reduce(v, QSum()); }}\n",
+        index::DEVICE
+    )
 }
