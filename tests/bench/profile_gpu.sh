@@ -9,13 +9,15 @@
 #   LAYOUTS: comma list of nchw|channels_last (default nchw), one profile per case and layout.
 # OUT gets env.txt, bench.log (export + eager), <case>.json (bench_onnx_gpu's line),
 # <case>.<layout>.profile.json (every step) and <case>.<layout>.log (the per-op table and the
-# slowest steps). Set SKIP_EXPORT=1 to reuse an earlier export on the same machine.
+# slowest steps). Set SKIP_EXPORT=1 to reuse an earlier export on the same machine, and
+# QUILT_OPTIONS (default precision=fp16) for the ORT + quilt run of the export step.
 set -uo pipefail
 BIN="${1:?bin dir}"; OUT="${2:?out dir}"; CASES="${3:-unet_b2,vae_decoder}"; PRECISION="${4:-fp16}"; LAYOUTS="${5:-nchw}"
 WORK=/tmp/quilt_bench
 mkdir -p "$OUT"
 if [ -z "${SKIP_EXPORT:-}" ]; then
-    bash tests/bench/bench_gpu.sh "$BIN" "$OUT" --cases "$CASES" --modes eager,quilt --iters 10 --work "$WORK" > "$OUT/export.log" 2>&1
+    bash tests/bench/bench_gpu.sh "$BIN" "$OUT" --cases "$CASES" --modes eager,quilt --iters 10 --work "$WORK" \
+        --quilt-options "${QUILT_OPTIONS:-precision=fp16}" > "$OUT/export.log" 2>&1
     echo "export rc=$?"; grep -E "eager|error|Error" "$OUT/bench.log" | tail -6
 fi
 CUDNN_DIR=$(python3 -c 'import nvidia.cudnn, os; print(os.path.join(os.path.dirname(nvidia.cudnn.__file__), "lib"))' 2>/dev/null)
