@@ -10,13 +10,79 @@
 # receives gpu.txt, quilt.jsonl and torch.jsonl (default $OUT, else /tmp). PyTorch is timed with
 # CUDA events over 100 calls after 10 warm-up calls, q/k/v contiguous [B, H, L, D], for the
 # default backend choice and for each backend that accepts the shape.
+#
+#   bash tests/bench/attention_gpu.sh wide [BIN_DIR] [OUT_DIR]
+#
+# Wide heads and the GEMM route: BIN_DIR holds the stripped `cuda_attention` test binary (built
+# with `cargo test --release -p quilt-tests --test cuda_attention --no-run`); runs its
+# correctness tests, then its ignored `wide_attention_timing` (GPU time per attention step by
+# route, wide-timing.jsonl), then PyTorch's scaled_dot_product_attention at the SD VAE's
+# single-head 512-wide shapes (b1, 4096 and 9216 tokens, f16 and f32; torch-wide.jsonl), each
+# backend that accepts the shape, CUDA events over 20 calls after 3 warm-ups.
 set -uo pipefail
+mode=kernels
+if [ "${1:-}" = wide ]; then
+    mode=wide
+    shift
+fi
 bin="${1:-.gpu/attn}"
 out="${2:-${OUT:-/tmp}}"
 mkdir -p "$out"
 # NVRTC must match the driver's CUDA version (a newer one's cubins/PTX may not load).
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv | tee "$out/gpu.txt"
+if [ "$mode" = wide ]; then
+    status=0
+    "$bin/cuda_attention" --nocapture --test-threads=1 2>&1 | tee "$out/correctness.log" || status=1
+    "$bin/cuda_attention" --ignored --exact wide_attention_timing --nocapture 2>&1 | tee "$out/wide-timing.log" || status=1
+    grep '^{' "$out/wide-timing.log" > "$out/wide-timing.jsonl"
+    python3 - <<'PY' | tee "$out/torch-wide.jsonl" || status=1
+import json
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+backends = {
+    "default": None,
+    "math": SDPBackend.MATH,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "flash": SDPBackend.FLASH_ATTENTION,
+}
+
+
+def time_ms(fn, reps=20):
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+torch.manual_seed(0)
+for dt in (torch.float16, torch.float32):
+    for n in (4096, 9216):
+        q, k, v = (torch.randn(1, 1, n, 512, device="cuda", dtype=dt) for _ in range(3))
+        row = {"case": f"vae_{n}", "dtype": str(dt).replace("torch.", ""), "b": 1, "h": 1, "n": n, "m": n, "d": 512, "torch": torch.__version__}
+        for label, be in backends.items():
+            try:
+                if be is None:
+                    row[f"{label}_ms"] = round(time_ms(lambda: F.scaled_dot_product_attention(q, k, v)), 4)
+                else:
+                    with sdpa_kernel([be]):
+                        row[f"{label}_ms"] = round(time_ms(lambda: F.scaled_dot_product_attention(q, k, v)), 4)
+            except Exception as e:  # a backend that rejects the shape
+                row[f"{label}_ms"] = None
+                row[f"{label}_error"] = str(e).splitlines()[0][:120]
+        print(json.dumps(row), flush=True)
+PY
+    exit $status
+fi
 "$bin/attention_gpu" --reps 50 | tee "$out/quilt.jsonl"
 python3 - <<'PY' | tee "$out/torch.jsonl"
 import json

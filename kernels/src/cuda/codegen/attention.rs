@@ -1,20 +1,33 @@
-//! Fused scaled dot-product attention (`Op::Attention`): `softmax(scale · q·kᵀ + mask) · v`
-//! without materialising the N×M score matrix.
+//! Scaled dot-product attention (`Op::Attention`): `softmax(scale · q·kᵀ + mask) · v`.
 //!
-//! q, k, v of one 16-bit float dtype (f16 or bf16) run on the tensor-core flash-attention kernel
-//! (`flash_attention.rs`), one variant per head-dim bucket. Everything else (f32, mixed dtypes)
-//! runs on the plain kernel below, which keeps f32 models exact to the CPU reference:
+//! Two routes (chosen when the step is generated, `AttentionCode::with_head_dims`):
+//! - **Fused** (never materialises the N×M scores): q, k, v of one 16-bit float dtype (f16 or
+//!   bf16) with head dims up to `MAX_HEAD_DIM` run on the tensor-core flash-attention kernel
+//!   (`flash_attention.rs`), one variant per head-dim bucket. What the GEMM route cannot take
+//!   (mixed dtypes) runs on the plain kernel below.
+//! - **GEMMs** (`attention_gemm.rs`): S = scale·q·kᵀ and O = P·V through cuBLAS with a row
+//!   softmax between them, for static head dims above `MAX_HEAD_DIM` (the SD VAE's single
+//!   512-wide head: 32 ms on the wide plain kernel, well under a millisecond as GEMMs on the H100,
+//!   tests/bench/results/2026-11-25-wide-attention-h100.md) and for f32 q, k, v whatever the head
+//!   dim (cuBLAS f32 products are far faster than the plain kernel's shared-memory dot products).
+//!   A head dim the plan leaves symbolic compiles the fused kernels and the GEMM route's softmax,
+//!   and takes the GEMMs at run time when the head is wider than the fused kernels.
 //!
-//! One thread block per (problem, tile of `TQ` query rows), where a problem is one batch entry
-//! (and head, for packed heads). The block keeps its query tile, a `TQ`×`Dv` f32 accumulator and
-//! each row's running max and denominator in shared memory, and walks the keys in tiles of `TK`
-//! rows: scores of the tile, then the online-softmax update (rescale the accumulator by
-//! `exp(old max − new max)`, add `exp(score − new max) · v`), then the next tile. Head dims up
-//! to `MAX_HEAD_DIM` (SD's largest is 160). Scores are plain dot products over shared memory.
+//! The plain kernel: one thread block per (problem, tile of `TQ` query rows), where a problem is
+//! one batch entry (and head, for packed heads). The block keeps its query tile, a `TQ`×`Dv` f32
+//! accumulator and each row's running max and denominator in shared memory, and walks the keys in
+//! tiles of `TK` rows: scores of the tile, then the online-softmax update (rescale the accumulator
+//! by `exp(old max − new max)`, add `exp(score − new max) · v`), then the next tile. Head dims up
+//! to `MAX_HEAD_DIM` (SD's largest is 160); up to `WIDE_MAX_HEAD_DIM` with smaller tiles when the
+//! GEMM route is not taken. Scores are plain dot products over shared memory.
+
+#[path = "attention_gemm.rs"]
+pub mod gemm;
 
 use quilt_rewrites::plan::OpStep;
 use quilt_rewrites::{DType, Op, Plan};
 
+use self::gemm::{GemmAttention, Route};
 use super::flash_attention::{self, FlashVariant};
 use super::{broadcast_strides, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
 
@@ -24,9 +37,9 @@ const TQ: usize = 16;
 const TK: usize = 16;
 /// The largest q/k and v head dims the shared-memory tiles hold.
 pub const MAX_HEAD_DIM: usize = 160;
-/// Head dims above `MAX_HEAD_DIM` (the SD VAE's single-head mid-block attention has 512) run the
-/// plain kernel with smaller tiles (`WIDE_TQ` × `WIDE_TK`) that fit 48 KB of shared memory at this
-/// width: correct but slow, for the one such attention a VAE decode has.
+/// Head dims above `MAX_HEAD_DIM` that the GEMM route does not take (mixed dtypes, or the fused
+/// route forced) run the plain kernel with smaller tiles (`WIDE_TQ` × `WIDE_TK`) that fit 48 KB of
+/// shared memory at this width: correct but slow.
 pub const WIDE_MAX_HEAD_DIM: usize = 512;
 const WIDE_TQ: usize = 2;
 const WIDE_TK: usize = 8;
@@ -48,10 +61,20 @@ pub fn static_head_dims(plan: &Plan, step: &OpStep) -> Option<(usize, usize)> {
 }
 
 pub struct AttentionCode {
+    /// The fused kernels, then (last) the GEMM route's softmax kernel.
     kernels: Vec<Kernel>,
     scale: f32,
     heads: Option<usize>,
     has_mask: bool,
+    /// The fused route, when compiled.
+    fused: Option<Fused>,
+    /// The GEMM route, when compiled: taken for every shape when `fused` is `None`, else for
+    /// head dims wider than the fused kernels take.
+    gemm: Option<GemmAttention>,
+}
+
+/// What the fused kernels were compiled for.
+struct Fused {
     /// The head-dim bucket of each kernel when they are flash-attention variants (f16/bf16).
     flash_buckets: Option<Vec<usize>>,
     /// The plain kernel's query rows per block (unused by the flash kernel).
@@ -96,6 +119,36 @@ impl AttentionCode {
                 return Err(format!("attention mask of rank {mr} for scores of rank {}", lead + 2));
             }
         }
+        let overrides = gemm::overrides();
+        let gemm_ok = gemm::supports(cts[0].dtype, cts[1].dtype, cts[2].dtype, out.dtype, mask.map(|m| m.dtype));
+        let wide = head_dims.is_some_and(|(d, dv)| d.max(dv) > MAX_HEAD_DIM);
+        // (fused route compiled, GEMM route compiled)
+        let (with_fused, with_gemm) = match overrides.route {
+            Route::Fused => (true, false),
+            Route::Gemm if !gemm_ok => return Err(format!("the GEMM attention route needs one dtype of f32/f16/bf16 for q, k, v and the output, got {:?} -> {}", &t.ins[..3], out.dtype)),
+            Route::Gemm => (false, true),
+            // f32 always, and static head dims wider than the fused kernels: GEMMs only.
+            Route::Auto if gemm_ok && (wide || cts[0].dtype == DType::F32) => (false, true),
+            // Symbolic head dims: the GEMMs as the fallback for wide heads at run time.
+            Route::Auto => (true, gemm_ok && head_dims.is_none()),
+        };
+        let (mut kernels, fused) = if with_fused {
+            let (k, f) = Self::fused_kernels(&cts, out, mask, lead, head_dims, &t.prefix)?;
+            (k, Some(f))
+        } else {
+            (Vec::new(), None)
+        };
+        let gemm = with_gemm.then(|| {
+            let (g, kernel) = GemmAttention::new(cts[0].dtype, mask.map(|m| m.dtype), lead, *scale, &t.prefix, overrides.scratch_cap);
+            kernels.push(kernel);
+            g
+        });
+        Ok(AttentionCode { kernels, scale: *scale, heads: *heads, has_mask: mask.is_some(), fused, gemm })
+    }
+
+    /// The flash variants (f16/bf16 up to `MAX_HEAD_DIM`) or the plain kernel (wide tiles for
+    /// static head dims above `MAX_HEAD_DIM`).
+    fn fused_kernels(cts: &[CType], out: CType, mask: Option<CType>, lead: usize, head_dims: Option<(usize, usize)>, prefix: &str) -> Result<(Vec<Kernel>, Fused), String> {
         // Static head dims past the flash and plain kernels' tiles take the wide plain kernel.
         let wide = head_dims.is_some_and(|(d, dv)| d.max(dv) > MAX_HEAD_DIM);
         if let Some((d, dv)) = head_dims.filter(|&(d, dv)| d.max(dv) > WIDE_MAX_HEAD_DIM) {
@@ -110,24 +163,14 @@ impl AttentionCode {
                 }
                 None => flash_attention::BUCKETS.to_vec(),
             };
-            let kernels = buckets
-                .iter()
-                .map(|&bucket| FlashVariant { dtype: cts[0].dtype, bucket, mask, out }.kernel(&t.prefix, lead))
-                .collect();
-            return Ok(AttentionCode {
-                kernels,
-                scale: *scale,
-                heads: *heads,
-                has_mask: mask.is_some(),
-                flash_buckets: Some(buckets),
-                plain_rows: TQ,
-                max_head_dim: MAX_HEAD_DIM,
-            });
+            let kernels: Vec<Kernel> = buckets.iter().map(|&bucket| FlashVariant { dtype: cts[0].dtype, bucket, mask, out }.kernel(prefix, lead)).collect();
+            let fused = Fused { flash_buckets: Some(buckets), plain_rows: TQ, max_head_dim: MAX_HEAD_DIM };
+            return Ok((kernels, fused));
         }
         let (tq, tk, qd) = if wide { (WIDE_TQ, WIDE_TK, WIDE_MAX_HEAD_DIM) } else { (TQ, TK, MAX_HEAD_DIM) };
-        let name = format!("{}_attention", t.prefix);
+        let name = format!("{prefix}_attention");
         let mut args = format!("const QParams p, {}* __restrict__ out", out.storage());
-        for (n, c) in ["q", "k", "v"].iter().zip(&cts) {
+        for (n, c) in ["q", "k", "v"].iter().zip(cts) {
             args += &format!(", const {}* __restrict__ {n}", c.storage());
         }
         let mut mask_offset = String::new();
@@ -239,24 +282,31 @@ extern "C" __global__ void {name}({args}) {{
 #undef QD
 "#
         );
-        Ok(AttentionCode {
-            kernels: vec![Kernel { name, body }],
-            scale: *scale,
-            heads: *heads,
-            has_mask: mask.is_some(),
-            flash_buckets: None,
-            plain_rows: tq,
-            max_head_dim: qd,
-        })
+        Ok((vec![Kernel { name, body }], Fused { flash_buckets: None, plain_rows: tq, max_head_dim: qd }))
     }
 }
 
-impl StepCode for AttentionCode {
-    fn kernels(&self) -> &[Kernel] {
-        &self.kernels
-    }
+/// One `Op::Attention` at concrete shapes: `problems()` independent N×M attention problems (batch
+/// entries × heads), each at element offsets `offsets(problem)` of q, k, v and the output.
+pub struct Geometry {
+    pub n: usize,
+    pub m: usize,
+    pub d: usize,
+    pub dv: usize,
+    /// Heads per batch entry (1 without packed heads).
+    pub h: usize,
+    /// Row strides of q, k, v and the output.
+    pub rows: [usize; 4],
+    /// Element offsets of q, k, v and the output per batch entry and per head.
+    pub per_batch: [usize; 4],
+    pub per_head: [usize; 4],
+    /// The score shape the mask broadcasts to: `[*, N, M]`, or `[B, H, N, M]` for packed heads.
+    pub score: Vec<usize>,
+}
 
-    fn plan(&self, s: &StepShapes) -> Result<LaunchPlan, String> {
+impl Geometry {
+    /// Checks q, k, v and the output's shapes against each other and the layout.
+    pub fn of(heads: Option<usize>, s: &StepShapes) -> Result<Geometry, String> {
         let (q, k, v) = (s.input(0)?, s.input(1)?, s.input(2)?);
         let rank = q.len();
         if rank < 2 || k.len() != rank || v.len() != rank {
@@ -270,8 +320,7 @@ impl StepCode for AttentionCode {
         if v[rank - 2] != m {
             return Err(format!("k has {m} rows but v has {}", v[rank - 2]));
         }
-        // Per problem: (H, D, Dv, row strides of q/k/v/out, the score shape the mask broadcasts to).
-        let (h, d, dv, rows, score, out_shape) = match self.heads {
+        let (h, d, dv, rows, score, out_shape) = match heads {
             None => {
                 let (d, dv) = (q[rank - 1], v[rank - 1]);
                 if k[rank - 1] != d {
@@ -293,12 +342,45 @@ impl StepCode for AttentionCode {
         if s.outs[0] != out_shape.as_slice() {
             return Err(format!("attention gives {out_shape:?}, but the output is {:?}", s.outs[0]));
         }
-        if d > self.max_head_dim || dv > self.max_head_dim {
-            return Err(format!("head dims {d}/{dv} exceed the CUDA attention kernel's {}", self.max_head_dim));
-        }
+        let [qr, kr, vr, or] = rows;
+        let per_batch = [n * qr, m * kr, m * vr, n * or];
+        let per_head = if heads.is_some() { [d, d, dv, dv] } else { [0; 4] };
+        Ok(Geometry { n, m, d, dv, h, rows, per_batch, per_head, score })
+    }
+
+    /// The problem index space: the leading dims, or [B, H].
+    pub fn lead(&self) -> &[usize] {
+        &self.score[..self.score.len() - 2]
+    }
+
+    pub fn problems(&self) -> usize {
+        self.lead().iter().product()
+    }
+
+    /// Element offsets of problem `p`'s first row in q, k, v and the output.
+    pub fn offsets(&self, p: usize) -> [usize; 4] {
+        let (b, h) = (p / self.h, p % self.h);
+        std::array::from_fn(|x| b * self.per_batch[x] + h * self.per_head[x])
+    }
+}
+
+impl StepCode for AttentionCode {
+    fn kernels(&self) -> &[Kernel] {
+        &self.kernels
+    }
+
+    fn plan(&self, s: &StepShapes) -> Result<LaunchPlan, String> {
+        let g = Geometry::of(self.heads, s)?;
+        let (n, m, d, dv) = (g.n, g.m, g.d, g.dv);
+        let fused = match (&self.fused, &self.gemm) {
+            (Some(f), _) if d.max(dv) <= f.max_head_dim => f,
+            (_, Some(gemm)) => return gemm.plan(s, &g, self.kernels.len() - 1),
+            (Some(f), None) => return Err(format!("head dims {d}/{dv} exceed the CUDA attention kernel's {}", f.max_head_dim)),
+            (None, None) => return Err("attention step compiled no kernels".into()),
+        };
         // The kernel to launch, its query rows per block and the scale it takes.
-        let (kernel, rows_per_block, scale) = match &self.flash_buckets {
-            None => (0, self.plain_rows, self.scale as f64),
+        let (kernel, rows_per_block, scale) = match &fused.flash_buckets {
+            None => (0, fused.plain_rows, self.scale as f64),
             Some(buckets) => {
                 let want = flash_attention::bucket(d.max(dv))
                     .ok_or_else(|| format!("head dims {d}/{dv} exceed the CUDA attention kernel's {MAX_HEAD_DIM}"))?;
@@ -310,29 +392,26 @@ impl StepCode for AttentionCode {
                 (k, flash_attention::block_rows(want), self.scale as f64 * std::f64::consts::LOG2_E)
             }
         };
-        let problems: usize = score[..score.len() - 2].iter().product();
+        let problems = g.problems();
         let tiles = n.div_ceil(rows_per_block);
         let blocks = problems * tiles;
         let mut plan = LaunchPlan::default();
         if blocks == 0 || dv == 0 {
             return Ok(plan);
         }
-        let [qr, kr, vr, or] = rows;
-        // Offsets per batch entry (b) and per head (h) of the problem index b·H + h.
-        let per_batch = [n * qr, m * kr, m * vr, n * or];
-        let per_head = if self.heads.is_some() { [d, d, dv, dv] } else { [0; 4] };
+        let (rows, per_batch, per_head) = (g.rows, g.per_batch, g.per_head);
         // 16-byte tile copies need every row start 16-byte aligned (device buffers are).
         let vector_copies = [d, dv].iter().chain(&per_batch).chain(&per_head).chain(&rows).all(|&x| x % 8 == 0);
         let mut p = ParamList::default();
-        p.extend([blocks, tiles, h, n, m, d, dv].map(|x| x as i64));
+        p.extend([blocks, tiles, g.h, n, m, d, dv].map(|x| x as i64));
         p.extend(per_batch.map(|x| x as i64));
         p.extend(per_head.map(|x| x as i64));
         p.extend(rows.map(|x| x as i64));
         p.push_f64(scale);
         let mut args = vec![Arg::Out(0), Arg::In(0), Arg::In(1), Arg::In(2)];
-        let lead_dims = &score[..score.len() - 2];
+        let lead_dims = g.lead();
         if self.has_mask {
-            let ms = broadcast_strides(s.input(3)?, &score).map_err(|e| format!("mask: {e}"))?;
+            let ms = broadcast_strides(s.input(3)?, &g.score).map_err(|e| format!("mask: {e}"))?;
             let r = ms.len();
             p.push(ms[r - 2]);
             p.push(ms[r - 1]);
@@ -346,5 +425,87 @@ impl StepCode for AttentionCode {
         }
         plan.actions.push(Action::Launch { kernel, work: Work::Rows(blocks as u64), params: p.finish()?, args });
         Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gemm::{with_overrides, Overrides};
+    use super::*;
+
+    fn types(dtype: DType, mask: Option<DType>, rank: usize) -> Types {
+        let mut ins = vec![Some(dtype); 3];
+        ins.extend(mask.map(Some));
+        let in_ranks = vec![rank; ins.len()];
+        Types { ins, in_ranks, outs: vec![dtype], out_ranks: vec![rank], prefix: "q".into() }
+    }
+
+    fn names(op: &Op, t: &Types, head_dims: Option<(usize, usize)>) -> Vec<String> {
+        AttentionCode::with_head_dims(op, t, head_dims).unwrap().kernels().iter().map(|k| k.name.clone()).collect()
+    }
+
+    #[test]
+    fn wide_heads_and_f32_take_the_gemm_route() {
+        let op = Op::Attention { scale: 0.1, heads: None };
+        let softmax = ["q_attention_softmax"];
+        for dtype in [DType::F16, DType::BF16, DType::F32] {
+            for d in [192, 512, 640] {
+                assert_eq!(names(&op, &types(dtype, None, 3), Some((d, d))), softmax, "{dtype} d={d}");
+            }
+        }
+        // f32 at flash widths too; f16 keeps flash there.
+        assert_eq!(names(&op, &types(DType::F32, Some(DType::F32), 3), Some((40, 40))), softmax);
+        assert_eq!(names(&op, &types(DType::F16, None, 3), Some((40, 40))), ["q_flash_attention_48"]);
+        // Symbolic head dims: every flash bucket plus the softmax for wide heads at run time.
+        let sym = names(&op, &types(DType::F16, None, 3), None);
+        assert_eq!(sym.len(), flash_attention::BUCKETS.len() + 1);
+        assert_eq!(sym.last().unwrap(), "q_attention_softmax");
+        // Mixed dtypes cannot be one cuBLAS call: the wide plain kernel, and its width limit.
+        let mut mixed = types(DType::F16, None, 3);
+        mixed.outs = vec![DType::F32];
+        let code = AttentionCode::with_head_dims(&op, &mixed, Some((512, 512))).unwrap();
+        assert!(code.kernels()[0].body.contains("#define QD 512"));
+        let e = AttentionCode::with_head_dims(&op, &mixed, Some((640, 640))).err().unwrap();
+        assert!(e.contains("640") && e.contains("512"), "{e}");
+    }
+
+    #[test]
+    fn overrides_force_a_route() {
+        let op = Op::Attention { scale: 0.1, heads: Some(2) };
+        let t = types(DType::F32, None, 3);
+        let fused = Overrides { route: Route::Fused, ..Overrides::default() };
+        let code = with_overrides(fused, || AttentionCode::with_head_dims(&op, &t, Some((40, 40)))).unwrap();
+        assert_eq!(code.kernels().len(), 1);
+        assert!(code.kernels()[0].name == "q_attention" && code.kernels()[0].body.contains("#define QD 160"));
+        let gemm = Overrides { route: Route::Gemm, ..Overrides::default() };
+        let t16 = types(DType::F16, None, 3);
+        assert_eq!(with_overrides(gemm, || names(&op, &t16, Some((64, 64)))), ["q_attention_softmax"]);
+        let mut mixed = t16;
+        mixed.ins[2] = Some(DType::F32);
+        assert!(with_overrides(gemm, || AttentionCode::with_head_dims(&op, &mixed, Some((64, 64)))).is_err());
+    }
+
+    /// The VAE's head at 96² latents in f32 (340 MB of scores) runs in two chunks of 4608 query
+    /// rows under the default cap; in f16 (170 MB) in one.
+    #[test]
+    fn gemm_route_chunks_scores_past_the_cap() {
+        let op = Op::Attention { scale: 0.044, heads: None };
+        let shape = [1usize, 9216, 512];
+        let bindings = crate::bind::Bindings::default();
+        for (dtype, chunks) in [(DType::F16, 1usize), (DType::F32, 2)] {
+            let code = AttentionCode::with_head_dims(&op, &types(dtype, None, 3), Some((512, 512))).unwrap();
+            let s = StepShapes { ins: vec![Some(&shape[..]); 3], outs: vec![&shape[..]], bindings: &bindings };
+            let plan = code.plan(&s).unwrap();
+            let gemms: Vec<&crate::cuda::gemm::GemmCall> = plan.actions.iter().filter_map(|a| if let Action::Gemm(g) = a { Some(g) } else { None }).collect();
+            assert_eq!(gemms.len(), 2 * chunks, "{dtype}");
+            assert_eq!(plan.actions.len(), 3 * chunks, "{dtype}");
+            assert_eq!(plan.scratch, [9216 / chunks * 9216 * dtype.size_bytes()], "{dtype}");
+            assert!(plan.scratch[0] <= gemm::DEFAULT_SCRATCH_CAP);
+            // The second chunk's products start at query row 4608 of q and of the output.
+            if chunks == 2 {
+                assert_eq!((gemms[2].a.1, gemms[3].c.1, gemms[2].m), (4608 * 512, 4608 * 512, 4608));
+            }
+            assert!((gemms[0].alpha - 0.044).abs() < 1e-6 && gemms[0].trans_b && !gemms[1].trans_b);
+        }
     }
 }
