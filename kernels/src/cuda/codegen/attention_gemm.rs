@@ -171,7 +171,7 @@ impl GemmAttention {
                     let mut p = ParamList::default();
                     p.extend([(pc * rc) as i64, m as i64, rc as i64, p0 as i64, i0 as i64]);
                     // 16-byte row accesses: rows start at multiples of M elements of an aligned scratch.
-                    p.push(((m * es) % 16 == 0) as i64);
+                    p.push((m * es).is_multiple_of(16) as i64);
                     let mut args = vec![Arg::Scratch(0)];
                     match &mask_strides {
                         Some(ms) => {
