@@ -41,7 +41,7 @@ pub fn chunks(rows: usize, len: usize) -> Option<usize> {
 }
 
 /// Device helpers for (count, mean, M2) triples in compute type `cc`: `q_wf_add` merges a triple
-/// into another (Chan et al.), `q_wf_warp` merges a warp's triples (every lane gets the result),
+/// into another (Chan et al.), `q_wf_warp` merges a warp's triples (lane 0 holds the merge of all 32),
 /// `q_wf_block` merges a block's triples so that every thread holds
 /// the same result (lane 0 of each warp after a butterfly, then the warps in order, so the result
 /// is deterministic). Block-uniform control flow is required around `q_wf_block` (barriers).
