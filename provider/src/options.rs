@@ -50,7 +50,7 @@ pub enum Layout {
 }
 
 /// Whether `layout=auto` picks channels-last on the GPU device with cuDNN.
-const AUTO_CHANNELS_LAST: bool = false;
+const AUTO_CHANNELS_LAST: bool = true;
 
 impl Default for Options {
     fn default() -> Options {

@@ -137,27 +137,7 @@ fn is_reshape(shape: &[SymDim], perm: &[usize]) -> bool {
 
 /// The elements of `t` permuted (`out axis i = t axis perm[i]`).
 fn permute_tensor(t: &Tensor, perm: &[usize]) -> Tensor {
-    let rank = t.shape.len();
-    let mut strides = vec![1usize; rank];
-    for i in (0..rank.saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1] * t.shape[i + 1];
-    }
-    let shape: Vec<usize> = permuted(&t.shape, perm);
-    let src: Vec<usize> = permuted(&strides, perm);
-    let n: usize = shape.iter().product();
-    let mut idx = Vec::with_capacity(n);
-    let mut pos = vec![0usize; rank];
-    for _ in 0..n {
-        idx.push(pos.iter().zip(&src).map(|(p, s)| p * s).sum());
-        for d in (0..rank).rev() {
-            pos[d] += 1;
-            if pos[d] < shape[d] {
-                break;
-            }
-            pos[d] = 0;
-        }
-    }
-    Tensor::new(shape, t.data.take(&idx))
+    Tensor::new(permuted(&t.shape, perm), t.data.permuted(&t.shape, perm))
 }
 
 /// Elementwise ops: any layout, as long as every operand is in it.
@@ -432,5 +412,48 @@ impl Pass<'_> {
             _ => Node { name: name.to_string(), op: Op::Reshape, inputs: vec![Some(base)], outputs: vec![TensorType::new(dtype, shape)] },
         };
         ValueRef { node: self.new.add_node(node), output: 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permuting_a_tensor_matches_index_arithmetic() {
+        let shape = [3usize, 4, 2, 5];
+        let data: Vec<f32> = (0..120).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let t = Tensor::new(shape.to_vec(), crate::tensor::TensorData::F32(data.clone()));
+        for perm in [vec![0, 2, 3, 1], vec![3, 2, 1, 0], vec![0, 1, 2, 3], vec![1, 0, 3, 2]] {
+            let got = permute_tensor(&t, &perm);
+            assert_eq!(got.shape, permuted(&shape, &perm));
+            let got = got.data.to_f64_vec();
+            let out_shape = permuted(&shape, &perm);
+            let mut k = 0;
+            for a in 0..out_shape[0] {
+                for b in 0..out_shape[1] {
+                    for c in 0..out_shape[2] {
+                        for d in 0..out_shape[3] {
+                            let mut idx = [0usize; 4];
+                            for (i, &x) in [a, b, c, d].iter().enumerate() {
+                                idx[perm[i]] = x;
+                            }
+                            let flat = ((idx[0] * shape[1] + idx[1]) * shape[2] + idx[2]) * shape[3] + idx[3];
+                            assert_eq!(got[k], data[flat] as f64, "perm {perm:?} at {k}");
+                            k += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reshape_only_when_size_one_axes_move() {
+        let s = |v: &[i64]| v.iter().map(|&d| SymDim::konst(d)).collect::<Vec<_>>();
+        assert!(is_reshape(&s(&[2, 8, 1, 1]), &to_last(4)));
+        assert!(!is_reshape(&s(&[2, 8, 4, 4]), &to_last(4)));
+        assert!(is_reshape(&[SymDim::sym("N"), SymDim::konst(1), SymDim::sym("H")], &[1, 0, 2]));
+        assert_eq!(inverse(&to_last(4)), vec![0, 3, 1, 2]);
     }
 }

@@ -170,6 +170,65 @@ impl TensorData {
         }
     }
 
+    /// The elements of a row-major tensor of `shape` with its axes permuted (`out axis i = axis
+    /// perm[i]`). Weights are permuted at compile time (the channels-last layout pass), so this
+    /// walks the output in order and splits the work across threads for large tensors.
+    pub fn permuted(&self, shape: &[usize], perm: &[usize]) -> TensorData {
+        fn run<T: Copy + Send + Sync + Default>(v: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
+            let rank = shape.len();
+            let n: usize = shape.iter().product();
+            if rank == 0 || n == 0 {
+                return v.to_vec();
+            }
+            let mut strides = vec![1usize; rank];
+            for i in (0..rank - 1).rev() {
+                strides[i] = strides[i + 1] * shape[i + 1];
+            }
+            let out_shape: Vec<usize> = perm.iter().map(|&a| shape[a]).collect();
+            let src: Vec<usize> = perm.iter().map(|&a| strides[a]).collect();
+            let inner = out_shape[rank - 1];
+            let rows = n / inner;
+            let mut out = vec![T::default(); n];
+            // One row = one index of every output axis but the last; row r's source offset.
+            let offset = |mut r: usize| -> usize {
+                let mut off = 0;
+                for d in (0..rank - 1).rev() {
+                    off += (r % out_shape[d]) * src[d];
+                    r /= out_shape[d];
+                }
+                off
+            };
+            let threads = if n >= 1 << 20 { std::thread::available_parallelism().map_or(1, |t| t.get()).min(16) } else { 1 };
+            let per = rows.div_ceil(threads);
+            std::thread::scope(|scope| {
+                for (t, chunk) in out.chunks_mut(per * inner).enumerate() {
+                    let (src, offset) = (&src, &offset);
+                    scope.spawn(move || {
+                        for (i, row) in chunk.chunks_mut(inner).enumerate() {
+                            let base = offset(t * per + i);
+                            let step = src[rank - 1];
+                            for (k, x) in row.iter_mut().enumerate() {
+                                *x = v[base + k * step];
+                            }
+                        }
+                    });
+                }
+            });
+            out
+        }
+        match self {
+            TensorData::F32(v) => TensorData::F32(run(v, shape, perm)),
+            TensorData::F16(v) => TensorData::F16(run(v, shape, perm)),
+            TensorData::BF16(v) => TensorData::BF16(run(v, shape, perm)),
+            TensorData::F64(v) => TensorData::F64(run(v, shape, perm)),
+            TensorData::I64(v) => TensorData::I64(run(v, shape, perm)),
+            TensorData::I32(v) => TensorData::I32(run(v, shape, perm)),
+            TensorData::I8(v) => TensorData::I8(run(v, shape, perm)),
+            TensorData::U8(v) => TensorData::U8(run(v, shape, perm)),
+            TensorData::Bool(v) => TensorData::Bool(run(v, shape, perm)),
+        }
+    }
+
     /// Builds data of an integer or bool `dtype` from i64 values (wrapping as a C cast does);
     /// float dtypes convert through f64.
     pub fn from_i64(dtype: DType, v: &[i64]) -> TensorData {
