@@ -17,12 +17,13 @@ for f in quilt libquilt_ep.so; do
     if [ -f "$BIN/$f.xz" ]; then xz -dc "$BIN/$f.xz" > "/tmp/quilt_bin/$f"; else cp "$BIN/$f" "/tmp/quilt_bin/$f"; fi
 done
 chmod +x /tmp/quilt_bin/quilt
+# NVRTC/cuBLAS 13.0 match driver 580; cuDNN from PyTorch's wheel (a libcudnn.so link first on the
+# path selects it over an older system copy, see kernels/src/cuda/conv/mod.rs). Looked up before
+# /tmp/site goes on PYTHONPATH: its `nvidia` folder would hide the wheel's `nvidia.cudnn`.
+CUDNN_DIR=$(python3 -c 'import nvidia.cudnn, os; print(os.path.join(os.path.dirname(nvidia.cudnn.__file__), "lib"))' 2>/dev/null || true)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 ORT_LIB=$(ls /tmp/site/onnxruntime/capi/libonnxruntime.so.1.* | head -1)
-# NVRTC/cuBLAS 13.0 match driver 580; cuDNN from PyTorch's wheel (a libcudnn.so link first on the
-# path selects it over an older system copy, see kernels/src/cuda/conv/mod.rs).
-CUDNN_DIR=$(python3 -c 'import nvidia.cudnn, os; print(os.path.join(os.path.dirname(nvidia.cudnn.__file__), "lib"))' 2>/dev/null || true)
 if [ -n "$CUDNN_DIR" ] && [ -f "$CUDNN_DIR/libcudnn.so.9" ]; then
     mkdir -p /tmp/cudnn_link && ln -sf "$CUDNN_DIR/libcudnn.so.9" /tmp/cudnn_link/libcudnn.so
     export LD_LIBRARY_PATH="/tmp/cudnn_link:$CUDNN_DIR:${LD_LIBRARY_PATH:-}"
