@@ -4,6 +4,7 @@
 
 pub mod dtype;
 pub mod egraph;
+pub mod epilogue;
 pub mod error;
 pub mod import;
 pub mod ir;

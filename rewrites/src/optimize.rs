@@ -5,6 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use crate::egraph::{convert, cost, runner, Limits, StageReport};
+use crate::epilogue::{fuse_residuals, EpilogueReport};
 use crate::error::{Error, Result};
 use crate::ir::Graph;
 use crate::layout::{to_channels_last, LayoutOptions, LayoutReport};
@@ -24,11 +25,13 @@ pub struct OptimizeOptions {
     /// Run 2-D convolutions (and the ops around them) on channels-last data (`crate::layout`),
     /// for backends with a channels-last convolution; `None` keeps the model's layout.
     pub channels_last: Option<LayoutOptions>,
+    /// Fold residual adds into the convolution or Gemm before them (`crate::epilogue`).
+    pub residual_epilogues: bool,
 }
 
 impl Default for OptimizeOptions {
     fn default() -> OptimizeOptions {
-        OptimizeOptions { enabled: true, limits: Limits::default(), stitch: true, stitch_caps: StitchOptions::default(), channels_last: None }
+        OptimizeOptions { enabled: true, limits: Limits::default(), stitch: true, stitch_caps: StitchOptions::default(), channels_last: None, residual_epilogues: true }
     }
 }
 
@@ -46,6 +49,8 @@ pub struct OptimizeReport {
     pub stitch: Option<StitchReport>,
     /// `None` when the layout pass was off.
     pub layout: Option<LayoutReport>,
+    /// `None` when the residual-epilogue pass was off.
+    pub epilogue: Option<EpilogueReport>,
     pub total_time: Duration,
 }
 
@@ -92,7 +97,7 @@ pub fn optimize_graph(graph: &Graph, opts: &OptimizeOptions) -> Result<Optimized
 }
 
 /// The passes after extraction (and after the precision pass, when there is one): the layout
-/// pass, then stitching, as `opts` asks.
+/// pass, residual epilogues, then stitching, as `opts` asks.
 pub fn after_extraction(mut graph: Graph, opts: &OptimizeOptions, report: &mut OptimizeReport) -> Result<Graph> {
     if !opts.enabled {
         return Ok(graph);
@@ -104,6 +109,14 @@ pub fn after_extraction(mut graph: Graph, opts: &OptimizeOptions, report: &mut O
         };
         graph = g;
         report.layout = Some(r);
+    }
+    if opts.residual_epilogues {
+        let (g, r) = match catch_unwind(AssertUnwindSafe(|| fuse_residuals(&graph))) {
+            Ok(r) => r?,
+            Err(_) => return Err(Error::Model("optimizer: internal error (panic) in the residual-epilogue pass".into())),
+        };
+        graph = g;
+        report.epilogue = Some(r);
     }
     if opts.stitch {
         let (stitched, r) = match catch_unwind(AssertUnwindSafe(|| stitch(&graph, &opts.stitch_caps))) {
@@ -144,6 +157,9 @@ impl fmt::Display for OptimizeReport {
                 "layout: channels-last for {} convolutions, {} GroupNorms and {} ops between them; transposes {} -> {}, {} reshapes added",
                 l.convs, l.group_norms, l.followers, l.transposes_before, l.transposes_after, l.reshapes_added
             )?;
+        }
+        if let Some(e) = &self.epilogue {
+            writeln!(f, "epilogues: {} residual adds into convolutions, {} into Gemms; {} reshapes added", e.convs, e.gemms, e.reshapes_added)?;
         }
         if let Some(s) = &self.stitch {
             write!(f, "{s}")?;

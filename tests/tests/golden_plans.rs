@@ -77,13 +77,15 @@ fn golden_plans_match() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The snapshots show what the stitcher is for: the ResNet block's norm+SiLU regions and the
-/// transformer block's residual+LayerNorm regions.
+/// The snapshots show what the stitcher is for: the ResNet block's norm+SiLU regions; and the
+/// transformer block's residual adds inside its linear layers' Gemms (`quilt_rewrites::epilogue`:
+/// a fourth input), its LayerNorms and attention.
 #[test]
 fn golden_plans_contain_the_fused_regions() {
     let plan = unet_plan();
     let resnet = snapshot(&plan, SNAPSHOTS[0].1);
     assert!(resnet.contains("GroupNorm{groups=") && resnet.contains("Silu(t"), "{resnet}");
     let block = snapshot(&plan, SNAPSHOTS[1].1);
-    assert!(block.contains("LayerNorm{axis=2") && block.contains("Attention("), "{block}");
+    let residual_gemms = block.lines().filter(|l| l.contains("= Gemm(") && l.matches(", %").count() == 3).count();
+    assert!(block.contains("LayerNorm(") && block.contains("Attention(") && residual_gemms == 3, "{block}");
 }

@@ -158,11 +158,19 @@ pub(crate) fn conv(cx: &StepCtx, strides: &[usize], pads: &[usize], dilations: &
     }
     let mut out_shape = vec![g.batch, g.out_channels];
     out_shape.extend(&g.out_sp);
+    // The residual epilogue (`Op::Conv`'s input 3): added to the f32 result, rounded once.
+    let residual = cx.opt_input(3);
+    if let Some(r) = residual {
+        if r.shape != out_shape || r.dtype() != x.dtype() {
+            return Err(format!("residual R is {}{:?}, expected the output's {}{out_shape:?}", r.dtype(), r.shape, x.dtype()));
+        }
+    }
     let dtype = x.dtype();
     let data = with_real!(dtype, F => {
         let xv = load_real::<F>(x, "X")?;
         let wv = load_real::<F>(w, "W")?;
         let bv = bias.map(|b| load_real::<F>(b, "B")).transpose()?;
+        let rv = residual.map(|r| load_real::<F>(r, "R")).transpose()?;
         let (cg, mg) = (g.channels / g.group, g.out_channels / g.group);
         let k = cg * g.k_sp.iter().product::<usize>();
         let p: usize = g.out_sp.iter().product();
@@ -192,6 +200,9 @@ pub(crate) fn conv(cx: &StepCtx, strides: &[usize], pads: &[usize], dilations: &
                 }
                 Ok::<(), String>(())
             })?;
+        }
+        if let Some(rv) = &rv {
+            out.par_iter_mut().zip(rv.par_iter()).for_each(|(v, &r)| *v += r);
         }
         Ok(F::store(dtype, out))
     })?;

@@ -157,6 +157,14 @@ pub(crate) fn gemm(cx: &StepCtx, alpha: f32, beta: f32, trans_a: bool, trans_b: 
             _ => (vec![F::zero(); m * n], F::zero()),
         };
         gemm_into(m, k, n, F::of(alpha as f64), am, bm, beta, &mut out)?;
+        // The residual epilogue (`Op::Gemm`'s input 3): added to the f32 result, rounded once.
+        if let Some(r) = cx.opt_input(3) {
+            if r.shape != [m, n] || r.dtype() != dtype {
+                return Err(format!("residual R is {}{:?}, expected the output's {dtype}{:?}", r.dtype(), r.shape, [m, n]));
+            }
+            let rv = load_real::<F>(r, "R")?;
+            out.iter_mut().zip(rv.iter()).for_each(|(v, &r)| *v += r);
+        }
         Ok(F::store(dtype, out))
     })?;
     Ok(Tensor { shape: vec![m, n], data })

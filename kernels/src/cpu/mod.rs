@@ -226,7 +226,8 @@ fn dispatch(op: &Op, cx: &StepCtx) -> std::result::Result<Vec<Tensor>, String> {
         Op::Gemm { alpha, beta, trans_a, trans_b } => one(matmul::gemm(cx, *alpha, *beta, *trans_a, *trans_b)),
         Op::Conv { strides, pads, dilations, group, channels_last: false } => one(conv::conv(cx, strides, pads, dilations, *group)),
         Op::Conv { strides, pads, dilations, group, channels_last: true } => {
-            one(via_channels_first(cx, &[0, 1], |cx| conv::conv(cx, strides, pads, dilations, *group)))
+            // x, w and the residual (input 3) are channels-last.
+            one(via_channels_first(cx, &[0, 1, 3], |cx| conv::conv(cx, strides, pads, dilations, *group)))
         }
         Op::InstanceNorm { epsilon } => one(norm::instance_norm(cx, *epsilon)),
         Op::GroupNorm { epsilon, num_groups, per_channel_affine, channels_last: false } => {

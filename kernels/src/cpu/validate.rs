@@ -25,7 +25,9 @@ fn check_arity(s: &OpStep) -> std::result::Result<(), String> {
         Op::SymbolicValue { .. } | Op::Fill { .. } | Op::Range { .. } => (0, 0, Some(1)),
         Op::Binary(_) | Op::MatMul | Op::Gather { .. } | Op::GatherElements { .. } | Op::GatherND { .. } => (2, 0, Some(1)),
         Op::Where | Op::InstanceNorm { .. } | Op::GroupNorm { .. } => (3, 0, Some(1)),
-        Op::Gemm { .. } | Op::Conv { .. } | Op::LayerNorm { .. } => (2, 1, Some(1)),
+        // Gemm and Conv: C / bias, then an optional residual (`quilt_rewrites::epilogue`).
+        Op::Gemm { .. } | Op::Conv { .. } => (2, 2, Some(1)),
+        Op::LayerNorm { .. } => (2, 1, Some(1)),
         Op::Attention { .. } => (3, 1, Some(1)),
         Op::Concat { .. } => (s.inputs.len().max(1), 0, Some(1)),
         Op::Stitched(r) => {

@@ -9,11 +9,13 @@
 //!   column-major D, which is Dᵀ here, so one entry per column of our row-major output, i.e. per
 //!   last-axis element, as ONNX broadcasts `[N]`. The bias has the output's dtype.
 //! - C of the output's full shape `[M, N]` (a residual), any β: Lt's separate C (C ≠ D, β·C).
+//! - A residual input R (`Op::Gemm`'s input 3, made by `quilt_rewrites::epilogue`) with no C or
+//!   a bias row: R is Lt's separate C with β = 1, next to the bias epilogue.
 //! The algorithm comes from `cublasLtMatmulAlgoGetHeuristic` once per shape, stride and pointer
 //! alignment, and is cached with its descriptors; the workspace is the executable's fixed
 //! cuBLAS workspace, so the call is legal inside a CUDA graph capture. Everything else (C that
 //! broadcasts another way, β ≠ 1 with a bias row, f64, k = 0) keeps the cuBLAS path: a kernel
-//! writes β·C broadcast into the output, then cuBLAS accumulates with β = 1.
+//! writes β·C broadcast (plus R) into the output, then cuBLAS accumulates with β = 1.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -76,10 +78,18 @@ impl GemmCode {
             return Err(format!("cuBLAS GEMM needs float operands of one dtype, got {:?} -> {}", t.ins, t.outs[0]));
         }
         let mut kernels = Vec::new();
+        let residual = t.ins.get(3).copied().flatten();
+        if let Some(rd) = residual {
+            if !matches!(op, Op::Gemm { .. }) || rd != dtype || t.in_ranks[3] != 2 {
+                return Err(format!("{} residual of {rd} (rank {}) with A of {dtype}", op.name(), t.in_ranks[3]));
+            }
+        }
         if let (Op::Gemm { .. }, Some(Some(cd))) = (op, t.ins.get(2)) {
             if *cd != dtype {
                 return Err(format!("Gemm C has dtype {cd}, A has {dtype}"));
             }
+        }
+        if let (Op::Gemm { .. }, true) = (op, t.ins.get(2).copied().flatten().is_some() || residual.is_some()) {
             let ct = CType::of(dtype);
             // Named by dtype alone: every Gemm step of one dtype has the same module source,
             // so it is compiled (and cached) once however many Gemm steps a plan has.
@@ -87,6 +97,19 @@ impl GemmCode {
             let mut body = format!("extern \"C\" __global__ void {name}(const QParams p, {s}* __restrict__ out, const {s}* __restrict__ c) {{\n  Q_LOOP(p.v[0]) {{\n", s = ct.storage());
             body += &decompose(2, 1, &[("o", 3)]);
             body += &format!("    out[i] = {};\n  }}\n}}\n", ct.store(&format!("({})q_pd(p.v[5]) * {}", ct.compute(), ct.load("c[o]"))));
+            kernels.push(Kernel { name, body });
+        }
+        if let (Op::Gemm { .. }, Some(Some(_)), Some(_)) = (op, t.ins.get(2), residual) {
+            // Both a C and a residual, off the Lt path: out = β·C (broadcast) + R. (A residual
+            // alone is the kernel above with C = R and β = 1.)
+            let ct = CType::of(dtype);
+            let name = format!("gemm_cr_{}", ct.storage().replace(' ', "_"));
+            let mut body = format!(
+                "extern \"C\" __global__ void {name}(const QParams p, {s}* __restrict__ out, const {s}* __restrict__ c, const {s}* __restrict__ r) {{\n  Q_LOOP(p.v[0]) {{\n",
+                s = ct.storage()
+            );
+            body += &decompose(2, 1, &[("o", 3)]);
+            body += &format!("    out[i] = {};\n  }}\n}}\n", ct.store(&format!("({c})q_pd(p.v[5]) * {} + {}", ct.load("c[o]"), ct.load("r[i]"), c = ct.compute())));
             kernels.push(Kernel { name, body });
         }
         Ok(GemmCode { op: op.clone(), dtype, kernels })
@@ -112,9 +135,40 @@ impl StepCode for GemmCode {
                     return Err(format!("Gemm shapes {a:?} x {b:?} (trans {trans_a}, {trans_b}) do not give {out:?}"));
                 }
                 let c = s.ins.get(2).copied().flatten().filter(|_| *beta != 0.0);
+                let residual = s.ins.get(3).copied().flatten();
+                if residual.is_some_and(|r| r != out) {
+                    return Err(format!("Gemm residual {:?} must have the output's shape {out:?}", residual.unwrap_or_default()));
+                }
                 let lt_dtype = matches!(self.dtype, DType::F32 | DType::F16 | DType::BF16);
-                if let (Some(c), true) = (c, lt_dtype && m > 0 && n > 0 && k > 0) {
-                    let bias_row = *beta == 1.0 && (c == [n] || c == [1, n]);
+                let lt_ok = lt_dtype && m > 0 && n > 0 && k > 0;
+                let bias_row = c.is_some_and(|c| *beta == 1.0 && (c == [n] || c == [1, n]));
+                if residual.is_some() && lt_ok && (c.is_none() || bias_row) {
+                    // D = op(A)·op(B) + bias + 1·R: R is Lt's separate C.
+                    let gemm = GemmCall {
+                        dtype: self.dtype,
+                        m,
+                        n,
+                        k,
+                        a: (Arg::In(0), 0),
+                        lda: a[1],
+                        trans_a: *trans_a,
+                        stride_a: 0,
+                        b: (Arg::In(1), 0),
+                        ldb: b[1],
+                        trans_b: *trans_b,
+                        stride_b: 0,
+                        c: (Arg::Out(0), 0),
+                        ldc: n,
+                        stride_c: 0,
+                        batch: 1,
+                        alpha: *alpha as f64,
+                        beta: 1.0,
+                    };
+                    let bias = bias_row.then_some((Arg::In(2), 0));
+                    plan.actions.push(Action::LtGemm(LtGemmCall { gemm, bias, addend: Some((Arg::In(3), 0)) }));
+                    return Ok(plan);
+                }
+                if let (Some(c), true, None) = (c, lt_ok, residual) {
                     if bias_row || c == [m, n] {
                         let gemm = GemmCall {
                             dtype: self.dtype,
@@ -142,14 +196,20 @@ impl StepCode for GemmCode {
                     }
                 }
                 let mut gemm_beta = 0.0;
-                if let Some(c) = c {
+                if c.is_some() || residual.is_some() {
+                    // Without a C the residual is the C, with β = 1.
+                    let (c_arg, c_shape, c_beta) = match c {
+                        Some(c) => (Arg::In(2), c, *beta as f64),
+                        None => (Arg::In(3), out, 1.0),
+                    };
                     let mut p = ParamList::default();
                     p.push((m * n) as i64);
                     p.extend([m as i64, n as i64]);
-                    p.extend(broadcast_strides(c, out).map_err(|e| format!("C: {e}"))?);
-                    p.push_f64(*beta as f64);
+                    p.extend(broadcast_strides(c_shape, out).map_err(|e| format!("C: {e}"))?);
+                    p.push_f64(c_beta);
+                    let (kernel, args) = if c.is_some() && residual.is_some() { (1, vec![Arg::Out(0), c_arg, Arg::In(3)]) } else { (0, vec![Arg::Out(0), c_arg]) };
                     if m * n > 0 {
-                        plan.actions.push(Action::Launch { kernel: 0, work: Work::Elements((m * n) as u64), params: p.finish()?, args: vec![Arg::Out(0), Arg::In(2)] });
+                        plan.actions.push(Action::Launch { kernel, work: Work::Elements((m * n) as u64), params: p.finish()?, args });
                     }
                     gemm_beta = 1.0;
                 }

@@ -141,12 +141,15 @@ pub enum Op {
     Gelu { tanh: bool },
     /// `[a, b]` with numpy matmul semantics (1-D promotion, batch broadcasting).
     MatMul,
-    /// `[a, b, c?]`: `alpha * op(a) @ op(b) + beta * c`, c broadcast to the output.
+    /// `[a, b, c?, r?]`: `alpha * op(a) @ op(b) + beta * c + r`, c broadcast to the output; `r`
+    /// (a residual: exactly the output's shape and dtype, never the output's own memory) is made
+    /// by `crate::epilogue`, never by the importer.
     Gemm { alpha: f32, beta: f32, trans_a: bool, trans_b: bool },
-    /// `[x, w, b?]`. `pads` = begins then ends (auto_pad already resolved). ONNX's layout (x
+    /// `[x, w, b?, r?]`. `pads` = begins then ends (auto_pad already resolved). ONNX's layout (x
     /// `[N, C, spatial…]`, w `[M, C/group, k…]`, y `[N, M, spatial…]`) unless `channels_last`:
     /// x `[N, spatial…, C]`, w `[M, k…, C/group]`, y `[N, spatial…, M]` (made by
-    /// `crate::layout`, never by the importer).
+    /// `crate::layout`, never by the importer). `r` is a residual added to the result: exactly
+    /// y's shape, layout and dtype, never y's own memory (made by `crate::epilogue`).
     Conv { strides: Vec<usize>, pads: Vec<usize>, dilations: Vec<usize>, group: usize, channels_last: bool },
     /// `[x, scale, bias]`.
     InstanceNorm { epsilon: f32 },

@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use quilt_rewrites::{DType, Op};
 
 use self::cudnn::ConvCall;
-use super::codegen::{numel, Action, Kernel, LaunchPlan, StepCode, StepShapes, Types};
+use super::codegen::{numel, Action, Arg, Kernel, LaunchPlan, StepCode, StepShapes, Types};
 
 /// A convolution at concrete shapes, always in 2-D terms (a 1-D conv has `h = kh = oh = 1`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -202,6 +202,9 @@ pub struct ConvCode {
     channels_last: bool,
     dtype: DType,
     has_bias: bool,
+    /// Input 3, a residual added in cuDNN's epilogue (`quilt_rewrites::epilogue`); such a step
+    /// always runs on cuDNN (im2col has no residual).
+    has_residual: bool,
     policy: ConvPolicy,
     /// Why this step never uses cuDNN, whatever the shapes (`None`: it may when libcudnn loads).
     cudnn_declined: Option<String>,
@@ -227,8 +230,12 @@ impl ConvCode {
         if has_bias && t.input(2)? != dtype {
             return Err(format!("Conv bias of {} with data of {dtype}", t.input(2)?));
         }
+        let has_residual = t.ins.get(3).copied().flatten().is_some();
+        if has_residual && (t.input(3)? != dtype || t.in_ranks[3] != t.out_ranks[0]) {
+            return Err(format!("Conv residual of {} (rank {}) with output of {dtype} (rank {})", t.input(3)?, t.in_ranks[3], t.out_ranks[0]));
+        }
         let policy = policy();
-        let cudnn_declined = if policy == ConvPolicy::Im2col && !channels_last {
+        let cudnn_declined = if policy == ConvPolicy::Im2col && !channels_last && !has_residual {
             Some("conv policy im2col".to_string())
         } else if !cudnn::supports_dtype(dtype) {
             Some(format!("cuDNN is not used for {dtype}"))
@@ -237,13 +244,13 @@ impl ConvCode {
         } else {
             None
         };
-        if *channels_last {
+        if *channels_last || has_residual {
             // No im2col for channels-last data: decline here, where the executor's check sees it
             // (the node then runs elsewhere), rather than at the first shape.
             if let Some(why) = &cudnn_declined {
-                return Err(format!("channels-last Conv needs cuDNN, which is not used here: {why}"));
+                return Err(format!("{} Conv needs cuDNN, which is not used here: {why}", if *channels_last { "a channels-last" } else { "a residual" }));
             }
-            cudnn::library().map_err(|e| format!("channels-last Conv needs cuDNN: {e}"))?;
+            cudnn::library().map_err(|e| format!("{} Conv needs cuDNN: {e}", if *channels_last { "a channels-last" } else { "a residual" }))?;
         }
         Ok(ConvCode {
             strides: strides.clone(),
@@ -253,6 +260,7 @@ impl ConvCode {
             channels_last: *channels_last,
             dtype,
             has_bias,
+            has_residual,
             policy,
             cudnn_declined,
             kernels: im2col::kernels(&t.prefix, dtype),
@@ -287,12 +295,13 @@ impl ConvCode {
                 DType::F32 => !prefers_cudnn(g),
                 _ => !graph_beats_im2col_nchw(g),
             };
-            if self.policy == ConvPolicy::Auto && im2col_faster {
+            if self.policy == ConvPolicy::Auto && im2col_faster && !self.has_residual {
                 return Err("im2col + cuBLAS is faster for this shape".into());
             }
             cudnn::library()?;
             ConvCall::new(*g, self.dtype, self.has_bias)?
         };
+        let call = if self.has_residual { call.with_residual(Arg::In(3)) } else { call };
         // f32 under Auto stays on the legacy API's measured FMA kernels.
         let legacy = self.policy == ConvPolicy::Legacy || (self.policy == ConvPolicy::Auto && self.dtype == DType::F32);
         Ok(if legacy { call.legacy() } else { call })
@@ -312,6 +321,10 @@ impl ConvCode {
     pub fn has_bias(&self) -> bool {
         self.has_bias
     }
+
+    pub fn has_residual(&self) -> bool {
+        self.has_residual
+    }
 }
 
 impl StepCode for ConvCode {
@@ -324,12 +337,15 @@ impl StepCode for ConvCode {
         if self.has_bias && numel(s.input(2)?) != g.m {
             return Err(format!("bias must have {} elements", g.m));
         }
+        if self.has_residual && s.input(3)? != s.outs[0] {
+            return Err(format!("residual {:?} must have the output's shape {:?}", s.input(3)?, s.outs[0]));
+        }
         if g.out_elems() == 0 {
             return Ok(LaunchPlan::default());
         }
         match self.cudnn_call(&g) {
             Ok(call) => Ok(LaunchPlan { actions: vec![Action::Conv(call)], ..LaunchPlan::default() }),
-            Err(why) if self.channels_last => Err(why),
+            Err(why) if self.channels_last || self.has_residual => Err(why),
             Err(_) => self.im2col_plan(&g),
         }
     }
