@@ -653,3 +653,80 @@ fn conv_timing() {
         std::fs::write(&p, json).unwrap();
     }
 }
+
+/// `plan` (one Conv step, from `conv_plan`) with a residual: plan input "r" of the output's type
+/// as the step's input 3 (what `quilt_rewrites::epilogue` makes of `conv(x) + r`).
+fn with_residual_input(mut plan: Plan) -> Plan {
+    let Step::Op(s) = &plan.steps[0];
+    let ty = plan.buffers[s.outputs[0]].ty.clone();
+    plan.buffers.push(Buffer { ty, kind: BufferKind::Input(1) });
+    let r = plan.buffers.len() - 1;
+    plan.inputs.push(PlanValue { name: "r".into(), buffer: r });
+    let Step::Op(s) = &mut plan.steps[0];
+    s.inputs.resize(3, None);
+    s.inputs.push(Some(r));
+    plan
+}
+
+/// Residual convolutions (`Op::Conv` input 3) on the GPU against the CPU reference: a ResNet
+/// block's 3×3 `conv2` with bias and its 1×1 shortcut without, channels-last (and NCHW, which
+/// also runs on cuDNN when a residual is present), f32/f16/bf16, at two shapes from one plan
+/// plus a repeat of the first; tolerances as above (f32 elementwise, 16-bit L2-relative). Every
+/// run must go through cuDNN (the residual is in its epilogue, or `cudnnAddTensor` after it).
+#[test]
+fn residual_convs_match_the_cpu_reference() {
+    let device = match CudaDevice::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("SKIPPED (no GPU): {e}");
+            return;
+        }
+    };
+    if let Err(e) = cudnn::library() {
+        println!("skipped: cuDNN does not load ({e})");
+        return;
+    }
+    let c = |name, c, m, k, pads, bias, shapes| Case { name, c, m, k, strides: &[1, 1], pads, dilations: &[1, 1], group: 1, bias, shapes, cudnn: true };
+    let cases = [
+        c("conv2 64->64 3x3 + r", 64, 64, &[3, 3], &[1, 1, 1, 1], true, [(2, 16, 16), (1, 24, 20)]),
+        c("shortcut 32->64 1x1 + r", 32, 64, &[1, 1], &[0, 0, 0, 0], false, [(1, 9, 7), (2, 16, 12)]),
+        c("proj_out 320->320 1x1 + r", 320, 320, &[1, 1], &[0, 0, 0, 0], true, [(2, 8, 8), (1, 12, 10)]),
+    ];
+    let mut rng = Rng::new(0x2E51D);
+    let mut failures = Vec::new();
+    for case in &cases {
+        for (dtype, channels_last) in [(DType::F16, true), (DType::BF16, true), (DType::F32, true), (DType::F16, false)] {
+            let plan = with_residual_input(conv_plan(case, dtype, channels_last, &mut rng));
+            let cpu = CpuExecutable::new(plan.clone()).unwrap_or_else(|e| panic!("{}: cpu: {e}", case.name));
+            let gpu = CudaExecutable::with_device(plan, device.clone()).unwrap_or_else(|e| panic!("{}: gpu: {e}", case.name));
+            for &(n, h, w) in [case.shapes[0], case.shapes[1], case.shapes[0]].iter() {
+                let lay = |ch: usize| if channels_last { vec![n, h, w, ch] } else { vec![n, ch, h, w] };
+                let x = random_tensor(lay(case.c), 1.0, dtype, &mut rng);
+                let r = random_tensor(lay(case.m), 1.0, dtype, &mut rng);
+                let inputs = [x, r];
+                let before = cudnn::calls();
+                let got = match gpu.run(&inputs) {
+                    Ok(mut v) => v.remove(0),
+                    Err(e) => {
+                        failures.push(format!("{} {dtype} {:?}: {e}", case.name, inputs[0].shape));
+                        continue;
+                    }
+                };
+                let used_cudnn = cudnn::calls() > before;
+                let want = cpu.run(&inputs).unwrap().remove(0);
+                let (within, max_abs, l2) = errors(&got, &want);
+                let layout = if channels_last { "nhwc" } else { "nchw" };
+                println!("{:<28} {dtype:<5} {layout} {:?}: max_abs {max_abs:.2e}, l2_rel {l2:.2e}, cudnn {used_cudnn}", case.name, inputs[0].shape);
+                let ok = match dtype {
+                    DType::F32 => within,
+                    DType::BF16 => l2 <= BF16_L2,
+                    _ => l2 <= F16_L2,
+                };
+                if !ok || !used_cudnn {
+                    failures.push(format!("{} {dtype} {layout} {:?}: max_abs {max_abs:.3e}, l2_rel {l2:.3e}, cudnn {used_cudnn}", case.name, inputs[0].shape));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}

@@ -392,3 +392,70 @@ fn gemm_epilogue_timing() {
         }
     }
 }
+
+/// `plan` (one Gemm step) with a residual: plan input "r" of the output's type as the step's
+/// input 3 (what `quilt_rewrites::epilogue` makes of `Gemm(..) + r`).
+fn with_residual(mut plan: Plan) -> Plan {
+    let Step::Op(s) = &plan.steps[0];
+    let ty = plan.buffers[s.outputs[0]].ty.clone();
+    plan.buffers.push(Buffer { ty, kind: BufferKind::Input(plan.inputs.len()) });
+    let r = plan.buffers.len() - 1;
+    plan.inputs.push(PlanValue { name: "r".into(), buffer: r });
+    let Step::Op(s) = &mut plan.steps[0];
+    s.inputs.resize(3, None);
+    s.inputs.push(Some(r));
+    plan
+}
+
+/// Residual Gemms: without C and with a bias row they are one cuBLASLt call (bias epilogue, R as
+/// Lt's C with β = 1); with a full C (not what the pass makes, but legal) the prefill kernel
+/// writes β·C + R and cuBLAS accumulates. Each against the CPU reference at four row counts from
+/// one plan, each run twice (the second a CUDA graph replay), tolerances of the module doc.
+#[test]
+fn residual_gemms_match_the_cpu_reference() {
+    let m5 = SymDim::from(5usize);
+    for dt in [F32, F16, BF16] {
+        let kinds = |c: Case| action_kinds(&with_residual(c.plan(m5.clone())));
+        assert_eq!(kinds(Case::new(dt, 8, 6, C::None)), ["lt(bias=false, c=true)"], "{dt} no C");
+        assert_eq!(kinds(Case::new(dt, 8, 6, C::Bias)), ["lt(bias=true, c=true)"], "{dt} bias");
+        assert_eq!(kinds(Case::new(dt, 8, 6, C::Bias2d).trans(false, true)), ["lt(bias=true, c=true)"], "{dt} [1, N] bias");
+        assert_eq!(kinds(Case::new(dt, 8, 6, C::Full).scaled(1.0, 0.5)), ["launch", "cublas"], "{dt} full C");
+    }
+    assert_eq!(action_kinds(&with_residual(Case::new(F64, 8, 6, C::None).plan(m5.clone()))), ["launch", "cublas"], "f64");
+    let Some(device) = support::gpu_or_skip() else { return };
+    let mut failures = Vec::new();
+    let mut cases = Vec::new();
+    for dt in [F32, F16, BF16] {
+        // SD's to_out (320→320) and ff/net.2 (1280→320) with their bias, a bare one, odd widths.
+        cases.push(Case::new(dt, 320, 320, C::Bias));
+        cases.push(Case::new(dt, 1280, 320, C::Bias));
+        cases.push(Case::new(dt, 37, 21, C::Bias2d));
+        cases.push(Case::new(dt, 64, 48, C::None).scaled(0.5, 1.0));
+        cases.push(Case::new(dt, 33, 19, C::Full).scaled(1.0, 0.5));
+    }
+    for (i, case) in cases.iter().enumerate() {
+        let label = format!("{} + R", case.label());
+        let plan = with_residual(case.plan(SymDim::sym("M")));
+        let cpu = CpuExecutable::new(plan.clone()).unwrap();
+        let gpu = match CudaExecutable::with_device(plan.clone(), device.clone()) {
+            Ok(g) => g,
+            Err(e) => {
+                failures.push(format!("{label}: prepare: {e}"));
+                continue;
+            }
+        };
+        for (j, m) in [77i64, 512, 1, 77].into_iter().enumerate() {
+            let bind = BTreeMap::from([("M", m)]);
+            let ins = inputs(&plan, &bind, 7000 + 100 * i as u64 + j as u64);
+            let want = &cpu.run(&ins).unwrap()[0];
+            for run in ["first", "second"] {
+                match gpu.run(&ins).map_err(|e| e.to_string()).and_then(|got| within_tolerance(&got[0], want)) {
+                    Ok(s) if run == "first" => println!("{label:<76} M={m:<4} {s}"),
+                    Ok(_) => {}
+                    Err(e) => failures.push(format!("{label} M={m} ({run} run): {e}")),
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+}
