@@ -19,10 +19,18 @@
 # route, wide-timing.jsonl), then PyTorch's scaled_dot_product_attention at the SD VAE's
 # single-head 512-wide shapes (b1, 4096 and 9216 tokens, f16 and f32; torch-wide.jsonl), each
 # backend that accepts the shape, CUDA events over 20 calls after 3 warm-ups.
+#
+#   bash tests/bench/attention_gpu.sh flash [BIN_DIR] [OUT_DIR]
+#
+# Flash-attention configurations: BIN_DIR holds the stripped `cuda_attention` test binary (as for
+# `wide`); runs the flash correctness test on the default configurations (flash-correctness.log),
+# then the ignored `flash_variant_timing` (each configuration of tests/tests/cuda_attention.rs
+# `flash_variants` checked against the CPU reference and timed at SD's shapes; flash-timing.jsonl),
+# then PyTorch's SDPA at the same shapes as the default mode (torch.jsonl).
 set -uo pipefail
 mode=kernels
-if [ "${1:-}" = wide ]; then
-    mode=wide
+if [ "${1:-}" = wide ] || [ "${1:-}" = flash ]; then
+    mode=$1
     shift
 fi
 bin="${1:-.gpu/attn}"
@@ -83,8 +91,16 @@ for dt in (torch.float16, torch.float32):
 PY
     exit $status
 fi
-"$bin/attention_gpu" --reps 50 | tee "$out/quilt.jsonl"
-python3 - <<'PY' | tee "$out/torch.jsonl"
+status=0
+if [ "$mode" = flash ]; then
+    "$bin/cuda_attention" --exact flash_attention_matches_the_cpu_reference --nocapture > "$out/flash-correctness.log" 2>&1 || status=1
+    tail -3 "$out/flash-correctness.log"
+    "$bin/cuda_attention" --ignored --exact flash_variant_timing --nocapture 2>&1 | tee "$out/flash-timing.log" || status=1
+    grep '^{' "$out/flash-timing.log" > "$out/flash-timing.jsonl"
+else
+    "$bin/attention_gpu" --reps 50 | tee "$out/quilt.jsonl"
+fi
+python3 - <<'PY' | tee "$out/torch.jsonl" || status=1
 import json
 import torch
 import torch.nn.functional as F
@@ -140,3 +156,4 @@ for name, dt, b, h, n, m, d in shapes:
             row[f"{label}_error"] = str(e).splitlines()[0][:120]
     print(json.dumps(row), flush=True)
 PY
+exit $status

@@ -39,6 +39,7 @@ use std::sync::Arc;
 
 use quilt_kernels::cpu::CpuExecutable;
 use quilt_kernels::cuda::codegen::attention::gemm::{with_overrides, Overrides, Route};
+use quilt_kernels::cuda::codegen::flash_attention as flash;
 use quilt_kernels::cuda::{CudaDevice, CudaExecutable};
 use quilt_models::random::Rng;
 use quilt_rewrites::plan::{Buffer, BufferKind, OpStep, PlanValue, Step};
@@ -425,4 +426,117 @@ fn wide_attention_timing() {
     }
     println!("{:<16} {:<4} {:<4} {:>5} {:>5} {:>4} {:<6} {:>10} {:>8}", "case", "dt", "BxH", "N", "M", "D", "route", "gpu_ms", "TFLOP/s");
     println!("{}", table.join("\n"));
+}
+
+/// The flash-attention configurations compared on the GPU (`flash_variant_timing`) per head-dim
+/// bucket, named `r{row tiles}k{keys}s{stages}b{min blocks per SM}` plus `x` when the unused
+/// last 8 columns of the bucket are skipped (`Config::exact`). The bucket's default is among them.
+fn flash_variants(bucket: usize) -> Vec<(String, flash::Config)> {
+    let c = |row_tiles, keys, stages, min_blocks, exact| flash::Config { row_tiles, keys, stages, min_blocks, exact };
+    let mut out: Vec<flash::Config> = match bucket {
+        48 => vec![c(2, 64, 2, 1, false), c(2, 64, 2, 1, true), c(2, 64, 3, 1, true), c(2, 32, 3, 1, true), c(1, 64, 3, 1, true), c(1, 32, 3, 2, true)],
+        64 => vec![c(2, 32, 2, 1, true), c(2, 32, 3, 1, true)],
+        80 => vec![c(1, 64, 2, 1, true), c(1, 32, 3, 1, true), c(2, 32, 2, 1, true)],
+        _ => vec![c(1, 32, 2, 1, true)],
+    };
+    let default = flash::default_config(bucket);
+    if !out.contains(&default) {
+        out.insert(0, default);
+    }
+    out.into_iter()
+        .map(|c| (format!("r{}k{}s{}b{}{}", c.row_tiles, c.keys, c.stages, c.min_blocks, if c.exact { "x" } else { "" }), c))
+        .collect()
+}
+
+/// Every configuration in `flash_variants` compiles with NVRTC for sm_90 (f16 and bf16, with and
+/// without a mask, at the SD head dim of its bucket) with no register spills and no stack frame.
+/// Runs wherever libnvrtc loads (CI included), no GPU needed.
+#[test]
+fn flash_variants_compile_for_sm90_without_spills() {
+    use quilt_kernels::cuda::codegen;
+    use quilt_kernels::cuda::nvrtc;
+    if !support::nvrtc_or_skip() {
+        return;
+    }
+    let mut bad = Vec::new();
+    for (bucket, d) in [(48, 40), (64, 64), (80, 80), (160, 160)] {
+        for (name, cfg) in flash_variants(bucket) {
+            for dtype in [DType::F16, DType::BF16] {
+                for masked in [false, true] {
+                    let mut case = Case::packed(dtype, 2, 8, 256, 256, d);
+                    if masked {
+                        case = case.with_mask(&[1, 8, 256, 256], false);
+                    }
+                    let origin = format!("{name} {dtype} d={d} mask={masked}");
+                    let src = flash::with_config(cfg, bucket, || codegen::step_source(&case.plan(), 0)).unwrap_or_else(|e| panic!("{origin}: {e}"));
+                    let src = src.unwrap_or_else(|e| panic!("{origin}: {e}")).unwrap_or_else(|| panic!("{origin}: no CUDA source"));
+                    let compiled = nvrtc::compile(&src, "flash.cu", (9, 0)).unwrap_or_else(|e| panic!("{origin}: {e}"));
+                    let stats = nvrtc::kernel_stats(&compiled.log);
+                    assert_eq!(stats.len(), 1, "{origin}: {}", compiled.log);
+                    let k = &stats[0];
+                    println!("{origin:<36} {:>4} registers {:>4} bytes stack", k.registers, k.stack_bytes);
+                    if k.spill_store_bytes > 0 || k.spill_load_bytes > 0 || k.stack_bytes > 0 {
+                        bad.push(format!("{origin}: {k:?}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "spills or stack frames:\n{}", bad.join("\n"));
+}
+
+/// GPU time of one attention step per flash-attention configuration (`flash_variants`) at SD's
+/// attention shapes (b2, 8 heads, f16, packed heads), each checked against the CPU reference
+/// first (the tolerances of `flash_attention_matches_the_cpu_reference`; a configuration out of
+/// tolerance is reported and not timed). CUDA events around the step (`run_profiled`), median of
+/// 30 runs after a warm-up. One JSON line per (shape, configuration), then a table.
+#[test]
+#[ignore = "timing for the GPU machine: bash tests/bench/attention_gpu.sh flash"]
+fn flash_variant_timing() {
+    let Some(device) = support::gpu_or_skip() else { return };
+    println!("device: {} (sm_{}{})", device.name, device.arch.0, device.arch.1);
+    let shapes = [("sd15_64_self", 4096, 4096, 40), ("sd15_64_cross", 4096, 77, 40), ("sd15_32_self", 1024, 1024, 80), ("sd15_32_cross", 1024, 77, 80), ("sd15_16_self", 256, 256, 160), ("d64_n4096_self", 4096, 4096, 64)];
+    let mut table = Vec::new();
+    let mut failures = Vec::new();
+    for (si, (shape, n, m, d)) in shapes.into_iter().enumerate() {
+        let case = Case::packed(DType::F16, 2, 8, n, m, d);
+        let inputs = case.inputs(700 + si as u64);
+        let want = case.reference(&inputs).unwrap_or_else(|e| panic!("{shape}: cpu: {e}"));
+        let bucket = flash::bucket(d).unwrap();
+        let default = flash::default_config(bucket);
+        for (name, cfg) in flash_variants(bucket) {
+            let timed = flash::with_config(cfg, bucket, || -> Result<(f64, f64, f64, f64), String> {
+                let exe = CudaExecutable::with_device(case.plan(), device.clone()).map_err(|e| e.to_string())?;
+                let got = exe.run(&inputs).map_err(|e| e.to_string())?;
+                let err = support::compare(&got[0], &want, NonFinite::Reject)?;
+                let (max_tol, l2_tol) = case.tolerance();
+                if err.max_abs > max_tol * err.max_ref || err.l2_rel > l2_tol {
+                    return Err(format!("out of tolerance: max_abs {:.3e} (max_ref {:.3e}), l2_rel {:.3e}", err.max_abs, err.max_ref, err.l2_rel));
+                }
+                let mut t = Vec::new();
+                for _ in 0..=30 {
+                    let (_, steps) = exe.run_profiled(&inputs).map_err(|e| e.to_string())?;
+                    t.push(steps.iter().map(|s| s.gpu_ms).sum::<f64>() * 1e3);
+                }
+                let mut t = t[1..].to_vec();
+                t.sort_by(f64::total_cmp);
+                Ok((t[t.len() / 2], t[0], t[t.len() - 1], err.l2_rel))
+            });
+            match timed.and_then(|r| r) {
+                Ok((us, min, max, l2)) => {
+                    let tflops = 4.0 * (16 * n * m * d) as f64 / (us * 1e-6) / 1e12;
+                    let is_default = cfg == default;
+                    println!("{{\"case\":\"{shape}\",\"n\":{n},\"m\":{m},\"d\":{d},\"bucket\":{bucket},\"variant\":\"{name}\",\"default\":{is_default},\"gpu_us\":{us:.1},\"min_us\":{min:.1},\"max_us\":{max:.1},\"tflops\":{tflops:.1},\"l2_rel\":{l2:.2e}}}");
+                    table.push(format!("{shape:<16} {name:<12}{} {us:>9.1} {min:>9.1} {tflops:>8.1} {l2:>9.2e}", if is_default { "*" } else { " " }));
+                }
+                Err(e) => {
+                    println!("{{\"case\":\"{shape}\",\"variant\":\"{name}\",\"error\":{e:?}}}");
+                    failures.push(format!("{shape} {name}: {e}"));
+                }
+            }
+        }
+    }
+    println!("{:<16} {:<13} {:>9} {:>9} {:>8} {:>9}", "case", "variant", "gpu_us", "min_us", "TFLOP/s", "l2_rel");
+    println!("{}", table.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -3,10 +3,11 @@
 //!
 //! Layout (FlashAttention-2 style, written for `mma.sync.m16n8k16`, which every sm_80+ GPU runs):
 //! one block of 8 warps per (problem, tile of `block_rows` query rows); each warp owns one or two
-//! 16-row query tiles (`Tiles::row_tiles`: two halve the shared-memory reads per FLOP where
+//! 16-row query tiles (`Config::row_tiles`: two halve the shared-memory reads per FLOP where
 //! registers allow). The query tile is staged through shared memory once and kept in registers as
 //! `ldmatrix` A fragments. Keys and values stream through shared memory in tiles of `BN` rows,
-//! double-buffered with `cp.async` (the next tile loads while this one is computed). Per tile a
+//! in 2 or 3 stages filled by `cp.async` (the next tiles load while this one is computed; one
+//! barrier per tile). Per tile a
 //! warp computes its 16×BN scores on the tensor cores, updates each row's running max and sum
 //! (log2 domain, `ex2.approx`; without a mask the scale folds into the exponent), rescales its f32 output accumulator, and adds `P·V`, reusing the
 //! score registers as the A fragments of the second product (rounded to the input dtype).
@@ -14,9 +15,11 @@
 //! The head dim is padded with zeros to a bucket (a multiple of 16, `BUCKETS`) so that register
 //! arrays have compile-time sizes; everything else (N, M, the true head dims, strides, offsets)
 //! is a kernel parameter, so one module per (dtype, bucket, mask dtype, output dtype) serves
-//! every shape. Shared-memory rows are padded by 8 elements (16 bytes), which makes the
-//! `ldmatrix` row addresses of every bucket land in distinct banks. Tiles fit the 48 KB of static
-//! shared memory (`tiles`).
+//! every shape. When the true head dims leave the bucket's last 8 columns empty (SD 1.x's 40 in
+//! the 48 bucket) a second instantiation of the body skips them (`Config::exact`). Shared-memory
+//! rows are padded to an odd number of 16-byte chunks, which makes the `ldmatrix` row addresses
+//! land in distinct banks. Tiles fit the 48 KB of static shared memory (`Config::check`); the
+//! tiling per bucket is `default_config`, and tests may force another (`with_config`).
 //!
 //! When every offset and row stride is a multiple of 8 elements (16 bytes) tiles are copied with
 //! 16-byte `cp.async` (zero-filling rows past N/M and columns past D); otherwise an element-wise
@@ -34,33 +37,112 @@ pub fn bucket(d: usize) -> Option<usize> {
     BUCKETS.iter().copied().find(|&b| b >= d)
 }
 
-/// How a bucket's block is tiled.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Tiles {
+/// How a bucket's block is tiled and pipelined. The default per bucket is `default_config`;
+/// tests and benchmarks may force another (`with_config`) to compare variants on a GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
     /// 16-row query tiles per warp: each K/V fragment read from shared memory feeds this many
     /// MMAs (less shared-memory traffic per FLOP), at the cost of registers.
     pub row_tiles: usize,
-    /// Keys per shared-memory tile: two stages of K and V tiles (rows padded by 8) and the
-    /// query staging tile must fit the 48 KB of static shared memory.
+    /// Keys per shared-memory tile (a multiple of 32).
     pub keys: usize,
+    /// Shared-memory stages of K and V tiles (2 or 3): with 3, two tiles load while one is
+    /// computed; either way one `__syncthreads` per tile.
+    pub stages: usize,
+    /// Blocks per SM the register allocation must allow (`__launch_bounds__`): 2 caps the
+    /// registers at 128 per thread, so two 8-warp blocks can share an SM and hide each other's
+    /// latency.
+    pub min_blocks: usize,
+    /// When the true head dims leave the bucket's last 8 columns unused (40 in the 48 bucket),
+    /// skip them: the last q·k step runs as m16n8k8 and P·V produces one 8-column tile fewer
+    /// (a second instantiation of the kernel body, picked at run time).
+    pub exact: bool,
 }
 
-/// Chosen on the H100 (tests/bench/results/2026-11-25-attention-h100.md): two row tiles with
-/// 64-key tiles made the 48 bucket (SD 1.x's head dim 40) 1.3× faster than one; the 64 bucket
-/// needs 32-key tiles for two row tiles without spilling; at 80 two row tiles (32 keys) were
-/// slower than one (64 keys); above 80 two row tiles do not fit the registers.
-pub fn tiles(bucket: usize) -> Tiles {
-    match bucket {
-        0..=48 => Tiles { row_tiles: 2, keys: 64 },
-        49..=64 => Tiles { row_tiles: 2, keys: 32 },
-        65..=80 => Tiles { row_tiles: 1, keys: 64 },
-        _ => Tiles { row_tiles: 1, keys: 32 },
+impl Config {
+    /// Shared-memory row length in elements: the rows are padded by 8 elements when needed so
+    /// that a row is an odd number of 16-byte chunks, which puts the 8 row addresses of each
+    /// `ldmatrix` in distinct banks.
+    pub fn row_len(bucket: usize) -> usize {
+        if (bucket / 8) % 2 == 1 {
+            bucket
+        } else {
+            bucket + 8
+        }
+    }
+
+    /// Query rows per block: 8 warps (the executor's 256 threads) of `row_tiles` × 16 rows.
+    pub fn block_rows(&self) -> usize {
+        8 * 16 * self.row_tiles
+    }
+
+    /// Bytes of static shared memory: the query staging tile, or the K/V stages (they alias).
+    pub fn smem_bytes(&self, bucket: usize) -> usize {
+        let ld = Config::row_len(bucket);
+        (self.block_rows() * ld).max(2 * self.stages * self.keys * ld) * 2
+    }
+
+    /// Why this configuration cannot run `bucket`, if it cannot.
+    pub fn check(&self, bucket: usize) -> Result<(), String> {
+        if !(1..=2).contains(&self.row_tiles) || self.keys == 0 || self.keys % 32 != 0 || !(2..=3).contains(&self.stages) || !(1..=2).contains(&self.min_blocks) {
+            return Err(format!("flash-attention config {self:?} is out of range (row_tiles 1-2, keys a multiple of 32, stages 2-3, min_blocks 1-2)"));
+        }
+        let bytes = self.smem_bytes(bucket);
+        if bytes > 48 * 1024 {
+            return Err(format!("flash-attention config {self:?} needs {bytes} bytes of shared memory for bucket {bucket} (48 KB static limit)"));
+        }
+        Ok(())
     }
 }
 
-/// Query rows per block: 8 warps (the executor's 256 threads) of `row_tiles` × 16 rows.
+/// Chosen on the H100 (tests/bench/results/2026-11-25-attention-h100.md, then
+/// 2026-11-25-flash-tuning-h100.md): two row tiles with 64-key tiles made the 48 bucket (SD 1.x's
+/// head dim 40) 1.3× faster than one; 3 stages were ~3% faster than 2 at 48 and 64 (b2, 8 heads,
+/// 4096 tokens: 246 vs 254 µs, 356 vs 369 µs) and skipping the 48 bucket's empty columns for
+/// D=40 ~2.5%; the 64 bucket needs 32-key tiles for two row tiles without spilling; at 80 one row
+/// tile with 64 keys and 2 stages beat 32 keys with 3 stages (44 vs 51 µs at 1024 tokens) and two
+/// row tiles (67 µs); above 80 two row tiles do not fit the registers. Caps of 128 registers for
+/// two blocks per SM spilled or ran slower (322 vs 246 µs at 48).
+pub fn default_config(bucket: usize) -> Config {
+    let c = |row_tiles, keys, stages| Config { row_tiles, keys, stages, min_blocks: 1, exact: true };
+    match bucket {
+        0..=48 => c(2, 64, 3),
+        49..=64 => c(2, 32, 3),
+        65..=80 => c(1, 64, 2),
+        _ => c(1, 32, 2),
+    }
+}
+
+thread_local! {
+    static FORCED: std::cell::Cell<Option<Config>> = const { std::cell::Cell::new(None) };
+}
+
+/// The configuration of `bucket` in force on this thread: the forced one (`with_config`), else
+/// the default.
+pub fn config(bucket: usize) -> Config {
+    // A forced configuration that cannot run this bucket (a plan with symbolic head dims compiles
+    // every bucket) leaves it at its default.
+    FORCED.with(|c| c.get()).filter(|c| c.check(bucket).is_ok()).unwrap_or_else(|| default_config(bucket))
+}
+
+/// Runs `f` with `config` forced for every bucket on this thread (restored after, also on a
+/// panic). It is read when a step's code is generated and when its launches are planned, so wrap
+/// both the executable's construction and its runs. Fails when `config` cannot run `bucket`.
+pub fn with_config<R>(config: Config, bucket: usize, f: impl FnOnce() -> R) -> Result<R, String> {
+    config.check(bucket)?;
+    struct Restore(Option<Config>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FORCED.with(|c| c.replace(Some(config))));
+    Ok(f())
+}
+
+/// Query rows per block of `bucket`'s kernel on this thread.
 pub fn block_rows(bucket: usize) -> usize {
-    8 * 16 * tiles(bucket).row_tiles
+    config(bucket).block_rows()
 }
 
 /// Whether q, k, v of these dtypes run on this kernel (one 16-bit float dtype for all three).
@@ -97,6 +179,21 @@ __device__ __forceinline__ void qfa_ldsm(unsigned (&r)[4], unsigned a) {
 __device__ __forceinline__ void qfa_ldsm_t(unsigned (&r)[4], unsigned a) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
+__device__ __forceinline__ void qfa_ldsm2(unsigned (&r)[2], unsigned a) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
+__device__ __forceinline__ void qfa_ldsm2_t(unsigned (&r)[2], unsigned a) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
+// m16n8k8: the last 8 columns of a head dim that is not a multiple of 16.
+__device__ __forceinline__ void qfa_mma8_f16(float (&c)[4], const unsigned (&a)[2], unsigned b) {
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(b));
+}
+__device__ __forceinline__ void qfa_mma8_bf16(float (&c)[4], const unsigned (&a)[2], unsigned b) {
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(b));
+}
 __device__ __forceinline__ void qfa_mma_f16(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -113,12 +210,12 @@ __device__ __forceinline__ unsigned qfa_pack_bf16(float lo, float hi) {
   unsigned r; asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); return r;
 }
 __device__ __forceinline__ float qfa_exp2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
-// Rows [r0, r0 + rows) of a [nrows, ld] slab into shared rows of DP + 8 elements: columns past
-// `width` and rows past `nrows` become zeros (so padded dot products and P·V add nothing).
-template <int DP>
+// Rows [r0, r0 + rows) of a [nrows, ld] slab into shared rows of LD elements, C chunks of 8
+// elements each: columns past `width` and rows past `nrows` become zeros (so padded dot products
+// and P·V add nothing).
+template <int C, int LD>
 __device__ __forceinline__ void qfa_load_rows(unsigned short* dst, const unsigned short* __restrict__ src, long long r0, int rows,
                                               long long nrows, long long ld, int width, bool vec) {
-  constexpr int C = DP / 8, LD = DP + 8;
   for (int c = threadIdx.x; c < rows * C; c += blockDim.x) {
     const int r = c / C, c8 = (c - r * C) * 8;
     const long long gr = r0 + r;
@@ -136,24 +233,35 @@ __device__ __forceinline__ void qfa_load_rows(unsigned short* dst, const unsigne
 "#;
 
 impl FlashVariant {
-    /// The kernel, named `{prefix}_flash_attention_{bucket}`. Params (shared with the plain
-    /// kernel, see `attention.rs`): 0 blocks, 1 query tiles per problem, 2 H, 3 N, 4 M, 5 D,
-    /// 6 Dv, 7..11 q/k/v/out offsets per batch entry, 11..15 per head, 15..19 row strides,
-    /// 19 scale·log2(e) (f64 bits), 20/21 mask strides of the query/key axes, 22 whether tiles
-    /// may be copied 16 bytes at a time, 23.. lead dims, then the mask's strides over them.
+    /// The kernel, named `{prefix}_flash_attention_{bucket}`, in the configuration in force
+    /// (`config`). Params (shared with the plain kernel, see `attention.rs`): 0 blocks, 1 query
+    /// tiles per problem, 2 H, 3 N, 4 M, 5 D, 6 Dv, 7..11 q/k/v/out offsets per batch entry,
+    /// 11..15 per head, 15..19 row strides, 19 scale·log2(e) (f64 bits), 20/21 mask strides of
+    /// the query/key axes, 22 whether tiles may be copied 16 bytes at a time, 23.. lead dims, then
+    /// the mask's strides over them. The kernel derives its own query tiles from N and its block
+    /// rows (params 0 and 1 give the problem count), so a plan made for another block size stays
+    /// correct, only less balanced.
     pub fn kernel(&self, prefix: &str, lead: usize) -> Kernel {
         let name = format!("{prefix}_flash_attention_{}", self.bucket);
         let dp = self.bucket;
-        let Tiles { row_tiles: mt, keys: bn } = tiles(dp);
-        let (mma, pack) = match self.dtype {
-            DType::BF16 => ("qfa_mma_bf16", "qfa_pack_bf16"),
-            _ => ("qfa_mma_f16", "qfa_pack_f16"),
+        let cfg = config(dp);
+        let Config { row_tiles: mt, keys: bn, stages, min_blocks, exact } = cfg;
+        let ld = Config::row_len(dp);
+        // Dropping the last 8 columns needs a bucket of whole 16-column steps with one left. Not
+        // with a mask (SD's attention has none): its index arithmetic in the second body pushed
+        // the 48 bucket's two-row-tile variant past 255 registers into spills.
+        let narrow = exact && self.mask.is_none() && dp % 16 == 0 && dp >= 32;
+        let (mma, mma8, pack) = match self.dtype {
+            DType::BF16 => ("qfa_mma_bf16", "qfa_mma8_bf16", "qfa_pack_bf16"),
+            _ => ("qfa_mma_f16", "qfa_mma8_f16", "qfa_pack_f16"),
         };
         let mut args = format!("const QParams p, {}* __restrict__ out, const unsigned short* __restrict__ q, const unsigned short* __restrict__ k, const unsigned short* __restrict__ v", self.out.storage());
+        let mut call = "p, out, q, k, v".to_string();
         let mut mask_offset = String::new();
         let mut mask_term = String::new();
         if let Some(mc) = self.mask {
             args += &format!(", const {}* __restrict__ mask", mc.storage());
+            call += ", mask";
             // Offset of this problem's mask plane: its coordinates over the lead dims.
             mask_offset += "    long long m0 = 0, r_ = pidx;\n";
             for d in (0..lead).rev() {
@@ -169,11 +277,20 @@ impl FlashVariant {
         // exponent (one FFMA per score): exact for scale > 0; otherwise (and with a mask, which
         // is added after scaling) scores are scaled first and the factor is 1.
         let (prescale, factor) = if self.mask.is_some() { ("true", "1.0f") } else { ("sl2 <= 0.0f", "(sl2 > 0.0f ? sl2 : 1.0f)") };
+        let dispatch = if narrow {
+            format!("  if ((int)p.v[5] <= {dp} - 8 && (int)p.v[6] <= {dp} - 8) {name}_body<true>(smem, {call});\n  else {name}_body<false>(smem, {call});")
+        } else {
+            format!("  {name}_body<false>(smem, {call});")
+        };
         let body = format!(
-            r#"{HELPERS}extern "C" __global__ void __launch_bounds__(256, 1) {name}({args}) {{
-  constexpr int DP = {dp}, BN = {bn}, MT = {mt}, BM = 8 * 16 * MT, LD = DP + 8;
-  constexpr int SMEM = BM * LD > 4 * BN * LD ? BM * LD : 4 * BN * LD;
-  __shared__ __align__(16) unsigned short smem[SMEM];
+            r#"{HELPERS}// NARROW: the true head dims leave the bucket's last 8 columns unused, so they are skipped.
+template <bool NARROW>
+__device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
+  constexpr int DP = {dp}, LD = {ld}, BN = {bn}, MT = {mt}, ST = {stages}, BM = 8 * 16 * MT;
+  // Columns computed: KS steps of 16 (m16n8k16), then KT = 1 step of 8 (m16n8k8); NT output
+  // tiles of 8 columns; C chunks of 8 elements copied per row.
+  constexpr int KD = NARROW ? DP - 8 : DP, KS = KD / 16, NT = KD / 8, C = KD / 8;
+  constexpr bool KT = KD % 16 != 0;
   const float ninf = __int_as_float(0xff800000);
   const long long H = p.v[2], N = p.v[3], M = p.v[4];
   const int D = (int)p.v[5], Dv = (int)p.v[6];
@@ -183,8 +300,9 @@ impl FlashVariant {
   const bool vec = p.v[22] != 0;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
   const long long ntiles = (M + BN - 1) / BN;
-  for (long long blk = blockIdx.x; blk < p.v[0]; blk += gridDim.x) {{
-    const long long pidx = blk / p.v[1], i0 = (blk - pidx * p.v[1]) * BM;
+  const long long qtiles = (N + BM - 1) / BM, total = (p.v[0] / p.v[1]) * qtiles;
+  for (long long blk = blockIdx.x; blk < total; blk += gridDim.x) {{
+    const long long pidx = blk / qtiles, i0 = (blk - pidx * qtiles) * BM;
     const long long b = pidx / H, h = pidx - b * H;
     const unsigned short* qb = q + b * p.v[7] + h * p.v[11];
     const unsigned short* kb = k + b * p.v[8] + h * p.v[12];
@@ -194,44 +312,59 @@ impl FlashVariant {
     const long long wrow = i0 + warp * 16 * MT;
     // Warps whose rows all lie past N only help load tiles.
     const bool active = wrow < N;
-    qfa_load_rows<DP>(smem, qb, i0, BM, N, p.v[15], D, vec);
+    qfa_load_rows<C, LD>(smem, qb, i0, BM, N, p.v[15], D, vec);
     qfa_commit();
     qfa_wait<0>();
     __syncthreads();
-    unsigned qf[MT][DP / 16][4];
+    unsigned qf[MT][KS][4], qt[MT][2];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt) {{
 #pragma unroll
-      for (int kk = 0; kk < DP / 16; ++kk)
+      for (int kk = 0; kk < KS; ++kk)
         qfa_ldsm(qf[mt][kk], qfa_saddr(smem + ((warp * MT + mt) * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8));
+      if (KT) qfa_ldsm2(qt[mt], qfa_saddr(smem + ((warp * MT + mt) * 16 + (lane & 15)) * LD + KS * 16));
+    }}
     __syncthreads();
-    float o[MT][DP / 8][4];
+    float o[MT][NT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int dt = 0; dt < DP / 8; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.0f;
+      for (int dt = 0; dt < NT; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.0f;
     // Per row (g and g + 8 of each tile): running max of scores·factor (log2 units) and this
     // thread's partial sum.
     float mr[MT][2], lr[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {{ mr[mt][0] = mr[mt][1] = ninf; lr[mt][0] = lr[mt][1] = 0.0f; }}
-    if (ntiles > 0) {{
-      qfa_load_rows<DP>(smem, kb, 0, BN, M, p.v[16], D, vec);
-      qfa_load_rows<DP>(smem + BN * LD, vb, 0, BN, M, p.v[17], Dv, vec);
-    }}
-    qfa_commit();
-    for (long long jt = 0; jt < ntiles; ++jt) {{
-      const long long j0 = jt * BN;
-      const unsigned short* sk = smem + (jt & 1) * 2 * BN * LD;
-      const unsigned short* sv = sk + BN * LD;
-      if (jt + 1 < ntiles) {{
-        unsigned short* nk = smem + ((jt + 1) & 1) * 2 * BN * LD;
-        qfa_load_rows<DP>(nk, kb, j0 + BN, BN, M, p.v[16], D, vec);
-        qfa_load_rows<DP>(nk + BN * LD, vb, j0 + BN, BN, M, p.v[17], Dv, vec);
+    // Key/value tiles 0 .. ST-2 start loading, one commit group each (empty past the last).
+#pragma unroll
+    for (int s0 = 0; s0 < ST - 1; ++s0) {{
+      if (s0 < ntiles) {{
+        unsigned short* nk = smem + s0 * 2 * BN * LD;
+        qfa_load_rows<C, LD>(nk, kb, (long long)s0 * BN, BN, M, p.v[16], D, vec);
+        qfa_load_rows<C, LD>(nk + BN * LD, vb, (long long)s0 * BN, BN, M, p.v[17], Dv, vec);
       }}
       qfa_commit();
-      qfa_wait<1>();
+    }}
+    int stage = 0;
+    for (long long jt = 0; jt < ntiles; ++jt) {{
+      const long long j0 = jt * BN;
+      // Tile jt has landed (at most ST - 2 younger groups pending), and after the barrier every
+      // warp is done with tile jt - 1, whose stage the load of tile jt + ST - 1 reuses.
+      qfa_wait<ST - 2>();
       __syncthreads();
+      {{
+        const long long jn = jt + ST - 1;
+        const int ns = stage == 0 ? ST - 1 : stage - 1;
+        if (jn < ntiles) {{
+          unsigned short* nk = smem + ns * 2 * BN * LD;
+          qfa_load_rows<C, LD>(nk, kb, jn * BN, BN, M, p.v[16], D, vec);
+          qfa_load_rows<C, LD>(nk + BN * LD, vb, jn * BN, BN, M, p.v[17], Dv, vec);
+        }}
+        qfa_commit();
+      }}
+      const unsigned short* sk = smem + stage * 2 * BN * LD;
+      const unsigned short* sv = sk + BN * LD;
+      stage = stage + 1 == ST ? 0 : stage + 1;
       if (active) {{
         float s[MT][BN / 8][4];
 #pragma unroll
@@ -240,7 +373,7 @@ impl FlashVariant {
           for (int nt = 0; nt < BN / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
         // Each K fragment feeds the MT row tiles.
 #pragma unroll
-        for (int kk = 0; kk < DP / 16; ++kk) {{
+        for (int kk = 0; kk < KS; ++kk) {{
 #pragma unroll
           for (int n2 = 0; n2 < BN / 16; ++n2) {{
             unsigned kf[4];
@@ -250,6 +383,18 @@ impl FlashVariant {
               {mma}(s[mt][2 * n2], qf[mt][kk], kf[0], kf[1]);
               {mma}(s[mt][2 * n2 + 1], qf[mt][kk], kf[2], kf[3]);
             }}
+          }}
+        }}
+        if (KT) {{
+          // The last 8 columns: one ldmatrix gives the B fragments of 4 key tiles.
+#pragma unroll
+          for (int n4 = 0; n4 < BN / 32; ++n4) {{
+            unsigned kf[4];
+            qfa_ldsm(kf, qfa_saddr(sk + (n4 * 32 + lane) * LD + KS * 16));
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+              for (int x = 0; x < 4; ++x) {mma8}(s[mt][4 * n4 + x], qt[mt], kf[x]);
           }}
         }}
         const bool tail = j0 + BN > M;
@@ -301,7 +446,7 @@ impl FlashVariant {
           lr[mt][0] = lr[mt][0] * corr[0] + sum[0];
           lr[mt][1] = lr[mt][1] * corr[1] + sum[1];
 #pragma unroll
-          for (int dt = 0; dt < DP / 8; ++dt) {{
+          for (int dt = 0; dt < NT; ++dt) {{
             o[mt][dt][0] *= corr[0]; o[mt][dt][1] *= corr[0];
             o[mt][dt][2] *= corr[1]; o[mt][dt][3] *= corr[1];
           }}
@@ -319,7 +464,7 @@ impl FlashVariant {
             a[mt][3] = {pack}(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
           }}
 #pragma unroll
-          for (int d2 = 0; d2 < DP / 16; ++d2) {{
+          for (int d2 = 0; d2 < NT / 2; ++d2) {{
             unsigned vf[4];
             qfa_ldsm_t(vf, qfa_saddr(sv + (kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + d2 * 16 + (lane >> 4) * 8));
 #pragma unroll
@@ -328,10 +473,15 @@ impl FlashVariant {
               {mma}(o[mt][2 * d2 + 1], a[mt], vf[2], vf[3]);
             }}
           }}
+          if (NT % 2) {{
+            // An odd last output tile of 8 columns.
+            unsigned vf[2];
+            qfa_ldsm2_t(vf, qfa_saddr(sv + (kc * 16 + (lane & 15)) * LD + (NT - 1) * 8));
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {mma}(o[mt][NT - 1], a[mt], vf[0], vf[1]);
+          }}
         }}
       }}
-      // This stage is overwritten by the loads issued in the next iteration.
-      __syncthreads();
     }}
     float inv[MT][2];
 #pragma unroll
@@ -348,7 +498,7 @@ impl FlashVariant {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {{
 #pragma unroll
-        for (int dt = 0; dt < DP / 8; ++dt) {{
+        for (int dt = 0; dt < NT; ++dt) {{
 #pragma unroll
           for (int e = 0; e < 4; ++e) {{
             const long long i = wrow + mt * 16 + g + (e >> 1) * 8;
@@ -358,9 +508,17 @@ impl FlashVariant {
         }}
       }}
     }}
+    // The next block's query tile overwrites stages other warps may still read.
+    __syncthreads();
   }}
 }}
-"#
+extern "C" __global__ void __launch_bounds__(256, {min_blocks}) {name}({args}) {{
+  // Declared here, not in the body: each instantiation of the body would get its own copy.
+  __shared__ __align__(16) unsigned short smem[{smem_elems}];
+{dispatch}
+}}
+"#,
+            smem_elems = cfg.smem_bytes(dp) / 2,
         );
         Kernel { name, body }
     }
@@ -380,12 +538,40 @@ mod tests {
         assert_eq!(bucket(161), None);
         assert_eq!(bucket(1), Some(16));
         for b in BUCKETS {
-            // Two stages of K and V tiles (and the 128-row Q staging tile) fit 48 KB.
-            let ld = b + 8;
-            let elems = (block_rows(b) * ld).max(4 * tiles(b).keys * ld);
-            assert!(elems * 2 <= 48 * 1024, "bucket {b}: {} bytes", elems * 2);
+            // The default K/V stages (and the query staging tile) fit 48 KB of static shared memory.
+            assert_eq!(default_config(b).check(b), Ok(()), "bucket {b}");
             assert_eq!(b % 16, 0);
+            // Rows of an odd number of 16-byte chunks: conflict-free ldmatrix.
+            assert_eq!((Config::row_len(b) / 8) % 2, 1, "bucket {b}");
         }
+    }
+
+    #[test]
+    fn forced_configs_are_checked_scoped_and_reach_the_kernel() {
+        let forced = Config { row_tiles: 1, keys: 64, stages: 3, min_blocks: 2, exact: false };
+        let v = FlashVariant { dtype: DType::F16, bucket: 48, mask: None, out: CType::of(DType::F16) };
+        let src = with_config(forced, 48, || {
+            assert_eq!(block_rows(48), 128);
+            // A bucket the forced config cannot hold (3 stages of 64 keys at 160) keeps its default.
+            assert_eq!(config(160), default_config(160));
+            v.kernel("q", 1).body
+        })
+        .unwrap();
+        assert!(src.contains("ST = 3") && src.contains("__launch_bounds__(256, 2)") && !src.contains("_body<true>"), "{src}");
+        assert_eq!(config(48), default_config(48), "restored");
+        assert_eq!(block_rows(48), 256);
+        // The default 48 bucket skips the unused last 8 columns when the head dim is 40 (not with
+        // a mask).
+        assert!(v.kernel("q", 1).body.contains("_body<true>"));
+        let masked = FlashVariant { mask: Some(CType::of(DType::F16)), ..v };
+        assert!(!masked.kernel("q", 1).body.contains("_body<true>"));
+        let too_big = Config { keys: 128, ..forced };
+        assert!(with_config(too_big, 48, || ()).unwrap_err().contains("shared memory"));
+        let odd = Config { keys: 48, ..forced };
+        assert!(with_config(odd, 48, || ()).is_err());
+        let r = std::panic::catch_unwind(|| with_config(forced, 48, || panic!("inside")));
+        assert!(r.is_err());
+        assert_eq!(config(48), default_config(48), "restored after a panic");
     }
 
     #[test]
