@@ -17,6 +17,7 @@
 //!   have exactly one reader and are not graph outputs (nothing else sees the unsummed value);
 //! - `r` and `y` both have exactly the Add's output type (no broadcasting, no dtype change) and
 //!   `r` is not `y` itself.
+//!
 //! `r` is reshaped (a view) to the producer's output shape where the chain reshaped `y`.
 //!
 //! The fused node is emitted where the Add was (every input of the producer and `r` exist by

@@ -11,6 +11,7 @@
 //! - C of the output's full shape `[M, N]` (a residual), any β: Lt's separate C (C ≠ D, β·C).
 //! - A residual input R (`Op::Gemm`'s input 3, made by `quilt_rewrites::epilogue`) with no C or
 //!   a bias row: R is Lt's separate C with β = 1, next to the bias epilogue.
+//!
 //! The algorithm comes from `cublasLtMatmulAlgoGetHeuristic` once per shape, stride and pointer
 //! alignment, and is cached with its descriptors; the workspace is the executable's fixed
 //! cuBLAS workspace, so the call is legal inside a CUDA graph capture. Everything else (C that
