@@ -413,10 +413,11 @@ pub fn stitch(graph: &Graph, opts: &StitchOptions) -> Result<(Graph, StitchRepor
 
     let mut built: BTreeMap<usize, Built> = BTreeMap::new();
     for gid in 0..s.groups.len() {
-        // A lone channels-last GroupNorm becomes a region too: backends run it only as one.
+        // A lone normalization becomes a region too: the region kernels are the tuned ones
+        // (vectorised rows, split statistics, a warp per short row), and a channels-last
+        // GroupNorm runs only as a region.
         let members = &s.groups[gid].members;
-        let lone_channels_last = members.len() == 1 && matches!(g.node(members[0]).op, Op::GroupNorm { channels_last: true, .. });
-        if members.len() >= 2 || lone_channels_last {
+        if members.len() >= 2 || s.groups[gid].has_norm {
             let b = build_region(&s, gid);
             b.region.validate().map_err(|e| Error::Model(format!("stitching group of '{}': {e}", g.node(s.groups[gid].members[0]).name)))?;
             report.regions += 1;

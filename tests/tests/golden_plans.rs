@@ -79,7 +79,7 @@ fn golden_plans_match() {
 
 /// The snapshots show what the stitcher is for: the ResNet block's norm+SiLU regions; and the
 /// transformer block's residual adds inside its linear layers' Gemms (`quilt_rewrites::epilogue`:
-/// a fourth input), its LayerNorms and attention.
+/// a fourth input), its three LayerNorms as regions (with their affine) and attention.
 #[test]
 fn golden_plans_contain_the_fused_regions() {
     let plan = unet_plan();
@@ -87,5 +87,6 @@ fn golden_plans_contain_the_fused_regions() {
     assert!(resnet.contains("GroupNorm{groups=") && resnet.contains("Silu(t"), "{resnet}");
     let block = snapshot(&plan, SNAPSHOTS[1].1);
     let residual_gemms = block.lines().filter(|l| l.contains("= Gemm(") && l.matches(", %").count() == 3).count();
-    assert!(block.contains("LayerNorm(") && block.contains("Attention(") && residual_gemms == 3, "{block}");
+    let norm_regions = block.lines().filter(|l| l.contains("stitched[") && l.contains("LayerNorm{")).count();
+    assert!(norm_regions == 3 && block.contains("Attention(") && residual_gemms == 3, "{block}");
 }
