@@ -143,54 +143,37 @@ impl StepCode for GemmCode {
                 let lt_dtype = matches!(self.dtype, DType::F32 | DType::F16 | DType::BF16);
                 let lt_ok = lt_dtype && m > 0 && n > 0 && k > 0;
                 let bias_row = c.is_some_and(|c| *beta == 1.0 && (c == [n] || c == [1, n]));
+                // The one product of a 2-D Gemm, written to the output with the given β.
+                let gemm2d = |gemm_beta: f64| GemmCall {
+                    dtype: self.dtype,
+                    m,
+                    n,
+                    k,
+                    a: (Arg::In(0), 0),
+                    lda: a[1],
+                    trans_a: *trans_a,
+                    stride_a: 0,
+                    b: (Arg::In(1), 0),
+                    ldb: b[1],
+                    trans_b: *trans_b,
+                    stride_b: 0,
+                    c: (Arg::Out(0), 0),
+                    ldc: n,
+                    stride_c: 0,
+                    batch: 1,
+                    alpha: *alpha as f64,
+                    beta: gemm_beta,
+                };
                 if residual.is_some() && lt_ok && (c.is_none() || bias_row) {
                     // D = op(A)·op(B) + bias + 1·R: R is Lt's separate C.
-                    let gemm = GemmCall {
-                        dtype: self.dtype,
-                        m,
-                        n,
-                        k,
-                        a: (Arg::In(0), 0),
-                        lda: a[1],
-                        trans_a: *trans_a,
-                        stride_a: 0,
-                        b: (Arg::In(1), 0),
-                        ldb: b[1],
-                        trans_b: *trans_b,
-                        stride_b: 0,
-                        c: (Arg::Out(0), 0),
-                        ldc: n,
-                        stride_c: 0,
-                        batch: 1,
-                        alpha: *alpha as f64,
-                        beta: 1.0,
-                    };
+                    let gemm = gemm2d(1.0);
                     let bias = bias_row.then_some((Arg::In(2), 0));
                     plan.actions.push(Action::LtGemm(LtGemmCall { gemm, bias, addend: Some((Arg::In(3), 0)) }));
                     return Ok(plan);
                 }
                 if let (Some(c), true, None) = (c, lt_ok, residual) {
                     if bias_row || c == [m, n] {
-                        let gemm = GemmCall {
-                            dtype: self.dtype,
-                            m,
-                            n,
-                            k,
-                            a: (Arg::In(0), 0),
-                            lda: a[1],
-                            trans_a: *trans_a,
-                            stride_a: 0,
-                            b: (Arg::In(1), 0),
-                            ldb: b[1],
-                            trans_b: *trans_b,
-                            stride_b: 0,
-                            c: (Arg::Out(0), 0),
-                            ldc: n,
-                            stride_c: 0,
-                            batch: 1,
-                            alpha: *alpha as f64,
-                            beta: if bias_row { 0.0 } else { *beta as f64 },
-                        };
+                        let gemm = gemm2d(if bias_row { 0.0 } else { *beta as f64 });
                         let (bias, addend) = if bias_row { (Some((Arg::In(2), 0)), None) } else { (None, Some((Arg::In(2), 0))) };
                         plan.actions.push(Action::LtGemm(LtGemmCall { gemm, bias, addend }));
                         return Ok(plan);
@@ -214,26 +197,7 @@ impl StepCode for GemmCode {
                     }
                     gemm_beta = 1.0;
                 }
-                push_gemm(&mut plan, GemmCall {
-                    dtype: self.dtype,
-                    m,
-                    n,
-                    k,
-                    a: (Arg::In(0), 0),
-                    lda: a[1],
-                    trans_a: *trans_a,
-                    stride_a: 0,
-                    b: (Arg::In(1), 0),
-                    ldb: b[1],
-                    trans_b: *trans_b,
-                    stride_b: 0,
-                    c: (Arg::Out(0), 0),
-                    ldc: n,
-                    stride_c: 0,
-                    batch: 1,
-                    alpha: *alpha as f64,
-                    beta: gemm_beta,
-                }, self.dtype);
+                push_gemm(&mut plan, gemm2d(gemm_beta), self.dtype);
             }
             Op::MatMul => matmul_plan(&mut plan, a, b, out, self.dtype)?,
             other => return Err(format!("{} is not a GEMM", other.name())),
