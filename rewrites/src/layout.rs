@@ -79,7 +79,7 @@ pub fn to_channels_last(graph: &Graph, opts: &LayoutOptions) -> Result<(Graph, L
         pass.node(ix);
     }
     for o in &graph.outputs {
-        let v = pass.layout(o.value, &identity(graph.value_type(o.value).rank()), &graph.node(o.value.node).name);
+        let v = pass.layout(o.value, &identity(graph.value_type(o.value).rank()));
         pass.new.outputs.push(GraphOutput { name: o.name.clone(), value: v });
     }
     let transposes = |g: &Graph| g.node_indices().filter(|&i| matches!(g.node(i).op, Op::Transpose { .. })).count();
@@ -173,9 +173,9 @@ impl Pass<'_> {
             }
             Op::Conv { strides, pads, dilations, group, .. } if converts_conv(self.old, node) => {
                 let last = to_last(4);
-                let x = self.layout(node.inputs[0].unwrap(), &last, &node.name);
-                let w = self.layout(node.inputs[1].unwrap(), &last, &node.name);
-                let b = node.inputs.get(2).copied().flatten().map(|v| self.layout(v, &identity(self.old.value_type(v).rank()), &node.name));
+                let x = self.layout(node.inputs[0].unwrap(), &last);
+                let w = self.layout(node.inputs[1].unwrap(), &last);
+                let b = node.inputs.get(2).copied().flatten().map(|v| self.layout(v, &identity(self.old.value_type(v).rank())));
                 let op = Op::Conv { strides: strides.clone(), pads: pads.clone(), dilations: dilations.clone(), group: *group, channels_last: true };
                 self.report.convs += 1;
                 self.add_last(ix, op, vec![Some(x), Some(w), b]);
@@ -183,9 +183,9 @@ impl Pass<'_> {
             Op::GroupNorm { epsilon, num_groups, per_channel_affine: true, channels_last: false }
                 if self.opts.group_norm && rank_out >= 3 && self.is_channels_last(node.inputs[0].unwrap()) =>
             {
-                let x = self.layout(node.inputs[0].unwrap(), &to_last(rank_out), &node.name);
+                let x = self.layout(node.inputs[0].unwrap(), &to_last(rank_out));
                 let rest: Vec<Option<ValueRef>> =
-                    node.inputs[1..].iter().map(|v| v.map(|v| self.layout(v, &identity(self.old.value_type(v).rank()), &node.name))).collect();
+                    node.inputs[1..].iter().map(|v| v.map(|v| self.layout(v, &identity(self.old.value_type(v).rank())))).collect();
                 let op = Op::GroupNorm { epsilon: *epsilon, num_groups: *num_groups, per_channel_affine: true, channels_last: true };
                 self.report.group_norms += 1;
                 self.add_last(ix, op, std::iter::once(Some(x)).chain(rest).collect());
@@ -207,7 +207,7 @@ impl Pass<'_> {
                 let inputs = node
                     .inputs
                     .iter()
-                    .map(|v| v.map(|v| self.operand_layout(v, rank_out, &last, &node.name)))
+                    .map(|v| v.map(|v| self.operand_layout(v, rank_out, &last)))
                     .collect();
                 self.report.followers += 1;
                 self.add_last(ix, op, inputs);
@@ -225,7 +225,7 @@ impl Pass<'_> {
             }
             Op::Constant(_) | Op::Weight { .. } => {} // added where read (`source_at`)
             _ => {
-                let inputs = node.inputs.iter().map(|v| v.map(|v| self.layout(v, &identity(self.old.value_type(v).rank()), &node.name))).collect();
+                let inputs = node.inputs.iter().map(|v| v.map(|v| self.layout(v, &identity(self.old.value_type(v).rank())))).collect();
                 let new = self.new.add_node(Node { inputs, ..node.clone() });
                 for o in 0..node.outputs.len() {
                     self.held.insert(ValueRef { node: ix, output: o }, Held { base: ValueRef { node: new, output: o }, perm: identity(node.outputs[o].rank()) });
@@ -274,13 +274,13 @@ impl Pass<'_> {
 
     /// Operand `v` of a channels-last elementwise node of output rank `rank`: a lower-rank
     /// operand (numpy broadcasting aligns it right) is first viewed at rank `rank`.
-    fn operand_layout(&mut self, v: ValueRef, rank: usize, last: &[usize], reader: &str) -> ValueRef {
+    fn operand_layout(&mut self, v: ValueRef, rank: usize, last: &[usize]) -> ValueRef {
         let t = self.old.value_type(v).clone();
         if t.rank() == rank {
-            return self.layout(v, last, reader);
+            return self.layout(v, last);
         }
         if t.rank() > rank {
-            return self.layout(v, &identity(t.rank()), reader);
+            return self.layout(v, &identity(t.rank()));
         }
         // [d…] → [1, …, 1, d…] → permuted; a Reshape when only size-1 axes move.
         let mut padded = vec![SymDim::konst(1); rank - t.rank()];
@@ -288,7 +288,7 @@ impl Pass<'_> {
         if let Some(c) = self.source_reshaped(v, &padded, last) {
             return c;
         }
-        let base = self.layout(v, &identity(t.rank()), reader);
+        let base = self.layout(v, &identity(t.rank()));
         let name = format!("{}/rank{rank}", self.old.node(v.node).name);
         let widened = self.reshape(base, padded.clone(), &name);
         self.report.reshapes_added += 1;
@@ -296,7 +296,7 @@ impl Pass<'_> {
     }
 
     /// The new value holding old value `v` permuted by `want` (`result axis i = v axis want[i]`).
-    fn layout(&mut self, v: ValueRef, want: &[usize], _reader: &str) -> ValueRef {
+    fn layout(&mut self, v: ValueRef, want: &[usize]) -> ValueRef {
         if let Some(c) = self.source_at(v, want) {
             return c;
         }
