@@ -129,6 +129,31 @@ fn permuted<T: Clone>(v: &[T], perm: &[usize]) -> Vec<T> {
     perm.iter().map(|&a| v[a].clone()).collect()
 }
 
+fn is_identity(p: &[usize]) -> bool {
+    p.iter().enumerate().all(|(i, &a)| i == a)
+}
+
+/// The name suffix of a value made by permuting another by `f`.
+fn perm_suffix(f: &[usize]) -> String {
+    if f == to_last(f.len()).as_slice() {
+        "channels_last".to_string()
+    } else {
+        format!("perm{}", f.iter().map(|a| a.to_string()).collect::<String>())
+    }
+}
+
+/// `src`, a Constant or Weight node, permuted by `f` (its data at compile time); `None` for
+/// any other op.
+fn permuted_source(src: &Node, f: &[usize], ty: TensorType) -> Option<Node> {
+    let suffix = perm_suffix(f);
+    let op = match &src.op {
+        Op::Constant(t) => Op::Constant(Arc::new(permute_tensor(t, f))),
+        Op::Weight { name } => Op::Weight { name: format!("{name}/{suffix}") },
+        _ => return None,
+    };
+    Some(Node { name: format!("{}/{suffix}", src.name), op, inputs: vec![], outputs: vec![ty] })
+}
+
 /// Whether permuting `shape` by `perm` keeps the memory order (only size-1 axes move).
 fn is_reshape(shape: &[SymDim], perm: &[usize]) -> bool {
     let big: Vec<usize> = perm.iter().copied().filter(|&a| shape[a].as_const() != Some(1)).collect();
@@ -308,40 +333,24 @@ impl Pass<'_> {
 
     /// `base` (of shape `shape`) permuted by `f`: itself, a constant, a Reshape or a Transpose.
     fn permute(&mut self, base: ValueRef, shape: &[SymDim], f: &[usize], name: &str) -> ValueRef {
-        if f.iter().enumerate().all(|(i, &a)| i == a) {
+        if is_identity(f) {
             return base;
         }
         if let Some(&v) = self.made.get(&(base, f.to_vec())) {
             return v;
         }
-        let src = self.new.node(base.node).clone();
-        let dtype = src.outputs[base.output].dtype;
-        let out_shape = permuted(shape, f);
-        let suffix = if f == to_last(f.len()).as_slice() { "channels_last".to_string() } else { format!("perm{}", f.iter().map(|a| a.to_string()).collect::<String>()) };
-        let node = match &src.op {
-            Op::Constant(t) => Node {
-                name: format!("{}/{suffix}", src.name),
-                op: Op::Constant(Arc::new(permute_tensor(t, f))),
-                inputs: vec![],
-                outputs: vec![TensorType::new(dtype, out_shape)],
-            },
-            Op::Weight { name: w } => Node {
-                name: format!("{}/{suffix}", src.name),
-                op: Op::Weight { name: format!("{w}/{suffix}") },
-                inputs: vec![],
-                outputs: vec![TensorType::new(dtype, out_shape)],
-            },
-            _ if is_reshape(shape, f) => {
-                self.report.reshapes_added += 1;
-                Node { name: format!("{name}/{suffix}"), op: Op::Reshape, inputs: vec![Some(base)], outputs: vec![TensorType::new(dtype, out_shape)] }
-            }
-            _ => {
-                Node {
-                    name: format!("{name}/{suffix}"),
-                    op: Op::Transpose { perm: f.to_vec() },
-                    inputs: vec![Some(base)],
-                    outputs: vec![TensorType::new(dtype, out_shape)],
-                }
+        let src = self.new.node(base.node);
+        let ty = TensorType::new(src.outputs[base.output].dtype, permuted(shape, f));
+        let node = match permuted_source(src, f, ty.clone()) {
+            Some(node) => node,
+            None => {
+                let op = if is_reshape(shape, f) {
+                    self.report.reshapes_added += 1;
+                    Op::Reshape
+                } else {
+                    Op::Transpose { perm: f.to_vec() }
+                };
+                Node { name: format!("{name}/{}", perm_suffix(f)), op, inputs: vec![Some(base)], outputs: vec![ty] }
             }
         };
         let v = ValueRef { node: self.new.add_node(node), output: 0 };
@@ -356,20 +365,13 @@ impl Pass<'_> {
         if !matches!(old.op, Op::Constant(_) | Op::Weight { .. }) {
             return None;
         }
-        let shape = permuted(&old.outputs[0].shape, want);
-        if let Some(&c) = self.sources.get(&(v, shape.clone())) {
+        let ty = TensorType::new(old.outputs[0].dtype, permuted(&old.outputs[0].shape, want));
+        if let Some(&c) = self.sources.get(&(v, ty.shape.clone())) {
             return Some(c);
         }
-        let suffix = if want == to_last(want.len()).as_slice() { "channels_last".to_string() } else { format!("perm{}", want.iter().map(|a| a.to_string()).collect::<String>()) };
-        let identity = want.iter().enumerate().all(|(i, &a)| i == a);
-        let (name, op) = match &old.op {
-            _ if identity => (old.name.clone(), old.op.clone()),
-            Op::Constant(t) => (format!("{}/{suffix}", old.name), Op::Constant(Arc::new(permute_tensor(t, want)))),
-            Op::Weight { name } => (format!("{}/{suffix}", old.name), Op::Weight { name: format!("{name}/{suffix}") }),
-            _ => unreachable!("checked above"),
-        };
-        let c = ValueRef { node: self.new.add_node(Node { name, op, inputs: vec![], outputs: vec![TensorType::new(old.outputs[0].dtype, shape.clone())] }), output: 0 };
-        self.sources.insert((v, shape), c);
+        let node = if is_identity(want) { old.clone() } else { permuted_source(old, want, ty.clone())? };
+        let c = ValueRef { node: self.new.add_node(node), output: 0 };
+        self.sources.insert((v, ty.shape), c);
         Some(c)
     }
 
@@ -399,19 +401,14 @@ impl Pass<'_> {
 
     /// `base` viewed at `shape` (same elements): a Reshape node, or a reshaped constant.
     fn reshape(&mut self, base: ValueRef, shape: Vec<SymDim>, name: &str) -> ValueRef {
-        let src = self.new.node(base.node).clone();
-        let dtype = src.outputs[base.output].dtype;
-        let node = match &src.op {
-            Op::Constant(t) => {
-                let dims: Option<Vec<usize>> = shape.iter().map(|d| d.as_const().map(|c| c as usize)).collect();
-                match dims {
-                    Some(dims) => Node { name: name.to_string(), op: Op::Constant(Arc::new(Tensor::new(dims, t.data.clone()))), inputs: vec![], outputs: vec![TensorType::new(dtype, shape)] },
-                    None => Node { name: name.to_string(), op: Op::Reshape, inputs: vec![Some(base)], outputs: vec![TensorType::new(dtype, shape)] },
-                }
-            }
-            _ => Node { name: name.to_string(), op: Op::Reshape, inputs: vec![Some(base)], outputs: vec![TensorType::new(dtype, shape)] },
+        let src = self.new.node(base.node);
+        let dims: Option<Vec<usize>> = shape.iter().map(|d| d.as_const().map(|c| c as usize)).collect();
+        let (op, inputs) = match (&src.op, dims) {
+            (Op::Constant(t), Some(dims)) => (Op::Constant(Arc::new(Tensor::new(dims, t.data.clone()))), vec![]),
+            _ => (Op::Reshape, vec![Some(base)]),
         };
-        ValueRef { node: self.new.add_node(node), output: 0 }
+        let ty = TensorType::new(src.outputs[base.output].dtype, shape);
+        ValueRef { node: self.new.add_node(Node { name: name.to_string(), op, inputs, outputs: vec![ty] }), output: 0 }
     }
 }
 
