@@ -4,7 +4,7 @@ use quilt_rewrites::ir::PadMode;
 use quilt_rewrites::{SymDim, Tensor};
 
 use super::broadcast::broadcast_to;
-use super::data::{elems, gather_axes, outer_axis_inner, strides, with_elem, Elem};
+use super::data::{elems, gather_axes, outer_axis_inner, with_elem, Elem};
 use super::StepCtx;
 
 pub(crate) fn reshape(cx: &StepCtx) -> Result<Tensor, String> {
@@ -35,44 +35,8 @@ pub(crate) fn permuted(x: &Tensor, perm: &[usize]) -> Result<Tensor, String> {
     if perm.len() != rank || perm.iter().any(|&p| p >= rank || std::mem::replace(&mut seen[p], true)) {
         return Err(format!("perm {perm:?} is not a permutation of the {rank} axes of {:?}", x.shape));
     }
-    let in_strides = strides(&x.shape);
     let shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
-    let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
-    let data = with_elem!(x.dtype(), T => T::wrap(permute(elems::<T>(x, "data", x.dtype())?, &shape, &src_strides)));
-    Ok(Tensor { shape, data })
-}
-
-/// Output in row-major order of `shape`, reading the input at `src_strides` per output axis.
-fn permute<T: Copy>(v: &[T], shape: &[usize], src_strides: &[usize]) -> Vec<T> {
-    let numel: usize = shape.iter().product();
-    let mut out = Vec::with_capacity(numel);
-    if numel == 0 {
-        return out;
-    }
-    let Some((&n, outer)) = shape.split_last() else {
-        out.push(v[0]);
-        return out;
-    };
-    let s_last = src_strides[src_strides.len() - 1];
-    let mut pos = vec![0usize; outer.len()];
-    let mut base = 0usize;
-    loop {
-        out.extend((0..n).map(|i| v[base + i * s_last]));
-        let mut d = outer.len();
-        loop {
-            if d == 0 {
-                return out;
-            }
-            d -= 1;
-            pos[d] += 1;
-            base += src_strides[d];
-            if pos[d] < outer[d] {
-                break;
-            }
-            base -= src_strides[d] * outer[d];
-            pos[d] = 0;
-        }
-    }
+    Ok(Tensor { shape, data: x.data.permuted(&x.shape, perm) })
 }
 
 pub(crate) fn concat(cx: &StepCtx, axis: usize) -> Result<Tensor, String> {
