@@ -16,6 +16,8 @@ ROOT="$PWD"
 source scripts/setup.sh || { echo "[test] scripts/setup.sh failed" >&2; exit 1; }
 export QUILT_EP_LIB="$ROOT/target/release/libquilt_ep.so"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# No incremental caches: they double the size of target/ and a fresh clone gains nothing from them.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 UNET="models/fixtures/unet/model.onnx"
 declare -a SUMMARY=()
@@ -42,6 +44,12 @@ skip() {
 step "build EP library (release)" cargo build --release -p quilt-capi
 step "build quilt CLI (release)" cargo build --release -p quilt-models --bin quilt
 step "cargo test --workspace" cargo test --workspace --no-fail-fast
+# CI (.ci/run sets QUILT_CI=1) has a small disk: the test build (target/debug, a few GB) is not
+# used by the steps below, which run the release builds, so it goes before they need space.
+if [[ "${QUILT_CI:-}" == 1 ]]; then
+    echo "[test] target/debug: $(du -sh target/debug 2>/dev/null | cut -f1), removed (QUILT_CI=1)"
+    rm -rf target/debug
+fi
 if [[ -f "$UNET" ]]; then
     step "quilt run $UNET" target/release/quilt run "$UNET"
 else
@@ -68,5 +76,6 @@ r = json.load(open("target/conformance_report.json"))
 print("conformance:", ", ".join(f"{k} {v}" for k, v in r["totals"].items()), f"({r['cases']} cases)")
 PY
 fi
+echo "disk: target $(du -sh target 2>/dev/null | cut -f1), .venv $(du -sh .venv 2>/dev/null | cut -f1), .cache $(du -sh .cache 2>/dev/null | cut -f1); $(df -h . | awk 'NR==2 {print $4 " free"}')"
 echo "total $((SECONDS / 60))m $((SECONDS % 60))s"
 exit $FAILED
