@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod compare;
+pub mod device_io;
 pub mod equivalence;
 pub mod error;
 pub mod explain;

@@ -106,6 +106,11 @@ impl Runtime {
         Ok(runtime)
     }
 
+    /// The ORT environment (for calls that take it, e.g. `CopyTensors`).
+    pub fn env(&self) -> &Environment {
+        &self.env
+    }
+
     pub fn device_count(&self, ep: &str) -> usize {
         self.env.devices().filter(|d| d.ep().is_ok_and(|n| n == ep)).count()
     }
