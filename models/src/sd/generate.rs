@@ -150,7 +150,7 @@ impl SdPipeline {
 
         let guidance = Guidance { emb_shape: &emb_shape, embeds: &embeds, cfg, scale: req.guidance_scale };
         let mut step_noise = Rng::for_stream(req.seed, "scheduler-noise");
-        let latents = denoise(&mut self.unet, scheduler.as_mut(), &timesteps, latents, shape, &guidance, &extra, &mut step_noise, &mut times.unet_steps, progress)?;
+        let latents = denoise(&mut self.unet, self.unet_io, scheduler.as_mut(), &timesteps, latents, shape, &guidance, &extra, &mut step_noise, &mut times, progress)?;
 
         let tv = Instant::now();
         let scaled: Vec<f32> = latents.iter().map(|&x| x / self.dir.vae_scaling).collect();

@@ -11,5 +11,6 @@ pub mod pipeline_dir;
 pub mod schedulers;
 pub mod tokenizer;
 pub mod txt2img;
+pub mod unet_io;
 
 pub use crate::error::{ModelsError, Result};

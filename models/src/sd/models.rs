@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use half::f16;
+use ort::environment::Environment;
 use ort::session::Session;
 
 use crate::runtime::{declared_inputs, run, DeclaredInput, QuiltSessionError, Runtime};
@@ -38,6 +39,10 @@ pub struct Model {
     pub outputs: Vec<String>,
     /// quilt declined some nodes, which run on ORT's CPU EP.
     pub fell_back: bool,
+    /// The EP the session was built for.
+    pub ep: Ep,
+    /// The environment the session lives in (ORT's `CopyTensors` takes it).
+    pub env: Environment,
 }
 
 impl Model {
@@ -58,7 +63,7 @@ impl Model {
         };
         let inputs = declared_inputs(&session);
         let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
-        Ok(Model { path: path.to_path_buf(), session, inputs, outputs, fell_back })
+        Ok(Model { path: path.to_path_buf(), session, inputs, outputs, fell_back, ep, env: runtime.env().clone() })
     }
 
     pub fn input(&self, name: &str) -> Result<&DeclaredInput> {

@@ -12,6 +12,7 @@ use crate::sd::models::{ids_tensor, Ep, Model};
 use crate::sd::pipeline_dir::PipelineDir;
 use crate::sd::schedulers::{SchedulerConfig, SchedulerKind};
 use crate::sd::tokenizer::PromptTokenizer;
+use crate::sd::unet_io::{StepSplit, UnetIo, UnetIoPath};
 
 #[derive(Debug, Clone)]
 pub struct Txt2ImgRequest {
@@ -65,6 +66,10 @@ pub struct StageTimes {
     /// img2img/inpaint: encoding the input (and masked) image.
     pub vae_encoder: Duration,
     pub unet_steps: Vec<Duration>,
+    /// Where each UNet step's time went (same order as `unet_steps`).
+    pub unet_splits: Vec<StepSplit>,
+    /// How the UNet's tensors moved (`None` when no step ran).
+    pub unet_io: Option<UnetIoPath>,
     pub vae_decoder: Duration,
     pub total: Duration,
 }
@@ -91,6 +96,8 @@ pub struct SdPipeline {
     /// Present when the pipeline directory has one (img2img and inpaint need it).
     pub vae_encoder: Option<Model>,
     pub ep: Ep,
+    /// How the denoising loop moves the UNet's tensors (default: device binding on quilt).
+    pub unet_io: UnetIo,
 }
 
 impl SdPipeline {
@@ -114,7 +121,7 @@ impl SdPipeline {
                 model.input(name)?;
             }
         }
-        Ok(SdPipeline { dir, tokenizer, text_encoder, unet, vae_decoder, vae_encoder, ep })
+        Ok(SdPipeline { dir, tokenizer, text_encoder, unet, vae_decoder, vae_encoder, ep, unet_io: UnetIo::Auto })
     }
 
     /// Models on which quilt declined nodes (they ran partly on ORT's CPU EP).
