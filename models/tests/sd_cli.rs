@@ -38,6 +38,8 @@ fn argument_errors_are_clear() {
         (&["sd", "inpaint", "--model", "/nonexistent", "--image", "i.png", "--prompt", "x", "--out", "o.png"][..], "needs --mask"),
         (&["sd", "txt2img", "--pipeline", "xl", "--prompt", "x", "--out", "o.png"][..], "expected sd or alt"),
         (&["sd", "upscale"][..], "unknown subcommand `upscale`"),
+        (&["sd", "txt2img", "--prompt", "x", "--unet-io", "gpu", "--out", "o.png"][..], "expected auto, binding or host"),
+        (&["sd", "txt2img", "--prompt", "x", "--trace=1", "--out", "o.png"][..], "--trace takes no value"),
     ] {
         let out = quilt(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
@@ -71,6 +73,28 @@ fn every_subcommand_runs_on_the_bundled_pipelines() {
         assert!(text(&out).contains(want), "{args:?}: expected {want:?} in {}", text(&out));
         assert!(text(&out).contains("time      unet"), "{}", text(&out));
         assert_eq!(png_size(Path::new(&out_png)), (16, 16));
+    }
+
+    // How the UNet's tensors move is reported: device binding by default on quilt (the reference
+    // device here), host tensors when asked for or on ORT's CPU EP; --trace prints every step's split.
+    let out_png = path("io.png");
+    for (extra, want) in [
+        (&[][..], "unet io   device binding (bound in Cpu:0 memory; written and read in place)"),
+        (&["--unet-io", "host"][..], "unet io   host tensors (--unet-io host)"),
+        (&["--ep", "cpu"][..], "unet io   host tensors (ORT's CPU EP runs the reference path"),
+        (&["--ep", "cpu", "--unet-io", "binding"][..], "unet io   device binding (bound in Cpu:0 memory"),
+    ] {
+        let mut args = vec!["sd", "txt2img", "--trace"];
+        args.extend(common);
+        args.extend(extra);
+        args.extend(["--out", &out_png]);
+        let out = quilt(&args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        let t = text(&out);
+        assert!(t.contains(want), "{args:?}: expected {want:?} in {t}");
+        // (PNDM, the tiny pipeline's scheduler, makes 3 UNet calls for 2 steps.)
+        assert!(t.contains("time      unet step split (mean of 3 steps): prep "), "{t}");
+        assert!(t.contains("trace     step 1/3: prep ") && t.contains("trace     step 3/3: prep "), "{t}");
     }
 
     // Given image and mask files: the output keeps the image's size; a mask of another size is refused.

@@ -13,7 +13,9 @@ use crate::error::{ModelsError, Result};
 use crate::sd::models::Ep;
 use crate::sd::pipeline_dir::{PipelineDir, TextEncoderKind};
 use crate::sd::schedulers::SchedulerKind;
+use crate::sd::unet_io::UnetIo;
 use crate::sd::txt2img::{write_png, SdPipeline, Txt2ImgRequest};
+use crate::sd::unet_io::StepSplit;
 
 const USAGE: &str = "\
 usage: quilt sd txt2img|img2img|inpaint [--model DIR] --prompt TEXT [options] --out IMAGE.png
@@ -50,6 +52,16 @@ options:
   --ort-lib PATH       libonnxruntime.so (default $ORT_DYLIB_PATH)
   --ep-option K=V      a quilt EP option for every model (e.g. precision=fp16); repeatable
   --repeat N           run the generation N times with the same sessions and report each time
+  --unet-io MODE       how the UNet's tensors move between denoising steps (printed as `unet io`):
+                       auto (default): device binding on quilt (inputs and output allocated once per
+                       generation where the session runs, text embeddings uploaded once, only the
+                       latents copied each step), host tensors on --ep cpu; binding: device binding
+                       or an error; host: host tensors through Session::run every step
+  --trace              print each UNet step's time split (also QUILT_SD_TRACE=1): prep (latent
+                       scaling, sample assembly, staging writes), upload (host->device copies),
+                       run (the UNet; with host tensors it includes ORT's own copies), download
+                       (output copy back), scheduler (guidance + scheduler step), in microseconds.
+                       The mean split of the last generation is always printed
   --out PATH           PNG to write (required); a batch writes PATH's stem + -0, -1, ... + .png";
 
 /// The `quilt sd` subcommands.
@@ -97,6 +109,10 @@ pub struct SdArgs {
     pub ep_options: Vec<(String, String)>,
     /// Generations to run with the loaded sessions (timings of each; benchmarks use > 1).
     pub repeat: usize,
+    /// How the UNet's tensors move (`--unet-io`).
+    pub unet_io: UnetIo,
+    /// Print every step's time split (`--trace` or `QUILT_SD_TRACE=1`).
+    pub trace: bool,
     pub out: PathBuf,
 }
 
@@ -119,6 +135,8 @@ pub fn parse_args(command: Command, args: &[String]) -> Result<SdArgs> {
         ort_lib: None,
         ep_options: Vec::new(),
         repeat: 1,
+        unet_io: UnetIo::Auto,
+        trace: std::env::var("QUILT_SD_TRACE").is_ok_and(|v| v == "1"),
         out: PathBuf::new(),
     };
     let mut prompts = Vec::new();
@@ -192,6 +210,13 @@ pub fn parse_args(command: Command, args: &[String]) -> Result<SdArgs> {
                 if parsed.repeat == 0 {
                     return Err(ModelsError::Usage("--repeat must be at least 1".into()));
                 }
+            }
+            "--unet-io" => parsed.unet_io = UnetIo::parse(&value()?)?,
+            "--trace" => {
+                if inline.is_some() {
+                    return Err(ModelsError::Usage("--trace takes no value".into()));
+                }
+                parsed.trace = true
             }
             "--out" => out = Some(PathBuf::from(value()?)),
             other => return Err(ModelsError::Usage(format!("unknown argument `{other}`"))),
@@ -312,6 +337,7 @@ pub fn sd_command(args: &SdArgs) -> Result<()> {
     let runtime = Runtime::new(paths)?;
     let t = Instant::now();
     let mut pipeline = SdPipeline::load_with_options(&runtime, dir, args.ep, &args.ep_options)?;
+    pipeline.unet_io = args.unet_io;
     let encoder = match pipeline.dir.text_encoder_kind {
         TextEncoderKind::Clip => "CLIP",
         TextEncoderKind::XlmRoberta => "XLM-RoBERTa (AltDiffusion)",
@@ -374,6 +400,21 @@ pub fn sd_command(args: &SdArgs) -> Result<()> {
         println!("time      vae_encoder {:.1} ms", ms(times.vae_encoder));
     }
     println!("time      unet {:.1} ms total, {:.2} ms per step", unet_total, unet_total / times.unet_steps.len().max(1) as f64);
+    if let Some(io) = &times.unet_io {
+        println!("unet io   {}", io.describe());
+    }
+    if !times.unet_splits.is_empty() {
+        // Step 1 also sets the binding up (allocations, the text embeddings' upload) in its prep.
+        println!("time      unet step split (mean of {} steps): {}", times.unet_splits.len(), StepSplit::mean(&times.unet_splits).describe());
+        if times.unet_splits.len() > 1 {
+            println!("time      unet step split (mean of steps 2-{}): {}", times.unet_splits.len(), StepSplit::mean(&times.unet_splits[1..]).describe());
+        }
+    }
+    if args.trace {
+        for (i, (split, total)) in times.unet_splits.iter().zip(&times.unet_steps).enumerate() {
+            println!("trace     step {}/{}: {}, total {:.0} us", i + 1, times.unet_steps.len(), split.describe(), total.as_secs_f64() * 1e6);
+        }
+    }
     println!("time      vae_decoder {:.1} ms", ms(times.vae_decoder));
     println!("time      total {:.1} ms", ms(times.total));
     if totals.len() > 1 {
