@@ -24,8 +24,14 @@ line). diffusers: `pipe(...)` with output_type "np" (VAE decode included), torch
 synchronize around it. compile_ro: `torch.compile(unet, mode="reduce-overhead")`, warm-up runs
 until compiled (two), then the timed runs.
 
+`--quilt-unet-io auto|binding|host` is passed as `quilt sd --unet-io` (auto: the UNet's tensors stay
+on the GPU between steps by IO binding; host: host tensors every step, the earlier path), to
+compare the two in one session.
+
 Results: OUT/sd_pipeline.json (written after every case) with the card name and per case
-pipeline, size, steps, quilt_ms, eager_ms, compile_ro_ms, stages (quilt's per-stage times).
+pipeline, size, steps, quilt_ms, eager_ms, compile_ro_ms, stages (quilt's per-stage times, with
+unet_step_split_us: a UNet step's prep/upload/run/download/scheduler split, mean of steps 2..N),
+unet_io (quilt's "unet io" line: which path moved the UNet's tensors, and why).
 """
 
 from __future__ import annotations
@@ -186,6 +192,7 @@ def quilt_case(args, pipeline: str, model_dir: str, image_path: str, mask_path: 
         cmd += ["--image", image_path, "--mask", mask_path, "--strength", "1.0"]
     for kv in filter(None, args.quilt_options.split(",")):
         cmd += ["--ep-option", kv]
+    cmd += ["--unet-io", args.quilt_unet_io]
     log("quilt: " + " ".join(cmd))
     t = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.quilt_timeout)
@@ -209,6 +216,15 @@ def quilt_case(args, pipeline: str, model_dir: str, image_path: str, mask_path: 
     m = re.findall(r"time      unet ([\d.]+) ms total, ([\d.]+) ms per step", text)
     if m:
         stages["unet_total_ms"], stages["unet_ms_per_step"] = float(m[-1][0]), float(m[-1][1])
+    # How the UNet's tensors moved (device binding or host tensors, and why), and where a step's time
+    # went (mean of steps 2..N: step 1 also sets the binding up), in microseconds.
+    io = re.findall(r"^unet io   (.*)$", text, re.M)
+    if io:
+        r["unet_io"] = io[-1]
+    m = re.findall(r"time      unet step split \(mean of steps 2-\d+\): prep ([\d.]+) us, upload ([\d.]+) us, "
+                   r"run ([\d.]+) us, download ([\d.]+) us, scheduler ([\d.]+) us", text)
+    if m:
+        stages["unet_step_split_us"] = dict(zip(("prep", "upload", "run", "download", "scheduler"), map(float, m[-1])))
     r["stages"] = stages
     return r
 
@@ -282,6 +298,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ep-lib", default=os.environ.get("QUILT_EP_LIB", os.path.join(ROOT, "target", "release", "libquilt_ep.so")))
     ap.add_argument("--ort-lib", default=os.environ.get("ORT_DYLIB_PATH"))
     ap.add_argument("--quilt-options", default="precision=fp16")
+    ap.add_argument("--quilt-unet-io", default="auto", choices=["auto", "binding", "host"])
     ap.add_argument("--quilt-timeout", type=float, default=400)
     ap.add_argument("--quick", action="store_true", help="tiny fixture configs, 64x64, 4 steps: a dry run of every path")
     args = ap.parse_args(argv)
