@@ -150,7 +150,8 @@ impl Placement {
         format!("{}:{}", self.name, self.device_id)
     }
 
-    fn same_memory(&self, other: &Placement) -> bool {
+    /// The same memory (name, device, kind): one allocator serves both, one copy call moves both.
+    pub fn same_memory(&self, other: &Placement) -> bool {
         self.name == other.name && self.device_id == other.device_id && self.cpu == other.cpu && self.host_accessible == other.host_accessible
     }
 }

@@ -163,29 +163,31 @@ impl UnetBinding {
         let out_element = output_element(session, &out_name)?;
         let input_index = |name: &str| session.inputs().iter().position(|o| o.name() == name).ok_or_else(|| format!("no input named `{name}`"));
         let sample_index = input_index("sample")?;
+        let timestep_index = input_index("timestep")?;
+        let text_index = input_index("encoder_hidden_states")?;
 
         // One allocator per memory; host staging in the device's pinned memory where it has one.
         let mut allocators: Vec<Rc<SessionAllocator>> = Vec::new();
         let mut allocator_for = |placement: &Placement, session: &ort::session::Session| -> IoResult<Rc<SessionAllocator>> {
-            if let Some(a) = allocators.iter().find(|a| a.placement.describe() == placement.describe() && a.placement.cpu == placement.cpu) {
+            if let Some(a) = allocators.iter().find(|a| a.placement.same_memory(placement)) {
                 return Ok(a.clone());
             }
             let a = SessionAllocator::new(session, placement)?;
             allocators.push(a.clone());
             Ok(a)
         };
-        let needs_staging = inputs.iter().chain(&outputs).any(|p| !p.host_accessible);
+        let needs_staging = [&inputs[sample_index], &inputs[timestep_index], &inputs[text_index], &outputs[out_index]].iter().any(|p| !p.host_accessible);
         // Without pinned memory (none declared, or no session allocator for it) staging falls
         // back to plain host memory: the copies still work, through the driver's own staging.
         let mut staging_note = String::new();
         let staging = if needs_staging {
-            match input_pinned_memory(session, sample_index)?.map(|p| SessionAllocator::new(session, &p)) {
-                Some(Ok(pinned)) => Some(pinned),
-                Some(Err(e)) => {
+            match input_pinned_memory(session, sample_index).map(|p| p.map(|p| SessionAllocator::new(session, &p))) {
+                Ok(Some(Ok(pinned))) => Some(pinned),
+                Ok(Some(Err(e))) | Err(e) => {
                     staging_note = format!(" (no pinned staging: {e})");
                     Some(SessionAllocator::host()?)
                 }
-                None => {
+                Ok(None) => {
                     staging_note = " (the device declares no pinned memory)".into();
                     Some(SessionAllocator::host()?)
                 }
@@ -202,9 +204,7 @@ impl UnetBinding {
             Ok(Slot { name: name.to_string(), bound, staging })
         };
         let mut sample_slot = slot("sample", &inputs[sample_index], element_of("sample", &sample.data)?, &sample.shape)?;
-        let timestep_index = input_index("timestep")?;
         let mut timestep_slot = slot("timestep", &inputs[timestep_index], element_of("timestep", &timestep.data)?, &timestep.shape)?;
-        let text_index = input_index("encoder_hidden_states")?;
         let mut text_slot = slot("encoder_hidden_states", &inputs[text_index], element_of("encoder_hidden_states", &text.data)?, &text.shape)?;
         let output = slot(&out_name, &outputs[out_index], out_element, out_shape)?;
 
