@@ -13,12 +13,16 @@
 //! so they win by construction. A calibrated table for library calls (GEMM, conv, attention)
 //! replaces the byte count for those ops once the GPU backend measures them.
 //!
-//! Extraction is bottom-up greedy over *tree* cost (a class's cost = its node's cost + its
-//! children's costs), computed exactly in `u128` so that alternatives deep in a large graph still
-//! compare by their real difference. Known limitation: tree cost counts a value shared by two
-//! consumers twice (a residual, Q/K/V reading one LayerNorm). That biases choices toward forms
-//! that read shared values fewer times, which is the fused form for every rule we have; a
-//! sharing-aware (DAG) extractor replaces it when stitching alternatives arrive.
+//! Extraction minimises the *DAG* cost of the chosen graph: every chosen class is paid once, however
+//! many consumers read it (a residual, Q/K/V reading one LayerNorm). It runs in two phases:
+//! 1. bottom-up greedy over *tree* cost (a class's cost = its node's cost + its children's
+//!    costs, exact in `u128`), which gives every class a finite choice but counts a shared value
+//!    once per consumer, so it favours forms that recompute from raw inputs over forms that
+//!    reuse a value some other part of the graph computes anyway;
+//! 2. sharing-aware improvement: for each reachable class with alternatives, switch to the
+//!    alternative that lowers the true DAG cost of the whole selection (recomputed exactly,
+//!    selections with a cycle rejected), until no switch helps. Deterministic: classes and nodes
+//!    are visited in id order.
 
 use std::collections::HashMap;
 
@@ -53,11 +57,31 @@ pub fn node_cost(egraph: &EGraph, node: &ENode) -> u128 {
     }
 }
 
-/// The chosen node of every class reachable from `roots`, by least tree cost.
+/// The chosen node of every class reachable from `roots`: least tree cost first, then improved
+/// for sharing (the module doc).
 pub fn extract(egraph: &EGraph, roots: &[Id]) -> Result<HashMap<Id, ENode>, String> {
-    // Fixpoint over all classes: a node is priced once all its children are.
-    let mut best: HashMap<Id, (u128, ENode)> = HashMap::new();
     let own: HashMap<&ENode, u128> = egraph.classes().flat_map(|c| c.nodes.iter()).map(|n| (n, node_cost(egraph, n))).collect();
+    let best = tree_choice(egraph, &own);
+    let roots: Vec<Id> = roots.iter().map(|r| egraph.find(*r)).collect();
+    let mut selection = Selection::new(egraph, &own, best);
+    selection.improve_for_sharing(&roots)?;
+    let mut chosen = HashMap::new();
+    let mut stack = roots;
+    while let Some(id) = stack.pop() {
+        if chosen.contains_key(&id) {
+            continue;
+        }
+        let node = selection.node(id).ok_or_else(|| format!("e-class {id} has no finite-cost node (a cycle with no way out)"))?;
+        stack.extend(node.children.iter().map(|c| egraph.find(*c)));
+        chosen.insert(id, node.clone());
+    }
+    Ok(chosen)
+}
+
+/// Phase 1: each class's node of least tree cost (classes on a cycle with no way out get none).
+fn tree_choice<'a>(egraph: &'a EGraph, own: &HashMap<&ENode, u128>) -> HashMap<Id, &'a ENode> {
+    // Fixpoint over all classes: a node is priced once all its children are.
+    let mut best: HashMap<Id, (u128, &ENode)> = HashMap::new();
     loop {
         let mut changed = false;
         for class in egraph.classes() {
@@ -79,7 +103,7 @@ pub fn extract(egraph: &EGraph, roots: &[Id]) -> Result<HashMap<Id, ENode>, Stri
                 match best.get(&class.id) {
                     Some((cost, _)) if *cost <= total => {}
                     _ => {
-                        best.insert(class.id, (total, node.clone()));
+                        best.insert(class.id, (total, node));
                         changed = true;
                     }
                 }
@@ -89,15 +113,178 @@ pub fn extract(egraph: &EGraph, roots: &[Id]) -> Result<HashMap<Id, ENode>, Stri
             break;
         }
     }
-    let mut chosen = HashMap::new();
-    let mut stack: Vec<Id> = roots.iter().map(|r| egraph.find(*r)).collect();
-    while let Some(id) = stack.pop() {
-        if chosen.contains_key(&id) {
-            continue;
+    best.into_iter().map(|(id, (_, node))| (id, node)).collect()
+}
+
+/// Rounds of phase 2 at most (each round is a pass over every reachable class; a round with no
+/// improvement ends it earlier).
+const SHARING_ROUNDS: usize = 4;
+
+/// One node per class, indexed by class id, with the true DAG cost of what `roots` reach.
+struct Selection<'a> {
+    egraph: &'a EGraph,
+    own: &'a HashMap<&'a ENode, u128>,
+    choice: Vec<Option<&'a ENode>>,
+    /// Scratch for `dag_cost`: per class, the epoch it was last entered and finished in.
+    entered: Vec<u32>,
+    finished: Vec<u32>,
+    epoch: u32,
+}
+
+impl<'a> Selection<'a> {
+    fn new(egraph: &'a EGraph, own: &'a HashMap<&'a ENode, u128>, best: HashMap<Id, &'a ENode>) -> Selection<'a> {
+        let n = egraph.classes().map(|c| usize::from(c.id) + 1).max().unwrap_or(0);
+        let mut choice = vec![None; n];
+        for (id, node) in best {
+            choice[usize::from(id)] = Some(node);
         }
-        let (_, node) = best.get(&id).ok_or_else(|| format!("e-class {id} has no finite-cost node (a cycle with no way out)"))?;
-        stack.extend(node.children.iter().map(|c| egraph.find(*c)));
-        chosen.insert(id, node.clone());
+        Selection { egraph, own, choice, entered: vec![0; n], finished: vec![0; n], epoch: 0 }
     }
-    Ok(chosen)
+
+    fn node(&self, id: Id) -> Option<&'a ENode> {
+        self.choice.get(usize::from(id)).copied().flatten()
+    }
+
+    /// The cost of every class `roots` reach under the current choice, each paid once; `None`
+    /// when the choice has a cycle or a reached class has no node.
+    fn dag_cost(&mut self, roots: &[Id]) -> Option<u128> {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let mut total: u128 = 0;
+        // Iterative DFS: (class, next child index).
+        let mut stack: Vec<(usize, usize)> = Vec::new();
+        for &r in roots {
+            let r = usize::from(r);
+            if self.finished[r] == epoch {
+                continue;
+            }
+            if self.entered[r] == epoch {
+                return None;
+            }
+            self.entered[r] = epoch;
+            stack.push((r, 0));
+            while let Some(&mut (class, ref mut next)) = stack.last_mut() {
+                let node = self.choice[class]?;
+                if let Some(child) = node.children.get(*next) {
+                    *next += 1;
+                    let c = usize::from(self.egraph.find(*child));
+                    if self.finished[c] == epoch {
+                        continue;
+                    }
+                    if self.entered[c] == epoch {
+                        return None; // a back edge: this choice is cyclic
+                    }
+                    self.entered[c] = epoch;
+                    stack.push((c, 0));
+                } else {
+                    self.finished[class] = epoch;
+                    total = total.saturating_add(self.own[node]);
+                    stack.pop();
+                }
+            }
+        }
+        Some(total)
+    }
+
+    /// The classes `roots` reach under the current choice that have more than one node, in id
+    /// order.
+    fn reachable_with_alternatives(&self, roots: &[Id]) -> Vec<Id> {
+        let mut seen = vec![false; self.choice.len()];
+        let mut stack: Vec<Id> = roots.to_vec();
+        let mut out = Vec::new();
+        while let Some(id) = stack.pop() {
+            let i = usize::from(id);
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            if self.egraph[id].nodes.len() > 1 {
+                out.push(id);
+            }
+            if let Some(node) = self.choice[i] {
+                stack.extend(node.children.iter().map(|c| self.egraph.find(*c)));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Phase 2: switch classes to the alternative that lowers the DAG cost most, class by class,
+    /// until a round changes nothing.
+    fn improve_for_sharing(&mut self, roots: &[Id]) -> Result<(), String> {
+        let Some(mut current) = self.dag_cost(roots) else {
+            return Err("the least-tree-cost choice reaches a class with no finite-cost node or a cycle".into());
+        };
+        for _ in 0..SHARING_ROUNDS {
+            let mut improved = false;
+            for id in self.reachable_with_alternatives(roots) {
+                let i = usize::from(id);
+                let kept = self.choice[i];
+                let mut best = (current, kept);
+                for node in &self.egraph[id].nodes {
+                    if kept.is_some_and(|k| k == node) || node.children.iter().any(|c| self.node(self.egraph.find(*c)).is_none()) {
+                        continue;
+                    }
+                    self.choice[i] = Some(node);
+                    if let Some(cost) = self.dag_cost(roots) {
+                        if cost < best.0 {
+                            best = (cost, Some(node));
+                        }
+                    }
+                }
+                self.choice[i] = best.1;
+                if best.0 < current {
+                    current = best.0;
+                    improved = true;
+                }
+            }
+            if !improved {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egraph::lang::TypedOp;
+    use crate::egraph::GraphAnalysis;
+    use crate::ir::{BinaryOp, UnaryOp};
+    use crate::sym::SymDim;
+    use crate::DType;
+
+    fn add(g: &mut EGraph, op: Op, children: Vec<Id>) -> Id {
+        let ty = TensorType::new(DType::F32, vec![SymDim::konst(64), SymDim::konst(64)]);
+        let op = g.analysis.ops.intern(TypedOp::ir(op, ty));
+        g.add(ENode { op, children })
+    }
+
+    /// r1 = neg(s), r2 = sqrt(s) ≡ add(x, x), s = exp(x). Per tree cost `add(x, x)` is cheaper
+    /// than `sqrt(s)` plus all of `s`; but `s` is computed for r1 anyway, so the selection that
+    /// reuses it moves fewer bytes in all, and that is the one extraction must return.
+    #[test]
+    fn extraction_reuses_a_value_another_root_computes_anyway() {
+        let mut g = EGraph::new(GraphAnalysis::default());
+        let x = add(&mut g, Op::Input { name: "x".into() }, vec![]);
+        let s = add(&mut g, Op::Unary(UnaryOp::Exp), vec![x]);
+        let r1 = add(&mut g, Op::Unary(UnaryOp::Neg), vec![s]);
+        let via_s = add(&mut g, Op::Unary(UnaryOp::Sqrt), vec![s]);
+        let direct = add(&mut g, Op::Binary(BinaryOp::Add), vec![x, x]);
+        g.union(via_s, direct);
+        g.rebuild();
+        let r2 = g.find(via_s);
+        let node_of = |g: &EGraph, id: Id| g[id].nodes.iter().find(|n| n.children.len() == 1).cloned().unwrap();
+        // Tree cost alone prefers the direct form (the premise of the test).
+        let own: HashMap<&ENode, u128> = g.classes().flat_map(|c| c.nodes.iter()).map(|n| (n, node_cost(&g, n))).collect();
+        let tree = tree_choice(&g, &own);
+        assert_eq!(tree[&g.find(r2)].children, vec![g.find(x), g.find(x)], "tree cost should pick add(x, x)");
+
+        let chosen = extract(&g, &[r1, r2]).unwrap();
+        assert_eq!(chosen[&g.find(r2)], node_of(&g, r2), "the sharing-aware choice reads s");
+        // Alone, r2 has no reason to compute s: the direct form stays.
+        let alone = extract(&g, &[r2]).unwrap();
+        assert_eq!(alone[&g.find(r2)].children, vec![g.find(x), g.find(x)]);
+        assert!(!alone.contains_key(&g.find(s)));
+    }
 }
