@@ -42,6 +42,7 @@ use quilt_rewrites::{DType, OptimizeOptions, Plan, Tensor, TensorData};
 
 const SEED: u64 = 20251125;
 
+#[derive(Clone)]
 struct Args {
     model: PathBuf,
     dims: BTreeMap<String, i64>,
@@ -53,13 +54,16 @@ struct Args {
     precision: Precision,
     memory: bool,
     channels_last: bool,
+    /// `--new-shape`: dims of a second shape run after the timed one (first-call cost).
+    new_shape: Option<BTreeMap<String, i64>>,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let usage = "usage: bench_onnx_gpu MODEL.onnx --dims name=v,... [--iters N] [--inputs DIR] [--reference FILE] [--precision model|fp16] [--profile] [--profile-json FILE] [--memory] [--layout nchw|channels_last]";
+    let usage = "usage: bench_onnx_gpu MODEL.onnx --dims name=v,... [--iters N] [--inputs DIR] [--reference FILE] [--precision model|fp16] [--profile] [--profile-json FILE] [--memory] [--layout nchw|channels_last] [--new-shape name=v,...]";
     let mut it = std::env::args().skip(1);
     let (mut model, mut dims, mut iters, mut inputs, mut reference, mut profile) = (None, BTreeMap::new(), 10usize, None, None, false);
     let (mut precision, mut memory, mut profile_json, mut channels_last) = (Precision::Model, false, None, false);
+    let mut new_shape = None;
     while let Some(a) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value\n{usage}"));
         match a.as_str() {
@@ -79,6 +83,15 @@ fn parse_args() -> Result<Args, String> {
                 profile_json = Some(PathBuf::from(value("--profile-json")?));
             }
             "--memory" => memory = true,
+            "--new-shape" => {
+                let mut dims = BTreeMap::new();
+                for kv in value("--new-shape")?.split(',').filter(|s| !s.is_empty()) {
+                    let (k, v) = kv.split_once('=').ok_or_else(|| format!("--new-shape: '{kv}' is not name=value"))?;
+                    let v: i64 = v.parse().map_err(|_| format!("--new-shape: '{kv}': value is not an integer"))?;
+                    dims.insert(k.to_string(), v);
+                }
+                new_shape = Some(dims);
+            }
             "--layout" => {
                 channels_last = match value("--layout")?.as_str() {
                     "nchw" => false,
@@ -96,7 +109,7 @@ fn parse_args() -> Result<Args, String> {
     if iters == 0 {
         return Err("--iters must be at least 1".into());
     }
-    Ok(Args { model, dims, iters, inputs, reference, profile, profile_json, precision, memory, channels_last })
+    Ok(Args { model, dims, iters, inputs, reference, profile, profile_json, precision, memory, channels_last, new_shape })
 }
 
 fn read_f32(path: &Path) -> Result<Vec<f32>, String> {
@@ -352,11 +365,48 @@ fn run() -> Result<String, String> {
             (num / den.max(f64::MIN_POSITIVE)).sqrt()
         );
     }
+    if let Some(dims) = &args.new_shape {
+        json += &new_shape_cost(&exe, &args, dims)?;
+    }
     if args.profile {
         json += &format!(",\"profile_gpu_ms\":{:.2}", profile(&exe, &inputs, args.profile_json.as_deref())?);
     }
     json.push('}');
     Ok(json)
+}
+
+/// The cost of a first call at a shape this executable has not run: the first call (new
+/// convolution plans, GEMM heuristics, a new arena), the second (CUDA graph capture) and the
+/// median of 10 repeats, and what the new convolution shapes cost to prepare. Inputs are
+/// seeded random values (`--inputs` files belong to the first shape).
+fn new_shape_cost(exe: &CudaExecutable, args: &Args, dims: &BTreeMap<String, i64>) -> Result<String, String> {
+    let shaped = Args { dims: dims.clone(), inputs: None, ..args.clone() };
+    let inputs = make_inputs(exe.plan(), &shaped)?;
+    let before = exe.conv_prepare_stats();
+    let t = Instant::now();
+    exe.run(&inputs).map_err(|e| format!("run at the new shape: {e}"))?;
+    let first_ms = ms(t);
+    let after = exe.conv_prepare_stats();
+    let t = Instant::now();
+    exe.run(&inputs).map_err(|e| format!("second run at the new shape: {e}"))?;
+    let second_ms = ms(t);
+    let mut times: Vec<f64> = (0..10)
+        .map(|_| {
+            let t = Instant::now();
+            exe.run(&inputs).map(|_| ms(t))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("repeat at the new shape: {e}"))?;
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(format!(
+        ",\"new_shape\":{{\"dims\":{:?},\"first_ms\":{first_ms:.2},\"second_ms\":{second_ms:.2},\"repeat_median_ms\":{:.2},\"conv_shapes\":{},\"conv_reused_engines\":{},\"conv_runtime_compiled\":{},\"conv_prepare_ms\":{:.2}}}",
+        dims.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+        (times[4] + times[5]) / 2.0,
+        after.shapes - before.shapes,
+        after.reused - before.reused,
+        after.runtime_compiled - before.runtime_compiled,
+        after.ms - before.ms
+    ))
 }
 
 fn main() {

@@ -215,6 +215,11 @@ impl CudaExecutable {
         RunStats { shapes: rt.shapes.len(), arena_bytes: rt.arena.bytes(), ..rt.stats.clone() }
     }
 
+    /// What preparing convolution shapes has cost (cuDNN engine choice and plan finalization).
+    pub fn conv_prepare_stats(&self) -> super::conv::cudnn::PrepareStats {
+        self.dnn.prepare_stats()
+    }
+
     fn lock_runtime(&self) -> MutexGuard<'_, Runtime> {
         self.runtime.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -15,6 +15,12 @@
 //!   the graph API, a host-side variant pack when the pointers changed), so repeat calls are legal
 //!   inside CUDA graph capture. A new shape's first call may synchronise the stream (workspace
 //!   growth, `AlgoSearch::Benchmark`): run every shape once before capturing.
+//! - New shapes of a known class (same everything but batch and spatial size) skip the
+//!   heuristic query: the engine configuration the class's first shape got is finalized for the
+//!   new shape directly, falling back to the heuristics when it does not take it
+//!   (`QUILT_CUDNN_REUSE=0` turns this off). The first call at a new batch or image size then
+//!   costs plan finalization only (issue 4's ≤ 50 ms target for a first call at a new shape;
+//!   measured per shape by `bench_onnx_gpu --new-shape`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +30,7 @@ use cudarc::cudnn::sys;
 use cudarc::driver::{result as drv, sys as dsys};
 use quilt_rewrites::DType;
 
-use super::graph_api::{GraphPlan, Pointers};
+use super::graph_api::{ClassState, GraphPlan, Pointers};
 use super::legacy::LegacyPlan;
 use super::ConvGeometry;
 use crate::cuda::codegen::Arg;
@@ -178,6 +184,25 @@ impl ConvCall {
     fn key(&self) -> CallKey {
         (self.dtype, self.layout, self.geom, self.bias.is_some(), self.residual.is_some(), self.api)
     }
+
+    /// The key without batch and spatial sizes.
+    fn class_key(&self) -> CallKey {
+        let geom = ConvGeometry { n: 0, h: 0, w: 0, oh: 0, ow: 0, ..self.geom };
+        (self.dtype, self.layout, geom, self.bias.is_some(), self.residual.is_some(), self.api)
+    }
+}
+
+/// Whether a new shape may take the engine configuration an earlier shape of its class got from
+/// the heuristics (`QUILT_CUDNN_REUSE=0` turns it off: every shape asks the heuristics).
+fn reuse_engines() -> bool {
+    std::env::var("QUILT_CUDNN_REUSE").map_or(true, |v| v != "0")
+}
+
+/// `QUILT_CUDNN_DYNAMIC=1`: graph-API convolutions are built as dynamic-shape graphs sharing one
+/// kernel cache per convolution class, so an engine that compiles its kernel at run time
+/// compiles it once per class rather than once per shape.
+fn dynamic_shapes() -> bool {
+    std::env::var("QUILT_CUDNN_DYNAMIC").is_ok_and(|v| v == "1")
 }
 
 /// How the algorithm of a new shape is chosen.
@@ -214,6 +239,9 @@ pub struct ConvChoice {
     pub choose_ms: f64,
     /// The graph API engine compiles its kernel at run time (NVRTC inside cuDNN).
     pub runtime_compiled: bool,
+    /// The engine configuration was taken from an earlier shape of the same class (no
+    /// heuristic query).
+    pub reused_engine: bool,
     /// Why the graph API was not used, when it was tried and the legacy API runs instead.
     pub fallback: Option<String>,
     /// Engine configurations passed over before the chosen one (precision, workspace, failed to
@@ -232,6 +260,8 @@ pub struct Dnn {
 type CallKey = (DType, ConvLayout, ConvGeometry, bool, bool, ConvApi);
 /// A call's key and its pointers' common alignment (the graph API's tensors declare it).
 type ShapeKey = (CallKey, u8);
+/// A shape key with the batch and spatial sizes zeroed: the shapes that share an engine choice.
+type ClassKey = ShapeKey;
 
 /// A prepared shape on one of the two APIs.
 enum ShapePlan {
@@ -251,7 +281,22 @@ impl ShapePlan {
 struct Inner {
     handle: sys::cudnnHandle_t,
     shapes: HashMap<ShapeKey, ShapePlan>,
+    classes: HashMap<ClassKey, ClassState>,
     workspace: Workspace,
+    stats: PrepareStats,
+}
+
+/// What preparing new shapes has cost so far (for benchmarks of a first call at a new shape).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrepareStats {
+    /// Shapes prepared.
+    pub shapes: usize,
+    /// Of those, the ones that reused an earlier shape's engine configuration.
+    pub reused: usize,
+    /// Of those, the ones whose engine compiles its kernel at run time.
+    pub runtime_compiled: usize,
+    /// Time spent preparing them (descriptors, heuristics, plan finalization).
+    pub ms: f64,
 }
 
 // SAFETY: the handle, descriptors and workspace are only used under the mutex.
@@ -266,7 +311,8 @@ impl Default for Dnn {
 
 impl Dnn {
     pub fn new(search: AlgoSearch) -> Dnn {
-        Dnn { search, inner: Mutex::new(Inner { handle: std::ptr::null_mut(), shapes: HashMap::new(), workspace: Workspace::default() }) }
+        let inner = Inner { handle: std::ptr::null_mut(), shapes: HashMap::new(), classes: HashMap::new(), workspace: Workspace::default(), stats: PrepareStats::default() };
+        Dnn { search, inner: Mutex::new(inner) }
     }
 
     /// Runs `call` on `stream` with `ptr` resolving each argument to a device pointer. The
@@ -290,16 +336,24 @@ impl Dnn {
         let key = (call.key(), p.alignment());
         if !inner.shapes.contains_key(&key) {
             let plan = match call.api {
-                ConvApi::Graph => match GraphPlan::build(inner.handle, call, &p, self.search, &mut inner.workspace, stream) {
-                    Ok(g) => ShapePlan::Graph(g),
-                    Err(why) => {
-                        let mut l = LegacyPlan::choose(inner.handle, call, self.search, &p, &mut inner.workspace, stream)?;
-                        l.choice.fallback = Some(why);
-                        ShapePlan::Legacy(l)
+                ConvApi::Graph => {
+                    let class = inner.classes.entry((call.class_key(), p.alignment())).or_insert_with(|| ClassState::new(reuse_engines(), dynamic_shapes()));
+                    match GraphPlan::build(inner.handle, call, &p, self.search, class, &mut inner.workspace, stream) {
+                        Ok(g) => ShapePlan::Graph(g),
+                        Err(why) => {
+                            let mut l = LegacyPlan::choose(inner.handle, call, self.search, &p, &mut inner.workspace, stream)?;
+                            l.choice.fallback = Some(why);
+                            ShapePlan::Legacy(l)
+                        }
                     }
-                },
+                }
                 ConvApi::Legacy => ShapePlan::Legacy(LegacyPlan::choose(inner.handle, call, self.search, &p, &mut inner.workspace, stream)?),
             };
+            let choice = plan.choice();
+            inner.stats.shapes += 1;
+            inner.stats.reused += choice.reused_engine as usize;
+            inner.stats.runtime_compiled += choice.runtime_compiled as usize;
+            inner.stats.ms += choice.choose_ms;
             inner.shapes.insert(key, plan);
         }
         let plan = inner.shapes.get_mut(&key).expect("inserted above");
@@ -329,12 +383,17 @@ impl Dnn {
     pub fn shapes(&self) -> usize {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).shapes.len()
     }
+
+    pub fn prepare_stats(&self) -> PrepareStats {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).stats
+    }
 }
 
 impl Drop for Dnn {
     fn drop(&mut self) {
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
         inner.shapes.clear();
+        inner.classes.clear();
         if !inner.handle.is_null() {
             // SAFETY: the handle is not used after this.
             let _ = unsafe { sys::cudnnDestroy(inner.handle) };

@@ -159,6 +159,18 @@ struct EngineInfo {
     tag: String,
     numerical: Vec<u32>,
     runtime_compiled: bool,
+    spec: EngineSpec,
+}
+
+/// An engine configuration by value: cuDNN's global engine index and its knob settings. A class
+/// of convolutions that differ only in batch and spatial size reuses the spec of the first shape
+/// heuristics ran for, so a new shape skips the heuristic query (`GraphPlan::build`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct EngineSpec {
+    pub index: i64,
+    pub knobs: Vec<(u32, i64)>,
+    /// Whether the bias/residual additions were inside the graph the engine was chosen for.
+    pub fused: bool,
 }
 
 fn engine_info(cfg: &Desc) -> Result<EngineInfo, String> {
@@ -172,16 +184,19 @@ fn engine_info(cfg: &Desc) -> Result<EngineInfo, String> {
     let runtime_compiled = behavior[..b.min(16)].contains(&(sys::cudnnBackendBehaviorNote_t::CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION as u32));
     let mut tag = format!("eng{index}");
     let knobs = cfg.get_descs(A::CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, D::CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR, 64)?;
+    let mut settings = Vec::with_capacity(knobs.len());
     for k in &knobs {
         let mut ty = [0u32];
         k.get(A::CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, T::CUDNN_TYPE_KNOB_TYPE, &mut ty)?;
         let v = k.get_i64(A::CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE)?;
         tag += &format!("_k{}={v}", ty[0]);
+        settings.push((ty[0], v));
     }
     if runtime_compiled {
         tag += "_rtc";
     }
-    Ok(EngineInfo { tag, numerical: numerical[..n.min(16)].to_vec(), runtime_compiled })
+    let spec = EngineSpec { index, knobs: settings, fused: true };
+    Ok(EngineInfo { tag, numerical: numerical[..n.min(16)].to_vec(), runtime_compiled, spec })
 }
 
 /// Whether an engine's numerical notes keep the promised precision for `dtype`: f32 data never
@@ -231,7 +246,7 @@ struct Graph {
     uids: Vec<i64>,
 }
 
-fn build_graph(handle: sys::cudnnHandle_t, call: &ConvCall, align: i64, fused: bool) -> Result<Graph, String> {
+fn build_graph(handle: sys::cudnnHandle_t, call: &ConvCall, align: i64, fused: bool, dynamic: bool) -> Result<Graph, String> {
     let g = &call.geom;
     let dt = data_type(call.dtype);
     let f32t = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
@@ -305,6 +320,9 @@ fn build_graph(handle: sys::cudnnHandle_t, call: &ConvCall, align: i64, fused: b
     let op_graph = Desc::new(D::CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR)?;
     op_graph.set(A::CUDNN_ATTR_OPERATIONGRAPH_HANDLE, T::CUDNN_TYPE_HANDLE, &[handle])?;
     op_graph.set_descs(A::CUDNN_ATTR_OPERATIONGRAPH_OPS, &ops.iter().collect::<Vec<_>>())?;
+    if dynamic {
+        op_graph.set(A::CUDNN_ATTR_OPERATIONGRAPH_IS_DYNAMIC_SHAPE_ENABLED, T::CUDNN_TYPE_BOOLEAN, &[true])?;
+    }
     op_graph.finalize("operation graph")?;
     parts.extend([x, w, y, conv]);
     parts.extend(ops);
@@ -314,15 +332,63 @@ fn build_graph(handle: sys::cudnnHandle_t, call: &ConvCall, align: i64, fused: b
 /// A finalized execution plan and the engine configuration it came from.
 struct Candidate {
     plan: Desc,
-    _cfg: Desc,
+    /// The engine configuration and the descriptors it refers to.
+    _cfg: Vec<Desc>,
     info: EngineInfo,
     workspace: usize,
+}
+
+/// The execution plan of `cfg`, finalized (through `kernel_cache` when given: a dynamic-shape
+/// graph's runtime-compiled kernel is then compiled once per cache, not once per shape), or why
+/// it cannot be used: it fails to finalize or wants more than `WORKSPACE_CAP`.
+fn finalize_plan(handle: sys::cudnnHandle_t, cfg: Vec<Desc>, info: EngineInfo, kernel_cache: Option<&Desc>) -> Result<Candidate, String> {
+    let plan = Desc::new(D::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
+    plan.set(A::CUDNN_ATTR_EXECUTION_PLAN_HANDLE, T::CUDNN_TYPE_HANDLE, &[handle])?;
+    plan.set_descs(A::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, &[&cfg[0]])?;
+    if let Some(cache) = kernel_cache {
+        plan.set_descs(A::CUDNN_ATTR_EXECUTION_PLAN_KERNEL_CACHE, &[cache])?;
+    }
+    plan.finalize(&format!("execution plan of {}", info.tag))?;
+    let workspace = plan.get_i64(A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE)?.max(0) as usize;
+    if workspace > WORKSPACE_CAP {
+        return Err(format!("{}: workspace {workspace} bytes over the {WORKSPACE_CAP}-byte cap", info.tag));
+    }
+    Ok(Candidate { plan, _cfg: cfg, info, workspace })
+}
+
+/// The plan of a known engine configuration on `graph`, with no heuristic query: the engine
+/// (`spec.index`) with its knobs set as `spec` says. Fails when the engine does not take this
+/// shape; the caller then asks the heuristics.
+fn plan_from_spec(handle: sys::cudnnHandle_t, graph: &Graph, spec: &EngineSpec, kernel_cache: Option<&Desc>) -> Result<Candidate, String> {
+    let engine = Desc::new(D::CUDNN_BACKEND_ENGINE_DESCRIPTOR)?;
+    engine.set_descs(A::CUDNN_ATTR_ENGINE_OPERATION_GRAPH, &[&graph.op_graph])?;
+    engine.set_i64s(A::CUDNN_ATTR_ENGINE_GLOBAL_INDEX, &[spec.index])?;
+    engine.finalize(&format!("engine {}", spec.index))?;
+    let mut knobs = Vec::with_capacity(spec.knobs.len());
+    for &(ty, value) in &spec.knobs {
+        let k = Desc::new(D::CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR)?;
+        k.set(A::CUDNN_ATTR_KNOB_CHOICE_KNOB_TYPE, T::CUDNN_TYPE_KNOB_TYPE, &[ty])?;
+        k.set_i64s(A::CUDNN_ATTR_KNOB_CHOICE_KNOB_VALUE, &[value])?;
+        k.finalize(&format!("knob {ty}={value}"))?;
+        knobs.push(k);
+    }
+    let cfg = Desc::new(D::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR)?;
+    cfg.set_descs(A::CUDNN_ATTR_ENGINECFG_ENGINE, &[&engine])?;
+    if !knobs.is_empty() {
+        cfg.set_descs(A::CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, &knobs.iter().collect::<Vec<_>>())?;
+    }
+    cfg.finalize(&format!("engine configuration {}", spec.index))?;
+    let mut info = engine_info(&cfg)?;
+    info.spec.fused = spec.fused;
+    let mut parts = vec![cfg, engine];
+    parts.extend(knobs);
+    finalize_plan(handle, parts, info, kernel_cache)
 }
 
 /// Execution plans for `graph` in heuristic order (modes A, B, then the fallback list; duplicate
 /// engine configurations skipped), at most `want` of them, each within `WORKSPACE_CAP` and
 /// precise enough for `dtype`. `skipped` collects why the others were passed over.
-fn candidates(handle: sys::cudnnHandle_t, graph: &Graph, dtype: DType, want: usize, skipped: &mut Vec<String>) -> Result<Vec<Candidate>, String> {
+fn candidates(handle: sys::cudnnHandle_t, graph: &Graph, dtype: DType, want: usize, kernel_cache: Option<&Desc>, skipped: &mut Vec<String>) -> Result<Vec<Candidate>, String> {
     use sys::cudnnBackendHeurMode_t::*;
     let mut found: Vec<Candidate> = Vec::new();
     let mut seen: Vec<String> = Vec::new();
@@ -342,13 +408,14 @@ fn candidates(handle: sys::cudnnHandle_t, graph: &Graph, dtype: DType, want: usi
         )?;
         let cfgs = heur.get_descs(A::CUDNN_ATTR_ENGINEHEUR_RESULTS, D::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, count.max(0) as usize)?;
         for cfg in cfgs {
-            let info = match engine_info(&cfg) {
+            let mut info = match engine_info(&cfg) {
                 Ok(i) => i,
                 Err(e) => {
                     skipped.push(e);
                     continue;
                 }
             };
+            info.spec.fused = graph.fused;
             if seen.contains(&info.tag) {
                 continue;
             }
@@ -357,25 +424,50 @@ fn candidates(handle: sys::cudnnHandle_t, graph: &Graph, dtype: DType, want: usi
                 skipped.push(format!("{}: numerical notes {:?} not allowed for {dtype}", info.tag, info.numerical));
                 continue;
             }
-            let plan = Desc::new(D::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
-            plan.set(A::CUDNN_ATTR_EXECUTION_PLAN_HANDLE, T::CUDNN_TYPE_HANDLE, &[handle])?;
-            plan.set_descs(A::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, &[&cfg])?;
-            if let Err(e) = plan.finalize(&format!("execution plan of {}", info.tag)) {
-                skipped.push(e);
-                continue;
+            match finalize_plan(handle, vec![cfg], info, kernel_cache) {
+                Ok(c) => found.push(c),
+                Err(e) => {
+                    skipped.push(e);
+                    continue;
+                }
             }
-            let workspace = plan.get_i64(A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE)?.max(0) as usize;
-            if workspace > WORKSPACE_CAP {
-                skipped.push(format!("{}: workspace {workspace} bytes over the {WORKSPACE_CAP}-byte cap", info.tag));
-                continue;
-            }
-            found.push(Candidate { plan, _cfg: cfg, info, workspace });
             if found.len() >= want {
                 return Ok(found);
             }
         }
     }
     Ok(found)
+}
+
+/// What the shapes of one convolution class (equal but for batch and spatial size) share: the
+/// engine configuration the heuristics chose for the class's first shape and, in dynamic-shape
+/// mode, the kernel cache its runtime-compiled kernels go into.
+#[derive(Default)]
+pub(super) struct ClassState {
+    /// Whether later shapes take `spec` (else every shape asks the heuristics).
+    reuse: bool,
+    spec: Option<EngineSpec>,
+    /// Operation graphs are built with dynamic shapes enabled and plans share `kernel_cache`
+    /// (`QUILT_CUDNN_DYNAMIC=1`; off by default until measured against static plans).
+    pub dynamic: bool,
+    kernel_cache: Option<Desc>,
+}
+
+impl ClassState {
+    pub fn new(reuse: bool, dynamic: bool) -> ClassState {
+        ClassState { reuse, dynamic, ..ClassState::default() }
+    }
+}
+
+// SAFETY: descriptors are plain cuDNN objects, used only under the `Dnn` mutex.
+unsafe impl Send for ClassState {}
+
+/// A kernel cache for the dynamic-shape graphs of `graph`'s class.
+fn kernel_cache(graph: &Graph) -> Result<Desc, String> {
+    let cache = Desc::new(D::CUDNN_BACKEND_KERNEL_CACHE_DESCRIPTOR)?;
+    cache.set_descs(A::CUDNN_ATTR_KERNEL_CACHE_OPERATION_GRAPH, &[&graph.op_graph])?;
+    cache.finalize("kernel cache")?;
+    Ok(cache)
 }
 
 /// A prepared shape on the graph API.
@@ -394,50 +486,75 @@ unsafe impl Send for GraphPlan {}
 impl GraphPlan {
     /// Builds the graph and picks its engine, or says why none runs `call`. `Benchmark` runs
     /// candidates on `p`'s buffers (y is overwritten; the real call follows) and synchronises.
-    pub fn build(handle: sys::cudnnHandle_t, call: &ConvCall, p: &Pointers, search: AlgoSearch, ws: &mut Workspace, stream: dsys::CUstream) -> Result<GraphPlan, String> {
+    /// `class` is what earlier shapes of the same convolution class left: with `Heuristic`, a
+    /// known engine configuration is finalized for this shape directly (the heuristic query is
+    /// most of a new shape's cost); the first shape of a class records its choice there.
+    pub fn build(handle: sys::cudnnHandle_t, call: &ConvCall, p: &Pointers, search: AlgoSearch, class: &mut ClassState, ws: &mut Workspace, stream: dsys::CUstream) -> Result<GraphPlan, String> {
         let started = Instant::now();
         let align = p.alignment() as i64;
-        let want = if search == AlgoSearch::Benchmark { BENCH_CANDIDATES } else { 1 };
+        let dynamic = class.dynamic;
         let mut skipped = Vec::new();
+        if search == AlgoSearch::Heuristic && class.reuse {
+            if let Some(spec) = class.spec.clone() {
+                let reused = build_graph(handle, call, align, spec.fused, dynamic)
+                    .and_then(|g| plan_from_spec(handle, &g, &spec, class.kernel_cache.as_ref()).map(|c| (g, c)));
+                match reused {
+                    Ok((graph, chosen)) => return GraphPlan::new(call, graph, chosen, started, 0, true),
+                    Err(e) => skipped.push(format!("engine {} of an earlier shape: {e}", spec.index)),
+                }
+            }
+        }
+        let want = if search == AlgoSearch::Benchmark { BENCH_CANDIDATES } else { 1 };
         let mut attempts = vec![true];
         if call.bias.is_some() || call.residual.is_some() {
             attempts.push(false);
         }
         let mut why = Vec::new();
         for fused in attempts {
-            let graph = match build_graph(handle, call, align, fused) {
+            let graph = match build_graph(handle, call, align, fused, dynamic) {
                 Ok(g) => g,
                 Err(e) => {
                     why.push(e);
                     continue;
                 }
             };
-            let mut found = candidates(handle, &graph, call.dtype, want, &mut skipped)?;
+            if dynamic && class.kernel_cache.is_none() {
+                class.kernel_cache = Some(kernel_cache(&graph)?);
+            }
+            let mut found = candidates(handle, &graph, call.dtype, want, class.kernel_cache.as_ref(), &mut skipped)?;
             if found.is_empty() {
                 why.push(format!("no engine for the {} graph", if graph.fused { "fused" } else { "conv-only" }));
                 continue;
             }
             let index = if found.len() > 1 { fastest(handle, &graph, &found, p, ws, stream)? } else { 0 };
             let chosen = found.swap_remove(index);
-            let choice = ConvChoice {
-                api: "graph",
-                algo: chosen.info.tag.clone(),
-                math: "FLOAT".into(),
-                workspace_bytes: chosen.workspace,
-                fused_bias: graph.fused && call.bias.is_some(),
-                choose_ms: started.elapsed().as_secs_f64() * 1e3,
-                runtime_compiled: chosen.info.runtime_compiled,
-                fallback: None,
-                skipped: skipped.len(),
-            };
-            let epilogue = if graph.fused { None } else { Some(Epilogue::new(call)?) };
-            return Ok(GraphPlan { graph, chosen, variant: None, epilogue, choice });
+            if class.spec.is_none() {
+                class.spec = Some(chosen.info.spec.clone());
+            }
+            return GraphPlan::new(call, graph, chosen, started, skipped.len(), false);
         }
         let mut msg = why.join("; ");
         if let Some(s) = skipped.first() {
             msg += &format!(" (skipped {} configurations, first: {s})", skipped.len());
         }
         Err(msg)
+    }
+
+    fn new(call: &ConvCall, graph: Graph, chosen: Candidate, started: Instant, skipped: usize, reused_engine: bool) -> Result<GraphPlan, String> {
+        let choice = ConvChoice {
+            api: "graph",
+            algo: chosen.info.tag.clone(),
+            math: "FLOAT".into(),
+            workspace_bytes: chosen.workspace,
+            fused_bias: graph.fused && call.bias.is_some(),
+            choose_ms: started.elapsed().as_secs_f64() * 1e3,
+            runtime_compiled: chosen.info.runtime_compiled,
+            reused_engine,
+            fallback: None,
+            skipped,
+        };
+        let epilogue = if graph.fused { None } else { Some(Epilogue::new(call)?) };
+        Ok(GraphPlan { graph, chosen, variant: None, epilogue, choice })
     }
 
     pub fn workspace(&self) -> usize {

@@ -189,6 +189,7 @@ impl LegacyPlan {
         let choice = ConvChoice {
             api: "legacy",
             runtime_compiled: false,
+            reused_engine: false,
             fallback: None,
             skipped: 0,
             algo: format!("{:?}", best.algo).trim_start_matches("CUDNN_CONVOLUTION_FWD_ALGO_").to_string(),
