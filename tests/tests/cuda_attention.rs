@@ -430,21 +430,23 @@ fn wide_attention_timing() {
 
 /// The flash-attention configurations compared on the GPU (`flash_variant_timing`) per head-dim
 /// bucket, named `r{row tiles}k{keys}s{stages}b{min blocks per SM}` plus `x` when the unused
-/// last 8 columns of the bucket are skipped (`Config::exact`). The bucket's default is among them.
+/// last 8 columns of the bucket are skipped (`Config::exact`) and `h` for f16 exponentials
+/// (`Config::half_exp`). The bucket's default is among them.
 fn flash_variants(bucket: usize) -> Vec<(String, flash::Config)> {
-    let c = |row_tiles, keys, stages, min_blocks, exact| flash::Config { row_tiles, keys, stages, min_blocks, exact };
+    let c = |row_tiles, keys, stages, min_blocks, exact| flash::Config { row_tiles, keys, stages, min_blocks, exact, half_exp: false };
+    let h = |c: flash::Config| flash::Config { half_exp: true, ..c };
     let mut out: Vec<flash::Config> = match bucket {
-        48 => vec![c(2, 64, 2, 1, false), c(2, 64, 2, 1, true), c(2, 64, 3, 1, true), c(2, 32, 3, 1, true), c(1, 64, 3, 1, true), c(1, 32, 3, 2, true)],
-        64 => vec![c(2, 32, 2, 1, true), c(2, 32, 3, 1, true)],
-        80 => vec![c(1, 64, 2, 1, true), c(1, 32, 3, 1, true), c(2, 32, 2, 1, true)],
-        _ => vec![c(1, 32, 2, 1, true)],
+        48 => vec![c(2, 64, 2, 1, false), c(2, 64, 2, 1, true), c(2, 64, 3, 1, true), h(c(2, 64, 3, 1, true)), c(2, 32, 3, 1, true), c(1, 64, 3, 1, true), c(1, 32, 3, 2, true)],
+        64 => vec![c(2, 32, 2, 1, true), c(2, 32, 3, 1, true), h(c(2, 32, 3, 1, true))],
+        80 => vec![c(1, 64, 2, 1, true), h(c(1, 64, 2, 1, true)), c(1, 32, 3, 1, true), c(2, 32, 2, 1, true)],
+        _ => vec![c(1, 32, 2, 1, true), h(c(1, 32, 2, 1, true))],
     };
     let default = flash::default_config(bucket);
     if !out.contains(&default) {
         out.insert(0, default);
     }
     out.into_iter()
-        .map(|c| (format!("r{}k{}s{}b{}{}", c.row_tiles, c.keys, c.stages, c.min_blocks, if c.exact { "x" } else { "" }), c))
+        .map(|c| (format!("r{}k{}s{}b{}{}{}", c.row_tiles, c.keys, c.stages, c.min_blocks, if c.exact { "x" } else { "" }, if c.half_exp { "h" } else { "" }), c))
         .collect()
 }
 

@@ -57,6 +57,12 @@ pub struct Config {
     /// skip them: the last q·k step runs as m16n8k8 and P·V produces one 8-column tile fewer
     /// (a second instantiation of the kernel body, picked at run time).
     pub exact: bool,
+    /// f16 data: exponentiate the scores two at a time (`ex2.approx.f16x2`, one special-function
+    /// op per pair) straight into the f16 pairs `P·V` reads. At SD's small head dims the
+    /// exponentials, not the tensor cores, bound the kernel (one per score against 4·d FLOPs).
+    /// The shifted score `s·scale − max ≤ 0` is rounded to f16 first (P is rounded to f16 for
+    /// `P·V` either way); each lane sums a tile's P in f16 and adds that to the f32 row sum.
+    pub half_exp: bool,
 }
 
 impl Config {
@@ -104,7 +110,7 @@ impl Config {
 /// row tiles (67 µs); above 80 two row tiles do not fit the registers. Caps of 128 registers for
 /// two blocks per SM spilled or ran slower (322 vs 246 µs at 48).
 pub fn default_config(bucket: usize) -> Config {
-    let c = |row_tiles, keys, stages| Config { row_tiles, keys, stages, min_blocks: 1, exact: true };
+    let c = |row_tiles, keys, stages| Config { row_tiles, keys, stages, min_blocks: 1, exact: true, half_exp: false };
     match bucket {
         0..=48 => c(2, 64, 3),
         49..=64 => c(2, 32, 3),
@@ -210,6 +216,14 @@ __device__ __forceinline__ unsigned qfa_pack_bf16(float lo, float hi) {
   unsigned r; asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo)); return r;
 }
 __device__ __forceinline__ float qfa_exp2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
+// 2^x of both f16 halves at once; their sum; the sum of the two halves as f32.
+__device__ __forceinline__ unsigned qfa_exp2_h2(unsigned x) { unsigned y; asm("ex2.approx.f16x2 %0, %1;" : "=r"(y) : "r"(x)); return y; }
+__device__ __forceinline__ unsigned qfa_hadd2(unsigned a, unsigned b) { unsigned r; asm("add.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b)); return r; }
+__device__ __forceinline__ float qfa_h2sum(unsigned a) {
+  float lo, hi;
+  asm("{ .reg .f16 l, h; mov.b32 {l, h}, %2; cvt.f32.f16 %0, l; cvt.f32.f16 %1, h; }" : "=f"(lo), "=f"(hi) : "r"(a));
+  return lo + hi;
+}
 // Rows [r0, r0 + rows) of a [nrows, ld] slab into shared rows of LD elements, C chunks of 8
 // elements each: columns past `width` and rows past `nrows` become zeros (so padded dot products
 // and P·V add nothing).
@@ -245,7 +259,7 @@ impl FlashVariant {
         let name = format!("{prefix}_flash_attention_{}", self.bucket);
         let dp = self.bucket;
         let cfg = config(dp);
-        let Config { row_tiles: mt, keys: bn, stages, min_blocks, exact } = cfg;
+        let Config { row_tiles: mt, keys: bn, stages, min_blocks, exact, half_exp } = cfg;
         let ld = Config::row_len(dp);
         // Dropping the last 8 columns needs a bucket of whole 16-column steps with one left. Not
         // with a mask (SD's attention has none): its index arithmetic in the second body pushed
@@ -255,6 +269,45 @@ impl FlashVariant {
             DType::BF16 => ("qfa_mma_bf16", "qfa_mma8_bf16", "qfa_pack_bf16"),
             _ => ("qfa_mma_f16", "qfa_mma8_f16", "qfa_pack_f16"),
         };
+        let half_exp = half_exp && self.dtype == DType::F16;
+        // The exponentials (and the row sums) of one row tile's scores, and the A fragments of
+        // P·V built from them: f32 exponentials rounded in pairs, or f16 pairs kept as they are
+        // (stored in the first float of each pair).
+        let (exp_loop, p_frag) = if half_exp {
+            (
+                r#"#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            unsigned acc = 0u;
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt) {
+              const unsigned x2 = qfa_pack_f16(fmaf(s[mt][nt][2 * h], factor, -base[h]), fmaf(s[mt][nt][2 * h + 1], factor, -base[h]));
+              const unsigned p2 = qfa_exp2_h2(x2);
+              s[mt][nt][2 * h] = __uint_as_float(p2);
+              acc = qfa_hadd2(acc, p2);
+            }
+            sum[h] += qfa_h2sum(acc);
+          }"#,
+                ["__float_as_uint(s[mt][2 * kc][0])", "__float_as_uint(s[mt][2 * kc][2])", "__float_as_uint(s[mt][2 * kc + 1][0])", "__float_as_uint(s[mt][2 * kc + 1][2])"].map(String::from),
+            )
+        } else {
+            (
+                r#"#pragma unroll
+          for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              s[mt][nt][e] = qfa_exp2(fmaf(s[mt][nt][e], factor, -base[e >> 1]));
+              sum[e >> 1] += s[mt][nt][e];
+            }
+          }"#,
+                [
+                    format!("{pack}(s[mt][2 * kc][0], s[mt][2 * kc][1])"),
+                    format!("{pack}(s[mt][2 * kc][2], s[mt][2 * kc][3])"),
+                    format!("{pack}(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1])"),
+                    format!("{pack}(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3])"),
+                ],
+            )
+        };
+        let [pf0, pf1, pf2, pf3] = p_frag;
         let mut args = format!("const QParams p, {}* __restrict__ out, const unsigned short* __restrict__ q, const unsigned short* __restrict__ k, const unsigned short* __restrict__ v", self.out.storage());
         let mut call = "p, out, q, k, v".to_string();
         let mut mask_offset = String::new();
@@ -435,14 +488,7 @@ __device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
             corr[r] = qfa_exp2(mr[mt][r] - base[r]);
             mr[mt][r] = mnew;
           }}
-#pragma unroll
-          for (int nt = 0; nt < BN / 8; ++nt) {{
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {{
-              s[mt][nt][e] = qfa_exp2(fmaf(s[mt][nt][e], factor, -base[e >> 1]));
-              sum[e >> 1] += s[mt][nt][e];
-            }}
-          }}
+          {exp_loop}
           lr[mt][0] = lr[mt][0] * corr[0] + sum[0];
           lr[mt][1] = lr[mt][1] * corr[1] + sum[1];
 #pragma unroll
@@ -458,10 +504,10 @@ __device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
           unsigned a[MT][4];
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {{
-            a[mt][0] = {pack}(s[mt][2 * kc][0], s[mt][2 * kc][1]);
-            a[mt][1] = {pack}(s[mt][2 * kc][2], s[mt][2 * kc][3]);
-            a[mt][2] = {pack}(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
-            a[mt][3] = {pack}(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+            a[mt][0] = {pf0};
+            a[mt][1] = {pf1};
+            a[mt][2] = {pf2};
+            a[mt][3] = {pf3};
           }}
 #pragma unroll
           for (int d2 = 0; d2 < NT / 2; ++d2) {{
@@ -548,7 +594,7 @@ mod tests {
 
     #[test]
     fn forced_configs_are_checked_scoped_and_reach_the_kernel() {
-        let forced = Config { row_tiles: 1, keys: 64, stages: 3, min_blocks: 2, exact: false };
+        let forced = Config { row_tiles: 1, keys: 64, stages: 3, min_blocks: 2, exact: false, half_exp: false };
         let v = FlashVariant { dtype: DType::F16, bucket: 48, mask: None, out: CType::of(DType::F16) };
         let src = with_config(forced, 48, || {
             assert_eq!(block_rows(48), 128);
