@@ -224,6 +224,7 @@ fn rewrites_culprit(src: &SourceGraph, group: &[usize], e: quilt_rewrites::Error
 /// Pointers as ORT passes them to `OrtEp::GetCapability`.
 pub unsafe fn claim(ep: &QuiltEp, graph: *const OrtGraph, info: *mut OrtEpGraphSupportInfo) -> Result<()> {
     let api = ep.api;
+    let started = std::time::Instant::now();
     let converted = convert(api, graph, GraphIo::Graph, WeightCopy::UpTo(CAPABILITY_WEIGHT_BYTES))?;
     let src = &converted.source;
     if src.nodes.is_empty() {
@@ -283,7 +284,12 @@ pub unsafe fn claim(ep: &QuiltEp, graph: *const OrtGraph, info: *mut OrtEpGraphS
         api.check("EpGraphSupportInfo_AddNodesToFuse", add(info, nodes.as_ptr(), nodes.len(), &options))?;
     }
     let claimed: usize = groups.iter().map(Vec::len).sum();
-    ep.log.info(&format!("claimed {claimed} of {} nodes in {} group(s)", src.nodes.len(), groups.len()));
+    ep.log.info(&format!(
+        "claimed {claimed} of {} nodes in {} group(s) in {:.0} ms (import, trial compiles)",
+        src.nodes.len(),
+        groups.len(),
+        started.elapsed().as_secs_f64() * 1e3
+    ));
     Ok(())
 }
 

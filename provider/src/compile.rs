@@ -95,10 +95,20 @@ pub unsafe fn release(info: *mut OrtNodeComputeInfo) {
 }
 
 unsafe fn build(ep: &QuiltEp, graph: *const OrtGraph, fused_node: *const OrtNode, name: &str) -> Result<FusedKernel> {
+    // Phase times go to the log: session creation time is a target (issue 4).
+    let mut clock = std::time::Instant::now();
+    let mut phases: Vec<String> = Vec::new();
+    let mut lap = |what: &str| {
+        phases.push(format!("{what} {:.0} ms", clock.elapsed().as_secs_f64() * 1e3));
+        clock = std::time::Instant::now();
+    };
     let converted = convert(ep.api, graph, GraphIo::FusedNode(fused_node), WeightCopy::All)?;
+    lap("read graph + copy weights");
     let src = &converted.source;
     let imported = import(src, &ImportOptions { lenient: false })?;
+    lap("import");
     let plan = ep.options.plan(&imported.graph, matches!(ep.backend, Backend::Cuda { .. }))?;
+    lap("optimize");
     if let Some(dir) = &ep.options.dump_plans {
         // The node list says which ORT nodes quilt took (shape chains that fold away leave no
         // step in the plan, so the plan alone cannot say).
@@ -143,5 +153,7 @@ unsafe fn build(ep: &QuiltEp, graph: *const OrtGraph, fused_node: *const OrtNode
             Executable::Cuda(exec)
         }
     };
+    lap("prepare executable (kernels, weight upload)");
+    ep.log.info(&format!("compile phases of '{name}': {}", phases.join(", ")));
     Ok(FusedKernel { name: name.to_string(), exec, inputs, outputs })
 }
