@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 
 use quilt_rewrites::plan::{BufferKind, Step};
+use quilt_rewrites::sym::shape_string;
 use quilt_rewrites::{DType, Plan, SymDim, Tensor};
 
 use crate::error::{Error, Result};
+use crate::plan_check::view_error;
 
 /// Symbol values for one run.
 #[derive(Default, Debug)]
@@ -91,9 +93,12 @@ pub(crate) fn bind_shapes(plan: &Plan, inputs: &[(DType, &[usize])]) -> Result<B
     Ok(bindings)
 }
 
-/// Every buffer's concrete shape; errors name the step that writes the buffer.
+/// Every buffer's concrete shape; errors name the step that writes the buffer, or the view's
+/// node. A view must have as many elements as the buffer it views (the plan knows that only
+/// symbolically; this is where the sizes are known).
 pub(crate) fn buffer_shapes(plan: &Plan, bindings: &Bindings, producer: &[Option<usize>]) -> Result<Vec<Vec<usize>>> {
-    plan.buffers
+    let shapes = plan
+        .buffers
         .iter()
         .enumerate()
         .map(|(b, buf)| {
@@ -102,6 +107,7 @@ pub(crate) fn buffer_shapes(plan: &Plan, bindings: &Bindings, producer: &[Option
                     let Step::Op(s) = &plan.steps[i];
                     Error::Step { node: s.node.clone(), op: s.op.name(), msg }
                 }
+                (None, BufferKind::View { node, .. }) => view_error(node, format!("view %{b}: {msg}")),
                 (None, BufferKind::Weight(_)) => Error::Plan(format!("weight buffer %{b}: {msg}")),
                 _ => Error::Plan(format!("buffer %{b}: {msg}")),
             };
@@ -115,5 +121,21 @@ pub(crate) fn buffer_shapes(plan: &Plan, bindings: &Bindings, producer: &[Option
                 })
                 .collect()
         })
-        .collect()
+        .collect::<Result<Vec<Vec<usize>>>>()?;
+    for (b, buf) in plan.buffers.iter().enumerate() {
+        if let BufferKind::View { of, node } = &buf.kind {
+            let Some(theirs) = shapes.get(*of) else {
+                return Err(view_error(node, format!("view %{b} of %{of}, which does not exist")));
+            };
+            let mine = &shapes[b];
+            let (n, m) = (mine.iter().product::<usize>(), theirs.iter().product::<usize>());
+            if n != m {
+                return Err(view_error(
+                    node,
+                    format!("view %{b} {} = {mine:?} has {n} elements, the buffer it views (%{of}, {theirs:?}) has {m}", shape_string(&buf.ty.shape)),
+                ));
+            }
+        }
+    }
+    Ok(shapes)
 }

@@ -1,28 +1,30 @@
 //! `MemoryPlan`: where each intermediate buffer of a `Plan` lives in one arena, by liveness.
 //!
 //! Steps run in plan order. Each intermediate buffer is live from the step that writes it to
-//! the last step that reads it (plan outputs to the end). Buffers are packed into *slots*; a
-//! slot is reused once everything in it is dead. Sizes are symbolic (`SymDim` bytes), so a
-//! slot is reused for a buffer whose size provably fits (same expression, or a difference with
-//! a non-negative lower bound); otherwise the slot grows with `max_of` when the two sizes are
-//! comparable, and a new slot opens when they are not. Slot offsets are the running sum of the
+//! the last step that reads it or any view of it (to the end when it or a view of it is a plan
+//! output). Buffers are packed into *slots*; a slot is reused once everything in it is dead.
+//! Sizes are symbolic (`SymDim` bytes), so a slot is reused for a buffer whose size provably
+//! fits (same expression, or a difference with a non-negative lower bound); otherwise the slot
+//! grows with `max_of` when the two sizes are comparable, and a new slot opens when they are not. Slot offsets are the running sum of the
 //! slot sizes and `peak_bytes` is their total: an upper bound on the arena for every binding of
 //! the symbols (a true peak would need the sizes compared at run time).
 //!
 //! Two kinds of sharing:
-//! - views: a `Reshape`/`Identity` output is its input's memory (backends alias it), so it
-//!   takes the input's slot and keeps it alive;
+//! - views (`BufferKind::View`, what Reshape/Identity lower to): a view is its owner's memory,
+//!   so it has no slot of its own (`slot_of` gives it the owner's) and its reads keep the owner
+//!   alive;
 //! - in place: an elementwise step (or stitched region) writes its output over an input that
 //!   dies at that step and has the output's exact byte size, read at the same index as it is
 //!   written (every thread reads its element before writing it; a normalizing region reads its
-//!   whole row before writing any of it).
+//!   whole row before writing any of it). The input may be a view: its owner's memory is what
+//!   dies.
 //!
 //! Backends may ignore the offsets (the CPU interpreter allocates per buffer); the CUDA arena
 //! will use them.
 
 use std::fmt;
 
-use crate::ir::{Op, UnaryOp};
+use crate::ir::Op;
 use crate::plan::{BufferId, BufferKind, Plan, Step};
 use crate::sym::SymDim;
 
@@ -37,7 +39,8 @@ pub struct Slot {
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemoryPlan {
     pub slots: Vec<Slot>,
-    /// Per buffer: its slot (intermediates only; `None` for inputs, weights and views of them).
+    /// Per buffer: its slot (intermediates, and views of them: the owner's slot; `None` for
+    /// inputs, weights and views of them).
     pub slot_of: Vec<Option<usize>>,
     /// `(step, input buffer, output buffer)` for every output written over an input.
     pub in_place: Vec<(usize, BufferId, BufferId)>,
@@ -69,10 +72,15 @@ fn provably_ge(a: &SymDim, b: &SymDim) -> bool {
 
 pub fn plan_memory(plan: &Plan) -> MemoryPlan {
     let n = plan.buffers.len();
-    let last_use = plan.last_uses();
-    let mut is_output = vec![false; n];
+    let owner = plan.owners();
+    // Reads through views count for the owner's memory.
+    let last_use = plan.memory_last_uses();
+    // Owners whose memory a plan output needs at the end (the output or a view of it).
+    let mut to_end = vec![false; n];
     for v in &plan.outputs {
-        is_output[v.buffer] = true;
+        if let Some(&o) = owner.get(v.buffer) {
+            to_end[o] = true;
+        }
     }
     let mut producer = vec![None; n];
     for (i, step) in plan.steps.iter().enumerate() {
@@ -81,14 +89,15 @@ pub fn plan_memory(plan: &Plan) -> MemoryPlan {
             producer[b] = Some(i);
         }
     }
-    // The last step at which a buffer must still hold its value.
+    // The last step at which an owner's memory must still hold its value.
     let end = |b: BufferId| -> usize {
-        if is_output[b] {
+        if to_end[b] {
             usize::MAX
         } else {
             last_use[b].max(producer[b]).unwrap_or(0)
         }
     };
+    let intermediate = |b: BufferId| matches!(plan.buffers[b].kind, BufferKind::Intermediate);
     let bytes = |b: BufferId| plan.buffers[b].ty.bytes();
     let mut mp = MemoryPlan { slot_of: vec![None; n], ..MemoryPlan::default() };
     // Per slot: the last step that needs anything in it.
@@ -96,38 +105,24 @@ pub fn plan_memory(plan: &Plan) -> MemoryPlan {
     for (i, step) in plan.steps.iter().enumerate() {
         let Step::Op(s) = step;
         for &o in &s.outputs {
-            if !matches!(plan.buffers[o].kind, BufferKind::Intermediate) {
+            if !intermediate(o) {
                 continue;
             }
             let size = bytes(o);
-            let first_in = s.inputs.first().copied().flatten();
-            // A view shares its input's slot (or lives outside the arena with it).
-            if matches!(s.op, Op::Reshape | Op::Unary(UnaryOp::Identity)) && !is_output[o] {
-                if let Some(b) = first_in {
-                    if plan.buffers[b].ty.dtype == plan.buffers[o].ty.dtype {
-                        match mp.slot_of[b] {
-                            Some(slot) => {
-                                mp.slot_of[o] = Some(slot);
-                                release[slot] = release[slot].max(end(o));
-                            }
-                            None => {} // a view of an input or weight: no arena memory
-                        }
-                        continue;
-                    }
-                }
-            }
-            // In place over an input that dies here, same bytes, read at the written index.
+            // In place over an input (or a view of one) whose memory dies here, same bytes,
+            // read at the written index.
             if elementwise(&s.op) {
                 let candidate = s.inputs.iter().flatten().copied().find(|&b| {
-                    matches!(plan.buffers[b].kind, BufferKind::Intermediate)
-                        && !is_output[b]
-                        && mp.slot_of[b].is_some_and(|slot| release[slot] == i)
+                    let m = owner[b];
+                    intermediate(m)
+                        && !to_end[m]
+                        && mp.slot_of[m].is_some_and(|slot| release[slot] == i)
                         && bytes(b) == size
                         && plan.buffers[b].ty.numel() == plan.buffers[o].ty.numel()
-                        && !mp.in_place.iter().any(|&(st, _, out)| st == i && mp.slot_of[out] == mp.slot_of[b])
+                        && !mp.in_place.iter().any(|&(st, _, out)| st == i && mp.slot_of[out] == mp.slot_of[m])
                 });
                 if let Some(b) = candidate {
-                    let slot = mp.slot_of[b].unwrap();
+                    let slot = mp.slot_of[owner[b]].unwrap();
                     mp.slot_of[o] = Some(slot);
                     release[slot] = end(o);
                     mp.in_place.push((i, b, o));
@@ -158,6 +153,12 @@ pub fn plan_memory(plan: &Plan) -> MemoryPlan {
             };
             mp.slot_of[o] = Some(slot);
             release[slot] = end(o);
+        }
+    }
+    // A view lives in its owner's slot (none for views of inputs and weights).
+    for (b, &o) in owner.iter().enumerate() {
+        if o != b {
+            mp.slot_of[b] = mp.slot_of[o];
         }
     }
     let mut offset = SymDim::konst(0);

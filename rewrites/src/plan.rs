@@ -1,7 +1,10 @@
 //! `Plan`: what a backend executes. Ordered steps over buffers whose sizes are symbolic dims.
 //!
 //! The foundation lowers one IR node to one `Step::Op`; the optimizer adds stitched regions and
-//! library calls behind the same type.
+//! library calls behind the same type. Ops that only rename memory (Reshape, Squeeze, Unsqueeze,
+//! Flatten and Identity, all `Op::Reshape` or `UnaryOp::Identity` in the IR) are not steps: they
+//! are view buffers ([`BufferKind::View`]) that share their owner's memory, since a step that
+//! does nothing is not a step (a backend would only alias it anyway).
 
 use std::fmt;
 use std::sync::Arc;
@@ -23,6 +26,12 @@ pub enum BufferKind {
     MissingWeight(String),
     /// Produced by a step.
     Intermediate,
+    /// The memory of buffer `of` under this buffer's own type: no step writes it and backends
+    /// alias it (the CPU interpreter reads `of`'s data with this shape). Same dtype as `of`
+    /// (checked once per plan) and the same element count (checked when the symbols are bound).
+    /// Plans from `lower` point `of` at the owner, never at another view; backends follow
+    /// chains anyway ([`Plan::owner`]). `node` is the model node it came from, for messages.
+    View { of: BufferId, node: String },
 }
 
 #[derive(Clone, Debug)]
@@ -64,18 +73,83 @@ pub struct Plan {
     pub memory: MemoryPlan,
 }
 
+/// One line of a plan listing: a step, or a view (placed where `lower` made it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listed {
+    Step(usize),
+    View(BufferId),
+}
+
 impl Plan {
     /// For each buffer, the index of the last step that reads it (`None`: never read by a step).
-    /// Backends free intermediates after their last use.
+    /// A read through a view counts for the view only; see [`Plan::memory_last_uses`].
     pub fn last_uses(&self) -> Vec<Option<usize>> {
         let mut last = vec![None; self.buffers.len()];
         for (i, step) in self.steps.iter().enumerate() {
             let Step::Op(s) = step;
             for b in s.inputs.iter().flatten() {
-                last[*b] = Some(i);
+                if let Some(l) = last.get_mut(*b) {
+                    *l = Some(i);
+                }
             }
         }
         last
+    }
+
+    /// The buffer whose memory `b` is: `b` itself unless it is a view, else the end of its
+    /// chain of views. Never loops: a malformed cycle (which the backends' plan checks reject)
+    /// stops after as many hops as there are buffers; an `of` out of range stops there.
+    pub fn owner(&self, b: BufferId) -> BufferId {
+        let mut at = b;
+        for _ in 0..self.buffers.len() {
+            match self.buffers.get(at).map(|x| &x.kind) {
+                Some(BufferKind::View { of, .. }) if *of < self.buffers.len() => at = *of,
+                _ => break,
+            }
+        }
+        at
+    }
+
+    /// [`Plan::owner`] of every buffer.
+    pub fn owners(&self) -> Vec<BufferId> {
+        (0..self.buffers.len()).map(|b| self.owner(b)).collect()
+    }
+
+    /// For each buffer, the last step that reads its memory: the owner's entry covers reads of
+    /// the owner and of every view of it, and each view gets its owner's entry. Backends free
+    /// (or reuse) an owner's memory after this step.
+    pub fn memory_last_uses(&self) -> Vec<Option<usize>> {
+        let owners = self.owners();
+        let mut last: Vec<Option<usize>> = vec![None; self.buffers.len()];
+        for (b, l) in self.last_uses().into_iter().enumerate() {
+            let o = owners[b];
+            last[o] = last[o].max(l);
+        }
+        (0..self.buffers.len()).map(|b| last[owners[b]]).collect()
+    }
+
+    /// Number of view buffers.
+    pub fn view_count(&self) -> usize {
+        self.buffers.iter().filter(|b| matches!(b.kind, BufferKind::View { .. })).count()
+    }
+
+    /// Steps and views in the order to print them: each view before the first step whose
+    /// outputs were made after it (buffer ids grow in lowering order, and `lower` makes a view
+    /// when a step or an output first reads it, so it is listed right before that reader);
+    /// views made after the last step (outputs) at the end.
+    pub fn listing(&self) -> Vec<Listed> {
+        let mut views = self.buffers.iter().enumerate().filter(|(_, b)| matches!(b.kind, BufferKind::View { .. })).map(|(i, _)| i).peekable();
+        let mut out = Vec::with_capacity(self.steps.len() + self.buffers.len());
+        for (i, step) in self.steps.iter().enumerate() {
+            let Step::Op(s) = step;
+            let first_out = s.outputs.iter().copied().min().unwrap_or(usize::MAX);
+            while let Some(v) = views.next_if(|&v| v < first_out) {
+                out.push(Listed::View(v));
+            }
+            out.push(Listed::Step(i));
+        }
+        out.extend(views.map(Listed::View));
+        out
     }
 }
 
@@ -90,8 +164,18 @@ impl fmt::Display for Plan {
                 writeln!(f, "weight {} : {}", name(i), b.ty)?;
             }
         }
-        for step in &self.steps {
-            let Step::Op(s) = step;
+        for line in self.listing() {
+            let s = match line {
+                Listed::View(v) => {
+                    let BufferKind::View { of, node } = &self.buffers[v].kind else { continue };
+                    writeln!(f, "view {} = {} : {}  # {node}", name(v), name(*of), self.buffers[v].ty)?;
+                    continue;
+                }
+                Listed::Step(i) => {
+                    let Step::Op(s) = &self.steps[i];
+                    s
+                }
+            };
             let ins: Vec<String> = s.inputs.iter().map(|b| b.map_or("_".to_string(), name)).collect();
             let slot = |b: BufferId| match self.memory.slot_of.get(b).copied().flatten() {
                 Some(k) => format!(" @s{k}"),

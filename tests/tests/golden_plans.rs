@@ -1,6 +1,6 @@
 //! Golden plans: readable snapshots of the optimized plan for the tiny SD UNet fixture's ResNet
-//! block, transformer block, attention and upsample (the steps whose model node lies under one
-//! module path), checked in under `tests/golden/`. Buffer ids are renumbered per snapshot in
+//! block, transformer block, attention and upsample (the steps and views whose model node lies
+//! under one module path), checked in under `tests/golden/`. Buffer ids are renumbered per snapshot in
 //! order of appearance so that a change elsewhere in the model does not touch them. A changed
 //! plan fails here with both texts; `QUILT_BLESS=1` rewrites the files (review the diff).
 
@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use quilt_rewrites::import::{import, ImportOptions};
 use quilt_rewrites::onnx::{load, LoadOptions};
-use quilt_rewrites::plan::Step;
+use quilt_rewrites::plan::{BufferKind, Listed, Step};
 use quilt_rewrites::{optimize, Op, Plan};
 
 /// (snapshot file, node-name fragment that selects its steps)
@@ -31,7 +31,8 @@ fn unet_plan() -> Plan {
     optimize(&graph).unwrap()
 }
 
-/// The selected steps, one per line, with buffers renumbered `%0, %1, …` by first use.
+/// The selected steps and views, one per line in plan order, with buffers renumbered
+/// `%0, %1, …` by first use.
 fn snapshot(plan: &Plan, fragment: &str) -> String {
     let mut ids: HashMap<usize, usize> = HashMap::new();
     let mut id = |b: usize| {
@@ -39,8 +40,20 @@ fn snapshot(plan: &Plan, fragment: &str) -> String {
         format!("%{}", *ids.entry(b).or_insert(n))
     };
     let mut out = format!("# optimized plan steps of the tiny SD UNet under '{fragment}'\n");
-    for step in &plan.steps {
-        let Step::Op(s) = step;
+    for line in plan.listing() {
+        let i = match line {
+            Listed::Step(i) => i,
+            Listed::View(v) => {
+                let BufferKind::View { of, node } = &plan.buffers[v].kind else { unreachable!("listed as a view") };
+                if node.contains(fragment) {
+                    let of = id(*of);
+                    let node = node.split(fragment).last().unwrap_or(node);
+                    out += &format!("view {} = {of} : {}  # {node}\n", id(v), plan.buffers[v].ty);
+                }
+                continue;
+            }
+        };
+        let Step::Op(s) = &plan.steps[i];
         if !s.node.contains(fragment) {
             continue;
         }

@@ -3,7 +3,9 @@
 //! `new` validates the plan once (every op implemented, every weight loaded, dtypes supported);
 //! `run` binds the plan's symbols from the input shapes, evaluates every buffer's shape, executes
 //! the steps in order (each kernel lives in its own module), checks each result against its
-//! buffer's evaluated type and frees intermediates after their last use.
+//! buffer's evaluated type and frees intermediates after their last use. A view buffer holds no
+//! value of its own: a step that reads it gets its owner's data under the view's shape, and its
+//! reads count as reads of the owner when deciding what to free.
 
 mod broadcast;
 mod conv;
@@ -35,9 +37,12 @@ use crate::bind::{self, Bindings};
 /// A plan prepared for the CPU.
 pub struct CpuExecutable {
     plan: Plan,
-    /// Per buffer, the last step that reads it.
+    /// Per buffer, the buffer whose memory it is (itself unless it is a view).
+    owner: Vec<BufferId>,
+    /// Per buffer, the last step that reads its memory (directly or through a view).
     last_uses: Vec<Option<usize>>,
-    /// Per buffer, whether it is a plan output (never freed early).
+    /// Per buffer, whether a plan output (it, or a view of it) needs it at the end (never
+    /// freed early).
     is_output: Vec<bool>,
     /// Per buffer, the step that writes it.
     producer: Vec<Option<usize>>,
@@ -94,12 +99,13 @@ impl CpuExecutable {
     /// Checks that every step is one the interpreter implements and every weight is loaded.
     pub fn new(plan: Plan) -> Result<CpuExecutable> {
         let producer = validate::validate(&plan)?;
-        let last_uses = plan.last_uses();
+        let owner = plan.owners();
+        let last_uses = plan.memory_last_uses();
         let mut is_output = vec![false; plan.buffers.len()];
         for v in &plan.outputs {
-            is_output[v.buffer] = true;
+            is_output[owner[v.buffer]] = true;
         }
-        Ok(CpuExecutable { plan, last_uses, is_output, producer })
+        Ok(CpuExecutable { plan, owner, last_uses, is_output, producer })
     }
 
     pub fn plan(&self) -> &Plan {
@@ -129,13 +135,24 @@ impl CpuExecutable {
             let outs: Vec<(DType, Vec<usize>)> =
                 s.outputs.iter().map(|&b| (plan.buffers[b].ty.dtype, shapes[b].clone())).collect();
             let results = {
-                let mut ins: Vec<Option<&Tensor>> = Vec::with_capacity(s.inputs.len());
+                let held = |slot: usize, b: BufferId| {
+                    let owner = self.owner[b];
+                    slots[owner].get().ok_or_else(|| fail(format!("input {slot} (buffer %{owner}) holds no value when this step runs")))
+                };
+                // Views read as their owner's data under their own shape, made for this step.
+                let mut viewed: Vec<Option<Tensor>> = Vec::with_capacity(s.inputs.len());
                 for (slot, b) in s.inputs.iter().enumerate() {
-                    ins.push(match b {
-                        None => None,
-                        Some(b) => Some(slots[*b].get().ok_or_else(|| {
-                            fail(format!("input {slot} (buffer %{b}) holds no value when this step runs"))
-                        })?),
+                    viewed.push(match *b {
+                        Some(b) if self.owner[b] != b => Some(Tensor { shape: shapes[b].clone(), data: held(slot, b)?.data.clone() }),
+                        _ => None,
+                    });
+                }
+                let mut ins: Vec<Option<&Tensor>> = Vec::with_capacity(s.inputs.len());
+                for (slot, (b, v)) in s.inputs.iter().zip(&viewed).enumerate() {
+                    ins.push(match (b, v) {
+                        (_, Some(v)) => Some(v),
+                        (None, None) => None,
+                        (Some(b), None) => Some(held(slot, *b)?),
                     });
                 }
                 let cx = StepCtx { inputs: &ins, outs: &outs, bindings: &bindings };
@@ -165,35 +182,42 @@ impl CpuExecutable {
                 }
                 slots[b] = Slot::Owned(t);
             }
-            // Free what no later step reads (outputs nobody reads are freed right away).
+            // Free what no later step reads, directly or through a view (outputs nobody reads
+            // are freed right away).
             for &b in s.inputs.iter().flatten().chain(&s.outputs) {
-                if self.is_freeable(b, index) {
-                    slots[b] = Slot::Empty;
+                let owner = self.owner[b];
+                if self.is_freeable(owner, index) {
+                    slots[owner] = Slot::Empty;
                 }
             }
         }
 
         let mut outputs = Vec::with_capacity(plan.outputs.len());
         for (i, v) in plan.outputs.iter().enumerate() {
-            let taken_later = plan.outputs[i + 1..].iter().any(|w| w.buffer == v.buffer);
-            let t = match std::mem::replace(&mut slots[v.buffer], Slot::Empty) {
+            let owner = self.owner[v.buffer];
+            let taken_later = plan.outputs[i + 1..].iter().any(|w| self.owner[w.buffer] == owner);
+            let t = match std::mem::replace(&mut slots[owner], Slot::Empty) {
                 Slot::Owned(t) if taken_later => {
                     let c = t.clone();
-                    slots[v.buffer] = Slot::Owned(t);
+                    slots[owner] = Slot::Owned(t);
                     c
                 }
                 Slot::Owned(t) => t,
                 Slot::Borrowed(t) => {
-                    slots[v.buffer] = Slot::Borrowed(t);
+                    slots[owner] = Slot::Borrowed(t);
                     t.clone()
                 }
-                Slot::Empty => return Err(Error::Plan(format!("output '{}' (buffer %{}) was never written", v.name, v.buffer))),
+                Slot::Empty => return Err(Error::Plan(format!("output '{}' (buffer %{owner}) was never written", v.name))),
             };
+            // An output that is a view (of an input, a weight or a step's output): its own copy
+            // of the owner's data, under the view's shape.
+            let t = if owner == v.buffer { t } else { Tensor { shape: shapes[v.buffer].clone(), data: t.data } };
             outputs.push(t);
         }
         Ok(outputs)
     }
 
+    /// Whether owner `b`'s value may be dropped after `step`.
     fn is_freeable(&self, b: BufferId, step: usize) -> bool {
         matches!(self.plan.buffers[b].kind, BufferKind::Intermediate)
             && !self.is_output[b]
@@ -324,7 +348,7 @@ mod tests {
     use quilt_rewrites::plan::Buffer;
     use quilt_rewrites::TensorData;
 
-    /// y = relu(x + b) with x: [N, 3] symbolic, b: [3] weight; z = reshape(y, [3N]).
+    /// y = relu(x + b) with x: [N, 3] symbolic, b: [3] weight; z = reshape(y, [3N]) (a view).
     fn symbolic_plan() -> CpuExecutable {
         let mut p = PlanBuilder::default();
         let x = p.input("x", DType::F32, dims(&["N", "3"]));
@@ -332,7 +356,7 @@ mod tests {
         let s = p.op("add", Op::Binary(BinaryOp::Add), &[x, b], DType::F32, dims(&["N", "3"]));
         let r = p.op("relu", Op::Unary(UnaryOp::Relu), &[s], DType::F32, dims(&["N", "3"]));
         let flat = vec![SymDim::sym("N") * SymDim::konst(3)];
-        let z = p.op("flatten", Op::Reshape, &[r], DType::F32, flat);
+        let z = p.view("flatten", r, flat);
         p.output("y", r);
         p.output("z", z);
         p.build()
@@ -398,6 +422,103 @@ mod tests {
         p.output("s", s);
         let e = p.build().run(&[Tensor::from_f32s(vec![2], vec![0.0; 2]), Tensor::from_f32s(vec![3], vec![0.0; 3])]).unwrap_err().to_string();
         assert!(e.contains("bad_add") && e.contains("cannot be broadcast"), "{e}");
+    }
+
+    #[test]
+    fn a_view_with_the_wrong_element_count_names_its_node() {
+        let mut p = PlanBuilder::default();
+        let x = p.input("x", DType::F32, dims(&["N", "3"]));
+        let r = p.view("bad_view", x, dims(&["N", "2"]));
+        let y = p.op("neg", Op::Unary(UnaryOp::Neg), &[r], DType::F32, dims(&["N", "2"]));
+        p.output("y", y);
+        let e = p.build().run(&[Tensor::from_f32s(vec![2, 3], vec![0.0; 6])]).unwrap_err().to_string();
+        assert!(e.contains("bad_view") && e.contains("4 elements") && e.contains("has 6"), "{e}");
+    }
+
+    /// Views read their owner's data under their own shape; chains of views work; an output
+    /// that is a view of an input, a weight or an intermediate gets its own copy; the owner
+    /// stays alive while any view of it is still to be read.
+    #[test]
+    fn views_alias_their_owner() {
+        let mut p = PlanBuilder::default();
+        let x = p.input("x", DType::F32, konst(&[2, 3]));
+        let w = p.weight(Tensor::from_f32s(vec![6], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        let e = p.op("exp", Op::Unary(UnaryOp::Neg), &[x], DType::F32, konst(&[2, 3]));
+        let flat = p.view("flat", e, konst(&[6]));
+        let again = p.view("again", flat, konst(&[3, 2]));
+        let a = p.op("a", Op::Unary(UnaryOp::Abs), &[flat], DType::F32, konst(&[6]));
+        // `exp` is read last through `again`, two steps after `flat`.
+        let b = p.op("b", Op::Binary(BinaryOp::Add), &[a, w], DType::F32, konst(&[6]));
+        let wv = p.view("w3x2", w, konst(&[3, 2]));
+        let c = p.op("c", Op::Binary(BinaryOp::Mul), &[again, wv], DType::F32, konst(&[3, 2]));
+        let xv = p.view("x/copy", x, konst(&[6]));
+        p.output("b", b);
+        p.output("c", c);
+        p.output("x_flat", xv);
+        p.output("w_view", wv);
+        p.output("again", again);
+        let exe = p.build();
+        assert!(!exe.is_freeable(e, 1) && !exe.is_freeable(e, 3), "a plan output views exp");
+        let xs = vec![1.0, -2.0, 3.0, -4.0, 5.0, -6.0];
+        let out = exe.run(&[Tensor::from_f32s(vec![2, 3], xs.clone())]).unwrap();
+        let neg: Vec<f32> = xs.iter().map(|v| -v).collect();
+        assert_eq!(f32s(&out[0]), (0..6).map(|i| neg[i].abs() + (i + 1) as f32).collect::<Vec<_>>());
+        assert_eq!(out[1].shape, vec![3, 2]);
+        assert_eq!(f32s(&out[1]), (0..6).map(|i| neg[i] * (i + 1) as f32).collect::<Vec<_>>());
+        assert_eq!((out[2].shape.clone(), f32s(&out[2])), (vec![6], xs));
+        assert_eq!((out[3].shape.clone(), f32s(&out[3])), (vec![3, 2], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        assert_eq!((out[4].shape.clone(), f32s(&out[4])), (vec![3, 2], neg));
+    }
+
+    #[test]
+    fn an_owner_read_only_through_views_is_freed_after_the_last() {
+        let mut p = PlanBuilder::default();
+        let x = p.input("x", DType::F32, konst(&[4]));
+        let e = p.op("neg", Op::Unary(UnaryOp::Neg), &[x], DType::F32, konst(&[4]));
+        let v = p.view("v", e, konst(&[2, 2]));
+        let a = p.op("a", Op::Unary(UnaryOp::Abs), &[v], DType::F32, konst(&[2, 2]));
+        let b = p.op("b", Op::Binary(BinaryOp::Add), &[a, v], DType::F32, konst(&[2, 2]));
+        p.output("b", b);
+        let exe = p.build();
+        assert!(!exe.is_freeable(e, 1) && exe.is_freeable(e, 2));
+        let out = exe.run(&[Tensor::from_f32s(vec![4], vec![1.0, -2.0, 3.0, -4.0])]).unwrap();
+        assert_eq!(f32s(&out[0]), vec![0.0, 4.0, 0.0, 8.0]);
+    }
+
+    #[test]
+    fn bad_views_are_rejected_naming_the_node() {
+        // A view of a weight that was not loaded, read by a step.
+        let mut p = PlanBuilder::default();
+        p.plan.buffers.push(Buffer { ty: quilt_rewrites::TensorType::new(DType::F32, konst(&[2])), kind: BufferKind::MissingWeight("w0".into()) });
+        let x = p.input("x", DType::F32, konst(&[2]));
+        let wv = p.view("w_view", 0, konst(&[2]));
+        let y = p.op("uses_w", Op::Binary(BinaryOp::Add), &[x, wv], DType::F32, konst(&[2]));
+        p.output("y", y);
+        let e = CpuExecutable::new(p.plan).err().unwrap().to_string();
+        assert!(e.contains("uses_w") && e.contains("'w0'") && e.contains("view %2"), "{e}");
+        // A view that changes the dtype.
+        let mut p = PlanBuilder::default();
+        let x = p.input("x", DType::F32, konst(&[2]));
+        let v = p.view("as_f16", x, konst(&[2]));
+        p.plan.buffers[v].ty.dtype = DType::F16;
+        p.output("v", v);
+        let e = CpuExecutable::new(p.plan).err().unwrap().to_string();
+        assert!(e.contains("as_f16") && e.contains("dtype"), "{e}");
+        // Views in a cycle, and a step that writes a view.
+        let mut p = PlanBuilder::default();
+        let x = p.input("x", DType::F32, konst(&[2]));
+        let v = p.view("loop", x, konst(&[2]));
+        p.plan.buffers[v].kind = BufferKind::View { of: v, node: "loop".into() };
+        p.output("v", v);
+        let e = CpuExecutable::new(p.plan).err().unwrap().to_string();
+        assert!(e.contains("loop") && e.contains("cycle"), "{e}");
+        let mut p = PlanBuilder::default();
+        let x = p.input("x", DType::F32, konst(&[2]));
+        let v = p.view("v", x, konst(&[2]));
+        p.plan.steps.push(Step::Op(quilt_rewrites::plan::OpStep { node: "writer".into(), op: Op::Unary(UnaryOp::Neg), inputs: vec![Some(x)], outputs: vec![v] }));
+        p.output("v", v);
+        let e = CpuExecutable::new(p.plan).err().unwrap().to_string();
+        assert!(e.contains("writer") && e.contains("view"), "{e}");
     }
 
     #[test]

@@ -53,6 +53,12 @@ impl PlanBuilder {
         self.step(node, op, &ins, vec![(dtype, shape)])[0]
     }
 
+    /// A view of `of` (Reshape/Identity as `lower` makes them) with its own shape.
+    pub fn view(&mut self, node: &str, of: BufferId, shape: Vec<SymDim>) -> BufferId {
+        let dtype = self.plan.buffers[of].ty.dtype;
+        self.buffer(dtype, shape, BufferKind::View { of, node: node.into() })
+    }
+
     pub fn output(&mut self, name: &str, b: BufferId) {
         self.plan.outputs.push(PlanValue { name: name.into(), buffer: b });
     }

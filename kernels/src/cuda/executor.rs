@@ -105,7 +105,10 @@ pub struct CudaExecutable {
     steps: Vec<Prepared>,
     weights: Vec<Option<Arc<DeviceBuffer>>>,
     producer: Vec<Option<usize>>,
+    /// Per buffer, the last step that reads its memory (directly or through a view).
     last_uses: Vec<Option<usize>>,
+    /// Per buffer, the buffer whose memory it is (itself unless it is a view).
+    owner: Vec<BufferId>,
     cuda_graphs: bool,
     /// Dropped by hand (under the device's stream lock) in `Drop`.
     runtime: ManuallyDrop<Mutex<Runtime>>,
@@ -172,7 +175,8 @@ impl CudaExecutable {
         let runtime = Runtime::new(&device, plan.steps.len())?;
         blas.set_workspace(runtime.blas_workspace.ptr, runtime.blas_workspace.bytes)?;
         drop(stream);
-        let last_uses = plan.last_uses();
+        let last_uses = plan.memory_last_uses();
+        let owner = plan.owners();
         Ok(CudaExecutable {
             modules: loaded.len(),
             plan,
@@ -183,6 +187,7 @@ impl CudaExecutable {
             weights,
             producer,
             last_uses,
+            owner,
             cuda_graphs: graphs_from_env(),
             runtime: ManuallyDrop::new(Mutex::new(runtime)),
         })
@@ -499,27 +504,11 @@ impl CudaExecutable {
         let n_steps = plan.steps.len();
         let n_bufs = plan.buffers.len();
 
-        // Views (Reshape, Identity) are their input's memory: follow them to the owner.
-        let mut root: Vec<BufferId> = (0..n_bufs).collect();
-        for (i, step) in plan.steps.iter().enumerate() {
-            let Step::Op(s) = step;
-            if let StepKind::Alias = self.steps[i].kind {
-                let fail = |msg: String| step_error(plan, i, msg);
-                let x = s.inputs.first().copied().flatten().ok_or_else(|| fail("input 0 is missing".into()))?;
-                let (in_bytes, out_bytes) = (nbytes(x), nbytes(s.outputs[0]));
-                if in_bytes != out_bytes {
-                    return Err(fail(format!("{in_bytes} bytes in, {out_bytes} bytes out: the element count changes")));
-                }
-                root[s.outputs[0]] = root[x];
-            }
-        }
+        // Views (`BufferKind::View`: Reshape, Identity) are their owner's memory. Their element
+        // counts (so bytes: a view keeps the dtype) were checked against it by `buffer_shapes`.
+        let root: &[BufferId] = &self.owner;
         // The last step that needs each owner's memory (outputs: past the last step).
-        let mut last: Vec<Option<usize>> = vec![None; n_bufs];
-        for b in 0..n_bufs {
-            if let Some(l) = self.last_uses[b] {
-                last[root[b]] = Some(last[root[b]].map_or(l, |x: usize| x.max(l)));
-            }
-        }
+        let mut last: Vec<Option<usize>> = self.last_uses.clone();
         for v in &plan.outputs {
             last[root[v.buffer]] = Some(n_steps);
         }
@@ -548,6 +537,8 @@ impl CudaExecutable {
             match &buf.kind {
                 BufferKind::Weight(_) => loc[b] = Loc::Device(self.weights[b].as_ref().map_or(0, |w| w.ptr)),
                 BufferKind::MissingWeight(_) => return Err(Error::Plan(format!("buffer %{b}: its weight was not loaded"))),
+                // Skipped above (a view's root is another buffer).
+                BufferKind::View { .. } => {}
                 BufferKind::Input(i) if !staged => loc[b] = Loc::Input(*i),
                 BufferKind::Input(i) => {
                     lives_of[b] = Some(lives.len());
@@ -626,7 +617,7 @@ impl CudaExecutable {
             st.outs = s.outputs.iter().map(|&b| at(b)).collect();
             st.scratch = mine.iter().map(|&k| Loc::Arena(packing.offsets[k])).collect();
         }
-        // Steps that queue nothing (views, host values) are kept only for profiled timings.
+        // Steps that queue nothing (host values) are kept only for profiled timings.
         let stage_in = stage_in.into_iter().map(|(i, b, bytes)| (i, packing.offsets[lives_of[b].expect("staged inputs are packed")], bytes)).collect();
         let mut copies_out = Vec::new();
         for (j, v) in plan.outputs.iter().enumerate() {

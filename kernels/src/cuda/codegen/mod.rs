@@ -94,10 +94,9 @@ pub trait StepCode: Send + Sync {
     fn plan(&self, s: &StepShapes) -> Result<LaunchPlan, String>;
 }
 
-/// How the executor runs one step.
+/// How the executor runs one step. (Reshape and Identity are not steps but view buffers,
+/// `BufferKind::View`, which the executor resolves to their owner's memory.)
 pub enum StepKind {
-    /// The output is the input's memory under another shape (Reshape, Identity).
-    Alias,
     /// The output is computed on the host from the bindings (shape values).
     HostValue(Vec<quilt_rewrites::SymDim>),
     Code(Box<dyn StepCode>),
@@ -119,12 +118,9 @@ pub fn generate(plan: &Plan, step: &OpStep, index: usize) -> Result<StepKind, St
     let _ = index;
     let t = Types { ins, in_ranks, outs, out_ranks, prefix: "q".to_string() };
     let code: Box<dyn StepCode> = match &step.op {
-        Op::Reshape | Op::Unary(quilt_rewrites::ir::UnaryOp::Identity) => {
-            if t.ins.first().copied().flatten() != Some(t.outs[0]) {
-                return Err("Identity/Reshape changes the dtype".into());
-            }
-            return Ok(StepKind::Alias);
-        }
+        // `quilt_rewrites::lower` makes Reshape a view buffer; only a hand-built plan has it as a
+        // step (an Identity step is a copy, through the elementwise kernel).
+        Op::Reshape => return Err("a Reshape step: reshapes are view buffers (`BufferKind::View`), not steps".into()),
         Op::SymbolicValue { values, .. } => {
             if t.outs[0] != DType::I64 {
                 return Err(format!("SymbolicValue of dtype {}", t.outs[0]));
