@@ -1,7 +1,10 @@
 //! `quilt explain MODEL.onnx [--json]`: what the compiler does with a model, without running
 //! it. Loads the graph only (weights are not needed), imports it, optimizes it and lowers it to
 //! a Plan, then reports node and step counts, per-op counts before and after, the patterns
-//! recognized, each e-graph stage's size and time, and a bound on memory.
+//! recognized, each e-graph stage's size and time, and a bound on memory. Reshapes and
+//! identities are views of other buffers, not steps (`quilt_rewrites::plan::BufferKind::View`):
+//! they are counted as `views`, and `steps` counts only steps that do work (`launch_steps`,
+//! once steps minus views, equals `steps`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,9 +20,10 @@ use crate::error::{ModelsError, Result};
 pub const USAGE: &str = "\
 usage: quilt explain MODEL.onnx [--json] [--no-optimize] [--plan] [--channels-last]
 
-Compiles MODEL (graph only: weights are not loaded) and reports ONNX nodes in, plan steps out,
-per-op counts before and after optimization, recognized patterns (attention, GroupNorm,
-LayerNorm, GELU, GeGLU, SiLU, QuickGELU), each e-graph stage's size and time, and optimize_ms.
+Compiles MODEL (graph only: weights are not loaded) and reports ONNX nodes in, plan steps out
+and views (reshapes: another buffer's memory under a new shape, not steps), per-op counts
+before and after optimization, recognized patterns (attention, GroupNorm, LayerNorm, GELU,
+GeGLU, SiLU, QuickGELU), each e-graph stage's size and time, and optimize_ms.
 --json prints one JSON object; --plan also prints the plan; --no-optimize shows the plain lowering;
 --channels-last plans as quilt's GPU device with cuDNN does (convolutions on NHWC data).";
 
@@ -101,11 +105,6 @@ fn is_library(op: &Op) -> bool {
     matches!(op, Op::MatMul | Op::Gemm { .. } | Op::Conv { .. } | Op::Attention { .. })
 }
 
-/// Steps that launch nothing on a device (a Reshape is a view of its input).
-fn is_view(op: &Op) -> bool {
-    matches!(op, Op::Reshape | Op::Unary(quilt_rewrites::ir::UnaryOp::Identity))
-}
-
 pub struct Explanation {
     pub json: serde_json::Value,
     pub text: String,
@@ -140,7 +139,7 @@ pub fn explain(model: &Path, optimize: bool, print_plan: bool, channels_last: bo
     let steps_of = |pred: &dyn Fn(&Op) -> bool| plan.steps.iter().filter(|s| { let Step::Op(s) = s; pred(&s.op) }).count();
     let stitched_steps = steps_of(&|o| matches!(o, Op::Stitched(_)));
     let library_steps = steps_of(&is_library);
-    let view_steps = steps_of(&is_view);
+    let views = plan.view_count();
     let regions: Vec<serde_json::Value> = plan
         .steps
         .iter()
@@ -194,8 +193,9 @@ pub fn explain(model: &Path, optimize: bool, print_plan: bool, channels_last: bo
         "steps": plan.steps.len(),
         "stitched_steps": stitched_steps,
         "library_steps": library_steps,
-        "view_steps": view_steps,
-        "launch_steps": plan.steps.len() - view_steps,
+        "views": views,
+        // Every step launches work now that views are buffers; kept for readers of the old key.
+        "launch_steps": plan.steps.len(),
         "import_ms": import_ms,
         "optimize_ms": optimize_ms,
         "peak_bytes": peak.to_string(),
@@ -223,9 +223,9 @@ pub fn explain(model: &Path, optimize: bool, print_plan: bool, channels_last: bo
     let _ = writeln!(text, "nodes in    {} ONNX nodes → {} IR nodes (import {import_ms:.1} ms)", src.nodes.len(), imported.graph.node_count());
     let _ = writeln!(
         text,
-        "steps out   {} (stitched {stitched_steps}, library {library_steps}, views {view_steps}, other {})",
+        "steps out   {} (stitched {stitched_steps}, library {library_steps}, other {}) and {views} views",
         plan.steps.len(),
-        plan.steps.len() - stitched_steps - library_steps - view_steps
+        plan.steps.len() - stitched_steps - library_steps
     );
     let _ = writeln!(text, "optimize    {optimize_ms:.1} ms ({})", if optimize { "e-graph" } else { "off" });
     let pats: Vec<String> = PATTERNS.iter().map(|(op, key)| format!("{key} {}", after.get(*op).copied().unwrap_or(0))).collect();
@@ -297,6 +297,8 @@ mod tests {
             assert!(j["peak_bytes"].as_str().unwrap().contains("batch"), "{}", j["peak_bytes"]);
             assert!(x.text.contains("stage fusion"));
             assert!(j["stitched_steps"].as_u64().unwrap() > 0 && j["library_steps"].as_u64().unwrap() > 0, "{file}");
+            // The UNet's attention reshapes heads in and out: views, not steps.
+            assert!(j["views"].as_u64().unwrap() > 0 && j["ops_after"].get("Reshape").is_none(), "{file}: {}", j["ops_after"]);
             assert!(x.text.contains("GroupNorm → Mul → Add → Silu"), "{file}: no GroupNorm+SiLU region");
         }
     }
