@@ -60,52 +60,73 @@ pub fn node_cost(egraph: &EGraph, node: &ENode) -> u128 {
 /// The chosen node of every class reachable from `roots`: least tree cost first, then improved
 /// for sharing (the module doc).
 pub fn extract(egraph: &EGraph, roots: &[Id]) -> Result<HashMap<Id, ENode>, String> {
-    let own: HashMap<&ENode, u128> = egraph.classes().flat_map(|c| c.nodes.iter()).map(|n| (n, node_cost(egraph, n))).collect();
-    let best = tree_choice(egraph, &own);
-    let roots: Vec<Id> = roots.iter().map(|r| egraph.find(*r)).collect();
-    let mut selection = Selection::new(egraph, &own, best);
+    let classes = Classes::new(egraph);
+    let roots: Vec<usize> = roots.iter().map(|r| usize::from(egraph.find(*r))).collect();
+    let mut selection = Selection::new(&classes, tree_choice(&classes));
     selection.improve_for_sharing(&roots)?;
     let mut chosen = HashMap::new();
     let mut stack = roots;
-    while let Some(id) = stack.pop() {
+    while let Some(class) = stack.pop() {
+        let id = Id::from(class);
         if chosen.contains_key(&id) {
             continue;
         }
-        let node = selection.node(id).ok_or_else(|| format!("e-class {id} has no finite-cost node (a cycle with no way out)"))?;
-        stack.extend(node.children.iter().map(|c| egraph.find(*c)));
-        chosen.insert(id, node.clone());
+        let alt = selection.alt(class).ok_or_else(|| format!("e-class {id} has no finite-cost node (a cycle with no way out)"))?;
+        stack.extend(alt.children.iter().copied());
+        chosen.insert(id, alt.node.clone());
     }
     Ok(chosen)
 }
 
-/// Phase 1: each class's node of least tree cost (classes on a cycle with no way out get none).
-fn tree_choice<'a>(egraph: &'a EGraph, own: &HashMap<&ENode, u128>) -> HashMap<Id, &'a ENode> {
-    // Fixpoint over all classes: a node is priced once all its children are.
-    let mut best: HashMap<Id, (u128, &ENode)> = HashMap::new();
+/// One node of a class: its own cost and its children's class indices (canonical).
+struct Alt<'a> {
+    node: &'a ENode,
+    cost: u128,
+    children: Vec<usize>,
+}
+
+/// The e-graph's classes as dense arrays indexed by class id (non-canonical ids stay empty), so
+/// that extraction walks vectors rather than hashing nodes.
+struct Classes<'a> {
+    alts: Vec<Vec<Alt<'a>>>,
+}
+
+impl<'a> Classes<'a> {
+    fn new(egraph: &'a EGraph) -> Classes<'a> {
+        let n = egraph.classes().map(|c| usize::from(c.id) + 1).max().unwrap_or(0);
+        let mut alts: Vec<Vec<Alt>> = (0..n).map(|_| Vec::new()).collect();
+        for class in egraph.classes() {
+            alts[usize::from(class.id)] = class
+                .nodes
+                .iter()
+                .map(|node| Alt { node, cost: node_cost(egraph, node), children: node.children.iter().map(|c| usize::from(egraph.find(*c))).collect() })
+                .collect();
+        }
+        Classes { alts }
+    }
+}
+
+/// Phase 1: each class's node of least tree cost, as an index into its alternatives (classes on
+/// a cycle with no way out get none). Sweeps in id order until nothing changes: classes are
+/// created in graph order and rules add new classes after their inputs, so few sweeps are needed.
+fn tree_choice(classes: &Classes) -> Vec<Option<usize>> {
+    let n = classes.alts.len();
+    let mut best: Vec<Option<(u128, usize)>> = vec![None; n];
     loop {
         let mut changed = false;
-        for class in egraph.classes() {
-            for node in &class.nodes {
-                let mut total = own[node];
-                let mut ok = true;
-                for c in &node.children {
-                    match best.get(&egraph.find(*c)) {
-                        Some((cost, _)) => total = total.saturating_add(*cost),
-                        None => {
-                            ok = false;
-                            break;
-                        }
+        for class in 0..n {
+            for (k, alt) in classes.alts[class].iter().enumerate() {
+                let mut total = alt.cost;
+                let priced = alt.children.iter().all(|&c| match best[c] {
+                    Some((cost, _)) => {
+                        total = total.saturating_add(cost);
+                        true
                     }
-                }
-                if !ok {
-                    continue;
-                }
-                match best.get(&class.id) {
-                    Some((cost, _)) if *cost <= total => {}
-                    _ => {
-                        best.insert(class.id, (total, node));
-                        changed = true;
-                    }
+                    None => false,
+                });
+                if priced && best[class].is_none_or(|(cost, _)| total < cost) {
+                    best[class] = Some((total, k));
+                    changed = true;
                 }
             }
         }
@@ -113,48 +134,43 @@ fn tree_choice<'a>(egraph: &'a EGraph, own: &HashMap<&ENode, u128>) -> HashMap<I
             break;
         }
     }
-    best.into_iter().map(|(id, (_, node))| (id, node)).collect()
+    best.into_iter().map(|b| b.map(|(_, k)| k)).collect()
 }
 
 /// Rounds of phase 2 at most (each round is a pass over every reachable class; a round with no
 /// improvement ends it earlier).
 const SHARING_ROUNDS: usize = 4;
 
-/// One node per class, indexed by class id, with the true DAG cost of what `roots` reach.
-struct Selection<'a> {
-    egraph: &'a EGraph,
-    own: &'a HashMap<&'a ENode, u128>,
-    choice: Vec<Option<&'a ENode>>,
+/// One alternative per class, with the true DAG cost of what the roots reach.
+struct Selection<'c, 'a> {
+    classes: &'c Classes<'a>,
+    choice: Vec<Option<usize>>,
     /// Scratch for `dag_cost`: per class, the epoch it was last entered and finished in.
     entered: Vec<u32>,
     finished: Vec<u32>,
     epoch: u32,
 }
 
-impl<'a> Selection<'a> {
-    fn new(egraph: &'a EGraph, own: &'a HashMap<&'a ENode, u128>, best: HashMap<Id, &'a ENode>) -> Selection<'a> {
-        let n = egraph.classes().map(|c| usize::from(c.id) + 1).max().unwrap_or(0);
-        let mut choice = vec![None; n];
-        for (id, node) in best {
-            choice[usize::from(id)] = Some(node);
-        }
-        Selection { egraph, own, choice, entered: vec![0; n], finished: vec![0; n], epoch: 0 }
+impl<'c, 'a> Selection<'c, 'a> {
+    fn new(classes: &'c Classes<'a>, choice: Vec<Option<usize>>) -> Selection<'c, 'a> {
+        let n = choice.len();
+        Selection { classes, choice, entered: vec![0; n], finished: vec![0; n], epoch: 0 }
     }
 
-    fn node(&self, id: Id) -> Option<&'a ENode> {
-        self.choice.get(usize::from(id)).copied().flatten()
+    fn alt(&self, class: usize) -> Option<&'c Alt<'a>> {
+        let k = self.choice.get(class).copied().flatten()?;
+        self.classes.alts[class].get(k)
     }
 
     /// The cost of every class `roots` reach under the current choice, each paid once; `None`
     /// when the choice has a cycle or a reached class has no node.
-    fn dag_cost(&mut self, roots: &[Id]) -> Option<u128> {
+    fn dag_cost(&mut self, roots: &[usize]) -> Option<u128> {
         self.epoch += 1;
         let epoch = self.epoch;
         let mut total: u128 = 0;
         // Iterative DFS: (class, next child index).
         let mut stack: Vec<(usize, usize)> = Vec::new();
         for &r in roots {
-            let r = usize::from(r);
             if self.finished[r] == epoch {
                 continue;
             }
@@ -164,10 +180,9 @@ impl<'a> Selection<'a> {
             self.entered[r] = epoch;
             stack.push((r, 0));
             while let Some(&mut (class, ref mut next)) = stack.last_mut() {
-                let node = self.choice[class]?;
-                if let Some(child) = node.children.get(*next) {
+                let alt = self.alt(class)?;
+                if let Some(&c) = alt.children.get(*next) {
                     *next += 1;
-                    let c = usize::from(self.egraph.find(*child));
                     if self.finished[c] == epoch {
                         continue;
                     }
@@ -178,7 +193,7 @@ impl<'a> Selection<'a> {
                     stack.push((c, 0));
                 } else {
                     self.finished[class] = epoch;
-                    total = total.saturating_add(self.own[node]);
+                    total = total.saturating_add(alt.cost);
                     stack.pop();
                 }
             }
@@ -188,50 +203,48 @@ impl<'a> Selection<'a> {
 
     /// The classes `roots` reach under the current choice that have more than one node, in id
     /// order.
-    fn reachable_with_alternatives(&self, roots: &[Id]) -> Vec<Id> {
+    fn reachable_with_alternatives(&self, roots: &[usize]) -> Vec<usize> {
         let mut seen = vec![false; self.choice.len()];
-        let mut stack: Vec<Id> = roots.to_vec();
+        let mut stack: Vec<usize> = roots.to_vec();
         let mut out = Vec::new();
-        while let Some(id) = stack.pop() {
-            let i = usize::from(id);
-            if std::mem::replace(&mut seen[i], true) {
+        while let Some(class) = stack.pop() {
+            if std::mem::replace(&mut seen[class], true) {
                 continue;
             }
-            if self.egraph[id].nodes.len() > 1 {
-                out.push(id);
+            if self.classes.alts[class].len() > 1 {
+                out.push(class);
             }
-            if let Some(node) = self.choice[i] {
-                stack.extend(node.children.iter().map(|c| self.egraph.find(*c)));
+            if let Some(alt) = self.alt(class) {
+                stack.extend(alt.children.iter().copied());
             }
         }
-        out.sort();
+        out.sort_unstable();
         out
     }
 
     /// Phase 2: switch classes to the alternative that lowers the DAG cost most, class by class,
     /// until a round changes nothing.
-    fn improve_for_sharing(&mut self, roots: &[Id]) -> Result<(), String> {
+    fn improve_for_sharing(&mut self, roots: &[usize]) -> Result<(), String> {
         let Some(mut current) = self.dag_cost(roots) else {
             return Err("the least-tree-cost choice reaches a class with no finite-cost node or a cycle".into());
         };
         for _ in 0..SHARING_ROUNDS {
             let mut improved = false;
-            for id in self.reachable_with_alternatives(roots) {
-                let i = usize::from(id);
-                let kept = self.choice[i];
+            for class in self.reachable_with_alternatives(roots) {
+                let kept = self.choice[class];
                 let mut best = (current, kept);
-                for node in &self.egraph[id].nodes {
-                    if kept.is_some_and(|k| k == node) || node.children.iter().any(|c| self.node(self.egraph.find(*c)).is_none()) {
+                for (k, alt) in self.classes.alts[class].iter().enumerate() {
+                    if kept == Some(k) || alt.children.iter().any(|&c| self.choice[c].is_none()) {
                         continue;
                     }
-                    self.choice[i] = Some(node);
+                    self.choice[class] = Some(k);
                     if let Some(cost) = self.dag_cost(roots) {
                         if cost < best.0 {
-                            best = (cost, Some(node));
+                            best = (cost, Some(k));
                         }
                     }
                 }
-                self.choice[i] = best.1;
+                self.choice[class] = best.1;
                 if best.0 < current {
                     current = best.0;
                     improved = true;
@@ -276,9 +289,11 @@ mod tests {
         let r2 = g.find(via_s);
         let node_of = |g: &EGraph, id: Id| g[id].nodes.iter().find(|n| n.children.len() == 1).cloned().unwrap();
         // Tree cost alone prefers the direct form (the premise of the test).
-        let own: HashMap<&ENode, u128> = g.classes().flat_map(|c| c.nodes.iter()).map(|n| (n, node_cost(&g, n))).collect();
-        let tree = tree_choice(&g, &own);
-        assert_eq!(tree[&g.find(r2)].children, vec![g.find(x), g.find(x)], "tree cost should pick add(x, x)");
+        let classes = Classes::new(&g);
+        let tree = tree_choice(&classes);
+        let r2i = usize::from(g.find(r2));
+        let xi = usize::from(g.find(x));
+        assert_eq!(classes.alts[r2i][tree[r2i].unwrap()].children, vec![xi, xi], "tree cost should pick add(x, x)");
 
         let chosen = extract(&g, &[r1, r2]).unwrap();
         assert_eq!(chosen[&g.find(r2)], node_of(&g, r2), "the sharing-aware choice reads s");
