@@ -228,7 +228,8 @@ pub fn explain(model: &Path, optimize: bool, print_plan: bool, channels_last: bo
         plan.steps.len() - stitched_steps - library_steps
     );
     let _ = writeln!(text, "optimize    {optimize_ms:.1} ms ({})", if optimize { "e-graph" } else { "off" });
-    let pats: Vec<String> = PATTERNS.iter().map(|(op, key)| format!("{key} {}", after.get(*op).copied().unwrap_or(0))).collect();
+    // The same counts as the JSON: a pattern counts whether it runs as its own step or inside a region.
+    let pats: Vec<String> = PATTERNS.iter().map(|(op, key)| format!("{key} {}", pattern_count(op))).collect();
     let _ = writeln!(text, "patterns    {}", pats.join(", "));
     let _ = writeln!(text, "peak bytes  ≤ {peak}  ({} arena slots, {} steps in place; all intermediates: {})", plan.memory.slots.len(), plan.memory.in_place.len(), plan.memory.total_bytes);
     if !fused.is_empty() {
