@@ -493,8 +493,8 @@ fn saturate(x: f64) -> f64 {
 
 /// f32 data → f16, round to nearest even, finite values saturating (rule 2). The bulk
 /// conversion uses the CPU's f16 instructions where it has them, over all cores for large
-/// tensors (the SD 1.5 UNet has 860M weights); the fix-up pass only runs over a chunk that has
-/// an infinity or a zero in it.
+/// tensors (the SD 1.5 UNet has 860M weights); the fix-up pass only runs over the 4096-element
+/// blocks that have an infinity or a zero in them.
 fn to_f16_data(t: &Tensor) -> (TensorData, ConversionStats) {
     const CHUNK: usize = 1 << 20;
     let TensorData::F32(v) = &t.data else {
@@ -517,13 +517,19 @@ fn to_f16_data(t: &Tensor) -> (TensorData, ConversionStats) {
 
 fn convert_chunk(out: &mut [f16], v: &[f32]) -> ConversionStats {
     use half::slice::HalfFloatSliceExt;
+    // The fix-up runs element by element, so it visits only the blocks that hold a zero or an
+    // infinity: a 1M-element chunk of real weights usually has a value that rounds to zero.
+    const FIX_BLOCK: usize = 4096;
     out.convert_from_f32_slice(v);
     let mut stats = ConversionStats::default();
-    let suspicious = out.iter().any(|h| {
-        let magnitude = h.to_bits() & 0x7fff;
-        magnitude == 0 || magnitude >= 0x7c00
-    });
-    if suspicious {
+    for (out, v) in out.chunks_mut(FIX_BLOCK).zip(v.chunks(FIX_BLOCK)) {
+        let suspicious = out.iter().any(|h| {
+            let magnitude = h.to_bits() & 0x7fff;
+            magnitude == 0 || magnitude >= 0x7c00
+        });
+        if !suspicious {
+            continue;
+        }
         for (h, &x) in out.iter_mut().zip(v) {
             if h.is_infinite() && x.is_finite() {
                 *h = f16::from_f64(saturate(x as f64));
@@ -561,4 +567,38 @@ fn check_types(old: &Graph, new: &Graph) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tensor large enough for several threads and many fix-up blocks, with out-of-range and
+    /// too-small values scattered over blocks (block edges included): each is saturated or
+    /// counted wherever it sits, and every other value is plain round-to-nearest f16.
+    #[test]
+    fn large_tensors_saturate_and_count_in_every_block() {
+        let n = 3 * (1 << 20) + 123;
+        let mut v: Vec<f32> = (0..n).map(|i| ((i % 1000) as f32 - 500.0) * 0.01 + 0.001).collect();
+        let huge = [0usize, 4095, 4096, 1 << 20, 2_500_000, n - 1];
+        let tiny = [7usize, 8191, 3_000_001];
+        for (k, &i) in huge.iter().enumerate() {
+            v[i] = if k % 2 == 0 { 1e6 } else { -7e4 };
+        }
+        for &i in &tiny {
+            v[i] = 1e-9;
+        }
+        v[100] = f32::INFINITY;
+        let t = Tensor::new(vec![n], TensorData::F32(v.clone()));
+        let (data, stats) = to_f16_data(&t);
+        let TensorData::F16(out) = data else { panic!("expected f16 data") };
+        assert_eq!((stats.saturated, stats.flushed), (huge.len(), tiny.len()));
+        for (i, (&h, &x)) in out.iter().zip(&v).enumerate() {
+            let want = if huge.contains(&i) { f16::from_f64(saturate(x as f64)) } else { f16::from_f32(x) };
+            assert_eq!(h.to_bits(), want.to_bits(), "element {i}: {x} -> {h}");
+        }
+        assert!(out[100].is_infinite(), "a real infinity stays infinite");
+        assert_eq!(out[4096].to_f32(), 65504.0);
+        assert_eq!(out[4095].to_f32(), -65504.0);
+    }
 }
