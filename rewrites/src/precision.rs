@@ -523,9 +523,10 @@ fn convert_chunk(out: &mut [f16], v: &[f32]) -> ConversionStats {
     out.convert_from_f32_slice(v);
     let mut stats = ConversionStats::default();
     for (out, v) in out.chunks_mut(FIX_BLOCK).zip(v.chunks(FIX_BLOCK)) {
-        let suspicious = out.iter().any(|h| {
+        // A fold with no early exit, so that the scan vectorises.
+        let suspicious = out.iter().fold(false, |any, h| {
             let magnitude = h.to_bits() & 0x7fff;
-            magnitude == 0 || magnitude >= 0x7c00
+            any | (magnitude == 0) | (magnitude >= 0x7c00)
         });
         if !suspicious {
             continue;
