@@ -5,8 +5,8 @@
 //! output). Buffers are packed into *slots*; a slot is reused once everything in it is dead.
 //! Sizes are symbolic (`SymDim` bytes), so a slot is reused for a buffer whose size provably
 //! fits (same expression, or a difference with a non-negative lower bound); otherwise the slot
-//! grows with `max_of` when the two sizes are comparable, and a new slot opens when they are not. Slot offsets are the running sum of the
-//! slot sizes and `peak_bytes` is their total: an upper bound on the arena for every binding of
+//! grows with `max_of` when the two sizes are comparable, and a new slot opens when they are
+//! not. Slot offsets are the running sum of the slot sizes and `peak_bytes` is their total: an upper bound on the arena for every binding of
 //! the symbols (a true peak would need the sizes compared at run time).
 //!
 //! Two kinds of sharing:

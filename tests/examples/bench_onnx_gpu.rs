@@ -67,13 +67,7 @@ fn parse_args() -> Result<Args, String> {
     while let Some(a) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value\n{usage}"));
         match a.as_str() {
-            "--dims" => {
-                for kv in value("--dims")?.split(',').filter(|s| !s.is_empty()) {
-                    let (k, v) = kv.split_once('=').ok_or_else(|| format!("--dims: '{kv}' is not name=value"))?;
-                    let v: i64 = v.parse().map_err(|_| format!("--dims: '{kv}': value is not an integer"))?;
-                    dims.insert(k.to_string(), v);
-                }
-            }
+            "--dims" => dims.extend(parse_dims("--dims", &value("--dims")?)?),
             "--iters" => iters = value("--iters")?.parse().map_err(|_| "--iters: not a number".to_string())?,
             "--inputs" => inputs = Some(PathBuf::from(value("--inputs")?)),
             "--reference" => reference = Some(PathBuf::from(value("--reference")?)),
@@ -83,15 +77,7 @@ fn parse_args() -> Result<Args, String> {
                 profile_json = Some(PathBuf::from(value("--profile-json")?));
             }
             "--memory" => memory = true,
-            "--new-shape" => {
-                let mut dims = BTreeMap::new();
-                for kv in value("--new-shape")?.split(',').filter(|s| !s.is_empty()) {
-                    let (k, v) = kv.split_once('=').ok_or_else(|| format!("--new-shape: '{kv}' is not name=value"))?;
-                    let v: i64 = v.parse().map_err(|_| format!("--new-shape: '{kv}': value is not an integer"))?;
-                    dims.insert(k.to_string(), v);
-                }
-                new_shape = Some(dims);
-            }
+            "--new-shape" => new_shape = Some(parse_dims("--new-shape", &value("--new-shape")?)?),
             "--layout" => {
                 channels_last = match value("--layout")?.as_str() {
                     "nchw" => false,
@@ -110,6 +96,27 @@ fn parse_args() -> Result<Args, String> {
         return Err("--iters must be at least 1".into());
     }
     Ok(Args { model, dims, iters, inputs, reference, profile, profile_json, precision, memory, channels_last, new_shape })
+}
+
+/// `name=v,...` of flag `flag` as symbol bindings.
+fn parse_dims(flag: &str, s: &str) -> Result<BTreeMap<String, i64>, String> {
+    let mut dims = BTreeMap::new();
+    for kv in s.split(',').filter(|s| !s.is_empty()) {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("{flag}: '{kv}' is not name=value"))?;
+        let v: i64 = v.parse().map_err(|_| format!("{flag}: '{kv}': value is not an integer"))?;
+        dims.insert(k.to_string(), v);
+    }
+    Ok(dims)
+}
+
+/// The median of sorted, non-empty `times`.
+fn median(times: &[f64]) -> f64 {
+    let n = times.len();
+    if n % 2 == 1 {
+        times[n / 2]
+    } else {
+        (times[n / 2 - 1] + times[n / 2]) / 2.0
+    }
 }
 
 fn read_f32(path: &Path) -> Result<Vec<f32>, String> {
@@ -321,7 +328,7 @@ fn run() -> Result<String, String> {
         times.push(ms(t));
     }
     times.sort_by(|a, b| a.total_cmp(b));
-    let median = if times.len() % 2 == 1 { times[times.len() / 2] } else { (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0 };
+    let median = median(&times);
     let memory = sampler.map(|s| {
         let (baseline, _, max) = s.read();
         format!(
@@ -401,7 +408,7 @@ fn new_shape_cost(exe: &CudaExecutable, args: &Args, dims: &BTreeMap<String, i64
     Ok(format!(
         ",\"new_shape\":{{\"dims\":{:?},\"first_ms\":{first_ms:.2},\"second_ms\":{second_ms:.2},\"repeat_median_ms\":{:.2},\"conv_shapes\":{},\"conv_reused_engines\":{},\"conv_runtime_compiled\":{},\"conv_prepare_ms\":{:.2}}}",
         dims.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
-        (times[4] + times[5]) / 2.0,
+        median(&times),
         after.shapes - before.shapes,
         after.reused - before.reused,
         after.runtime_compiled - before.runtime_compiled,

@@ -13,8 +13,8 @@
 //! so they win by construction. A calibrated table for library calls (GEMM, conv, attention)
 //! replaces the byte count for those ops once the GPU backend measures them.
 //!
-//! Extraction minimises the *DAG* cost of the chosen graph: every chosen class is paid once, however
-//! many consumers read it (a residual, Q/K/V reading one LayerNorm). It runs in two phases:
+//! Extraction minimises the *DAG* cost of the chosen graph: every chosen class is paid once,
+//! however many consumers read it (a residual, Q/K/V reading one LayerNorm). Two phases:
 //! 1. bottom-up greedy over *tree* cost (a class's cost = its node's cost + its children's
 //!    costs, exact in `u128`), which gives every class a finite choice but counts a shared value
 //!    once per consumer, so it favours forms that recompute from raw inputs over forms that

@@ -173,7 +173,8 @@ pub(super) struct EngineSpec {
     pub fused: bool,
 }
 
-fn engine_info(cfg: &Desc) -> Result<EngineInfo, String> {
+/// `fused`: whether the graph `cfg` was made for holds the bias/residual additions.
+fn engine_info(cfg: &Desc, fused: bool) -> Result<EngineInfo, String> {
     let engine = cfg.get_descs(A::CUDNN_ATTR_ENGINECFG_ENGINE, D::CUDNN_BACKEND_ENGINE_DESCRIPTOR, 1)?;
     let engine = engine.first().ok_or("the engine configuration has no engine")?;
     let index = engine.get_i64(A::CUDNN_ATTR_ENGINE_GLOBAL_INDEX)?;
@@ -195,7 +196,7 @@ fn engine_info(cfg: &Desc) -> Result<EngineInfo, String> {
     if runtime_compiled {
         tag += "_rtc";
     }
-    let spec = EngineSpec { index, knobs: settings, fused: true };
+    let spec = EngineSpec { index, knobs: settings, fused };
     Ok(EngineInfo { tag, numerical: numerical[..n.min(16)].to_vec(), runtime_compiled, spec })
 }
 
@@ -378,8 +379,7 @@ fn plan_from_spec(handle: sys::cudnnHandle_t, graph: &Graph, spec: &EngineSpec, 
         cfg.set_descs(A::CUDNN_ATTR_ENGINECFG_KNOB_CHOICES, &knobs.iter().collect::<Vec<_>>())?;
     }
     cfg.finalize(&format!("engine configuration {}", spec.index))?;
-    let mut info = engine_info(&cfg)?;
-    info.spec.fused = spec.fused;
+    let info = engine_info(&cfg, spec.fused)?;
     let mut parts = vec![cfg, engine];
     parts.extend(knobs);
     finalize_plan(handle, parts, info, kernel_cache)
@@ -408,14 +408,13 @@ fn candidates(handle: sys::cudnnHandle_t, graph: &Graph, dtype: DType, want: usi
         )?;
         let cfgs = heur.get_descs(A::CUDNN_ATTR_ENGINEHEUR_RESULTS, D::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, count.max(0) as usize)?;
         for cfg in cfgs {
-            let mut info = match engine_info(&cfg) {
+            let info = match engine_info(&cfg, graph.fused) {
                 Ok(i) => i,
                 Err(e) => {
                     skipped.push(e);
                     continue;
                 }
             };
-            info.spec.fused = graph.fused;
             if seen.contains(&info.tag) {
                 continue;
             }
