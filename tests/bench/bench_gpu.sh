@@ -24,10 +24,8 @@
 set -uo pipefail
 BIN="${1:?bin dir (libquilt_ep.so, bench_onnx_gpu)}"; OUT="${2:?out dir}"; shift 2
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
+source tests/bench/carried_wheels.sh
+install_carried_wheels || exit 1
 {
     echo "== nvidia-smi"; nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
     echo "== /usr/local/cuda"; readlink -f /usr/local/cuda

@@ -10,7 +10,8 @@
 #   mkdir -p .gpu/p; strip -o .gpu/p/NAME each of target/release/{libquilt_ep.so,quilt,examples/bench_onnx_gpu}
 #   and target/release/deps/{cuda_fixtures,cuda_graphs,cuda_conv,cuda_gemm,cuda_attention}-*
 #   (names without the hash), then `xz -9 .gpu/p/*` (the carried tree must stay under 64 MiB).
-# There (carry .gpu/p and .whl with the onnxruntime 1.31.1 and diffusers 0.42.1 wheels):
+# There (carry .gpu/p and .whl with the onnxruntime 1.31.1 and diffusers 0.42.1 wheels; the ORT one
+# as a tar.xz, see carried_wheels.sh, or the tree is over 64 MiB):
 #   bash tests/bench/pending_gpu.sh .gpu/p $OUT PART
 #
 # PART

@@ -21,8 +21,8 @@ chmod +x /tmp/quilt_bin/quilt
 # path selects it over an older system copy, see kernels/src/cuda/conv/mod.rs). Looked up before
 # /tmp/site goes on PYTHONPATH: its `nvidia` folder would hide the wheel's `nvidia.cudnn`.
 CUDNN_DIR=$(python3 -c 'import nvidia.cudnn, os; print(os.path.join(os.path.dirname(nvidia.cudnn.__file__), "lib"))' 2>/dev/null || true)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+source tests/bench/carried_wheels.sh
+install_carried_wheels || exit 1
 ORT_LIB=$(ls /tmp/site/onnxruntime/capi/libonnxruntime.so.1.* | head -1)
 if [ -n "$CUDNN_DIR" ] && [ -f "$CUDNN_DIR/libcudnn.so.9" ]; then
     mkdir -p /tmp/cudnn_link && ln -sf "$CUDNN_DIR/libcudnn.so.9" /tmp/cudnn_link/libcudnn.so
