@@ -28,11 +28,12 @@
 #             Make half_exp the default where it is faster and within tolerance.
 #   bench     issue 4's benchmark (eager, torch.compile reduce-overhead, ORT + quilt) at UNet b2
 #             64², session creation with the compile phase times in the log (log_level=info).
+#   profile   device time per step of the UNet b2 64² (channels-last, fp16), grouped by op.
 #   sd        issue 5: `quilt sd txt2img` 512², 50 steps, the UNet on IO binding (default) and on
 #             host tensors (--quilt-unet-io host), same seed: the images must match and the
 #             `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|newshape|flash|bench|sd}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|newshape|flash|bench|profile|sd}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -53,7 +54,8 @@ BO="--iters 20 --precision fp16 --layout channels_last"
 # bench_onnx_gpu NAME ARGS...: its JSON line to OUT/NAME.json and stdout, its log to OUT/NAME.log.
 bench() { local name=$1; shift; echo "== $name"; timeout 240 /tmp/qbin/bench_onnx_gpu "$@" > "$OUT/$name.json" 2> "$OUT/$name.log"; echo "rc=$?"; cat "$OUT/$name.json"; }
 export_unet() {
-    [ -f "$W/model.onnx" ] || bash tests/bench/bench_gpu.sh /tmp/qbin "$OUT/export" --cases unet_b2 --modes eager --iters 5 > "$OUT/export.log" 2>&1
+    # bench_unet.py exports only for the quilt mode; its ORT + quilt run comes with it.
+    [ -f "$W/model.onnx" ] || bash tests/bench/bench_gpu.sh /tmp/qbin "$OUT/export" --cases unet_b2 --modes eager,quilt --iters 5 > "$OUT/export.log" 2>&1
 }
 case "$PART" in
     tests)
@@ -76,10 +78,14 @@ case "$PART" in
         echo "rc=$?"; grep -A 40 "^case " "$OUT/flash.log"
         ;;
     bench)
-        bash tests/bench/bench_gpu.sh /tmp/qbin "$OUT" --cases unet_b2 --modes eager,compile_ro,quilt --iters 20 \
-            --quilt-options precision=fp16,log_level=info > "$OUT/bench_stdout.log" 2>&1
+        bash tests/bench/bench_gpu.sh /tmp/qbin "$OUT" --cases "${BENCH_CASES:-unet_b2}" --modes "${BENCH_MODES:-eager,compile_ro,quilt}" \
+            --iters 20 --reuse-export --budget-s "${BENCH_BUDGET_S:-540}" --quilt-options precision=fp16,log_level=info > "$OUT/bench_stdout.log" 2>&1
         echo "rc=$?"; grep -E "compile phases|claimed" "$OUT/bench_stdout.log" | cut -c1-300 | head -6
         tail -20 "$OUT/bench.log"
+        ;;
+    profile)
+        export_unet
+        SKIP_EXPORT=1 PROFILE_LINES=45 bash tests/bench/profile_gpu.sh /tmp/qbin "$OUT" unet_b2 fp16 channels_last
         ;;
     sd)
         bash tests/bench/sd_pipeline_gpu.sh /tmp/qbin "$OUT/binding" --pipelines txt2img --modes quilt --repeat 3
