@@ -3,7 +3,7 @@ run, same weights: `quilt sd` (ORT + quilt's GPU device) against diffusers' PyTo
 eager and with the UNet under torch.compile `reduce-overhead`.
 
     python tests/bench/bench_sd_pipeline.py --out OUT_DIR --quilt-bin BIN/quilt --ep-lib BIN/libquilt_ep.so
-        [--work /tmp/sd_pipeline] [--pipelines txt2img,img2img,inpaint] [--modes quilt,eager,compile_ro]
+        [--work /tmp/sd_pipeline] [--pipelines txt2img,img2img,inpaint,alt] [--modes quilt,eager,compile_ro]
         [--steps 50] [--size 512] [--repeat 3] [--quilt-options precision=fp16] [--quick]
 
 Models: make_fixtures' full-size specs (SD 1.5's UNet, its 9-channel inpainting variant, the SD
@@ -12,6 +12,12 @@ exporter into Optimum's layout under WORK (sd15/, sd15_inpaint/ sharing the text
 VAE), with the tiny CLIP tokenizer of the fixtures (every id it makes is a valid ViT-L id; a
 tokenizer changes no timing) and SD 1.5's PNDM scheduler config. quilt runs those fp32 files with
 `--quilt-options` (default `precision=fp16`); PyTorch runs the same modules cast to fp16.
+
+`alt` is AltDiffusion's txt2img: the same UNet, VAE and scheduler behind a full-size XLM-RoBERTa
+text encoder (`RobertaSeriesModelWithTransformation` at AltDiffusion's config: 24 layers, 1024 wide,
+250002 tokens, projected to 768; seeded random weights) and the fixtures' tiny XLM-R tokenizer, in its
+own directory (sd15_alt/, the shared parts linked). quilt only: diffusers 0.42 keeps AltDiffusion among
+its deprecated pipelines, so no PyTorch pipeline is timed against it.
 
 Requests: 512x512 (`--size`), 50 steps, batch 1, guidance 7.5 with a negative prompt; img2img at
 strength 0.75 (37 steps run), inpaint at strength 1 with a centred box mask, on a generated image.
@@ -57,6 +63,10 @@ sys.path.insert(0, HERE)
 
 PROMPT = "a photograph of an astronaut riding a horse on mars"
 NEGATIVE = "blurry, low quality"
+# AltDiffusion's text encoder (BAAI/AltDiffusion's RobertaSeriesConfig; XLM-R large).
+ALT_XLMR_CONFIG = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, vocab_size=250002,
+                       max_position_embeddings=514, type_vocab_size=1, hidden_act="gelu", layer_norm_eps=1e-5, pad_token_id=1,
+                       bos_token_id=0, eos_token_id=2, project_dim=768, use_attention_mask=True)
 GUIDANCE = 7.5
 PNDM_SD15 = {"_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
              "clip_sample": False, "num_train_timesteps": 1000, "set_alpha_to_one": False, "skip_prk_steps": True,
@@ -101,12 +111,24 @@ def build_modules(quick: bool) -> dict:
     encoder_spec = dataclasses.replace(specs["vae_encoder"], name="vae_encoder_of_" + decoder_spec.name,
                                        build=lambda: mf.VaeEncoderForExport(vae), config=decoder_spec.config)
     clip = mf.seeded_model(clip_spec)
+    # AltDiffusion's text encoder (built only when the alt pipeline is asked for: 560 M parameters).
+    xlmr_config = dict(specs["text_encoder_xlmr"].config) if quick else dict(ALT_XLMR_CONFIG)
+    xlmr_spec = dataclasses.replace(specs["text_encoder_xlmr"], name="text_encoder_xlmr" + ("" if quick else "_full"),
+                                    build=mf._build_xlmr(xlmr_config), config=xlmr_config)
     return dict(mf=mf, unet=(unet_spec, unet), inpaint=(inpaint_spec, inpaint), vae_decoder=(decoder_spec, decoder),
-                vae_encoder=(encoder_spec, mf.VaeEncoderForExport(vae)), clip=(clip_spec, clip))
+                vae_encoder=(encoder_spec, mf.VaeEncoderForExport(vae)), clip=(clip_spec, clip), xlmr=xlmr_spec,
+                xlmr_module=lambda: mf.seeded_model(xlmr_spec))
 
 
-def export_pipelines(m: dict, work: str, want_inpaint: bool) -> dict:
-    from bench_unet import export_model
+def export_pipelines(m: dict, work: str, want_inpaint: bool, want_alt: bool = False, reuse: bool = False) -> dict:
+    from bench_unet import export_model as export_fresh
+
+    def export_model(mf, spec, module, out_dir):
+        # --reuse-export: an earlier run's file (same seeds, so the same weights) is kept.
+        path = os.path.join(out_dir, "model.onnx")
+        if reuse and os.path.exists(path):
+            return {"path": path, "reused": True}
+        return export_fresh(mf, spec, module, out_dir)
 
     mf = m["mf"]
     sd = os.path.join(work, "sd15")
@@ -148,6 +170,24 @@ def export_pipelines(m: dict, work: str, want_inpaint: bool) -> dict:
                 os.symlink(os.path.join(sd, shared), link)
         write_json(os.path.join(inp, "model_index.json"), dict(index, _class_name="ORTStableDiffusionInpaintPipeline"))
         dirs["inpaint"] = inp
+    if want_alt:
+        alt = os.path.join(work, "sd15_alt")
+        os.makedirs(alt, exist_ok=True)
+        spec = m["xlmr"]
+        t = time.time()
+        info["text_encoder_xlmr"] = export_model(mf, spec, m["xlmr_module"](), os.path.join(alt, "text_encoder"))
+        log(f"exported the XLM-R text encoder in {time.time() - t:.1f} s")
+        cfg = spec.config
+        write_json(os.path.join(alt, "text_encoder", "config.json"), {"vocab_size": cfg["vocab_size"], "hidden_size": cfg["hidden_size"],
+                                                                       "max_position_embeddings": cfg["max_position_embeddings"]})
+        shutil.copytree(os.path.join(ROOT, "models", "fixtures", "pipeline", "tokenizer_xlmr"), os.path.join(alt, "tokenizer"), dirs_exist_ok=True)
+        for shared in ("unet", "vae_decoder", "vae_encoder", "scheduler"):
+            link = os.path.join(alt, shared)
+            if not os.path.exists(link):
+                os.symlink(os.path.join(sd, shared), link)
+        write_json(os.path.join(alt, "model_index.json"),
+                   dict(index, _class_name="AltDiffusionPipeline", tokenizer=["transformers", "XLMRobertaTokenizerFast"]))
+        dirs["alt"] = alt
     info["dirs"] = dirs
     return info
 
@@ -179,12 +219,12 @@ def box_mask(size: int, path: str):
 
 def quilt_case(args, pipeline: str, model_dir: str, image_path: str, mask_path: str) -> dict:
     out_png = os.path.join(args.out, f"quilt_{pipeline}.png")
-    cmd = [args.quilt_bin, "sd", pipeline, "--model", model_dir, "--prompt", PROMPT, "--negative", NEGATIVE,
+    cmd = [args.quilt_bin, "sd", "txt2img" if pipeline == "alt" else pipeline, "--model", model_dir, "--prompt", PROMPT, "--negative", NEGATIVE,
            "--steps", str(args.steps), "--guidance", str(GUIDANCE), "--seed", "1", "--repeat", str(args.repeat + 1),
            "--ep-lib", args.ep_lib, "--out", out_png]
     if args.ort_lib:
         cmd += ["--ort-lib", args.ort_lib]
-    if pipeline == "txt2img":
+    if pipeline in ("txt2img", "alt"):
         cmd += ["--size", f"{args.size}x{args.size}"]
     if pipeline == "img2img":
         cmd += ["--image", image_path, "--strength", "0.75"]
@@ -300,6 +340,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quilt-options", default="precision=fp16")
     ap.add_argument("--quilt-unet-io", default="auto", choices=["auto", "binding", "host"])
     ap.add_argument("--quilt-timeout", type=float, default=400)
+    ap.add_argument("--reuse-export", action="store_true", help="keep WORK's models from an earlier run (same seeds, same weights)")
     ap.add_argument("--quick", action="store_true", help="tiny fixture configs, 64x64, 4 steps: a dry run of every path")
     args = ap.parse_args(argv)
     if args.quick:
@@ -319,22 +360,23 @@ def main(argv=None) -> int:
     t = time.time()
     m = build_modules(args.quick)
     log(f"built modules in {time.time() - t:.1f} s")
-    doc["export"] = export_pipelines(m, args.work, "inpaint" in want)
+    doc["export"] = export_pipelines(m, args.work, "inpaint" in want, "alt" in want, args.reuse_export)
     image_path, mask_path = os.path.join(args.work, "image.png"), os.path.join(args.work, "mask.png")
     image, mask = input_image(args.size, image_path), box_mask(args.size, mask_path)
     cases = {p: {"pipeline": p, "size": args.size, "steps": args.steps, "batch": 1,
-                 "strength": {"txt2img": None, "img2img": 0.75, "inpaint": 1.0}[p]} for p in want}
+                 "strength": {"txt2img": None, "img2img": 0.75, "inpaint": 1.0, "alt": None}[p]} for p in want}
     # quilt first, while PyTorch holds nothing on the GPU.
     if "quilt" in modes:
         for p in want:
-            model_dir = doc["export"]["dirs"]["inpaint" if p == "inpaint" else "sd"]
+            model_dir = doc["export"]["dirs"][{"inpaint": "inpaint", "alt": "alt"}.get(p, "sd")]
             cases[p].update(quilt_case(args, p, model_dir, image_path, mask_path))
             log(f"quilt {p}: {cases[p].get('quilt_ms')} ms {cases[p].get('error', '')[:300]}")
             doc["cases"] = list(cases.values())
             write_json(result_path, doc)
-    pipes = torch_pipelines(m, want)
+    torch_want = [p for p in want if p != "alt"]  # no PyTorch AltDiffusion (see the module doc)
+    pipes = torch_pipelines(m, torch_want)
     if "eager" in modes:
-        for p in want:
+        for p in torch_want:
             times = time_torch(lambda: torch_call(pipes[p], p, args, image, mask), args.repeat, 1)
             cases[p]["eager_ms"] = round(statistics.median(times), 1)
             cases[p]["eager_runs_ms"] = [round(x, 1) for x in times]
@@ -343,7 +385,7 @@ def main(argv=None) -> int:
             write_json(result_path, doc)
     if "compile_ro" in modes:
         compiled = {}
-        for p in want:
+        for p in torch_want:
             unet = pipes[p].unet
             if id(unet) not in compiled:
                 compiled[id(unet)] = torch.compile(unet, mode="reduce-overhead")

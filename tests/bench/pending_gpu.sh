@@ -29,9 +29,10 @@
 #   bench     issue 4's benchmark (eager, torch.compile reduce-overhead, ORT + quilt) at UNet b2
 #             64², session creation with the compile phase times in the log (log_level=info).
 #   profile   device time per step of the UNet b2 64² (channels-last, fp16), grouped by op.
-#   sd        issue 5: `quilt sd txt2img` 512², 50 steps, the UNet on IO binding (default) and on
-#             host tensors (--quilt-unet-io host), same seed: the images must match and the
-#             `unet io` line must say "device binding".
+#   sd        issue 5: every pipeline kind (txt2img, img2img, inpaint, AltDiffusion) 512², 50 steps,
+#             against diffusers eager and compile reduce-overhead (not AltDiffusion), the UNet on IO
+#             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
+#             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
 BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|newshape|flash|bench|profile|sd}"
 mkdir -p "$OUT" /tmp/qbin
@@ -88,8 +89,9 @@ case "$PART" in
         SKIP_EXPORT=1 PROFILE_LINES=45 bash tests/bench/profile_gpu.sh /tmp/qbin "$OUT" unet_b2 fp16 channels_last
         ;;
     sd)
-        bash tests/bench/sd_pipeline_gpu.sh /tmp/qbin "$OUT/binding" --pipelines txt2img --modes quilt --repeat 3
-        bash tests/bench/sd_pipeline_gpu.sh /tmp/qbin "$OUT/host" --pipelines txt2img --modes quilt --repeat 3 --quilt-unet-io host
+        bash tests/bench/sd_pipeline_gpu.sh /tmp/qbin "$OUT/binding" --pipelines "${SD_PIPELINES:-txt2img,img2img,inpaint,alt}" \
+            --modes "${SD_MODES:-quilt,eager,compile_ro}" --repeat 3
+        bash tests/bench/sd_pipeline_gpu.sh /tmp/qbin "$OUT/host" --pipelines txt2img --modes quilt --repeat 3 --quilt-unet-io host --reuse-export
         ;;
     *) echo "unknown part $PART"; exit 2 ;;
 esac
