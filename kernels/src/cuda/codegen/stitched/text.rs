@@ -295,17 +295,19 @@ impl Text<'_> {
         })
     }
 
-    /// Split statistics, kernel 1: per (row, chunk) block, Welford per thread, merged per block.
+    /// Split statistics, kernel 1: per (row, chunk) block, shifted sums per thread (see
+    /// [`shifted_sums`]), merged per block with Chan's formula.
     pub fn partials_body(&self, h: usize, k: usize, x: &str) -> Result<String, String> {
         let cc = self.c.compute();
         self.dispatch(|path| {
             let li = Self::lane_indent(path, "        ");
             let mut s = super::split::block_loop(path);
             s += &self.row_base(path, "      ");
-            s += &format!("      {cc} n_ = 0, m_ = 0, v_ = 0;\n");
+            s += &format!("      {cc} n_ = 0, k_ = 0, s_ = 0, q_ = 0;\n");
             let (open, close) = self.element(h, path, k, None, false, "        ")?;
             s += &self.row_loop(h, path, "beg_", "end_", "      ");
-            s += &format!("{open}{li}const {cc} x_ = {x}; n_ += ({cc})1; const {cc} d_ = x_ - m_; m_ += d_ / n_; v_ += d_ * (x_ - m_);\n{close}      }}\n");
+            s += &format!("{open}{li}const {cc} x_ = {x}; if (n_ == ({cc})0) k_ = x_; n_ += ({cc})1; const {cc} d_ = x_ - k_; s_ += d_; q_ = fma(d_, d_, q_);\n{close}      }}\n");
+            s += &format!("      {cc} m_, v_;\n      {}\n", shifted_sums(cc, "n_", "k_", "s_", "q_", "m_", "v_"));
             s += "      q_wf_block(n_, m_, v_);\n      if (threadIdx.x == 0) { part[2 * blk] = m_; part[2 * blk + 1] = v_; }\n    }\n";
             Ok(s)
         })
@@ -357,15 +359,19 @@ impl Text<'_> {
         let mut s = self.cl_sizes(v);
         s += &format!("  __shared__ {cc} sh_n[{b} * {v}], sh_m[{b} * {v}], sh_v[{b} * {v}];\n", b = super::super::BLOCK);
         s += Self::cl_block_loop();
-        s += &format!("    {cc} wn[{v}], wm[{v}], wv[{v}];\n#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{ wn[e_] = 0; wm[e_] = 0; wv[e_] = 0; }}\n");
+        // Every lane of a thread sees the same positions, so one count serves all of them.
+        s += &format!("    {cc} wn = 0, wk[{v}], ws[{v}], wq[{v}];\n#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{ wk[e_] = 0; ws[e_] = 0; wq[e_] = 0; }}\n");
         s += "    if (active_) {\n      for (unsigned sp_ = s0 + rl; sp_ < s1; sp_ += lanes_) {\n";
         s += &format!("        const unsigned i = (n * S + sp_) * C + col * {v}u;\n");
         let (open, close) = self.element(h, Path::Vector(v), k, None, false, "        ")?;
         s += &open;
-        s += &format!("          const {cc} x_ = {x}; wn[e_] += ({cc})1; const {cc} d_ = x_ - wm[e_]; wm[e_] += d_ / wn[e_]; wv[e_] += d_ * (x_ - wm[e_]);\n");
+        s += &format!("          const {cc} x_ = {x}; if (wn == ({cc})0) wk[e_] = x_; const {cc} d_ = x_ - wk[e_]; ws[e_] += d_; wq[e_] = fma(d_, d_, wq[e_]);\n");
         s += &close;
-        s += "      }\n    }\n";
-        s += &format!("#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{ sh_n[threadIdx.x * {v} + e_] = wn[e_]; sh_m[threadIdx.x * {v} + e_] = wm[e_]; sh_v[threadIdx.x * {v} + e_] = wv[e_]; }}\n");
+        s += &format!("        wn += ({cc})1;\n      }}\n    }}\n");
+        s += &format!(
+            "#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{\n      {cc} m_, v_;\n      {}\n      sh_n[threadIdx.x * {v} + e_] = wn; sh_m[threadIdx.x * {v} + e_] = m_; sh_v[threadIdx.x * {v} + e_] = v_;\n    }}\n",
+            shifted_sums(cc, "wn", "wk[e_]", "ws[e_]", "wq[e_]", "m_", "v_")
+        );
         s += "    __syncthreads();\n";
         s += &format!("    for (unsigned g = threadIdx.x / 32u; g < G; g += blockDim.x / 32u) {{\n      {cc} n_ = 0, m_ = 0, v_ = 0;\n");
         s += &format!("      for (unsigned j = threadIdx.x % 32u; j < cpg * lanes_; j += 32u) {{\n        const unsigned c = g * cpg + j % cpg, at = (j / cpg * cols + c / {v}u) * {v}u + c % {v}u;\n        q_wf_add(n_, m_, v_, sh_n[at], sh_m[at], sh_v[at]);\n      }}\n");
@@ -400,6 +406,18 @@ impl Text<'_> {
         s += "      }\n    }\n  }\n";
         Ok(s)
     }
+}
+
+/// Statements turning one thread's shifted sums into a Welford triple's mean and M2: over `n`
+/// values x with shift `k` (the thread's first value), `s = Σ(x − k)` and `q = Σ(x − k)²`, so
+/// mean = k + s/n and M2 = q − s²/n. Two FMA-pipe ops per value instead of Welford's division per
+/// value; with the shift drawn from the data, `s/n` is of the order of the spread, so the
+/// subtraction loses nothing that matters over a thread's few dozen values (the block and row merges
+/// stay Welford/Chan). n = 0 gives (0, 0), which merges as nothing.
+fn shifted_sums(cc: &str, n: &str, k: &str, s: &str, q: &str, mean: &str, m2: &str) -> String {
+    format!(
+        "if ({n} > ({cc})0) {{ const {cc} r_ = {s} / {n}; {mean} = {k} + r_; {m2} = {q} - {s} * r_; if ({m2} < ({cc})0) {m2} = 0; }} else {{ {mean} = 0; {m2} = 0; }}"
+    )
 }
 
 /// Module-level helpers of every stitched module: 32-bit division and the vector type.
