@@ -18,6 +18,9 @@
 #   tests     Plan views as buffer aliases (8c64554) and the conv engine reuse (aae371c) have never
 #             run on a GPU: cuda_fixtures, cuda_graphs, cuda_gemm, cuda_conv (shapes A, B, A per
 #             Dnn: B now reuses A's engine), the flash correctness test.
+#   fixtures  cuda_fixtures alone (every fixture's plans against the CPU reference on the GPU).
+#   regions   bench_regions_gpu: device time of single memory-bound steps (GroupNorm, LayerNorm,
+#             elementwise, copies) per index path (build it: --example bench_regions_gpu).
 #   newshape  bench_onnx_gpu on the SD 1.5 UNet (exported here by bench_gpu.sh's first run):
 #             b2 64² then --new-shape b1 64² and b2 96², with engine reuse (default), without
 #             (QUILT_CUDNN_REUSE=0) and with dynamic-shape graphs (QUILT_CUDNN_DYNAMIC=1); and a
@@ -34,7 +37,7 @@
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|newshape|flash|bench|profile|sd}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|profile|sd}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -64,6 +67,12 @@ case "$PART" in
             echo "== $t"; timeout 200 /tmp/qbin/$t --test-threads 1 > "$OUT/$t.log" 2>&1; echo "rc=$?"; grep -E "test result|FAILED|panicked" "$OUT/$t.log" | head -5
         done
         echo "== cuda_attention"; timeout 200 /tmp/qbin/cuda_attention --exact flash_attention_matches_the_cpu_reference > "$OUT/cuda_attention.log" 2>&1; echo "rc=$?"; tail -3 "$OUT/cuda_attention.log"
+        ;;
+    fixtures)
+        echo "== cuda_fixtures"; timeout 200 /tmp/qbin/cuda_fixtures --test-threads 1 > "$OUT/cuda_fixtures.log" 2>&1; echo "rc=$?"; grep -E "test result|FAILED|panicked" "$OUT/cuda_fixtures.log" | head -5
+        ;;
+    regions)
+        timeout 200 /tmp/qbin/bench_regions_gpu --iters 50 > "$OUT/regions.log" 2>&1; echo "rc=$?"; head -30 "$OUT/regions.log"
         ;;
     newshape)
         export_unet
