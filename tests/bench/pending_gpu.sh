@@ -99,7 +99,7 @@ case "$PART" in
         ;;
     sd)
         bash tests/bench/sd_pipeline_gpu.sh /tmp/qbin "$OUT/binding" --pipelines "${SD_PIPELINES:-txt2img,img2img,inpaint,alt}" \
-            --modes "${SD_MODES:-quilt,eager,compile_ro}" --repeat 3
+            --modes "${SD_MODES:-quilt,eager,compile_ro}" --repeat 3 --reuse-export
         bash tests/bench/sd_pipeline_gpu.sh /tmp/qbin "$OUT/host" --pipelines txt2img --modes quilt --repeat 3 --quilt-unet-io host --reuse-export
         ;;
     *) echo "unknown part $PART"; exit 2 ;;
