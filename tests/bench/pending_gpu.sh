@@ -98,6 +98,10 @@ case "$PART" in
         SKIP_EXPORT=1 PROFILE_LINES=45 bash tests/bench/profile_gpu.sh /tmp/qbin "$OUT" unet_b2 fp16 channels_last
         ;;
     sd)
+        # The benchmark's UNet export is the pipeline's UNet (same make_fixtures spec and seed).
+        if [ -f "$W/model.onnx" ] && [ ! -e /tmp/sd_pipeline/sd15/unet/model.onnx ]; then
+            mkdir -p /tmp/sd_pipeline/sd15/unet && ln -s "$W/model.onnx" "$W/model.onnx_data" /tmp/sd_pipeline/sd15/unet/
+        fi
         bash tests/bench/sd_pipeline_gpu.sh /tmp/qbin "$OUT/binding" --pipelines "${SD_PIPELINES:-txt2img,img2img,inpaint,alt}" \
             --modes "${SD_MODES:-quilt,eager,compile_ro}" --repeat 3 --reuse-export
         bash tests/bench/sd_pipeline_gpu.sh /tmp/qbin "$OUT/host" --pipelines txt2img --modes quilt --repeat 3 --quilt-unet-io host --reuse-export
