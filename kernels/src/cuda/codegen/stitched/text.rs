@@ -303,11 +303,12 @@ impl Text<'_> {
             let li = Self::lane_indent(path, "        ");
             let mut s = super::split::block_loop(path);
             s += &self.row_base(path, "      ");
-            s += &format!("      {cc} n_ = 0, k_ = 0, s_ = 0, q_ = 0;\n");
+            // Names unlike the element code's (`k_` is the row loop's index, `q_` the index code's).
+            s += &format!("      {cc} n_ = 0, sk_ = 0, ss_ = 0, sq_ = 0;\n");
             let (open, close) = self.element(h, path, k, None, false, "        ")?;
             s += &self.row_loop(h, path, "beg_", "end_", "      ");
-            s += &format!("{open}{li}const {cc} x_ = {x}; if (n_ == ({cc})0) k_ = x_; n_ += ({cc})1; const {cc} d_ = x_ - k_; s_ += d_; q_ = fma(d_, d_, q_);\n{close}      }}\n");
-            s += &format!("      {cc} m_, v_;\n      {}\n", shifted_sums(cc, "n_", "k_", "s_", "q_", "m_", "v_"));
+            s += &format!("{open}{li}const {cc} x_ = {x}; if (n_ == ({cc})0) sk_ = x_; n_ += ({cc})1; const {cc} d_ = x_ - sk_; ss_ += d_; sq_ = fma(d_, d_, sq_);\n{close}      }}\n");
+            s += &format!("      {cc} m_, v_;\n      {}\n", shifted_sums(cc, "n_", "sk_", "ss_", "sq_", "m_", "v_"));
             s += "      q_wf_block(n_, m_, v_);\n      if (threadIdx.x == 0) { part[2 * blk] = m_; part[2 * blk + 1] = v_; }\n    }\n";
             Ok(s)
         })
@@ -416,7 +417,7 @@ impl Text<'_> {
 /// stay Welford/Chan). n = 0 gives (0, 0), which merges as nothing.
 fn shifted_sums(cc: &str, n: &str, k: &str, s: &str, q: &str, mean: &str, m2: &str) -> String {
     format!(
-        "if ({n} > ({cc})0) {{ const {cc} r_ = {s} / {n}; {mean} = {k} + r_; {m2} = {q} - {s} * r_; if ({m2} < ({cc})0) {m2} = 0; }} else {{ {mean} = 0; {m2} = 0; }}"
+        "if ({n} > ({cc})0) {{ const {cc} rs_ = {s} / {n}; {mean} = {k} + rs_; {m2} = {q} - {s} * rs_; if ({m2} < ({cc})0) {m2} = 0; }} else {{ {mean} = 0; {m2} = 0; }}"
     )
 }
 
