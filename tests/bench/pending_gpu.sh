@@ -31,13 +31,15 @@
 #             Make half_exp the default where it is faster and within tolerance.
 #   bench     issue 4's benchmark (eager, torch.compile reduce-overhead, ORT + quilt) at UNet b2
 #             64², session creation with the compile phase times in the log (log_level=info).
+#   correct   issue 4's correctness run: full-size UNet, VAE decoder, CLIP through ORT + quilt's GPU
+#             device (fp32) against ORT's CPU EP, batch 1/2 and latents 64²/96², one session each.
 #   profile   device time per step of the UNet b2 64² (channels-last, fp16), grouped by op.
 #   sd        issue 5: every pipeline kind (txt2img, img2img, inpaint, AltDiffusion) 512², 50 steps,
 #             against diffusers eager and compile reduce-overhead (not AltDiffusion), the UNet on IO
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|profile|sd}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -93,6 +95,10 @@ case "$PART" in
             --iters 20 --reuse-export --budget-s "${BENCH_BUDGET_S:-540}" --quilt-options precision=fp16,log_level=info > "$OUT/bench_stdout.log" 2>&1
         echo "rc=$?"; grep -E "compile phases|claimed" "$OUT/bench_stdout.log" | cut -c1-300 | head -6
         tail -20 "$OUT/bench.log"
+        ;;
+    correct)
+        source tests/bench/carried_wheels.sh && install_carried_wheels || exit 1
+        PYTHONUNBUFFERED=1 python3 tests/bench/full_correctness.py --ep-lib /tmp/qbin/libquilt_ep.so --out "$OUT" --models "${CORRECT_MODELS:-unet,vae_decoder,clip}" 2>&1 | tee "$OUT/correct.log" | grep -vE "^\s*$"
         ;;
     profile)
         export_unet
