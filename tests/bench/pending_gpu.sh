@@ -61,7 +61,7 @@ BO="--iters 20 --precision fp16 --layout channels_last"
 bench() { local name=$1; shift; echo "== $name"; timeout 240 /tmp/qbin/bench_onnx_gpu "$@" > "$OUT/$name.json" 2> "$OUT/$name.log"; echo "rc=$?"; cat "$OUT/$name.json"; }
 export_unet() {
     # bench_unet.py exports only for the quilt mode; its ORT + quilt run comes with it.
-    [ -f "$W/model.onnx" ] || bash tests/bench/bench_gpu.sh /tmp/qbin "$OUT/export" --cases unet_b2 --modes eager,quilt --iters 5 > "$OUT/export.log" 2>&1
+    [ -f "$W/model.onnx" ] || bash tests/bench/bench_gpu.sh /tmp/qbin "$OUT/export" --cases unet_b2 --modes "${EXPORT_MODES:-eager,quilt}" --iters 5 > "$OUT/export.log" 2>&1
 }
 case "$PART" in
     tests)
@@ -78,13 +78,16 @@ case "$PART" in
         ;;
     newshape)
         export_unet
-        bench reuse_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
-        bench reuse_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
-        QUILT_CUDNN_REUSE=0 bench noreuse_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
-        [ -n "${NEWSHAPE_QUICK:-}" ] && exit 0  # the three above answer the target; the rest compare engines
-        QUILT_CUDNN_DYNAMIC=1 bench dynamic_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
-        bench fresh_b1 "$W/model.onnx" --dims $D1 $BO
-        bench fresh_96 "$W/model.onnx" --dims $D96 $BO
+        # NEWSHAPE_CASES=a,b,...: only those (default: all).
+        want() { [ -z "${NEWSHAPE_CASES:-}" ] || [[ ",$NEWSHAPE_CASES," == *",$1,"* ]]; }
+        want reuse_b2_to_b1 && bench reuse_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
+        want reuse_b2_to_96 && bench reuse_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
+        want noreuse_b2_to_b1 && QUILT_CUDNN_REUSE=0 bench noreuse_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
+        want dynamic_b2_to_b1 && QUILT_CUDNN_DYNAMIC=1 bench dynamic_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
+        want dynamic_b2_to_96 && QUILT_CUDNN_DYNAMIC=1 bench dynamic_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
+        want fresh_b1 && bench fresh_b1 "$W/model.onnx" --dims $D1 $BO
+        want fresh_96 && bench fresh_96 "$W/model.onnx" --dims $D96 $BO
+        true
         ;;
     flash)
         timeout 500 /tmp/qbin/cuda_attention --ignored --exact flash_variant_timing --nocapture > "$OUT/flash.log" 2>&1
