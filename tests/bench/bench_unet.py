@@ -571,6 +571,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--budget-s", type=float, default=540.0, help="skip torch.compile modes that would start after this many seconds")
     ap.add_argument("--no-warm-create", action="store_true", help="skip the second UNet session creation")
+    ap.add_argument("--export-only", action="store_true", help="export WORK/<model>/model.onnx (with --modes quilt) and stop")
     ap.add_argument("--reuse-export", action="store_true", help="use WORK/<model>/model.onnx from an earlier run (same seed, same weights)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -657,6 +658,8 @@ def main(argv=None) -> int:
             except Exception as e:  # noqa: BLE001 - recorded, torch still runs
                 for c in model_cases:
                     results[c]["quilt_error"] = f"export: {type(e).__name__}: {e}"[:800]
+        if args.export_only:
+            continue
         # 2. PyTorch eager fp16 (its output is quilt's accuracy reference), then the GPU freed.
         torch_modes = [m for m in modes if m != "quilt"]
         if "eager" in modes:

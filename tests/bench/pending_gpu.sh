@@ -61,7 +61,7 @@ BO="--iters 20 --precision fp16 --layout channels_last"
 bench() { local name=$1; shift; echo "== $name"; timeout 240 /tmp/qbin/bench_onnx_gpu "$@" > "$OUT/$name.json" 2> "$OUT/$name.log"; echo "rc=$?"; cat "$OUT/$name.json"; }
 export_unet() {
     # bench_unet.py exports only for the quilt mode; its ORT + quilt run comes with it.
-    [ -f "$W/model.onnx" ] || bash tests/bench/bench_gpu.sh /tmp/qbin "$OUT/export" --cases unet_b2 --modes "${EXPORT_MODES:-eager,quilt}" --iters 5 > "$OUT/export.log" 2>&1
+    [ -f "$W/model.onnx" ] || bash tests/bench/bench_gpu.sh /tmp/qbin "$OUT/export" --cases unet_b2 --modes "${EXPORT_MODES:-eager,quilt}" ${EXPORT_ONLY:+--export-only} --iters 5 > "$OUT/export.log" 2>&1
 }
 case "$PART" in
     tests)
