@@ -12,8 +12,7 @@
 # pinned 1.20.1 (checked), and its 17.5 MB wheel would push the carried tree (repo with ~22 MB of
 # fixtures + .whl) past the tool's 64 MiB limit. Keep .whl + `git ls-files` under 64 MiB.
 #
-# On the device: python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-#     --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+# On the device: `source tests/bench/carried_wheels.sh && install_carried_wheels` (the GPU scripts do).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 
@@ -32,5 +31,13 @@ python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --im
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
   -d .whl "${WHEELS[@]}"
+# The onnxruntime wheel (23.7 MB zipped) as an unpacked tar.xz (13.1 MB): with the binaries of
+# tests/bench/pack_gpu.sh, the zipped wheel would push the carried tree past 64 MiB.
+# tests/bench/carried_wheels.sh installs either form.
+ort_whl=$(ls .whl/onnxruntime-*.whl)
+unpacked=$(mktemp -d)
+(cd "$unpacked" && python3 -m zipfile -e "$OLDPWD/$ort_whl" .)
+tar cf - -C "$unpacked" . | xz -9 -T0 > .whl/onnxruntime-1.31.1.tar.xz
+rm -rf "$unpacked" "$ort_whl"
 ls -la .whl
 du -sh .whl

@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
-# What session 4 built without a GPU (the session's device time was spent), in the order the next
-# session should run it on the GPU machine. Each PART fits one 10-minute call.
+# The GPU runs behind issues 4 and 5, in parts that each fit one 10-minute call (session 4 wrote
+# this for its unmeasured work; session 5 ran most parts, see tests/bench/results/2026-12-06-session5-h100.md).
 #
-# Here (no GPU needed):
-#   cargo build --release -p quilt-capi && cargo build --release -p quilt-models --bin quilt
-#   cargo build --release -p quilt-tests --example bench_onnx_gpu
-#   cargo test --release -p quilt-tests --test cuda_fixtures --test cuda_graphs --test cuda_conv \
-#       --test cuda_gemm --test cuda_attention --no-run
-#   mkdir -p .gpu/p; strip -o .gpu/p/NAME each of target/release/{libquilt_ep.so,quilt,examples/bench_onnx_gpu}
-#   and target/release/deps/{cuda_fixtures,cuda_graphs,cuda_conv,cuda_gemm,cuda_attention}-*
-#   (names without the hash), then `xz -9 .gpu/p/*` (the carried tree must stay under 64 MiB).
-# There (carry .gpu/p and .whl with the onnxruntime 1.31.1 and diffusers 0.42.1 wheels; the ORT one
-# as a tar.xz, see carried_wheels.sh, or the tree is over 64 MiB):
+# Here (no GPU needed): `bash models/scripts/fetch_wheels.sh` once (.whl), then
+# `bash tests/bench/pack_gpu.sh` (builds and packs the binaries into .gpu/p; the carried tree must
+# stay under 64 MiB). There (carry .gpu/p and .whl):
 #   bash tests/bench/pending_gpu.sh .gpu/p $OUT PART
+# Only 8 files come back from $OUT: write PARTs' outputs elsewhere and tar them into $OUT.
+#
+# Not yet run (after session 5), most useful first:
+#   EXPORT_ONLY=1 EXPORT_MODES=quilt NEWSHAPE_CASES=dynamic_b2_to_b1,dynamic_b2_to_96 ... newshape
+#       (does QUILT_CUDNN_DYNAMIC=1 keep the runtime-compiled conv kernels across shapes?);
+#   regions (the shifted-sum norm partials against session 3's microbenchmark);
+#   BENCH_CASES=unet_b2 BENCH_MODES=eager,compile,compile_ro,quilt ... bench (all in one run);
+#   BENCH_CASES=vae_decoder,clip BENCH_MODES=eager,compile,compile_ro,quilt ... bench;
+#   SD_MODES=quilt,eager,compile_ro ... sd (diffusers baselines for every pipeline in the same run).
 #
 # PART
-#   tests     Plan views as buffer aliases (8c64554) and the conv engine reuse (aae371c) have never
-#             run on a GPU: cuda_fixtures, cuda_graphs, cuda_gemm, cuda_conv (shapes A, B, A per
-#             Dnn: B now reuses A's engine), the flash correctness test.
+#   tests     cuda_fixtures, cuda_graphs, cuda_gemm, cuda_conv (shapes A, B, A per Dnn: B reuses
+#             A's engine), the flash correctness test.
 #   fixtures  cuda_fixtures alone (every fixture's plans against the CPU reference on the GPU).
 #   regions   bench_regions_gpu: device time of single memory-bound steps (GroupNorm, LayerNorm,
 #             elementwise, copies) per index path (build it: --example bench_regions_gpu).
