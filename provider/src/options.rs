@@ -34,6 +34,11 @@ pub struct Options {
     pub precision: quilt_rewrites::precision::Precision,
     /// Where 2-D convolutions' activations live (`quilt_rewrites::layout`).
     pub layout: Layout,
+    /// Whether residual adds after channels-last convolutions run in cuDNN's epilogue
+    /// (`conv_residual=1`, the default) or as ordinary ops (`0`). cuDNN compiles some conv + bias +
+    /// residual kernels at run time, per shape: with `0` a first call at a new batch or size does
+    /// not wait for that (~100 ms per such convolution class on an H100).
+    pub conv_residual: bool,
 }
 
 /// The `layout` option.
@@ -54,7 +59,7 @@ const AUTO_CHANNELS_LAST: bool = true;
 
 impl Default for Options {
     fn default() -> Options {
-        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true, device_id: None, cache_dir: None, cuda_graph: true, precision: Default::default(), layout: Layout::Auto }
+        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true, device_id: None, cache_dir: None, cuda_graph: true, precision: Default::default(), layout: Layout::Auto, conv_residual: true }
     }
 }
 
@@ -135,6 +140,18 @@ pub const OPTIONS: &[OptionSpec] = &[
         },
     },
     OptionSpec {
+        key: "conv_residual",
+        description: "1|0 (default 1): 1 adds a convolution's residual (ResNet blocks' shortcut sums) in cuDNN's epilogue; 0 leaves the add to quilt's own kernels, so that no conv kernel is compiled at run time when a new batch or size first runs",
+        apply: |o, v| {
+            o.conv_residual = match v {
+                "1" => true,
+                "0" => false,
+                _ => return Err("expected 0 or 1".into()),
+            };
+            Ok(())
+        },
+    },
+    OptionSpec {
         key: "cuda_graph",
         description: "1|0 (default 1): 1 captures each input-shape signature's run into a CUDA graph on its second run and replays it after that; 0 queues every step each run",
         apply: |o, v| {
@@ -161,6 +178,7 @@ impl Options {
         quilt_rewrites::OptimizeOptions {
             enabled: self.optimize,
             channels_last: channels_last.then(quilt_rewrites::layout::LayoutOptions::default),
+            residual_epilogues: quilt_rewrites::epilogue::EpilogueTargets { convs: self.conv_residual, gemms: true },
             ..quilt_rewrites::OptimizeOptions::default()
         }
     }
@@ -247,6 +265,16 @@ mod tests {
         assert_eq!(Options::from_config([("ep.quiltexecutionprovider.precision", "fp16")]).unwrap().precision, Precision::Fp16);
         let e = Options::from_config([("ep.quiltexecutionprovider.precision", "fp8")]).unwrap_err().to_string();
         assert!(e.contains("precision") && e.contains("fp8") && e.contains("fp16"), "{e}");
+    }
+
+    #[test]
+    fn conv_residual_option() {
+        use quilt_rewrites::epilogue::EpilogueTargets;
+        assert_eq!(Options::default().optimize_options(true).residual_epilogues, EpilogueTargets::ALL);
+        let o = Options::from_config([("ep.quiltexecutionprovider.conv_residual", "0")]).unwrap();
+        assert_eq!(o.optimize_options(true).residual_epilogues, EpilogueTargets { convs: false, gemms: true });
+        let e = Options::from_config([("ep.quiltexecutionprovider.conv_residual", "off")]).unwrap_err().to_string();
+        assert!(e.contains("conv_residual") && e.contains("off") && e.contains("0 or 1"), "{e}");
     }
 
     #[test]

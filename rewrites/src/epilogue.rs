@@ -27,7 +27,9 @@
 //! slot holds it (cuDNN rejects a residual that aliases its output).
 //!
 //! A fixed, deterministic walk like `crate::layout`: it runs after the layout pass and before
-//! stitching (`OptimizeOptions::residual_epilogues`).
+//! stitching (`OptimizeOptions::residual_epilogues`, which also says whether convolutions take
+//! part: cuDNN has no precompiled engine for some conv + bias + residual graphs and compiles one
+//! per shape, ~100 ms each on an H100, which a first call at a new shape then pays).
 
 use std::collections::{HashMap, HashSet};
 
@@ -50,6 +52,22 @@ pub struct EpilogueReport {
     pub reshapes_added: usize,
 }
 
+/// Which producers take residual adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpilogueTargets {
+    pub convs: bool,
+    pub gemms: bool,
+}
+
+impl EpilogueTargets {
+    pub const ALL: EpilogueTargets = EpilogueTargets { convs: true, gemms: true };
+    pub const NONE: EpilogueTargets = EpilogueTargets { convs: false, gemms: false };
+
+    pub fn any(self) -> bool {
+        self.convs || self.gemms
+    }
+}
+
 /// One Add folded into its operand's producer.
 struct Fusion {
     /// The Conv or Gemm node.
@@ -59,7 +77,7 @@ struct Fusion {
 }
 
 /// `graph` with every residual Add that fits folded into its producer (see the module doc).
-pub fn fuse_residuals(graph: &Graph) -> Result<(Graph, EpilogueReport)> {
+pub fn fuse_residuals(graph: &Graph, targets: EpilogueTargets) -> Result<(Graph, EpilogueReport)> {
     let outputs: HashSet<ValueRef> = graph.outputs.iter().map(|o| o.value).collect();
     let mut fusions: HashMap<NodeIndex, Fusion> = HashMap::new();
     // Nodes that disappear (Reshapes of the chain) or move to the Add (producers).
@@ -73,7 +91,7 @@ pub fn fuse_residuals(graph: &Graph) -> Result<(Graph, EpilogueReport)> {
         // Try the second operand first: ONNX exports spell the ResNet block's sum
         // `shortcut + conv2(h)`.
         for (y, r) in [(b, a), (a, b)] {
-            if let Some(chain) = fusible(graph, &outputs, &moved, node, y, r) {
+            if let Some(chain) = fusible(graph, &outputs, &moved, node, y, r, targets) {
                 let producer = *chain.last().expect("the chain ends in the producer");
                 moved.extend(chain);
                 fusions.insert(ix, Fusion { producer, residual: r });
@@ -141,7 +159,7 @@ fn reshape(g: &mut Graph, name: String, x: ValueRef, to: TensorType) -> ValueRef
 
 /// When `y + r` (the Add `add`) can run in `y`'s producer: the nodes from the Add's operand
 /// back to the producer (Reshapes, then the producer last).
-fn fusible(g: &Graph, outputs: &HashSet<ValueRef>, moved: &HashSet<NodeIndex>, add: &Node, y: ValueRef, r: ValueRef) -> Option<Vec<NodeIndex>> {
+fn fusible(g: &Graph, outputs: &HashSet<ValueRef>, moved: &HashSet<NodeIndex>, add: &Node, y: ValueRef, r: ValueRef, targets: EpilogueTargets) -> Option<Vec<NodeIndex>> {
     let out_ty = &add.outputs[0];
     if y == r || g.value_type(y) != out_ty || g.value_type(r) != out_ty || !matches!(out_ty.dtype, DType::F32 | DType::F16 | DType::BF16) {
         return None;
@@ -158,20 +176,20 @@ fn fusible(g: &Graph, outputs: &HashSet<ValueRef>, moved: &HashSet<NodeIndex>, a
         chain.push(v.node);
         match &node.op {
             Op::Reshape => v = node.inputs.first().copied().flatten()?,
-            op => return accepts_residual(g, op, node).then_some(chain),
+            op => return accepts_residual(g, op, node, targets).then_some(chain),
         }
     }
 }
 
 /// Whether `node` (the producer) may take a residual input.
-fn accepts_residual(g: &Graph, op: &Op, node: &Node) -> bool {
+fn accepts_residual(g: &Graph, op: &Op, node: &Node, targets: EpilogueTargets) -> bool {
     let y = &node.outputs[0];
     if node.inputs.len() > 3 || !matches!(y.dtype, DType::F32 | DType::F16 | DType::BF16) {
         return false;
     }
     match op {
-        Op::Conv { channels_last: true, .. } => y.rank() == 4,
-        Op::Gemm { beta, .. } => match node.inputs.get(2).copied().flatten() {
+        Op::Conv { channels_last: true, .. } => targets.convs && y.rank() == 4,
+        Op::Gemm { beta, .. } if targets.gemms => match node.inputs.get(2).copied().flatten() {
             None => true,
             Some(c) => {
                 let n = y.shape[1].clone();

@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use crate::egraph::{convert, cost, runner, Limits, StageReport};
-use crate::epilogue::{fuse_residuals, EpilogueReport};
+use crate::epilogue::{fuse_residuals, EpilogueReport, EpilogueTargets};
 use crate::error::{Error, Result};
 use crate::ir::Graph;
 use crate::layout::{to_channels_last, LayoutOptions, LayoutReport};
@@ -25,13 +25,13 @@ pub struct OptimizeOptions {
     /// Run 2-D convolutions (and the ops around them) on channels-last data (`crate::layout`),
     /// for backends with a channels-last convolution; `None` keeps the model's layout.
     pub channels_last: Option<LayoutOptions>,
-    /// Fold residual adds into the convolution or Gemm before them (`crate::epilogue`).
-    pub residual_epilogues: bool,
+    /// Which producers residual adds fold into (`crate::epilogue`).
+    pub residual_epilogues: EpilogueTargets,
 }
 
 impl Default for OptimizeOptions {
     fn default() -> OptimizeOptions {
-        OptimizeOptions { enabled: true, limits: Limits::default(), stitch: true, stitch_caps: StitchOptions::default(), channels_last: None, residual_epilogues: true }
+        OptimizeOptions { enabled: true, limits: Limits::default(), stitch: true, stitch_caps: StitchOptions::default(), channels_last: None, residual_epilogues: EpilogueTargets::ALL }
     }
 }
 
@@ -110,8 +110,8 @@ pub fn after_extraction(mut graph: Graph, opts: &OptimizeOptions, report: &mut O
         graph = g;
         report.layout = Some(r);
     }
-    if opts.residual_epilogues {
-        let (g, r) = match catch_unwind(AssertUnwindSafe(|| fuse_residuals(&graph))) {
+    if opts.residual_epilogues.any() {
+        let (g, r) = match catch_unwind(AssertUnwindSafe(|| fuse_residuals(&graph, opts.residual_epilogues))) {
             Ok(r) => r?,
             Err(_) => return Err(Error::Model("optimizer: internal error (panic) in the residual-epilogue pass".into())),
         };

@@ -10,7 +10,9 @@
 #
 # Not yet run (after session 5), most useful first:
 #   EXPORT_ONLY=1 EXPORT_MODES=quilt NEWSHAPE_CASES=dynamic_b2_to_b1,dynamic_b2_to_96 ... newshape
-#       (does QUILT_CUDNN_DYNAMIC=1 keep the runtime-compiled conv kernels across shapes?);
+#       (does QUILT_CUDNN_DYNAMIC=1 keep the runtime-compiled conv kernels across shapes?), and
+#       NEWSHAPE_CASES=noconvres_b2_to_b1,noconvres_b2_to_96 (conv_residual=0: no runtime-compiled
+#       conv kernels; compare first calls and the steady-state median with the reuse cases');
 #   regions (the shifted-sum norm partials against session 3's microbenchmark);
 #   BENCH_CASES=unet_b2 BENCH_MODES=eager,compile,compile_ro,quilt ... bench (all in one run);
 #   BENCH_CASES=vae_decoder,clip BENCH_MODES=eager,compile,compile_ro,quilt ... bench;
@@ -86,6 +88,8 @@ case "$PART" in
         want noreuse_b2_to_b1 && QUILT_CUDNN_REUSE=0 bench noreuse_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want dynamic_b2_to_b1 && QUILT_CUDNN_DYNAMIC=1 bench dynamic_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want dynamic_b2_to_96 && QUILT_CUDNN_DYNAMIC=1 bench dynamic_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
+        want noconvres_b2_to_b1 && bench noconvres_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --conv-residual 0 --new-shape $D1
+        want noconvres_b2_to_96 && bench noconvres_b2_to_96 "$W/model.onnx" --dims $D2 $BO --conv-residual 0 --new-shape $D96
         want fresh_b1 && bench fresh_b1 "$W/model.onnx" --dims $D1 $BO
         want fresh_96 && bench fresh_96 "$W/model.onnx" --dims $D96 $BO
         true

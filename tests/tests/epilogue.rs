@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use quilt_kernels::cpu::CpuExecutable;
 use quilt_models::random::Rng;
-use quilt_rewrites::epilogue::{fuse_residuals, EpilogueReport};
+use quilt_rewrites::epilogue::{fuse_residuals, EpilogueReport, EpilogueTargets};
 use quilt_rewrites::ir::graph::{GraphOutput, Node, ValueRef};
 use quilt_rewrites::ir::BinaryOp;
 use quilt_rewrites::layout::LayoutOptions;
@@ -33,6 +33,10 @@ use quilt_rewrites::precision::{optimize_with_precision, Precision};
 use quilt_rewrites::{DType, Graph, Op, OptimizeOptions, Plan, SymDim, Tensor, TensorData, TensorType};
 
 fn options(channels_last: bool, residual_epilogues: bool) -> OptimizeOptions {
+    targeted(channels_last, if residual_epilogues { EpilogueTargets::ALL } else { EpilogueTargets::NONE })
+}
+
+fn targeted(channels_last: bool, residual_epilogues: EpilogueTargets) -> OptimizeOptions {
     OptimizeOptions { channels_last: channels_last.then(LayoutOptions::default), residual_epilogues, ..OptimizeOptions::default() }
 }
 
@@ -206,7 +210,7 @@ fn conv_residual(dtype: DType, seed: u64) -> Builder {
 
 /// Runs the graph before and after the pass at batch 1 and 3 (one plan each) and compares.
 fn check_pass(mut b: Builder, want: EpilogueReport, what: &str) {
-    let (fused, report) = fuse_residuals(&b.g).unwrap();
+    let (fused, report) = fuse_residuals(&b.g, EpilogueTargets::ALL).unwrap();
     assert_eq!(report, want, "{what}: {report:?}");
     let plain_plan = lower(&b.g).unwrap_or_else(|e| panic!("{what}: {e}"));
     let fused_plan = lower(&fused).unwrap_or_else(|e| panic!("{what}: fused: {e}"));
@@ -249,7 +253,7 @@ fn linear_and_conv_residuals_fuse_and_agree() {
 
 /// The pass leaves `b.g` as it is.
 fn assert_unchanged(b: &Builder, what: &str) {
-    let (g, report) = fuse_residuals(&b.g).unwrap();
+    let (g, report) = fuse_residuals(&b.g, EpilogueTargets::ALL).unwrap();
     assert_eq!(report, EpilogueReport::default(), "{what}");
     assert_eq!(g.node_count(), b.g.node_count(), "{what}");
 }
@@ -275,7 +279,7 @@ fn adds_that_must_stay_stay() {
     let s = b.add("sum", ADD, &[Some(y), Some(r)], &["B", "5", "7", "6"]);
     let t = b.add("twice", ADD, &[Some(s), Some(y)], &["B", "5", "7", "6"]);
     b.output("out", t);
-    let (_, report) = fuse_residuals(&b.g).unwrap();
+    let (_, report) = fuse_residuals(&b.g, EpilogueTargets::ALL).unwrap();
     assert_eq!(report, EpilogueReport::default(), "second reader");
 
     // The conv output is a graph output.
@@ -359,4 +363,28 @@ fn full_size_unet_and_vae_fold_their_residual_adds() {
         assert!(launch_steps(&fused_plan) < launch_steps(&plain_plan), "{name}: the pass saved no launch");
         assert_no_residual_alias(&fused_plan, name);
     }
+}
+
+/// With convolutions left out (`conv_residual=0`), the UNet's conv residual adds stay adds and its
+/// Gemm ones still fold, and the plan computes the same as the plan with every epilogue.
+#[test]
+fn conv_residuals_can_be_left_out() {
+    let conv = conv_residual(DType::F32, 11);
+    let (g, report) = fuse_residuals(&conv.g, EpilogueTargets { convs: false, gemms: true }).unwrap();
+    assert_eq!(report, EpilogueReport::default(), "conv residual with convs off");
+    assert_eq!(g.node_count(), conv.g.node_count());
+    let linear = linear_residual(DType::F32, 12);
+    let (_, report) = fuse_residuals(&linear.g, EpilogueTargets { convs: false, gemms: true }).unwrap();
+    assert_eq!(report.gemms, 1, "gemm residual with convs off: {report:?}");
+    let path = support::fixtures_dir().join("full").join("unet.graph.onnx");
+    if !path.exists() {
+        println!("skipped: {} is not there", path.display());
+        return;
+    }
+    let graph = support::imported_graph(&path, false);
+    let all = optimize_graph(&graph, &options(true, true)).unwrap();
+    let gemms_only = optimize_graph(&graph, &targeted(true, EpilogueTargets { convs: false, gemms: true })).unwrap();
+    let (a, b) = (all.report.epilogue.unwrap(), gemms_only.report.epilogue.unwrap());
+    assert!(a.convs > 0 && b.convs == 0 && b.gemms == a.gemms, "all {a:?}, gemms only {b:?}");
+    assert_eq!(fused_steps(&lower(&gemms_only.graph).unwrap()), (0, b.gemms));
 }
