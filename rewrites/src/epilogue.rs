@@ -29,7 +29,7 @@
 //! A fixed, deterministic walk like `crate::layout`: it runs after the layout pass and before
 //! stitching (`OptimizeOptions::residual_epilogues`, which also says whether convolutions take
 //! part: cuDNN has no precompiled engine for some conv + bias + residual graphs and compiles one
-//! per shape, ~100 ms each on an H100, which a first call at a new shape then pays).
+//! per shape, which a first call at a new shape then waits for).
 
 use std::collections::{HashMap, HashSet};
 
