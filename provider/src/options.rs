@@ -95,11 +95,7 @@ pub const OPTIONS: &[OptionSpec] = &[
         key: "optimize",
         description: "1|0 (default 1): 1 runs the e-graph optimizer, 0 lowers the imported graph one node to one step (debugging)",
         apply: |o, v| {
-            o.optimize = match v {
-                "1" => true,
-                "0" => false,
-                _ => return Err("expected 0 or 1".into()),
-            };
+            o.optimize = flag(v)?;
             Ok(())
         },
     },
@@ -144,11 +140,7 @@ pub const OPTIONS: &[OptionSpec] = &[
         key: "conv_residual",
         description: "1|0 (default 1): 1 adds a convolution's residual (ResNet blocks' shortcut sums) in cuDNN's epilogue; 0 leaves the add to quilt's own kernels, so that no conv kernel is compiled at run time when a new batch or size first runs",
         apply: |o, v| {
-            o.conv_residual = match v {
-                "1" => true,
-                "0" => false,
-                _ => return Err("expected 0 or 1".into()),
-            };
+            o.conv_residual = flag(v)?;
             Ok(())
         },
     },
@@ -156,11 +148,7 @@ pub const OPTIONS: &[OptionSpec] = &[
         key: "cuda_graph",
         description: "1|0 (default 1): 1 captures each input-shape signature's run into a CUDA graph on its second run and replays it after that; 0 queues every step each run",
         apply: |o, v| {
-            o.cuda_graph = match v {
-                "1" => true,
-                "0" => false,
-                _ => return Err("expected 0 or 1".into()),
-            };
+            o.cuda_graph = flag(v)?;
             Ok(())
         },
     },
@@ -208,6 +196,15 @@ impl Options {
             })?;
         }
         Ok(options)
+    }
+}
+
+/// A `1|0` option's value.
+fn flag(v: &str) -> std::result::Result<bool, String> {
+    match v {
+        "1" => Ok(true),
+        "0" => Ok(false),
+        _ => Err("expected 0 or 1".into()),
     }
 }
 
