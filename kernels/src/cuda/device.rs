@@ -316,6 +316,12 @@ pub struct Event(sys::CUevent);
 unsafe impl Send for Event {}
 unsafe impl Sync for Event {}
 
+// Contract of every method here that takes a `CUstream`: a live stream of this event's context
+// (the device's own, or one ORT handed to the EP). The driver dereferences the handle, so a
+// stale one is undefined behaviour; marking these `unsafe` would carry that into every run on a
+// caller's stream (`CudaExecutable::run_device` and the provider's stream callbacks), where the
+// handle comes straight from ORT, so the contract is stated once here instead.
+#[allow(clippy::not_unsafe_ptr_arg_deref)]
 impl Event {
     /// Captures the work queued on `stream` so far.
     pub fn record(&self, stream: sys::CUstream) -> Result<()> {
