@@ -506,8 +506,7 @@ fn to_f16_data(t: &Tensor) -> (TensorData, ConversionStats) {
         let stats = convert_chunk(&mut out, v);
         return (TensorData::F16(out), stats);
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 16);
-    let per_thread = v.len().div_ceil(threads).max(CHUNK);
+    let per_thread = v.len().div_ceil(crate::tensor::worker_threads(v.len())).max(CHUNK);
     let stats = std::thread::scope(|s| {
         let workers: Vec<_> = out.chunks_mut(per_thread).zip(v.chunks(per_thread)).map(|(o, i)| s.spawn(move || convert_chunk(o, i))).collect();
         workers.into_iter().map(|w| w.join().unwrap_or_default()).fold(ConversionStats::default(), |a, b| ConversionStats { saturated: a.saturated + b.saturated, flushed: a.flushed + b.flushed })

@@ -197,8 +197,7 @@ impl TensorData {
                 }
                 off
             };
-            let threads = if n >= 1 << 20 { std::thread::available_parallelism().map_or(1, |t| t.get()).min(16) } else { 1 };
-            let per = rows.div_ceil(threads);
+            let per = rows.div_ceil(worker_threads(n));
             std::thread::scope(|scope| {
                 for (t, chunk) in out.chunks_mut(per * inner).enumerate() {
                     let (src, offset) = (&src, &offset);
@@ -269,14 +268,22 @@ impl Tensor {
     }
 }
 
+/// Threads for a pass over `n` elements of weight data: one below 1M elements (spawning costs
+/// more than it saves), else the machine's cores, at most 16.
+pub(crate) fn worker_threads(n: usize) -> usize {
+    if n < 1 << 20 {
+        return 1;
+    }
+    std::thread::available_parallelism().map_or(1, |t| t.get()).min(16)
+}
+
 /// Little-endian elements of `N` bytes each, decoded across threads for large data (a model's
 /// weights arrive this way at session creation: the SD 1.5 UNet's are 3.4 GB, and writing the
 /// copy's fresh pages is most of the cost, which threads share).
 fn decode<T: Copy + Default + Send, const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> T + Copy + Send) -> Vec<T> {
     let n = bytes.len() / N;
     let mut out = vec![T::default(); n];
-    let threads = if n >= 1 << 20 { std::thread::available_parallelism().map_or(1, |t| t.get()).min(16) } else { 1 };
-    let per = n.div_ceil(threads).max(1);
+    let per = n.div_ceil(worker_threads(n)).max(1);
     std::thread::scope(|scope| {
         for (o, b) in out.chunks_mut(per).zip(bytes.chunks(per * N)) {
             scope.spawn(move || {
