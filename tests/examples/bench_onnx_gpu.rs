@@ -119,6 +119,11 @@ fn parse_dims(flag: &str, s: &str) -> Result<BTreeMap<String, i64>, String> {
     Ok(dims)
 }
 
+/// Symbol bindings as `--dims` takes them (`name=v,...`), for the JSON line.
+fn dims_string(dims: &BTreeMap<String, i64>) -> String {
+    dims.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
 /// The median of sorted, non-empty `times`.
 fn median(times: &[f64]) -> f64 {
     let n = times.len();
@@ -356,7 +361,7 @@ fn run() -> Result<String, String> {
     let mut json = format!(
         "{{\"model\":{:?},\"dims\":{:?},\"precision\":\"{}\",\"layout\":\"{}\",\"conv_residual\":{},\"weight_bytes\":{weight_bytes},\"steps\":{steps},\"load_s\":{load_s:.3},\"import_s\":{import_s:.3},\"optimize_s\":{optimize_s:.3},\"prepare_s\":{prepare_s:.3},\"warmup_ms\":{warmup_ms:.2},\"iters\":{},\"median_ms\":{median:.2},\"min_ms\":{:.2},\"timing\":\"host wall clock of run(), host<->device copies and allocation included\",\"output_shape\":{:?}",
         path.display().to_string(),
-        args.dims.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+        dims_string(&args.dims),
         args.precision,
         if args.channels_last { "channels_last" } else { "nchw" },
         args.conv_residual,
@@ -422,7 +427,7 @@ fn new_shape_cost(exe: &CudaExecutable, args: &Args, dims: &BTreeMap<String, i64
     times.sort_by(|a, b| a.total_cmp(b));
     Ok(format!(
         ",\"new_shape\":{{\"dims\":{:?},\"first_ms\":{first_ms:.2},\"second_ms\":{second_ms:.2},\"repeat_median_ms\":{:.2},\"conv_shapes\":{},\"conv_reused_engines\":{},\"conv_runtime_compiled\":{},\"conv_prepare_ms\":{:.2}}}",
-        dims.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+        dims_string(dims),
         median(&times),
         after.shapes - before.shapes,
         after.reused - before.reused,
