@@ -58,10 +58,11 @@ pub struct Config {
     /// (a second instantiation of the kernel body, picked at run time).
     pub exact: bool,
     /// f16 data: exponentiate the scores two at a time (`ex2.approx.f16x2`, one special-function
-    /// op per pair) straight into the f16 pairs `P·V` reads. At SD's small head dims the
-    /// exponentials, not the tensor cores, bound the kernel (one per score against 4·d FLOPs).
-    /// The shifted score `s·scale − max ≤ 0` is rounded to f16 first (P is rounded to f16 for
-    /// `P·V` either way); each lane sums a tile's P in f16 and adds that to the f32 row sum.
+    /// op per pair) straight into the f16 pairs `P·V` reads. The shifted score `s·scale − max ≤ 0`
+    /// is rounded to f16 first (P is rounded to f16 for `P·V` either way); each lane sums a tile's
+    /// P in f16 and adds that to the f32 row sum. Off in every default: on the H100 it was no
+    /// faster at SD's shapes (244.0 vs 240.4 µs at d=40) with ~1.7× the error, so the
+    /// exponentials are not what bounds the kernel (tests/bench/results/2026-12-06-session5-h100.md).
     pub half_exp: bool,
 }
 
