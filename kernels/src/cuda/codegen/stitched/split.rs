@@ -4,16 +4,18 @@
 //! row leaves most of the GPU idle (32 rows at batch 1 on 132 SMs). Rows longer than
 //! [`SPLIT_ABOVE`] are cut into `chunks` pieces of `ceil(len / chunks)` elements instead:
 //!
-//! 1. the *partials* kernel runs one block per (row, chunk): each thread folds its elements into
-//!    a running (count, mean, M2) with Welford's update, the block merges its threads' triples
-//!    with Chan et al.'s pairwise formula, and thread 0 stores the chunk's (mean, M2) into the
-//!    step's scratch (`2 · rows · chunks` values of the compute type);
+//! 1. the *partials* kernel runs one block per (row, chunk): each thread sums its elements'
+//!    deviations from its first element and their squares, turns them into a (count, mean, M2)
+//!    triple (`text::shifted_sums`), the block merges its threads' triples with Chan et al.'s
+//!    pairwise formula, and thread 0 stores the chunk's (mean, M2) into the step's scratch
+//!    (`2 · rows · chunks` values of the compute type);
 //! 2. the *apply* kernel runs one block per (row, chunk) again: it merges the row's partials
 //!    (the chunk counts follow from the indices, so they are not stored), then normalizes its
 //!    chunk and evaluates the region's epilogue.
 //!
-//! No E[x²] − E[x]² anywhere: every merge adds squared deviations from a mean, so rows with a
-//! large mean keep their variance in f32.
+//! No E[x²] − E[x]² over raw values anywhere: a thread's sums are of deviations from a value of
+//! its own data, and every merge adds squared deviations from a mean, so rows with a large mean
+//! keep their variance in f32.
 
 use super::text::Path;
 

@@ -340,7 +340,8 @@ impl Text<'_> {
 /// Channels-last GroupNorm statistics that read memory in order: a block per (batch entry,
 /// chunk of spatial positions) walks its `[positions, C]` slab with `V`-channel vectors, each
 /// thread at one fixed vector column (so its `V` lanes always hold the same channels, hence the
-/// same groups), one Welford triple per lane; the block then merges the triples of each group's
+/// same groups), shifted sums per lane (one count per thread), turned into one Welford triple
+/// per lane; the block then merges the triples of each group's
 /// channels in shared memory (a warp per group) and stores one (mean, M2) per (row, chunk),
 /// `part[2 · (row · chunks + chunk)]`. Params: `rows, L, chunks` (rows = N·G, L = S·C/G).
 impl Text<'_> {
