@@ -62,19 +62,19 @@ D96=batch_size=2,height=96,width=96,sequence_length=77
 BO="--iters 20 --precision fp16 --layout channels_last"
 # bench_onnx_gpu NAME ARGS...: its JSON line to OUT/NAME.json and stdout, its log to OUT/NAME.log.
 bench() { local name=$1; shift; echo "== $name"; timeout 240 /tmp/qbin/bench_onnx_gpu "$@" > "$OUT/$name.json" 2> "$OUT/$name.log"; echo "rc=$?"; cat "$OUT/$name.json"; }
+# test_binary NAME: one GPU test binary, its log to OUT/NAME.log, its result lines to stdout.
+test_binary() { echo "== $1"; timeout 200 /tmp/qbin/$1 --test-threads 1 > "$OUT/$1.log" 2>&1; echo "rc=$?"; grep -E "test result|FAILED|panicked" "$OUT/$1.log" | head -5; }
 export_unet() {
     # bench_unet.py exports only for the quilt mode; its ORT + quilt run comes with it.
     [ -f "$W/model.onnx" ] || bash tests/bench/bench_gpu.sh /tmp/qbin "$OUT/export" --cases unet_b2 --modes "${EXPORT_MODES:-eager,quilt}" ${EXPORT_ONLY:+--export-only} --iters 5 > "$OUT/export.log" 2>&1
 }
 case "$PART" in
     tests)
-        for t in cuda_fixtures cuda_graphs cuda_gemm cuda_conv; do
-            echo "== $t"; timeout 200 /tmp/qbin/$t --test-threads 1 > "$OUT/$t.log" 2>&1; echo "rc=$?"; grep -E "test result|FAILED|panicked" "$OUT/$t.log" | head -5
-        done
+        for t in cuda_fixtures cuda_graphs cuda_gemm cuda_conv; do test_binary $t; done
         echo "== cuda_attention"; timeout 200 /tmp/qbin/cuda_attention --exact flash_attention_matches_the_cpu_reference > "$OUT/cuda_attention.log" 2>&1; echo "rc=$?"; tail -3 "$OUT/cuda_attention.log"
         ;;
     fixtures)
-        echo "== cuda_fixtures"; timeout 200 /tmp/qbin/cuda_fixtures --test-threads 1 > "$OUT/cuda_fixtures.log" 2>&1; echo "rc=$?"; grep -E "test result|FAILED|panicked" "$OUT/cuda_fixtures.log" | head -5
+        test_binary cuda_fixtures
         ;;
     regions)
         timeout 200 /tmp/qbin/bench_regions_gpu --iters 50 > "$OUT/regions.log" 2>&1; echo "rc=$?"; head -30 "$OUT/regions.log"
