@@ -121,14 +121,7 @@ def build_modules(quick: bool) -> dict:
 
 
 def export_pipelines(m: dict, work: str, want_inpaint: bool, want_alt: bool = False, reuse: bool = False) -> dict:
-    from bench_unet import export_model as export_fresh
-
-    def export_model(mf, spec, module, out_dir):
-        # --reuse-export: an earlier run's file (same seeds, so the same weights) is kept.
-        path = os.path.join(out_dir, "model.onnx")
-        if reuse and os.path.exists(path):
-            return {"path": path, "reused": True}
-        return export_fresh(mf, spec, module, out_dir)
+    from bench_unet import export_model
 
     mf = m["mf"]
     sd = os.path.join(work, "sd15")
@@ -136,7 +129,7 @@ def export_pipelines(m: dict, work: str, want_inpaint: bool, want_alt: bool = Fa
     for part, key in [("unet", "unet"), ("vae_decoder", "vae_decoder"), ("vae_encoder", "vae_encoder"), ("text_encoder", "clip")]:
         spec, module = m[key]
         t = time.time()
-        info[part] = export_model(mf, spec, module, os.path.join(sd, part))
+        info[part] = export_model(mf, spec, module, os.path.join(sd, part), reuse)
         log(f"exported {part} in {time.time() - t:.1f} s")
     unet_cfg = m["unet"][0].config
     vae_cfg = m["vae_decoder"][0].config
@@ -161,7 +154,7 @@ def export_pipelines(m: dict, work: str, want_inpaint: bool, want_alt: bool = Fa
         os.makedirs(inp, exist_ok=True)
         spec, module = m["inpaint"]
         t = time.time()
-        info["unet_inpaint"] = export_model(mf, spec, module, os.path.join(inp, "unet"))
+        info["unet_inpaint"] = export_model(mf, spec, module, os.path.join(inp, "unet"), reuse)
         log(f"exported the inpainting unet in {time.time() - t:.1f} s")
         write_json(os.path.join(inp, "unet", "config.json"), dict(json.load(open(os.path.join(sd, "unet", "config.json"))), in_channels=9))
         for shared in ("text_encoder", "vae_decoder", "vae_encoder", "tokenizer", "scheduler"):
@@ -175,7 +168,7 @@ def export_pipelines(m: dict, work: str, want_inpaint: bool, want_alt: bool = Fa
         os.makedirs(alt, exist_ok=True)
         spec = m["xlmr"]
         t = time.time()
-        info["text_encoder_xlmr"] = export_model(mf, spec, m["xlmr_module"](), os.path.join(alt, "text_encoder"))
+        info["text_encoder_xlmr"] = export_model(mf, spec, m["xlmr_module"](), os.path.join(alt, "text_encoder"), reuse)
         log(f"exported the XLM-R text encoder in {time.time() - t:.1f} s")
         cfg = spec.config
         write_json(os.path.join(alt, "text_encoder", "config.json"), {"vocab_size": cfg["vocab_size"], "hidden_size": cfg["hidden_size"],
