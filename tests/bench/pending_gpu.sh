@@ -26,7 +26,8 @@
 #             elementwise, copies) per index path (build it: --example bench_regions_gpu).
 #   newshape  bench_onnx_gpu on the SD 1.5 UNet (exported here by bench_gpu.sh's first run):
 #             b2 64² then --new-shape b1 64² and b2 96², with engine reuse (default), without
-#             (QUILT_CUDNN_REUSE=0) and with dynamic-shape graphs (QUILT_CUDNN_DYNAMIC=1); and a
+#             (QUILT_CUDNN_REUSE=0), with dynamic-shape graphs (QUILT_CUDNN_DYNAMIC=1), with the plans
+#             built one by one at their first call (QUILT_CUDNN_THREADS=1, serial_*); and a
 #             fresh b1 / 96² to compare their repeat times with the reused engines'. Issue 4's
 #             target: first call at a new shape ≤ 50 ms over a repeat call.
 #   flash     cuda_attention's flash_variant_timing: the `h` variants (Config::half_exp, f16x2
@@ -85,6 +86,7 @@ case "$PART" in
         want() { [ -z "${NEWSHAPE_CASES:-}" ] || [[ ",$NEWSHAPE_CASES," == *",$1,"* ]]; }
         want reuse_b2_to_b1 && bench reuse_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want reuse_b2_to_96 && bench reuse_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
+        want serial_b2_to_b1 && QUILT_CUDNN_THREADS=1 bench serial_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want noreuse_b2_to_b1 && QUILT_CUDNN_REUSE=0 bench noreuse_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want dynamic_b2_to_b1 && QUILT_CUDNN_DYNAMIC=1 bench dynamic_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want dynamic_b2_to_96 && QUILT_CUDNN_DYNAMIC=1 bench dynamic_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96

@@ -410,10 +410,12 @@ fn new_shape_cost(exe: &CudaExecutable, args: &Args, dims: &BTreeMap<String, i64
     let shaped = Args { dims: dims.clone(), inputs: None, ..args.clone() };
     let inputs = make_inputs(exe.plan(), &shaped)?;
     let before = exe.conv_prepare_stats();
+    let scheduled_before = exe.stats().schedule_us;
     let t = Instant::now();
     exe.run(&inputs).map_err(|e| format!("run at the new shape: {e}"))?;
     let first_ms = ms(t);
     let after = exe.conv_prepare_stats();
+    let schedule_ms = (exe.stats().schedule_us - scheduled_before) as f64 / 1e3;
     let t = Instant::now();
     exe.run(&inputs).map_err(|e| format!("second run at the new shape: {e}"))?;
     let second_ms = ms(t);
@@ -426,13 +428,16 @@ fn new_shape_cost(exe: &CudaExecutable, args: &Args, dims: &BTreeMap<String, i64
         .map_err(|e| format!("repeat at the new shape: {e}"))?;
     times.sort_by(|a, b| a.total_cmp(b));
     Ok(format!(
-        ",\"new_shape\":{{\"dims\":{:?},\"first_ms\":{first_ms:.2},\"second_ms\":{second_ms:.2},\"repeat_median_ms\":{:.2},\"conv_shapes\":{},\"conv_reused_engines\":{},\"conv_runtime_compiled\":{},\"conv_prepare_ms\":{:.2}}}",
+        ",\"new_shape\":{{\"dims\":{:?},\"first_ms\":{first_ms:.2},\"second_ms\":{second_ms:.2},\"repeat_median_ms\":{:.2},\"conv_shapes\":{},\"conv_reused_engines\":{},\"conv_runtime_compiled\":{},\"conv_prepare_ms\":{:.2},\"conv_prepare_wall_ms\":{:.2},\"conv_runtime_compiled_ms\":{:.2},\"conv_slowest_ms\":{:.2},\"schedule_ms\":{schedule_ms:.2}}}",
         dims_string(dims),
         median(&times),
         after.shapes - before.shapes,
         after.reused - before.reused,
         after.runtime_compiled - before.runtime_compiled,
-        after.ms - before.ms
+        after.ms - before.ms,
+        after.wall_ms - before.wall_ms,
+        after.runtime_compiled_ms - before.runtime_compiled_ms,
+        after.slowest_ms
     ))
 }
 

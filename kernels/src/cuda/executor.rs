@@ -38,6 +38,7 @@ use quilt_rewrites::{DType, Plan, Tensor, TensorData};
 
 use super::arena::{self, Arena, Lifetime};
 use super::codegen::{self, module_source, Action, Arg, StepKind, StepShapes, Work, BLOCK};
+use super::conv::cudnn::Pointers;
 use super::device::{CudaDevice, DeviceBuffer, Event, Function};
 use super::gemm::Blas;
 use super::graph::CudaGraph;
@@ -95,6 +96,9 @@ pub struct RunStats {
     pub arena_bytes: usize,
     /// Nodes of the most recently captured graph.
     pub graph_nodes: usize,
+    /// Host time spent scheduling new shape signatures (bindings, launch plans, arena packing),
+    /// in microseconds.
+    pub schedule_us: u64,
 }
 
 pub struct CudaExecutable {
@@ -361,7 +365,9 @@ impl CudaExecutable {
                 rt.shapes.len() - 1
             }
             None => {
+                let started = Instant::now();
                 let schedule = self.schedule(key, inputs, self.cuda_graphs)?;
+                rt.stats.schedule_us += started.elapsed().as_micros() as u64;
                 if rt.shapes.len() >= MAX_SHAPES {
                     // The evicted graph may still be running.
                     dev.synchronize()?;
@@ -420,6 +426,9 @@ impl CudaExecutable {
                 }
             }
         }
+        if sr.runs == 0 {
+            self.prepare_convs(sr, &bases);
+        }
         match (&sr.graph, replay && sr.capture_error.is_none()) {
             (Some(captured), true) => {
                 captured.graph.launch(dev)?;
@@ -438,6 +447,23 @@ impl CudaExecutable {
         Ok(())
     }
 
+    /// Builds the cuDNN plans of a new shape's convolutions together, on worker threads, before
+    /// its first run queues them one by one (`Dnn::prepare`).
+    fn prepare_convs(&self, sr: &ShapeRun, bases: &Bases) {
+        let mut calls = Vec::new();
+        for st in &sr.steps {
+            for action in &st.actions {
+                if let Action::Conv(call) = action {
+                    calls.push((call.clone(), Pointers::of(call, &|a| bases.arg(st, a))));
+                }
+            }
+        }
+        if !calls.is_empty() {
+            let device = &self.device;
+            self.dnn.prepare(&calls, &|| device.bind().map_err(|e| e.to_string()));
+        }
+    }
+
     /// Queues every step of `sr` (launches, library calls, memsets; no allocation, no sync
     /// unless `timings` asks for per-step times).
     fn queue_steps(&self, sr: &ShapeRun, bases: &Bases, mut timings: Option<&mut Vec<StepTiming>>) -> Result<()> {
@@ -446,15 +472,7 @@ impl CudaExecutable {
             let Step::Op(s) = &self.plan.steps[st.index];
             let fail = |msg: String| Error::Step { node: s.node.clone(), op: s.op.name(), msg };
             let started = Instant::now();
-            let ptr = |a: Arg| -> u64 {
-                match a {
-                    Arg::In(k) => st.ins.get(k).map_or(0, |&l| bases.at(l)),
-                    Arg::Out(k) => st.outs.get(k).map_or(0, |&l| bases.at(l)),
-                    Arg::Scratch(k) => st.scratch.get(k).map_or(0, |&l| bases.at(l)),
-                    Arg::Table(k) => st.tables.get(k).map_or(0, |&l| bases.at(l)),
-                    Arg::ErrFlag => bases.errors + 4 * st.index as u64,
-                }
-            };
+            let ptr = |a: Arg| bases.arg(st, a);
             let prepared = &self.steps[st.index];
             let events = match timings {
                 Some(_) => {
@@ -688,6 +706,17 @@ impl Bases<'_> {
             Loc::Device(p) => p,
             Loc::Input(i) => self.inputs.get(i).copied().unwrap_or(0),
             Loc::Output(j) => self.outputs.get(j).copied().unwrap_or(0),
+        }
+    }
+
+    /// The device address of step `st`'s argument `a` (0 where the step has none).
+    fn arg(&self, st: &StepRun, a: Arg) -> u64 {
+        match a {
+            Arg::In(k) => st.ins.get(k).map_or(0, |&l| self.at(l)),
+            Arg::Out(k) => st.outs.get(k).map_or(0, |&l| self.at(l)),
+            Arg::Scratch(k) => st.scratch.get(k).map_or(0, |&l| self.at(l)),
+            Arg::Table(k) => st.tables.get(k).map_or(0, |&l| self.at(l)),
+            Arg::ErrFlag => self.errors + 4 * st.index as u64,
         }
     }
 }

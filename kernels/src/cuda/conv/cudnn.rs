@@ -21,16 +21,24 @@
 //!   (`QUILT_CUDNN_REUSE=0` turns this off). The first call at a new batch or image size then
 //!   costs plan finalization only (issue 4's ≤ 50 ms target for a first call at a new shape;
 //!   measured per shape by `bench_onnx_gpu --new-shape`).
+//! - Preparing together (`Dnn::prepare`): the executor hands over every convolution of a new
+//!   shape before its first call, and the missing plans are built on worker threads, each with a
+//!   cuDNN handle of its own (cuDNN allows concurrent calls on distinct handles), one class per
+//!   worker at a time. A plan then runs on the handle that built it. Plan building is host work
+//!   (heuristics, finalization, cuDNN's own kernel compilation), so a new shape costs about its
+//!   slowest plan rather than the sum (`QUILT_CUDNN_THREADS=1` builds each at its first call).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 use cudarc::cudnn::sys;
 use cudarc::driver::{result as drv, sys as dsys};
 use quilt_rewrites::DType;
 
-use super::graph_api::{ClassState, GraphPlan, Pointers};
+use super::graph_api::{ClassState, GraphPlan};
+pub use super::graph_api::Pointers;
 use super::legacy::LegacyPlan;
 use super::ConvGeometry;
 use crate::cuda::codegen::Arg;
@@ -205,6 +213,15 @@ fn dynamic_shapes() -> bool {
     std::env::var("QUILT_CUDNN_DYNAMIC").is_ok_and(|v| v == "1")
 }
 
+/// `QUILT_CUDNN_THREADS=n`: how many worker threads `Dnn::prepare` uses (default: the host's
+/// cores, at most 16; 1 leaves each plan to its first call).
+fn prepare_threads() -> usize {
+    match std::env::var("QUILT_CUDNN_THREADS").ok().and_then(|v| v.parse::<usize>().ok()) {
+        Some(n) => n.max(1),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()).min(16),
+    }
+}
+
 /// How the algorithm of a new shape is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AlgoSearch {
@@ -269,6 +286,38 @@ enum ShapePlan {
     Legacy(LegacyPlan),
 }
 
+/// A cuDNN handle that may move between threads (used by one thread at a time).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Handle(sys::cudnnHandle_t);
+
+// SAFETY: a handle is used by one thread at a time: under the `Dnn` mutex, or by the one
+// worker of `Dnn::prepare` that owns it.
+unsafe impl Send for Handle {}
+
+impl Handle {
+    /// A new handle on the calling thread's current context.
+    fn create() -> Result<Handle, String> {
+        let mut h = std::ptr::null_mut();
+        // SAFETY: creates a handle on the current context.
+        check(unsafe { sys::cudnnCreate(&mut h) }, "cudnnCreate")?;
+        Ok(Handle(h))
+    }
+}
+
+/// A plan and the handle it was built with (plans run on the handle that finalized them).
+struct ShapeEntry {
+    plan: ShapePlan,
+    handle: Handle,
+}
+
+/// The convolutions of one class that `Dnn::prepare` builds on one worker, in order (later
+/// shapes reuse what the first left in `state`).
+struct ClassJob<'a> {
+    class: ClassKey,
+    state: ClassState,
+    shapes: Vec<(ShapeKey, &'a ConvCall, Pointers)>,
+}
+
 impl ShapePlan {
     fn choice(&self) -> &ConvChoice {
         match self {
@@ -280,10 +329,36 @@ impl ShapePlan {
 
 struct Inner {
     handle: sys::cudnnHandle_t,
-    shapes: HashMap<ShapeKey, ShapePlan>,
+    /// The worker threads' handles, kept for the next `prepare`.
+    helpers: Vec<Handle>,
+    shapes: HashMap<ShapeKey, ShapeEntry>,
     classes: HashMap<ClassKey, ClassState>,
     workspace: Workspace,
     stats: PrepareStats,
+}
+
+impl Inner {
+    /// The main handle, created on first use on the caller's current context.
+    fn main_handle(&mut self) -> Result<sys::cudnnHandle_t, String> {
+        if self.handle.is_null() {
+            self.handle = Handle::create()?.0;
+        }
+        Ok(self.handle)
+    }
+
+    fn record(&mut self, key: ShapeKey, plan: ShapePlan, handle: Handle) {
+        let c = plan.choice();
+        let s = &mut self.stats;
+        s.shapes += 1;
+        s.reused += c.reused_engine as usize;
+        s.runtime_compiled += c.runtime_compiled as usize;
+        s.ms += c.choose_ms;
+        if c.runtime_compiled {
+            s.runtime_compiled_ms += c.choose_ms;
+        }
+        s.slowest_ms = s.slowest_ms.max(c.choose_ms);
+        self.shapes.insert(key, ShapeEntry { plan, handle });
+    }
 }
 
 /// What preparing new shapes has cost so far (for benchmarks of a first call at a new shape).
@@ -295,8 +370,15 @@ pub struct PrepareStats {
     pub reused: usize,
     /// Of those, the ones whose engine compiles its kernel at run time.
     pub runtime_compiled: usize,
-    /// Time spent preparing them (descriptors, heuristics, plan finalization).
+    /// Time spent preparing them (descriptors, heuristics, plan finalization), summed over
+    /// shapes (worker threads overlap it: see `wall_ms`).
     pub ms: f64,
+    /// Of `ms`, the shapes whose engine compiles its kernel at run time.
+    pub runtime_compiled_ms: f64,
+    /// The slowest single shape.
+    pub slowest_ms: f64,
+    /// Wall time the callers spent preparing (`prepare` calls plus plans built at a first call).
+    pub wall_ms: f64,
 }
 
 // SAFETY: the handle, descriptors and workspace are only used under the mutex.
@@ -311,7 +393,7 @@ impl Default for Dnn {
 
 impl Dnn {
     pub fn new(search: AlgoSearch) -> Dnn {
-        let inner = Inner { handle: std::ptr::null_mut(), shapes: HashMap::new(), classes: HashMap::new(), workspace: Workspace::default(), stats: PrepareStats::default() };
+        let inner = Inner { handle: std::ptr::null_mut(), helpers: Vec::new(), shapes: HashMap::new(), classes: HashMap::new(), workspace: Workspace::default(), stats: PrepareStats::default() };
         Dnn { search, inner: Mutex::new(inner) }
     }
 
@@ -321,62 +403,129 @@ impl Dnn {
         library()?;
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let inner = &mut *guard;
-        if inner.handle.is_null() {
-            let mut h = std::ptr::null_mut();
-            // SAFETY: creates a handle on the current context.
-            check(unsafe { sys::cudnnCreate(&mut h) }, "cudnnCreate")?;
-            inner.handle = h;
-        }
-        // SAFETY: a live handle; the stream belongs to the current context.
-        check(unsafe { sys::cudnnSetStream(inner.handle, stream as sys::cudaStream_t) }, "cudnnSetStream")?;
-        let p = Pointers { x: ptr(call.x), w: ptr(call.w), bias: call.bias.map(ptr), residual: call.residual.map(ptr), y: ptr(call.y) };
+        let main = inner.main_handle()?;
+        let p = Pointers::of(call, ptr);
         if p.residual.is_some_and(|r| r == p.y) {
             return Err("the residual of a cuDNN convolution must not alias its output".into());
         }
         let key = (call.key(), p.alignment());
         if !inner.shapes.contains_key(&key) {
-            let plan = match call.api {
-                ConvApi::Graph => {
-                    let class = inner.classes.entry((call.class_key(), p.alignment())).or_insert_with(|| ClassState::new(reuse_engines(), dynamic_shapes()));
-                    match GraphPlan::build(inner.handle, call, &p, self.search, class, &mut inner.workspace, stream) {
-                        Ok(g) => ShapePlan::Graph(g),
-                        Err(why) => {
-                            let mut l = LegacyPlan::choose(inner.handle, call, self.search, &p, &mut inner.workspace, stream)?;
-                            l.choice.fallback = Some(why);
-                            ShapePlan::Legacy(l)
-                        }
-                    }
-                }
-                ConvApi::Legacy => ShapePlan::Legacy(LegacyPlan::choose(inner.handle, call, self.search, &p, &mut inner.workspace, stream)?),
-            };
-            let choice = plan.choice();
-            inner.stats.shapes += 1;
-            inner.stats.reused += choice.reused_engine as usize;
-            inner.stats.runtime_compiled += choice.runtime_compiled as usize;
-            inner.stats.ms += choice.choose_ms;
-            inner.shapes.insert(key, plan);
+            let started = Instant::now();
+            let class = inner.classes.entry((call.class_key(), p.alignment())).or_insert_with(|| ClassState::new(reuse_engines(), dynamic_shapes()));
+            let plan = build(main, call, &p, self.search, class, &mut inner.workspace, stream)?;
+            inner.stats.wall_ms += started.elapsed().as_secs_f64() * 1e3;
+            inner.record(key, plan, Handle(main));
         }
-        let plan = inner.shapes.get_mut(&key).expect("inserted above");
-        match plan {
+        let entry = inner.shapes.get_mut(&key).expect("inserted above");
+        let handle = entry.handle.0;
+        // SAFETY: a live handle; the stream belongs to the current context.
+        check(unsafe { sys::cudnnSetStream(handle, stream as sys::cudaStream_t) }, "cudnnSetStream")?;
+        match &mut entry.plan {
             ShapePlan::Graph(g) => {
                 inner.workspace.reserve(g.workspace(), stream)?;
-                g.run(inner.handle, &p, &inner.workspace)?;
+                g.run(handle, &p, &inner.workspace)?;
                 GRAPH_CALLS.fetch_add(1, Ordering::Relaxed);
             }
             ShapePlan::Legacy(l) => {
                 inner.workspace.reserve(l.workspace, stream)?;
-                l.run(inner.handle, &p, &inner.workspace)?;
+                l.run(handle, &p, &inner.workspace)?;
             }
         }
         CALLS.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
+    /// Builds the plans that `calls` (a new shape's convolutions, with the pointers they will
+    /// run on) lack, on worker threads, before the calls run; `bind` makes the executable's
+    /// context current on a worker. Best effort: a plan that fails here is built again by
+    /// `conv`, which reports the error for its node. Only for heuristic search (benchmarking
+    /// times engines on the stream, one at a time) and with more than one thread.
+    pub fn prepare(&self, calls: &[(ConvCall, Pointers)], bind: &(dyn Fn() -> Result<(), String> + Sync)) {
+        let threads = prepare_threads();
+        if self.search != AlgoSearch::Heuristic || threads <= 1 || library().is_err() {
+            return;
+        }
+        let started = Instant::now();
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *guard;
+        // cuDNN asks for one handle to be created before threads create theirs.
+        if inner.main_handle().is_err() {
+            return;
+        }
+        let mut jobs: Vec<ClassJob> = Vec::new();
+        for (call, p) in calls {
+            let key = (call.key(), p.alignment());
+            let class = (call.class_key(), p.alignment());
+            if p.residual.is_some_and(|r| r == p.y) || inner.shapes.contains_key(&key) || jobs.iter().any(|j| j.shapes.iter().any(|s| s.0 == key)) {
+                continue;
+            }
+            match jobs.iter_mut().find(|j| j.class == class) {
+                Some(job) => job.shapes.push((key, call, *p)),
+                None => {
+                    let state = inner.classes.remove(&class).unwrap_or_else(|| ClassState::new(reuse_engines(), dynamic_shapes()));
+                    jobs.push(ClassJob { class, state, shapes: vec![(key, call, *p)] });
+                }
+            }
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        let workers = threads.min(jobs.len());
+        let mut helpers = std::mem::take(&mut inner.helpers);
+        let queue = Mutex::new(jobs);
+        let done: Mutex<Vec<(ClassKey, ClassState, Vec<(ShapeKey, ShapePlan, Handle)>)>> = Mutex::new(Vec::new());
+        let search = self.search;
+        let returned: Vec<Handle> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..workers)
+                .map(|i| {
+                    let given = helpers.get(i).copied();
+                    let (queue, done) = (&queue, &done);
+                    scope.spawn(move || -> Option<Handle> {
+                        bind().ok()?;
+                        let handle = match given {
+                            Some(h) => h,
+                            None => Handle::create().ok()?,
+                        };
+                        loop {
+                            let Some(mut job) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else { break };
+                            let mut built = Vec::new();
+                            // Heuristic search neither times engines nor grows the workspace.
+                            let mut ws = Workspace::default();
+                            for (key, call, p) in &job.shapes {
+                                if let Ok(plan) = build(handle.0, call, p, search, &mut job.state, &mut ws, std::ptr::null_mut()) {
+                                    built.push((*key, plan, handle));
+                                }
+                            }
+                            done.lock().unwrap_or_else(|p| p.into_inner()).push((job.class, job.state, built));
+                        }
+                        Some(handle)
+                    })
+                })
+                .collect();
+            workers.into_iter().filter_map(|w| w.join().ok().flatten()).collect()
+        });
+        helpers.retain(|h| !returned.contains(h));
+        // Handles of workers that failed to start stay in the pool; the others come back.
+        helpers.extend(returned);
+        inner.helpers = helpers;
+        // A job a failed worker left behind keeps its class state for later shapes.
+        for job in queue.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            inner.classes.insert(job.class, job.state);
+        }
+        for (class, state, built) in done.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            inner.classes.insert(class, state);
+            for (key, plan, handle) in built {
+                inner.record(key, plan, handle);
+            }
+        }
+        inner.stats.wall_ms += started.elapsed().as_secs_f64() * 1e3;
+    }
+
     /// The choice made for `call`'s shape, once it has run (at any pointer alignment).
     pub fn choice(&self, call: &ConvCall) -> Option<ConvChoice> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let key = call.key();
-        inner.shapes.iter().find(|((k, _), _)| *k == key).map(|(_, s)| s.choice().clone())
+        inner.shapes.iter().find(|((k, _), _)| *k == key).map(|(_, s)| s.plan.choice().clone())
     }
 
     /// Distinct shapes prepared so far.
@@ -394,11 +543,27 @@ impl Drop for Dnn {
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
         inner.shapes.clear();
         inner.classes.clear();
-        if !inner.handle.is_null() {
-            // SAFETY: the handle is not used after this.
-            let _ = unsafe { sys::cudnnDestroy(inner.handle) };
+        for h in inner.helpers.drain(..).map(|h| h.0).chain([inner.handle]).filter(|h| !h.is_null()) {
+            // SAFETY: the plans built with it are dropped above; it is not used after this.
+            let _ = unsafe { sys::cudnnDestroy(h) };
         }
     }
+}
+
+/// The plan for `call` on `handle`: the graph API (the legacy API when it has no engine), or
+/// the legacy API when the call asks for it.
+fn build(handle: sys::cudnnHandle_t, call: &ConvCall, p: &Pointers, search: AlgoSearch, class: &mut ClassState, ws: &mut Workspace, stream: dsys::CUstream) -> Result<ShapePlan, String> {
+    Ok(match call.api {
+        ConvApi::Graph => match GraphPlan::build(handle, call, p, search, class, ws, stream) {
+            Ok(g) => ShapePlan::Graph(g),
+            Err(why) => {
+                let mut l = LegacyPlan::choose(handle, call, search, p, ws, stream)?;
+                l.choice.fallback = Some(why);
+                ShapePlan::Legacy(l)
+            }
+        },
+        ConvApi::Legacy => ShapePlan::Legacy(LegacyPlan::choose(handle, call, search, p, ws, stream)?),
+    })
 }
 
 /// Device memory for cuDNN's workspace, grown on demand (plain allocation: it outlives any one

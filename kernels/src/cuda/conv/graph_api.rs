@@ -31,6 +31,7 @@ use quilt_rewrites::DType;
 
 use super::cudnn::{data_type, AlgoSearch, ConvCall, ConvChoice, ConvLayout, Workspace, WORKSPACE_CAP};
 use super::legacy::Epilogue;
+use crate::cuda::codegen::Arg;
 
 /// Candidate plans timed by `AlgoSearch::Benchmark`.
 const BENCH_CANDIDATES: usize = 8;
@@ -213,7 +214,7 @@ fn precise_enough(notes: &[u32], dtype: DType) -> bool {
 
 /// Device pointers of one call (0 where the call has no such tensor).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Pointers {
+pub struct Pointers {
     pub x: u64,
     pub w: u64,
     pub bias: Option<u64>,
@@ -222,6 +223,11 @@ pub(super) struct Pointers {
 }
 
 impl Pointers {
+    /// `call`'s pointers, each argument resolved by `ptr`.
+    pub fn of(call: &ConvCall, ptr: &dyn Fn(Arg) -> u64) -> Pointers {
+        Pointers { x: ptr(call.x), w: ptr(call.w), bias: call.bias.map(ptr), residual: call.residual.map(ptr), y: ptr(call.y) }
+    }
+
     /// The largest power of two up to 16 that divides every pointer (cuDNN's byte alignment).
     pub fn alignment(&self) -> u8 {
         let all = [Some(self.x), Some(self.w), self.bias, self.residual, Some(self.y)];

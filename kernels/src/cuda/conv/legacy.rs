@@ -139,6 +139,10 @@ pub(super) struct LegacyPlan {
     pub choice: ConvChoice,
 }
 
+// SAFETY: plain cuDNN descriptors, used by one thread at a time (under the `Dnn` mutex, or by
+// the `Dnn::prepare` worker that builds it).
+unsafe impl Send for LegacyPlan {}
+
 impl LegacyPlan {
     pub fn choose(handle: sys::cudnnHandle_t, call: &ConvCall, search: AlgoSearch, p: &Pointers, ws: &mut Workspace, stream: dsys::CUstream) -> Result<LegacyPlan, String> {
         let started = Instant::now();
