@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use quilt_kernels::cpu::CpuExecutable;
 use quilt_kernels::cuda::codegen::{module_source, Action, Arg, LaunchPlan, StepCode, Types, Work, BLOCK};
-use quilt_kernels::cuda::conv::cudnn::{self, AlgoSearch, ConvCall, ConvLayout, Dnn};
+use quilt_kernels::cuda::conv::cudnn::{self, AlgoSearch, ConvCall, ConvLayout, Dnn, Pointers};
 use quilt_kernels::cuda::conv::{policy, set_policy, ConvCode, ConvGeometry, ConvPolicy, CUDNN_DISPATCHED};
 use quilt_kernels::cuda::device::{DeviceBuffer, Function};
 use quilt_kernels::cuda::gemm::Blas;
@@ -501,6 +501,95 @@ fn graph_api_convs_match_a_host_reference() {
             }
         }
     }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// `Dnn::prepare` builds every direct case's plan (f16 NHWC, shape A) on worker threads before
+/// any call runs: afterwards the `Dnn` holds one plan per case, the calls add none, each output
+/// matches `reference_conv` (‖gpu − ref‖₂/‖ref‖₂ ≤ 2e-3 after rounding to f16) and each case got
+/// the engine a `Dnn` that builds it at its first call picks (the workers' handles change where
+/// plans are built, not what they are).
+#[test]
+fn plans_prepared_on_worker_threads_match_a_host_reference() {
+    let device = match CudaDevice::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("SKIPPED (no GPU): {e}");
+            return;
+        }
+    };
+    if let Err(e) = cudnn::library() {
+        println!("SKIPPED (no cuDNN): {e}");
+        return;
+    }
+    device.bind().unwrap();
+    let dtype = DType::F16;
+    let mut rng = Rng::new(20261206);
+    let up = |v: &[f64]| device.upload(&TensorData::from_f64(dtype, v).to_le_bytes()).unwrap();
+    // Per case: the call, its buffers (x, w, b, r, y), the reference output (NHWC) and its size.
+    let mut cases = Vec::new();
+    for case in direct_cases() {
+        let (n, h, wd) = case.shapes[0];
+        let (p, k, st) = (case.pad, case.k, case.stride);
+        let (oh, ow) = ((h + 2 * p - k) / st + 1, (wd + 2 * p - k) / st + 1);
+        let (xs, ws, ys) = ([n, case.c, h, wd], [case.m, case.c, k, k], [n, case.m, oh, ow]);
+        let g = ConvGeometry::new(&[st, st], &[p; 4], &[1, 1], 1, &xs, &ws, &ys).unwrap();
+        let normal = |count: usize, scale: f64, rng: &mut Rng| rounded(&(0..count).map(|_| rng.normal() * scale).collect::<Vec<_>>(), dtype);
+        let x = normal(xs.iter().product(), 1.0, &mut rng);
+        let w = normal(ws.iter().product(), 1.0 / ((case.c * k * k) as f64).sqrt(), &mut rng);
+        let b = normal(case.m, 0.5, &mut rng);
+        let r = normal(ys.iter().product(), 1.0, &mut rng);
+        let want = rounded(&reference_conv(&g, &x, &w, case.bias.then_some(&b[..]), case.residual.then_some(&r[..])), dtype);
+        let bufs = [up(&to_channels_last(&x, xs)), up(&to_channels_last(&w, ws)), up(&b), up(&to_channels_last(&r, ys)), device.upload(&vec![0xFF; g.out_elems() * 2]).unwrap()];
+        let mut call = ConvCall::new(g, dtype, case.bias).unwrap().nhwc();
+        if case.residual {
+            call = call.with_residual(Arg::In(3));
+        }
+        cases.push((case.name, call, bufs, want, ys));
+    }
+    let ptr_of = |bufs: &[DeviceBuffer; 5]| {
+        let p: [u64; 5] = std::array::from_fn(|i| bufs[i].ptr);
+        move |a: Arg| match a {
+            Arg::In(i) if i < 4 => p[i],
+            Arg::Out(0) => p[4],
+            other => panic!("unexpected argument {other:?}"),
+        }
+    };
+    let dnn = Dnn::new(AlgoSearch::Heuristic);
+    let calls: Vec<(ConvCall, Pointers)> = cases.iter().map(|(_, call, bufs, _, _)| (call.clone(), Pointers::of(call, &ptr_of(bufs)))).collect();
+    dnn.prepare(&calls, &|| device.bind().map_err(|e| e.to_string()));
+    let stats = dnn.prepare_stats();
+    println!("prepared {} plans in {:.1} ms wall ({:.1} ms summed over plans, slowest {:.1} ms)", stats.shapes, stats.wall_ms, stats.ms, stats.slowest_ms);
+    let mut failures = Vec::new();
+    if dnn.shapes() != cases.len() {
+        failures.push(format!("{} plans after prepare, expected {}", dnn.shapes(), cases.len()));
+    }
+    for (name, call, bufs, want, ys) in &cases {
+        if let Err(e) = dnn.conv(call, device.cu_stream(), &ptr_of(bufs)) {
+            failures.push(format!("{name}: {e}"));
+            continue;
+        }
+        device.synchronize().unwrap();
+        let got = TensorData::from_le_bytes(dtype, &device.download(&bufs[4], want.len() * 2).unwrap()).unwrap().to_f64_vec();
+        let got = from_channels_last(&got, *ys);
+        let as_tensor = |v: &[f64]| Tensor::new(ys.to_vec(), TensorData::from_f64(DType::F64, v));
+        let (_, max_abs, l2) = errors(&as_tensor(&got), &as_tensor(want));
+        let prepared = dnn.choice(call).expect("the call ran");
+        let serial = Dnn::new(AlgoSearch::Heuristic);
+        serial.conv(call, device.cu_stream(), &ptr_of(bufs)).unwrap();
+        let alone = serial.choice(call).expect("the call ran");
+        println!("{name:<26} {max_abs:>9.2e} {l2:>9.2e} {:<7} {:<40} {:>6.1}ms", prepared.api, prepared.algo, prepared.choose_ms);
+        if l2 > F16_L2 {
+            failures.push(format!("{name}: max_abs {max_abs:.3e}, l2_rel {l2:.3e} ({} {})", prepared.api, prepared.algo));
+        }
+        if (prepared.api, &prepared.algo) != (alone.api, &alone.algo) {
+            failures.push(format!("{name}: prepared {} {}, built alone {} {}", prepared.api, prepared.algo, alone.api, alone.algo));
+        }
+    }
+    if dnn.shapes() != cases.len() {
+        failures.push(format!("{} plans after the calls, expected {} (the calls rebuilt some)", dnn.shapes(), cases.len()));
+    }
+    device.synchronize().unwrap();
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
 
