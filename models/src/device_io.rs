@@ -181,22 +181,26 @@ pub fn output_placements(session: &Session) -> IoResult<Vec<Placement>> {
 
 /// The host-accessible (pinned) memory of the EpDevice that runs the session's input `index`,
 /// where that device declares one (quilt's GPU device does; its reference device and ORT's CPU EP
-/// do not). Host→device copies from there need no staging copy inside the driver.
-pub fn input_pinned_memory(session: &Session, index: usize) -> IoResult<Option<Placement>> {
+/// do not), else which step found none. Host→device copies from there need no staging copy
+/// inside the driver.
+pub fn input_pinned_memory(session: &Session, index: usize) -> IoResult<Result<Placement, String>> {
     let devices = session_io(session, ort::api().SessionGetEpDeviceForInputs, session.inputs().len(), "SessionGetEpDeviceForInputs")?;
-    let Some(&device) = devices.get(index) else { return Ok(None) };
+    let Some(&device) = devices.get(index) else { return Ok(Err(format!("SessionGetEpDeviceForInputs listed {} devices, none for input {index}", devices.len()))) };
     if device.is_null() {
-        return Ok(None);
+        return Ok(Err(format!("SessionGetEpDeviceForInputs gave no EP device for input {index}")));
     }
     // SAFETY: `device` is a live OrtEpDevice of the environment; the returned memory info (or
     // null: none declared) lives as long as it does.
     let memory = unsafe { (ort::api().EpDevice_MemoryInfo)(device, sys::OrtDeviceMemoryType::OrtDeviceMemoryType_HOST_ACCESSIBLE) };
     if memory.is_null() {
-        return Ok(None);
+        return Ok(Err(format!("input {index}'s EP device declares no host-accessible memory")));
     }
     // SAFETY: non-null memory info from ORT.
     let placement = unsafe { Placement::from_raw(memory)? };
-    Ok(placement.host_accessible.then_some(placement))
+    if !placement.host_accessible {
+        return Ok(Err(format!("input {index}'s EP device gave {} as its host-accessible memory, which is not", placement.describe())));
+    }
+    Ok(Ok(placement))
 }
 
 /// An allocator for one memory of a session: ORT's default allocator for plain host memory, else

@@ -181,14 +181,10 @@ impl UnetBinding {
         // back to plain host memory: the copies still work, through the driver's own staging.
         let mut staging_note = String::new();
         let staging = if needs_staging {
-            match input_pinned_memory(session, sample_index).map(|p| p.map(|p| SessionAllocator::new(session, &p))) {
-                Ok(Some(Ok(pinned))) => Some(pinned),
-                Ok(Some(Err(e))) | Err(e) => {
-                    staging_note = format!(" (no pinned staging: {e})");
-                    Some(SessionAllocator::host()?)
-                }
-                Ok(None) => {
-                    staging_note = " (the device declares no pinned memory)".into();
+            match input_pinned_memory(session, sample_index).and_then(|p| p.map(|p| SessionAllocator::new(session, &p))) {
+                Ok(Ok(pinned)) => Some(pinned),
+                Ok(Err(why)) | Err(why) => {
+                    staging_note = format!(" (no pinned staging: {why})");
                     Some(SessionAllocator::host()?)
                 }
             }
