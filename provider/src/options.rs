@@ -34,11 +34,12 @@ pub struct Options {
     pub precision: quilt_rewrites::precision::Precision,
     /// Where 2-D convolutions' activations live (`quilt_rewrites::layout`).
     pub layout: Layout,
-    /// Whether residual adds after channels-last convolutions run in cuDNN's epilogue
-    /// (`conv_residual=1`, the default) or as ordinary ops (`0`). cuDNN compiles some conv + bias +
-    /// residual kernels at run time, per shape: with `0` a first call at a new batch or size does
-    /// not wait for that (8 such classes in the SD 1.5 UNet; ~1 s of conv preparation at a new shape
-    /// on an H100, most of it on these by inference, not measured per class).
+    /// Whether residual adds after channels-last convolutions run in cuDNN's epilogue (`1`) or as
+    /// ordinary ops (`conv_residual=0`, the default). cuDNN compiles the conv + bias + residual
+    /// kernels of 8 of the SD 1.5 UNet's 43 convolution classes at run time, for every new shape:
+    /// on an H100 that made a first call at a new batch or size cost 0.24-0.6 s more than a repeat
+    /// call, against 33-44 ms without them, and the UNet ran no faster with them (8.18 ms without,
+    /// 8.41 with, b2 64²; tests/bench/results/2026-12-06-session6-h100.md).
     pub conv_residual: bool,
 }
 
@@ -60,7 +61,7 @@ const AUTO_CHANNELS_LAST: bool = true;
 
 impl Default for Options {
     fn default() -> Options {
-        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true, device_id: None, cache_dir: None, cuda_graph: true, precision: Default::default(), layout: Layout::Auto, conv_residual: true }
+        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true, device_id: None, cache_dir: None, cuda_graph: true, precision: Default::default(), layout: Layout::Auto, conv_residual: false }
     }
 }
 
@@ -138,7 +139,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     },
     OptionSpec {
         key: "conv_residual",
-        description: "1|0 (default 1): 1 adds a convolution's residual (ResNet blocks' shortcut sums) in cuDNN's epilogue; 0 leaves the add to quilt's own kernels, so that no conv kernel is compiled at run time when a new batch or size first runs",
+        description: "0|1 (default 0): 1 adds a convolution's residual (ResNet blocks' shortcut sums) in cuDNN's epilogue, where cuDNN compiles some of those kernels at run time for every new batch or size; 0 leaves the add to quilt's own kernels",
         apply: |o, v| {
             o.conv_residual = flag(v)?;
             Ok(())
@@ -268,9 +269,9 @@ mod tests {
     #[test]
     fn conv_residual_option() {
         use quilt_rewrites::epilogue::EpilogueTargets;
-        assert_eq!(Options::default().optimize_options(true).residual_epilogues, EpilogueTargets::ALL);
-        let o = Options::from_config([("ep.quiltexecutionprovider.conv_residual", "0")]).unwrap();
-        assert_eq!(o.optimize_options(true).residual_epilogues, EpilogueTargets { convs: false, gemms: true });
+        assert_eq!(Options::default().optimize_options(true).residual_epilogues, EpilogueTargets { convs: false, gemms: true });
+        let o = Options::from_config([("ep.quiltexecutionprovider.conv_residual", "1")]).unwrap();
+        assert_eq!(o.optimize_options(true).residual_epilogues, EpilogueTargets::ALL);
         let e = Options::from_config([("ep.quiltexecutionprovider.conv_residual", "off")]).unwrap_err().to_string();
         assert!(e.contains("conv_residual") && e.contains("off") && e.contains("0 or 1"), "{e}");
     }

@@ -8,15 +8,10 @@
 #   bash tests/bench/pending_gpu.sh .gpu/p $OUT PART
 # Only 8 files come back from $OUT: write PARTs' outputs elsewhere and tar them into $OUT.
 #
-# Not yet run (after session 5), most useful first:
-#   EXPORT_ONLY=1 EXPORT_MODES=quilt NEWSHAPE_CASES=dynamic_b2_to_b1,dynamic_b2_to_96 ... newshape
-#       (does QUILT_CUDNN_DYNAMIC=1 keep the runtime-compiled conv kernels across shapes?), and
-#       NEWSHAPE_CASES=noconvres_b2_to_b1,noconvres_b2_to_96 (conv_residual=0: no runtime-compiled
-#       conv kernels; compare first calls and the steady-state median with the reuse cases');
+# Not yet run (after session 6; its runs are in tests/bench/results/2026-12-06-session6-h100.md):
 #   regions (the shifted-sum norm partials against session 3's microbenchmark);
-#   BENCH_CASES=unet_b2 BENCH_MODES=eager,compile,compile_ro,quilt ... bench (all in one run);
-#   BENCH_CASES=vae_decoder,clip BENCH_MODES=eager,compile,compile_ro,quilt ... bench;
-#   SD_MODES=quilt,eager,compile_ro ... sd (diffusers baselines for every pipeline in the same run).
+#   SD_MODES=quilt,eager,compile_ro ... sd (diffusers baselines for every pipeline in the same run);
+#   profile (where the time goes since conv_residual=0 became the default).
 #
 # PART
 #   tests     cuda_fixtures, cuda_graphs, cuda_gemm, cuda_conv (shapes A, B, A per Dnn: B reuses
@@ -27,7 +22,8 @@
 #   newshape  bench_onnx_gpu on the SD 1.5 UNet (exported here by bench_gpu.sh's first run):
 #             b2 64² then --new-shape b1 64² and b2 96², with engine reuse (default), without
 #             (QUILT_CUDNN_REUSE=0), with dynamic-shape graphs (QUILT_CUDNN_DYNAMIC=1), with the plans
-#             built one by one at their first call (QUILT_CUDNN_THREADS=1, serial_*); and a
+#             built one by one at their first call (QUILT_CUDNN_THREADS=1, serial_*), with residual
+#             adds in cuDNN's epilogue (--conv-residual 1, convres_*); and a
 #             fresh b1 / 96² to compare their repeat times with the reused engines'. Issue 4's
 #             target: first call at a new shape ≤ 50 ms over a repeat call.
 #   flash     cuda_attention's flash_variant_timing: the `h` variants (Config::half_exp, f16x2
@@ -90,8 +86,8 @@ case "$PART" in
         want noreuse_b2_to_b1 && QUILT_CUDNN_REUSE=0 bench noreuse_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want dynamic_b2_to_b1 && QUILT_CUDNN_DYNAMIC=1 bench dynamic_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want dynamic_b2_to_96 && QUILT_CUDNN_DYNAMIC=1 bench dynamic_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
-        want noconvres_b2_to_b1 && bench noconvres_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --conv-residual 0 --new-shape $D1
-        want noconvres_b2_to_96 && bench noconvres_b2_to_96 "$W/model.onnx" --dims $D2 $BO --conv-residual 0 --new-shape $D96
+        want convres_b2_to_b1 && bench convres_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --conv-residual 1 --new-shape $D1
+        want convres_b2_to_96 && bench convres_b2_to_96 "$W/model.onnx" --dims $D2 $BO --conv-residual 1 --new-shape $D96
         want fresh_b1 && bench fresh_b1 "$W/model.onnx" --dims $D1 $BO
         want fresh_96 && bench fresh_96 "$W/model.onnx" --dims $D96 $BO
         true

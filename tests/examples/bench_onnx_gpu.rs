@@ -7,8 +7,8 @@
 //! The model is loaded with its external data (next to the file), imported strictly, optimized
 //! in the precision `--precision` asks for (`quilt_rewrites::precision::optimize_with_precision`;
 //! `model`, the default, keeps the model's dtypes, `fp16` runs its f32 math in f16 with f32
-//! inputs and outputs; `--layout channels_last` adds the channels-last layout pass; `--conv-residual 0` keeps residual
-//! adds out of the convolutions, as the provider option `conv_residual=0` does) and handed to `CudaExecutable::new`, whose time is reported as
+//! inputs and outputs; `--layout channels_last` adds the channels-last layout pass; `--conv-residual 1` puts residual
+//! adds into the convolutions, as the provider option `conv_residual=1` does) and handed to `CudaExecutable::new`, whose time is reported as
 //! `prepare_s` (the session-creation analogue: codegen, NVRTC, weight upload); `weight_bytes` is
 //! the plan's weights in their planned dtypes. `--dims` binds the model's symbolic input dims
 //! (ONNX dim_param names, e.g. `batch_size=2,height=64`). Inputs are raw little-endian files
@@ -66,7 +66,7 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let (mut model, mut dims, mut iters, mut inputs, mut reference, mut profile) = (None, BTreeMap::new(), 10usize, None, None, false);
     let (mut precision, mut memory, mut profile_json, mut channels_last) = (Precision::Model, false, None, false);
-    let (mut new_shape, mut conv_residual) = (None, true);
+    let (mut new_shape, mut conv_residual) = (None, false);
     while let Some(a) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value\n{usage}"));
         match a.as_str() {
