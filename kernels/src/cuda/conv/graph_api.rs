@@ -452,6 +452,8 @@ pub(super) struct ClassState {
     /// Whether later shapes take `spec` (else every shape asks the heuristics).
     reuse: bool,
     spec: Option<EngineSpec>,
+    /// Whether `spec`'s engine compiles its kernel at run time (NVRTC inside cuDNN).
+    runtime_compiled: bool,
     /// Operation graphs are built with dynamic shapes enabled and plans share `kernel_cache`
     /// (`QUILT_CUDNN_DYNAMIC=1`; off by default until measured against static plans).
     pub dynamic: bool,
@@ -461,6 +463,11 @@ pub(super) struct ClassState {
 impl ClassState {
     pub fn new(reuse: bool, dynamic: bool) -> ClassState {
         ClassState { reuse, dynamic, ..ClassState::default() }
+    }
+
+    /// Whether the class's shapes so far got an engine that cuDNN compiles at run time.
+    pub fn runtime_compiled(&self) -> bool {
+        self.runtime_compiled
     }
 }
 
@@ -535,6 +542,7 @@ impl GraphPlan {
             let chosen = found.swap_remove(index);
             if class.spec.is_none() {
                 class.spec = Some(chosen.info.spec.clone());
+                class.runtime_compiled = chosen.info.runtime_compiled;
             }
             return GraphPlan::new(call, graph, chosen, started, skipped.len(), false);
         }
