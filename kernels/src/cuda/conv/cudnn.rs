@@ -225,6 +225,13 @@ fn prepare_threads() -> usize {
     }
 }
 
+/// `QUILT_CUDNN_HELPERS=drop` (experiment): plans built by `Dnn::prepare`'s workers run on the
+/// main handle and the workers' handles are destroyed after each `prepare` (default `keep`: a
+/// plan runs on the handle that built it, and the handles stay for the next new shape).
+fn drop_helpers() -> bool {
+    std::env::var("QUILT_CUDNN_HELPERS").is_ok_and(|v| v == "drop")
+}
+
 /// How the algorithm of a new shape is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AlgoSearch {
@@ -517,6 +524,7 @@ impl Dnn {
         // Handles of workers that failed to start stay in the pool; the others come back.
         helpers.extend(returned);
         inner.helpers = helpers;
+        let run_on_main = drop_helpers();
         // A job a failed worker left behind keeps its class state for later shapes.
         for job in queue.into_inner().unwrap_or_else(|p| p.into_inner()) {
             inner.classes.insert(job.class, job.state);
@@ -524,7 +532,14 @@ impl Dnn {
         for (class, state, built) in done.into_inner().unwrap_or_else(|p| p.into_inner()) {
             inner.classes.insert(class, state);
             for (key, plan, handle) in built {
+                let handle = if run_on_main { Handle(inner.handle) } else { handle };
                 inner.record(key, plan, handle);
+            }
+        }
+        if run_on_main {
+            for h in inner.helpers.drain(..) {
+                // SAFETY: no plan runs on it (they run on the main handle); not used after this.
+                let _ = unsafe { sys::cudnnDestroy(h.0) };
             }
         }
         inner.stats.wall_ms += started.elapsed().as_secs_f64() * 1e3;
