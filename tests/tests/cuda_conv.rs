@@ -401,22 +401,9 @@ fn direct_cases() -> Vec<DirectCase> {
 /// on the graph API (the reason it exists).
 #[test]
 fn graph_api_convs_match_a_host_reference() {
-    let device = match CudaDevice::new(0) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("SKIPPED (no GPU): {e}");
-            return;
-        }
-    };
-    let version = match cudnn::library() {
-        Ok(v) => v,
-        Err(e) => {
-            println!("SKIPPED (no cuDNN): {e}");
-            return;
-        }
-    };
+    let Some(device) = gpu_with_cudnn() else { return };
     device.bind().unwrap();
-    println!("device: {}, cuDNN {version}", device.name);
+    println!("device: {}, cuDNN {}", device.name, cudnn::library().unwrap_or(0));
     println!("{:<26} {:<5} {:<5} {:<13} {:>9} {:>9} {:<7} {:<40} {:>8}", "case", "dtype", "lay", "x (n,h,w)", "max_abs", "l2_rel", "api", "engine", "choose");
     let mut rng = Rng::new(20261126);
     let mut failures = Vec::new();
@@ -504,6 +491,24 @@ fn graph_api_convs_match_a_host_reference() {
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
 
+/// GPU 0 when cuDNN loads too; else `None`, after saying which is missing (the test is skipped).
+fn gpu_with_cudnn() -> Option<Arc<CudaDevice>> {
+    let device = match CudaDevice::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("SKIPPED (no GPU): {e}");
+            return None;
+        }
+    };
+    match cudnn::library() {
+        Ok(_) => Some(device),
+        Err(e) => {
+            println!("SKIPPED (no cuDNN): {e}");
+            None
+        }
+    }
+}
+
 /// `Dnn::prepare` builds every direct case's plan (f16 NHWC, shape A) on worker threads before
 /// any call runs: afterwards the `Dnn` holds one plan per case, the calls add none, each output
 /// matches `reference_conv` (‖gpu − ref‖₂/‖ref‖₂ ≤ 2e-3 after rounding to f16) and each case got
@@ -511,17 +516,7 @@ fn graph_api_convs_match_a_host_reference() {
 /// plans are built, not what they are).
 #[test]
 fn plans_prepared_on_worker_threads_match_a_host_reference() {
-    let device = match CudaDevice::new(0) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("SKIPPED (no GPU): {e}");
-            return;
-        }
-    };
-    if let Err(e) = cudnn::library() {
-        println!("SKIPPED (no cuDNN): {e}");
-        return;
-    }
+    let Some(device) = gpu_with_cudnn() else { return };
     device.bind().unwrap();
     let dtype = DType::F16;
     let mut rng = Rng::new(20261206);
@@ -764,17 +759,7 @@ fn with_residual_input(mut plan: Plan) -> Plan {
 /// run must go through cuDNN (the residual is in its epilogue, or `cudnnAddTensor` after it).
 #[test]
 fn residual_convs_match_the_cpu_reference() {
-    let device = match CudaDevice::new(0) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("SKIPPED (no GPU): {e}");
-            return;
-        }
-    };
-    if let Err(e) = cudnn::library() {
-        println!("skipped: cuDNN does not load ({e})");
-        return;
-    }
+    let Some(device) = gpu_with_cudnn() else { return };
     let c = |name, c, m, k, pads, bias, shapes| Case { name, c, m, k, strides: &[1, 1], pads, dilations: &[1, 1], group: 1, bias, shapes, cudnn: true };
     let cases = [
         c("conv2 64->64 3x3 + r", 64, 64, &[3, 3], &[1, 1, 1, 1], true, [(2, 16, 16), (1, 24, 20)]),
