@@ -9,6 +9,12 @@
 # Only 8 files come back from $OUT: write PARTs' outputs elsewhere and tar them into $OUT.
 #
 # Not yet run (after session 6; its runs are in tests/bench/results/2026-12-06-session6-h100.md):
+#   the memory cost of Dnn::prepare's worker handles, which made session 6 turn it off by default:
+#       bench_onnx_gpu ... --memory with QUILT_CUDNN_THREADS=1, 4, 16 and with QUILT_CUDNN_HELPERS=drop
+#       (plans run on the main handle, workers' handles destroyed; also run cuda_conv's
+#       plans_prepared_on_worker_threads_match_a_host_reference under it), then bench_gpu.sh
+#       --modes quilt under the best; and NEWSHAPE_CASES=reuse_b2_to_b1,reuse_b2_to_96 newshape
+#       at the serial default (first call at a new shape, ≤ 50 ms over a repeat?);
 #   regions (the shifted-sum norm partials against session 3's microbenchmark);
 #   SD_MODES=quilt,eager,compile_ro ... sd (diffusers baselines for every pipeline in the same run);
 #   profile (where the time goes since conv_residual=0 became the default).
@@ -22,7 +28,8 @@
 #   newshape  bench_onnx_gpu on the SD 1.5 UNet (exported here by bench_gpu.sh's first run):
 #             b2 64² then --new-shape b1 64² and b2 96², with engine reuse (default), without
 #             (QUILT_CUDNN_REUSE=0), with dynamic-shape graphs (QUILT_CUDNN_DYNAMIC=1), with the plans
-#             built one by one at their first call (QUILT_CUDNN_THREADS=1, serial_*), with residual
+#             built one by one at their first call (QUILT_CUDNN_THREADS=1, the default, serial_*) or
+#             on 16 threads (parallel_*), with residual
 #             adds in cuDNN's epilogue (--conv-residual 1, convres_*); and a
 #             fresh b1 / 96² to compare their repeat times with the reused engines'. Issue 4's
 #             target: first call at a new shape ≤ 50 ms over a repeat call.
@@ -82,6 +89,8 @@ case "$PART" in
         want() { [ -z "${NEWSHAPE_CASES:-}" ] || [[ ",$NEWSHAPE_CASES," == *",$1,"* ]]; }
         want reuse_b2_to_b1 && bench reuse_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want reuse_b2_to_96 && bench reuse_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
+        want parallel_b2_to_b1 && QUILT_CUDNN_THREADS=16 bench parallel_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
+        want parallel_b2_to_96 && QUILT_CUDNN_THREADS=16 bench parallel_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
         want serial_b2_to_b1 && QUILT_CUDNN_THREADS=1 bench serial_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want noreuse_b2_to_b1 && QUILT_CUDNN_REUSE=0 bench noreuse_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want dynamic_b2_to_b1 && QUILT_CUDNN_DYNAMIC=1 bench dynamic_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1

@@ -509,7 +509,7 @@ fn gpu_with_cudnn() -> Option<Arc<CudaDevice>> {
     }
 }
 
-/// `Dnn::prepare` builds every direct case's plan (f16 NHWC, shape A) on worker threads before
+/// `Dnn::prepare` builds every direct case's plan (f16 NHWC, shape A) on 4 worker threads before
 /// any call runs: afterwards the `Dnn` holds one plan per case, the calls add none, each output
 /// matches `reference_conv` (‖gpu − ref‖₂/‖ref‖₂ ≤ 2e-3 after rounding to f16) and each case got
 /// the engine a `Dnn` that builds it at its first call picks (the workers' handles change where
@@ -550,7 +550,7 @@ fn plans_prepared_on_worker_threads_match_a_host_reference() {
             other => panic!("unexpected argument {other:?}"),
         }
     };
-    let dnn = Dnn::new(AlgoSearch::Heuristic);
+    let dnn = Dnn::new(AlgoSearch::Heuristic).with_threads(4);
     let calls: Vec<(ConvCall, Pointers)> = cases.iter().map(|(_, call, bufs, _, _)| (call.clone(), Pointers::of(call, &ptr_of(bufs)))).collect();
     dnn.prepare(&calls, &|| device.bind().map_err(|e| e.to_string()));
     let stats = dnn.prepare_stats();

@@ -21,15 +21,18 @@
 //!   (`QUILT_CUDNN_REUSE=0` turns this off). The first call at a new batch or image size then
 //!   costs plan finalization only (issue 4's ≤ 50 ms target for a first call at a new shape;
 //!   measured per shape by `bench_onnx_gpu --new-shape`).
-//! - Preparing together (`Dnn::prepare`): the executor hands over every convolution of a new
-//!   shape before its first call, and the missing plans are built on worker threads, each with a
-//!   cuDNN handle of its own (cuDNN allows concurrent calls on distinct handles), one class per
-//!   worker at a time. A plan then runs on the handle that built it. Plan building is host work
-//!   (heuristics, finalization), so a new shape costs about its slowest plan rather than the sum
-//!   (H100, SD 1.5 UNet, 35 precompiled engines: 1.4 ms wall for 8.9 ms of plans). Classes whose
-//!   engine cuDNN compiles at run time are left to their first call: those compilations run
-//!   slower side by side than one after another. `QUILT_CUDNN_THREADS=1` builds every plan at
-//!   its first call.
+//! - Preparing together (`Dnn::prepare`, opt-in: `QUILT_CUDNN_THREADS=n`): the executor hands
+//!   over every convolution of a new shape before its first call, and the missing plans are built
+//!   on n worker threads, each with a cuDNN handle of its own (cuDNN allows concurrent calls on
+//!   distinct handles), one class per worker at a time. A plan then runs on the handle that built
+//!   it. Plan building is host work (heuristics, finalization), so a new shape waits about as long
+//!   as its slowest plan rather than the sum (H100, SD 1.5 UNet, 35 precompiled engines: 1.4 ms
+//!   for 8.9 ms of plans on 16 threads). Off by default: with 16 workers the UNet's peak device
+//!   memory rose from 1.144× to 1.230× the fp16 weights (presumably the 16 extra handles; not
+//!   measured per handle), for ~7.5 ms saved at a new shape, much of which a serial build
+//!   overlaps with the GPU's work anyway (plans are built as the first run queues its steps).
+//!   Classes whose engine cuDNN compiles at run time are left to their first call: those
+//!   compilations run slower side by side than one after another.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -216,13 +219,10 @@ fn dynamic_shapes() -> bool {
     std::env::var("QUILT_CUDNN_DYNAMIC").is_ok_and(|v| v == "1")
 }
 
-/// `QUILT_CUDNN_THREADS=n`: how many worker threads `Dnn::prepare` uses (default: the host's
-/// cores, at most 16; 1 leaves each plan to its first call).
+/// `QUILT_CUDNN_THREADS=n`: how many worker threads `Dnn::prepare` uses (default 1: each plan is
+/// built at its first call; see the module doc for why).
 fn prepare_threads() -> usize {
-    match std::env::var("QUILT_CUDNN_THREADS").ok().and_then(|v| v.parse::<usize>().ok()) {
-        Some(n) => n.max(1),
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()).min(16),
-    }
+    std::env::var("QUILT_CUDNN_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).map_or(1, |n| n.max(1))
 }
 
 /// `QUILT_CUDNN_HELPERS=drop` (experiment): plans built by `Dnn::prepare`'s workers run on the
@@ -280,6 +280,8 @@ pub struct ConvChoice {
 /// plan cache and the workspace. One per executable; calls are serialised by a mutex.
 pub struct Dnn {
     search: AlgoSearch,
+    /// Worker threads for `prepare` (1: it does nothing).
+    threads: usize,
     inner: Mutex<Inner>,
 }
 
@@ -404,7 +406,13 @@ impl Default for Dnn {
 impl Dnn {
     pub fn new(search: AlgoSearch) -> Dnn {
         let inner = Inner { handle: std::ptr::null_mut(), helpers: Vec::new(), shapes: HashMap::new(), classes: HashMap::new(), workspace: Workspace::default(), stats: PrepareStats::default() };
-        Dnn { search, inner: Mutex::new(inner) }
+        Dnn { search, threads: prepare_threads(), inner: Mutex::new(inner) }
+    }
+
+    /// The same `Dnn` with `threads` workers for `prepare` (instead of `QUILT_CUDNN_THREADS`).
+    pub fn with_threads(mut self, threads: usize) -> Dnn {
+        self.threads = threads.max(1);
+        self
     }
 
     /// Runs `call` on `stream` with `ptr` resolving each argument to a device pointer. The
@@ -451,7 +459,7 @@ impl Dnn {
     /// `conv`, which reports the error for its node. Only for heuristic search (benchmarking
     /// times engines on the stream, one at a time) and with more than one thread.
     pub fn prepare(&self, calls: &[(ConvCall, Pointers)], bind: &(dyn Fn() -> Result<(), String> + Sync)) {
-        let threads = prepare_threads();
+        let threads = self.threads;
         if self.search != AlgoSearch::Heuristic || threads <= 1 || library().is_err() {
             return;
         }
