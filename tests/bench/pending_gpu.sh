@@ -9,12 +9,9 @@
 # Only 8 files come back from $OUT: write PARTs' outputs elsewhere and tar them into $OUT.
 #
 # Not yet run (after session 6; its runs are in tests/bench/results/2026-12-06-session6-h100.md):
-#   the memory cost of Dnn::prepare's worker handles, which made session 6 turn it off by default:
-#       bench_onnx_gpu ... --memory with QUILT_CUDNN_THREADS=1, 4, 16 and with QUILT_CUDNN_HELPERS=drop
-#       (plans run on the main handle, workers' handles destroyed; also run cuda_conv's
-#       plans_prepared_on_worker_threads_match_a_host_reference under it), then bench_gpu.sh
-#       --modes quilt under the best; and NEWSHAPE_CASES=reuse_b2_to_b1,reuse_b2_to_96 newshape
-#       at the serial default (first call at a new shape, ≤ 50 ms over a repeat?);
+#   memory (first: what Dnn::prepare's worker handles cost, which made session 6 turn it off by
+#       default; whether QUILT_CUDNN_HELPERS=drop keeps its speed without the memory; the peak and
+#       the new-shape cost at the serial default);
 #   regions (the shifted-sum norm partials against session 3's microbenchmark);
 #   SD_MODES=quilt,eager,compile_ro ... sd (diffusers baselines for every pipeline in the same run);
 #   profile (where the time goes since conv_residual=0 became the default).
@@ -41,12 +38,14 @@
 #   correct   issue 4's correctness run: full-size UNet, VAE decoder, CLIP through ORT + quilt's GPU
 #             device (fp32) against ORT's CPU EP, batch 1/2 and latents 64²/96², one session each.
 #   profile   device time per step of the UNet b2 64² (channels-last, fp16), grouped by op.
+#   memory    Dnn::prepare's memory cost per worker count and with QUILT_CUDNN_HELPERS=drop, the
+#             ORT peak and the new-shape cost at the defaults (OUT/summary.txt, written as it goes).
 #   sd        issue 5: every pipeline kind (txt2img, img2img, inpaint, AltDiffusion) 512², 50 steps,
 #             against diffusers eager and compile reduce-overhead (not AltDiffusion), the UNet on IO
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -127,6 +126,30 @@ case "$PART" in
         bash tests/bench/sd_pipeline_gpu.sh /tmp/qbin "$OUT/binding" --pipelines "${SD_PIPELINES:-txt2img,img2img,inpaint,alt}" \
             --modes "${SD_MODES:-quilt,eager,compile_ro}" --repeat 3 --reuse-export
         bash tests/bench/sd_pipeline_gpu.sh /tmp/qbin "$OUT/host" --pipelines txt2img --modes quilt --repeat 3 --quilt-unet-io host --reuse-export
+        ;;
+    memory)
+        # What Dnn::prepare's worker handles cost (session 6 turned it off by default when the UNet's
+        # peak rose from 1.144x to 1.230x the fp16 weights with 16 of them): device memory through
+        # bench_onnx_gpu --memory per thread count and with QUILT_CUDNN_HELPERS=drop, whose correctness
+        # cuda_conv's prepared-plans test checks; then issue 4's peak through ORT at the default and
+        # the new-shape cost at the serial default. Results go to OUT/summary.txt as they come.
+        export_unet
+        S="$OUT/summary.txt"
+        for v in "1 keep" "16 keep" "16 drop" "4 keep"; do
+            set -- $v; echo "== bench_onnx_gpu --memory, QUILT_CUDNN_THREADS=$1 QUILT_CUDNN_HELPERS=$2" >> "$S"
+            QUILT_CUDNN_THREADS=$1 QUILT_CUDNN_HELPERS=$2 timeout 90 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 $BO --memory >> "$S" 2> "$OUT/memory_$1_$2.log"
+        done
+        echo "== cuda_conv prepared plans, QUILT_CUDNN_HELPERS=drop" >> "$S"
+        QUILT_CUDNN_HELPERS=drop timeout 90 /tmp/qbin/cuda_conv --exact plans_prepared_on_worker_threads_match_a_host_reference --nocapture > "$OUT/conv_drop.log" 2>&1
+        echo "rc=$?" >> "$S"; grep -E "prepared|test result|failures" "$OUT/conv_drop.log" >> "$S"
+        for c in reuse_b2_to_b1 reuse_b2_to_96; do
+            echo "== newshape $c (serial default)" >> "$S"
+            bench "$c" "$W/model.onnx" --dims $D2 $BO --new-shape "$( [ $c = reuse_b2_to_b1 ] && echo $D1 || echo $D96 )" >> "$S"
+        done
+        echo "== ORT bench, quilt only, defaults" >> "$S"
+        bash tests/bench/bench_gpu.sh /tmp/qbin "$OUT/ort" --cases unet_b2 --modes quilt --iters 20 --reuse-export --budget-s 120 --quilt-options precision=fp16 > "$OUT/ort.log" 2>&1
+        tail -2 "$OUT/ort.log" | head -1 >> "$S"
+        cat "$S"
         ;;
     *) echo "unknown part $PART"; exit 2 ;;
 esac
