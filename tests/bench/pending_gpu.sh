@@ -14,7 +14,8 @@
 #       the new-shape cost at the serial default);
 #   regions (the shifted-sum norm partials against session 3's microbenchmark);
 #   SD_MODES=quilt,eager,compile_ro ... sd (diffusers baselines for every pipeline in the same run);
-#   profile (where the time goes since conv_residual=0 became the default).
+#   profile (where the time goes since conv_residual=0 became the default); the VAE decoder under
+#       conv_residual=0 (BENCH_CASES=vae_decoder BENCH_MODES=quilt ... bench: 7.18 ms with the epilogues).
 #
 # PART
 #   tests     cuda_fixtures, cuda_graphs, cuda_gemm, cuda_conv (shapes A, B, A per Dnn: B reuses
