@@ -448,8 +448,11 @@ impl CudaExecutable {
     }
 
     /// Builds the cuDNN plans of a new shape's convolutions together, on worker threads, before
-    /// its first run queues them one by one (`Dnn::prepare`).
+    /// its first run queues them one by one (`Dnn::prepare`, when it is on).
     fn prepare_convs(&self, sr: &ShapeRun, bases: &Bases) {
+        if !self.dnn.prepares() {
+            return;
+        }
         let mut calls = Vec::new();
         for st in &sr.steps {
             for action in &st.actions {

@@ -323,11 +323,13 @@ struct ShapeEntry {
 }
 
 /// The convolutions of one class that `Dnn::prepare` builds on one worker, in order (later
-/// shapes reuse what the first left in `state`).
+/// shapes reuse what the first left in `state`), and what the worker built, on which handle.
 struct ClassJob<'a> {
     class: ClassKey,
     state: ClassState,
     shapes: Vec<(ShapeKey, &'a ConvCall, Pointers)>,
+    built: Vec<(ShapeKey, ShapePlan)>,
+    handle: Option<Handle>,
 }
 
 impl ShapePlan {
@@ -453,16 +455,22 @@ impl Dnn {
         Ok(())
     }
 
+    /// Whether `prepare` builds anything (more than one thread, heuristic search); callers skip
+    /// collecting the calls otherwise.
+    pub fn prepares(&self) -> bool {
+        self.threads > 1 && self.search == AlgoSearch::Heuristic
+    }
+
     /// Builds the plans that `calls` (a new shape's convolutions, with the pointers they will
     /// run on) lack, on worker threads, before the calls run; `bind` makes the executable's
     /// context current on a worker. Best effort: a plan that fails here is built again by
     /// `conv`, which reports the error for its node. Only for heuristic search (benchmarking
     /// times engines on the stream, one at a time) and with more than one thread.
     pub fn prepare(&self, calls: &[(ConvCall, Pointers)], bind: &(dyn Fn() -> Result<(), String> + Sync)) {
-        let threads = self.threads;
-        if self.search != AlgoSearch::Heuristic || threads <= 1 || library().is_err() {
+        if !self.prepares() || library().is_err() {
             return;
         }
+        let threads = self.threads;
         let started = Instant::now();
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let inner = &mut *guard;
@@ -487,7 +495,7 @@ impl Dnn {
                 Some(job) => job.shapes.push((key, call, *p)),
                 None => {
                     let state = inner.classes.remove(&class).unwrap_or_else(|| ClassState::new(reuse_engines(), dynamic_shapes()));
-                    jobs.push(ClassJob { class, state, shapes: vec![(key, call, *p)] });
+                    jobs.push(ClassJob { class, state, shapes: vec![(key, call, *p)], built: Vec::new(), handle: None });
                 }
             }
         }
@@ -497,7 +505,7 @@ impl Dnn {
         let workers = threads.min(jobs.len());
         let mut helpers = std::mem::take(&mut inner.helpers);
         let queue = Mutex::new(jobs);
-        let done: Mutex<Vec<(ClassKey, ClassState, Vec<(ShapeKey, ShapePlan, Handle)>)>> = Mutex::new(Vec::new());
+        let done: Mutex<Vec<ClassJob>> = Mutex::new(Vec::new());
         let search = self.search;
         let returned: Vec<Handle> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..workers)
@@ -512,15 +520,15 @@ impl Dnn {
                         };
                         loop {
                             let Some(mut job) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else { break };
-                            let mut built = Vec::new();
                             // Heuristic search neither times engines nor grows the workspace.
                             let mut ws = Workspace::default();
                             for (key, call, p) in &job.shapes {
                                 if let Ok(plan) = build(handle.0, call, p, search, &mut job.state, &mut ws, std::ptr::null_mut()) {
-                                    built.push((*key, plan, handle));
+                                    job.built.push((*key, plan));
                                 }
                             }
-                            done.lock().unwrap_or_else(|p| p.into_inner()).push((job.class, job.state, built));
+                            job.handle = Some(handle);
+                            done.lock().unwrap_or_else(|p| p.into_inner()).push(job);
                         }
                         Some(handle)
                     })
@@ -533,14 +541,12 @@ impl Dnn {
         helpers.extend(returned);
         inner.helpers = helpers;
         let run_on_main = drop_helpers();
-        // A job a failed worker left behind keeps its class state for later shapes.
-        for job in queue.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        // Jobs that failed workers left in the queue built nothing but keep their class state.
+        let done = done.into_inner().unwrap_or_else(|p| p.into_inner());
+        for job in done.into_iter().chain(queue.into_inner().unwrap_or_else(|p| p.into_inner())) {
             inner.classes.insert(job.class, job.state);
-        }
-        for (class, state, built) in done.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            inner.classes.insert(class, state);
-            for (key, plan, handle) in built {
-                let handle = if run_on_main { Handle(inner.handle) } else { handle };
+            let handle = if run_on_main { Handle(inner.handle) } else { job.handle.unwrap_or(Handle(inner.handle)) };
+            for (key, plan) in job.built {
                 inner.record(key, plan, handle);
             }
         }
