@@ -91,6 +91,10 @@ case "$PART" in
         want reuse_b2_to_96 && bench reuse_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
         want parallel_b2_to_b1 && QUILT_CUDNN_THREADS=16 bench parallel_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want parallel_b2_to_96 && QUILT_CUDNN_THREADS=16 bench parallel_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
+        want threads4_b2_to_b1 && QUILT_CUDNN_THREADS=4 bench threads4_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
+        # Whether the driver's lazy module loading (a kernel loaded at its first launch) is part
+        # of a new shape's first call: every module loaded at context creation instead.
+        want eagerload_b2_to_b1 && CUDA_MODULE_LOADING=EAGER bench eagerload_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want serial_b2_to_b1 && QUILT_CUDNN_THREADS=1 bench serial_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want noreuse_b2_to_b1 && QUILT_CUDNN_REUSE=0 bench noreuse_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want dynamic_b2_to_b1 && QUILT_CUDNN_DYNAMIC=1 bench dynamic_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1

@@ -410,12 +410,22 @@ fn new_shape_cost(exe: &CudaExecutable, args: &Args, dims: &BTreeMap<String, i64
     let shaped = Args { dims: dims.clone(), inputs: None, ..args.clone() };
     let inputs = make_inputs(exe.plan(), &shaped)?;
     let before = exe.conv_prepare_stats();
-    let scheduled_before = exe.stats().schedule_us;
+    let (scheduled_before, queued_before) = (exe.stats().schedule_us, exe.stats().stepwise_queue);
     let t = Instant::now();
     exe.run(&inputs).map_err(|e| format!("run at the new shape: {e}"))?;
     let first_ms = ms(t);
     let after = exe.conv_prepare_stats();
     let schedule_ms = (exe.stats().schedule_us - scheduled_before) as f64 / 1e3;
+    // Host time the first run spent queueing each kind of action (the repeat replays a graph).
+    let queued = exe.stats().stepwise_queue;
+    let queue_ms = |now: u64, before: u64| (now - before) as f64 / 1e3;
+    let queue = format!(
+        "\"queue_launch_ms\":{:.2},\"queue_gemm_ms\":{:.2},\"queue_conv_ms\":{:.2},\"queue_zero_ms\":{:.2}",
+        queue_ms(queued.launch_us, queued_before.launch_us),
+        queue_ms(queued.gemm_us, queued_before.gemm_us),
+        queue_ms(queued.conv_us, queued_before.conv_us),
+        queue_ms(queued.zero_us, queued_before.zero_us)
+    );
     let t = Instant::now();
     exe.run(&inputs).map_err(|e| format!("second run at the new shape: {e}"))?;
     let second_ms = ms(t);
@@ -428,7 +438,7 @@ fn new_shape_cost(exe: &CudaExecutable, args: &Args, dims: &BTreeMap<String, i64
         .map_err(|e| format!("repeat at the new shape: {e}"))?;
     times.sort_by(|a, b| a.total_cmp(b));
     Ok(format!(
-        ",\"new_shape\":{{\"dims\":{:?},\"first_ms\":{first_ms:.2},\"second_ms\":{second_ms:.2},\"repeat_median_ms\":{:.2},\"conv_shapes\":{},\"conv_reused_engines\":{},\"conv_runtime_compiled\":{},\"conv_prepare_ms\":{:.2},\"conv_prepare_wall_ms\":{:.2},\"conv_runtime_compiled_ms\":{:.2},\"conv_slowest_ms\":{:.2},\"schedule_ms\":{schedule_ms:.2}}}",
+        ",\"new_shape\":{{\"dims\":{:?},\"first_ms\":{first_ms:.2},\"second_ms\":{second_ms:.2},\"repeat_median_ms\":{:.2},\"conv_shapes\":{},\"conv_reused_engines\":{},\"conv_runtime_compiled\":{},\"conv_prepare_ms\":{:.2},\"conv_prepare_wall_ms\":{:.2},\"conv_runtime_compiled_ms\":{:.2},\"conv_slowest_ms\":{:.2},\"schedule_ms\":{schedule_ms:.2},{queue}}}",
         dims_string(dims),
         median(&times),
         after.shapes - before.shapes,

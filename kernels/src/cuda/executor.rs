@@ -99,6 +99,33 @@ pub struct RunStats {
     /// Host time spent scheduling new shape signatures (bindings, launch plans, arena packing),
     /// in microseconds.
     pub schedule_us: u64,
+    /// Host time spent queueing the steps of step-by-step runs (not captures, not profiled runs),
+    /// by kind of action: where a first call at a new shape spends what the repeat does not
+    /// (cuDNN plans and cuBLASLt heuristics built at their first call, kernels the CUDA driver
+    /// loads lazily at their first launch).
+    pub stepwise_queue: QueueTimes,
+}
+
+/// Host microseconds spent queueing actions, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueTimes {
+    /// Generated kernels (`cuLaunchKernel`).
+    pub launch_us: u64,
+    /// cuBLAS / cuBLASLt calls (an Lt heuristic query at a new shape included).
+    pub gemm_us: u64,
+    /// cuDNN convolutions (a plan built at its first call included).
+    pub conv_us: u64,
+    /// Memsets.
+    pub zero_us: u64,
+}
+
+impl QueueTimes {
+    fn add(&mut self, o: &QueueTimes) {
+        self.launch_us += o.launch_us;
+        self.gemm_us += o.gemm_us;
+        self.conv_us += o.conv_us;
+        self.zero_us += o.zero_us;
+    }
 }
 
 pub struct CudaExecutable {
@@ -412,7 +439,7 @@ impl CudaExecutable {
                     // The old graph may still be running.
                     dev.synchronize()?;
                 }
-                match CudaGraph::capture(dev, || self.queue_steps(sr, &bases, None)) {
+                match CudaGraph::capture(dev, || self.queue_steps(sr, &bases, None, &mut QueueTimes::default())) {
                     Ok(graph) => {
                         stats.captures += 1;
                         stats.graph_nodes = graph.nodes;
@@ -435,8 +462,13 @@ impl CudaExecutable {
                 stats.replays += 1;
             }
             _ => {
-                self.queue_steps(sr, &bases, timings)?;
+                let mut queued = QueueTimes::default();
+                let profiled = timings.is_some();
+                self.queue_steps(sr, &bases, timings, &mut queued)?;
                 stats.stepwise_runs += 1;
+                if !profiled {
+                    stats.stepwise_queue.add(&queued);
+                }
             }
         }
         for &(j, src, bytes) in &sr.copies_out {
@@ -469,7 +501,8 @@ impl CudaExecutable {
 
     /// Queues every step of `sr` (launches, library calls, memsets; no allocation, no sync
     /// unless `timings` asks for per-step times).
-    fn queue_steps(&self, sr: &ShapeRun, bases: &Bases, mut timings: Option<&mut Vec<StepTiming>>) -> Result<()> {
+    /// `queued` accumulates the host time per kind of action.
+    fn queue_steps(&self, sr: &ShapeRun, bases: &Bases, mut timings: Option<&mut Vec<StepTiming>>, queued: &mut QueueTimes) -> Result<()> {
         let dev = &self.device;
         for st in &sr.steps {
             let Step::Op(s) = &self.plan.steps[st.index];
@@ -486,6 +519,13 @@ impl CudaExecutable {
                 None => None,
             };
             for action in &st.actions {
+                let t = Instant::now();
+                let spent = match action {
+                    Action::Launch { .. } => &mut queued.launch_us,
+                    Action::Gemm(_) | Action::LtGemm(_) => &mut queued.gemm_us,
+                    Action::Conv(_) => &mut queued.conv_us,
+                    Action::Zero { .. } => &mut queued.zero_us,
+                };
                 match action {
                     Action::Launch { kernel, work, params, args } => {
                         let f = prepared.functions.get(*kernel).ok_or_else(|| fail(format!("kernel {kernel} was not compiled")))?;
@@ -501,6 +541,7 @@ impl CudaExecutable {
                     Action::Conv(call) => self.dnn.conv(call, dev.cu_stream(), &ptr).map_err(fail)?,
                     Action::Zero { arg, bytes } => dev.memset_zero(ptr(*arg), *bytes).map_err(|e| fail(e.to_string()))?,
                 }
+                *spent += t.elapsed().as_micros() as u64;
             }
             if let Some(t) = timings.as_deref_mut() {
                 // Synchronising here also attributes asynchronous faults to this node.

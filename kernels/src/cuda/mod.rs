@@ -28,4 +28,4 @@ pub mod nvrtc;
 /// The driver's stream handle, as callers of `run_device` pass it.
 pub use cudarc::driver::sys::CUstream;
 pub use device::{list_gpus, CudaDevice, DeviceBuffer, Event, GpuInfo, RawStream};
-pub use executor::{CudaExecutable, DeviceTensor, RunStats, StepTiming};
+pub use executor::{CudaExecutable, DeviceTensor, QueueTimes, RunStats, StepTiming};
