@@ -15,6 +15,7 @@ pub mod onnx;
 pub mod optimize;
 pub mod plan;
 pub mod precision;
+pub mod projections;
 pub mod source;
 pub mod stitch;
 pub mod sym;

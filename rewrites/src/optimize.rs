@@ -11,6 +11,7 @@ use crate::ir::Graph;
 use crate::layout::{to_channels_last, LayoutOptions, LayoutReport};
 use crate::lower::lower;
 use crate::plan::Plan;
+use crate::projections::{pack_projections, ProjectionReport};
 use crate::stitch::{stitch, StitchOptions, StitchReport};
 
 #[derive(Clone, Debug)]
@@ -27,11 +28,13 @@ pub struct OptimizeOptions {
     pub channels_last: Option<LayoutOptions>,
     /// Which producers residual adds fold into (`crate::epilogue`).
     pub residual_epilogues: EpilogueTargets,
+    /// One MatMul for an attention's q, k, v projections (`crate::projections`).
+    pub pack_projections: bool,
 }
 
 impl Default for OptimizeOptions {
     fn default() -> OptimizeOptions {
-        OptimizeOptions { enabled: true, limits: Limits::default(), stitch: true, stitch_caps: StitchOptions::default(), channels_last: None, residual_epilogues: EpilogueTargets::ALL }
+        OptimizeOptions { enabled: true, limits: Limits::default(), stitch: true, stitch_caps: StitchOptions::default(), channels_last: None, residual_epilogues: EpilogueTargets::ALL, pack_projections: true }
     }
 }
 
@@ -51,6 +54,8 @@ pub struct OptimizeReport {
     pub layout: Option<LayoutReport>,
     /// `None` when the residual-epilogue pass was off.
     pub epilogue: Option<EpilogueReport>,
+    /// `None` when projections were not packed.
+    pub projections: Option<ProjectionReport>,
     pub total_time: Duration,
 }
 
@@ -101,6 +106,14 @@ pub fn optimize_graph(graph: &Graph, opts: &OptimizeOptions) -> Result<Optimized
 pub fn after_extraction(mut graph: Graph, opts: &OptimizeOptions, report: &mut OptimizeReport) -> Result<Graph> {
     if !opts.enabled {
         return Ok(graph);
+    }
+    if opts.pack_projections {
+        let (g, r) = match catch_unwind(AssertUnwindSafe(|| pack_projections(&graph))) {
+            Ok(r) => r?,
+            Err(_) => return Err(Error::Model("optimizer: internal error (panic) in the projection-packing pass".into())),
+        };
+        graph = g;
+        report.projections = Some(r);
     }
     if let Some(layout) = &opts.channels_last {
         let (g, r) = match catch_unwind(AssertUnwindSafe(|| to_channels_last(&graph, layout))) {
@@ -157,6 +170,9 @@ impl fmt::Display for OptimizeReport {
                 "layout: channels-last for {} convolutions, {} GroupNorms and {} ops between them; transposes {} -> {}, {} reshapes added",
                 l.convs, l.group_norms, l.followers, l.transposes_before, l.transposes_after, l.reshapes_added
             )?;
+        }
+        if let Some(p) = &self.projections {
+            writeln!(f, "projections: {} attentions with one q|k|v MatMul, {} with one k|v MatMul; {} MatMuls removed", p.qkv, p.kv, p.matmuls_removed)?;
         }
         if let Some(e) = &self.epilogue {
             writeln!(f, "epilogues: {} residual adds into convolutions, {} into Gemms; {} reshapes added", e.convs, e.gemms, e.reshapes_added)?;

@@ -57,7 +57,7 @@ fn chained_plan(sh: &Shape, steps: usize) -> Plan {
         plan.buffers.push(Buffer { ty: ty(rows), kind: BufferKind::Input(i) });
         plan.inputs.push(PlanValue { name: name.into(), buffer: i });
     }
-    let op = Op::Attention { scale: 1.0 / (sh.d as f32).sqrt(), heads: Some(sh.h) };
+    let op = Op::Attention { scale: 1.0 / (sh.d as f32).sqrt(), heads: Some(sh.h), columns: None };
     let mut q = 0;
     for s in 0..steps {
         plan.buffers.push(Buffer { ty: ty(sh.n), kind: BufferKind::Intermediate });

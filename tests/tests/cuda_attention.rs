@@ -42,6 +42,7 @@ use quilt_kernels::cuda::codegen::attention::gemm::{with_overrides, Overrides, R
 use quilt_kernels::cuda::codegen::flash_attention as flash;
 use quilt_kernels::cuda::{CudaDevice, CudaExecutable};
 use quilt_models::random::Rng;
+use quilt_rewrites::ir::AttentionColumns;
 use quilt_rewrites::plan::{Buffer, BufferKind, OpStep, PlanValue, Step};
 use quilt_rewrites::{DType, Op, Plan, SymDim, Tensor, TensorData, TensorType};
 use support::NonFinite;
@@ -63,6 +64,8 @@ struct Case {
     overrides: Overrides,
     /// The mask's dtype when it differs from q, k, v's (`None`: the same).
     mask_dtype: Option<DType>,
+    /// q, k, v as column ranges of the inputs (packed projections).
+    columns: Option<AttentionColumns>,
 }
 
 impl Case {
@@ -73,13 +76,13 @@ impl Case {
         } else {
             (vec![2, n, d], vec![2, m, d], vec![2, m, d], None, vec![n, m])
         };
-        Case { dtype, q, k, v, mask: masked.then_some(mask), heads, neg_inf: false, symbolic_width: false, overrides: Overrides::default(), mask_dtype: None }
+        Case { dtype, q, k, v, mask: masked.then_some(mask), heads, neg_inf: false, symbolic_width: false, overrides: Overrides::default(), mask_dtype: None, columns: None }
     }
 
     /// Unpacked heads `[*lead, N, D]`, `[*lead, M, D]`, `[*lead, M, Dv]`, no mask.
     fn plain(dtype: DType, lead: &[usize], n: usize, m: usize, d: usize, dv: usize) -> Case {
         let shape = |rows: usize, w: usize| lead.iter().copied().chain([rows, w]).collect::<Vec<_>>();
-        Case { dtype, q: shape(n, d), k: shape(m, d), v: shape(m, dv), mask: None, heads: None, neg_inf: false, symbolic_width: false, overrides: Overrides::default(), mask_dtype: None }
+        Case { dtype, q: shape(n, d), k: shape(m, d), v: shape(m, dv), mask: None, heads: None, neg_inf: false, symbolic_width: false, overrides: Overrides::default(), mask_dtype: None, columns: None }
     }
 
     /// Packed heads `[B, N, H·D]`, `[B, M, H·D]`, `[B, M, H·D]`, no mask.
@@ -101,8 +104,23 @@ impl Case {
         Case { overrides: Overrides { scratch_cap: cap, ..self.overrides }, ..self }
     }
 
+    /// q, k, v at `offset` of inputs `inputs` wide ([q, k, v]), `width` wide each.
+    fn columns(self, inputs: [usize; 3], offset: [usize; 3], width: [usize; 3]) -> Case {
+        let widen = |s: &[usize], w: usize| s[..s.len() - 1].iter().copied().chain([w]).collect::<Vec<_>>();
+        let (q, k, v) = (widen(&self.q, inputs[0]), widen(&self.k, inputs[1]), widen(&self.v, inputs[2]));
+        Case { q, k, v, columns: Some(AttentionColumns { offset, width }), ..self }
+    }
+
+    /// Columns of q (= k) and v per problem, all heads together.
+    fn widths(&self) -> (usize, usize) {
+        match self.columns {
+            Some(c) => (c.width[0], c.width[2]),
+            None => (*self.q.last().unwrap(), *self.v.last().unwrap()),
+        }
+    }
+
     fn head_dim(&self) -> usize {
-        self.q.last().unwrap() / self.heads.unwrap_or(1)
+        self.widths().0 / self.heads.unwrap_or(1)
     }
 
     fn label(&self) -> String {
@@ -117,7 +135,8 @@ impl Case {
         } else {
             format!(" {:?} cap={}", o.route, o.scratch_cap)
         };
-        format!("{} q{:?} k{:?} v{:?} heads={:?} mask={mask}{mdt}{sym}{route}", self.dtype, self.q, self.k, self.v, self.heads)
+        let cols = self.columns.map_or(String::new(), |c| format!(" columns {:?}+{:?}", c.offset, c.width));
+        format!("{} q{:?} k{:?} v{:?} heads={:?}{cols} mask={mask}{mdt}{sym}{route}", self.dtype, self.q, self.k, self.v, self.heads)
     }
 
     fn plan(&self) -> Plan {
@@ -141,12 +160,12 @@ impl Case {
             plan.inputs.push(PlanValue { name: ["q", "k", "v", "mask"][i].into(), buffer: i });
         }
         let mut out = self.q.clone();
-        *out.last_mut().unwrap() = *self.v.last().unwrap();
+        *out.last_mut().unwrap() = self.widths().1;
         let ob = shapes.len();
         plan.buffers.push(Buffer { ty: TensorType::new(self.dtype, dims(&out, width(2))), kind: BufferKind::Intermediate });
         plan.outputs.push(PlanValue { name: "out".into(), buffer: ob });
         let scale = 1.0 / (self.head_dim() as f32).sqrt();
-        plan.steps.push(Step::Op(OpStep { node: "attention".into(), op: Op::Attention { scale, heads: self.heads }, inputs: (0..ob).map(Some).collect(), outputs: vec![ob] }));
+        plan.steps.push(Step::Op(OpStep { node: "attention".into(), op: Op::Attention { scale, heads: self.heads, columns: self.columns }, inputs: (0..ob).map(Some).collect(), outputs: vec![ob] }));
         plan
     }
 
@@ -234,16 +253,22 @@ fn cases() -> Vec<Case> {
         }
     }
     // Rank 4 [B, H, N, D] with a mask broadcast over the batch.
-    out.push(Case { dtype: DType::F16, q: vec![2, 3, 200, 64], k: vec![2, 3, 96, 64], v: vec![2, 3, 96, 64], mask: Some(vec![1, 3, 200, 96]), heads: None, neg_inf: true, symbolic_width: false, overrides: Overrides::default(), mask_dtype: None });
+    out.push(Case { dtype: DType::F16, q: vec![2, 3, 200, 64], k: vec![2, 3, 96, 64], v: vec![2, 3, 96, 64], mask: Some(vec![1, 3, 200, 96]), heads: None, neg_inf: true, symbolic_width: false, overrides: Overrides::default(), mask_dtype: None, columns: None });
     // Head dims off the 8-element grid: element-wise tile copies (bucket 32 and 48).
-    out.push(Case { dtype: DType::F16, q: vec![2, 130, 20], k: vec![2, 33, 20], v: vec![2, 33, 20], mask: None, heads: None, neg_inf: false, symbolic_width: false, overrides: Overrides::default(), mask_dtype: None });
-    out.push(Case { dtype: DType::BF16, q: vec![1, 50, 3 * 36], k: vec![1, 70, 3 * 36], v: vec![1, 70, 3 * 36], mask: Some(vec![1, 3, 50, 70]), heads: Some(3), neg_inf: false, symbolic_width: false, overrides: Overrides::default(), mask_dtype: None });
+    out.push(Case { dtype: DType::F16, q: vec![2, 130, 20], k: vec![2, 33, 20], v: vec![2, 33, 20], mask: None, heads: None, neg_inf: false, symbolic_width: false, overrides: Overrides::default(), mask_dtype: None, columns: None });
+    out.push(Case { dtype: DType::BF16, q: vec![1, 50, 3 * 36], k: vec![1, 70, 3 * 36], v: vec![1, 70, 3 * 36], mask: Some(vec![1, 3, 50, 70]), heads: Some(3), neg_inf: false, symbolic_width: false, overrides: Overrides::default(), mask_dtype: None, columns: None });
     // Dv ≠ D, and single rows.
-    out.push(Case { dtype: DType::F16, q: vec![4, 300, 64], k: vec![4, 129, 64], v: vec![4, 129, 40], mask: None, heads: None, neg_inf: false, symbolic_width: false, overrides: Overrides::default(), mask_dtype: None });
-    out.push(Case { dtype: DType::F16, q: vec![3, 1, 80], k: vec![3, 1, 80], v: vec![3, 1, 80], mask: Some(vec![3, 1, 1]), heads: None, neg_inf: false, symbolic_width: false, overrides: Overrides::default(), mask_dtype: None });
+    out.push(Case { dtype: DType::F16, q: vec![4, 300, 64], k: vec![4, 129, 64], v: vec![4, 129, 40], mask: None, heads: None, neg_inf: false, symbolic_width: false, overrides: Overrides::default(), mask_dtype: None, columns: None });
+    out.push(Case { dtype: DType::F16, q: vec![3, 1, 80], k: vec![3, 1, 80], v: vec![3, 1, 80], mask: Some(vec![3, 1, 1]), heads: None, neg_inf: false, symbolic_width: false, overrides: Overrides::default(), mask_dtype: None, columns: None });
     // Head dims the plan leaves symbolic: every bucket is compiled, one picked per run.
-    out.push(Case { dtype: DType::F16, q: vec![2, 300, 40], k: vec![2, 200, 40], v: vec![2, 200, 40], mask: None, heads: None, neg_inf: false, symbolic_width: true, overrides: Overrides::default(), mask_dtype: None });
-    out.push(Case { dtype: DType::BF16, q: vec![1, 150, 2 * 80], k: vec![1, 77, 2 * 80], v: vec![1, 77, 2 * 80], mask: Some(vec![150, 77]), heads: Some(2), neg_inf: false, symbolic_width: true, overrides: Overrides::default(), mask_dtype: None });
+    out.push(Case { dtype: DType::F16, q: vec![2, 300, 40], k: vec![2, 200, 40], v: vec![2, 200, 40], mask: None, heads: None, neg_inf: false, symbolic_width: true, overrides: Overrides::default(), mask_dtype: None, columns: None });
+    out.push(Case { dtype: DType::BF16, q: vec![1, 150, 2 * 80], k: vec![1, 77, 2 * 80], v: vec![1, 77, 2 * 80], mask: Some(vec![150, 77]), heads: Some(2), neg_inf: false, symbolic_width: true, overrides: Overrides::default(), mask_dtype: None, columns: None });
+    // Packed projections (q, k, v as column ranges): SD's self-attention q|k|v at a 64² latent
+    // (8 heads of 40), cross-attention k|v (8 heads of 160 over 77 keys); offsets off the
+    // 8-element grid (element-wise tile copies).
+    out.push(Case::packed(DType::F16, 2, 8, 4096, 4096, 40).columns([960; 3], [0, 320, 640], [320; 3]));
+    out.push(Case::packed(DType::F16, 2, 8, 256, 77, 160).columns([1280, 2560, 2560], [0, 0, 1280], [1280; 3]).with_mask(&[2, 1, 1, 77], false));
+    out.push(Case::packed(DType::BF16, 1, 2, 100, 60, 20).columns([90, 90, 90], [0, 44, 3], [40; 3]));
     // f32 runs as GEMMs; the plain kernel it replaced, forced.
     out.push(Case::sd(DType::F32, 40, 1024, 77, true, true));
     out.push(Case::sd(DType::F32, 40, 1024, 77, true, true).route(Route::Fused));
@@ -284,6 +309,9 @@ fn gemm_cases() -> Vec<Case> {
     ];
     // Forced GEMMs below the flash kernel's width (f16).
     out.push(Case::sd(F16, 64, 1024, 77, true, true).route(Route::Gemm));
+    // Packed projections on the GEMM route: q|k|v (f32, two batch entries), k|v (f16, forced).
+    out.push(Case::packed(F32, 2, 8, 1024, 1024, 40).columns([960; 3], [0, 320, 640], [320; 3]));
+    out.push(Case::packed(F16, 2, 2, 300, 77, 64).columns([128, 256, 256], [0, 0, 128], [128; 3]).route(Route::Gemm));
     out
 }
 

@@ -177,7 +177,7 @@ fn attention_plan(dtype: quilt_rewrites::DType, shapes: &[&[usize]], heads: Opti
         plan.symbols.push("S".into());
     }
     let inputs = (0..shapes.len()).map(Some).collect();
-    plan.steps.push(Step::Op(OpStep { node: "attn".into(), op: Op::Attention { scale: 0.125, heads }, inputs, outputs: vec![shapes.len()] }));
+    plan.steps.push(Step::Op(OpStep { node: "attn".into(), op: Op::Attention { scale: 0.125, heads, columns: None }, inputs, outputs: vec![shapes.len()] }));
     plan
 }
 

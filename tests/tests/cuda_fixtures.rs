@@ -269,12 +269,12 @@ fn fused_ops_match_the_cpu_backend_on_the_gpu() {
         ("quick_gelu", Op::QuickGelu { alpha: 1.702 }, vec![vec![3, 7, 11]], vec![3, 7, 11]),
         ("geglu_erf", Op::GeGlu { tanh: false }, vec![vec![4, 3, 38]], vec![4, 3, 19]),
         ("geglu_tanh", Op::GeGlu { tanh: true }, vec![vec![6, 64]], vec![6, 32]),
-        ("attention_lead_mask", Op::Attention { scale: 0.3, heads: None }, vec![vec![2, 3, 37, 40], vec![2, 3, 50, 40], vec![2, 3, 50, 24], vec![3, 37, 50]], vec![2, 3, 37, 24]),
-        ("attention_packed_d160", Op::Attention { scale: 0.08, heads: Some(2) }, vec![vec![2, 21, 320], vec![2, 50, 320], vec![2, 50, 320], vec![2, 1, 1, 50]], vec![2, 21, 320]),
-        ("attention_packed_d40_nomask", Op::Attention { scale: 0.158, heads: Some(8) }, vec![vec![1, 64, 320], vec![1, 77, 320], vec![1, 77, 320]], vec![1, 64, 320]),
-        ("attention_one_key", Op::Attention { scale: 1.0, heads: None }, vec![vec![1, 5, 8], vec![1, 1, 8], vec![1, 1, 3]], vec![1, 5, 3]),
+        ("attention_lead_mask", Op::Attention { scale: 0.3, heads: None, columns: None }, vec![vec![2, 3, 37, 40], vec![2, 3, 50, 40], vec![2, 3, 50, 24], vec![3, 37, 50]], vec![2, 3, 37, 24]),
+        ("attention_packed_d160", Op::Attention { scale: 0.08, heads: Some(2), columns: None }, vec![vec![2, 21, 320], vec![2, 50, 320], vec![2, 50, 320], vec![2, 1, 1, 50]], vec![2, 21, 320]),
+        ("attention_packed_d40_nomask", Op::Attention { scale: 0.158, heads: Some(8), columns: None }, vec![vec![1, 64, 320], vec![1, 77, 320], vec![1, 77, 320]], vec![1, 64, 320]),
+        ("attention_one_key", Op::Attention { scale: 1.0, heads: None, columns: None }, vec![vec![1, 5, 8], vec![1, 1, 8], vec![1, 1, 3]], vec![1, 5, 3]),
         // The SD VAE's single-head mid-block attention: head dim 512 (the wide plain kernel).
-        ("attention_vae_d512", Op::Attention { scale: 0.0442, heads: None }, vec![vec![1, 67, 512], vec![1, 67, 512], vec![1, 67, 512]], vec![1, 67, 512]),
+        ("attention_vae_d512", Op::Attention { scale: 0.0442, heads: None, columns: None }, vec![vec![1, 67, 512], vec![1, 67, 512], vec![1, 67, 512]], vec![1, 67, 512]),
         // Normalization rows longer than the split threshold (16384) take the partials + apply
         // kernels: 32 GroupNorm rows of 2 · 9216 in 9 chunks of 2048, and 3 LayerNorm rows of
         // 40000 in 19 chunks of 2106 (the last one shorter). Why 1e-5 holds: the CPU takes the

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use quilt_kernels::cpu::CpuExecutable;
-use quilt_rewrites::ir::{BinaryOp, GraphOutput, Node, ReduceKind, RegionOp, RowSpec, StitchedRegion, UnaryOp, ValueRef};
+use quilt_rewrites::ir::{AttentionColumns, BinaryOp, GraphOutput, Node, ReduceKind, RegionOp, RowSpec, StitchedRegion, UnaryOp, ValueRef};
 use quilt_rewrites::{optimize_graph, optimize_with, DType, Graph, Op, OptimizeOptions, SymDim, Tensor, TensorType};
 
 struct Rng(u64);
@@ -353,10 +353,12 @@ fn geglu_from_slices_and_from_split() {
 /// Multi-head attention over `q [B, N, 2·4]`, `kv [B, N+1, 2·4]` as the exporters write it:
 /// head split reshapes/transposes, Kᵀ directly (TorchScript) or through a batch-merging
 /// reshape (dynamo), scale on q and Kᵀ or on the scores, an optional additive mask.
-fn attention_graph(dynamo: bool, masked: bool) -> Graph {
+/// Attention over projections of `q` and `kv` (or of one input for `self_attention`: keys of
+/// length `M`, which the callers bind).
+fn attention_graph(dynamo: bool, masked: bool, self_attention: bool) -> Graph {
     let mut g = G::new();
     let q = g.input("q", "B,N,8");
-    let kv = g.input("kv", "B,M,8");
+    let kv = if self_attention { q } else { g.input("kv", "B,M,8") };
     let mask = masked.then(|| g.input("mask", "1,1,N,M"));
     let wq = g.weight(&[8, 8]);
     let wk = g.weight(&[8, 8]);
@@ -400,20 +402,29 @@ fn attention_graph(dynamo: bool, masked: bool) -> Graph {
 fn attention_in_both_spellings() {
     for dynamo in [false, true] {
         for masked in [false, true] {
-            // M = N + 1 through a symbol of its own: cross attention with a different length.
-            let mut graph = attention_graph(dynamo, masked);
-            for n in graph.dag.node_weights_mut() {
-                for t in &mut n.outputs {
-                    for dim in &mut t.shape {
-                        *dim = dim.substitute(&|s| (s == "M").then(|| SymDim::sym("N") + SymDim::konst(1)));
+            for self_attention in [false, true] {
+                // Cross attention: M = N + 1 through a symbol of its own (a different length).
+                let mut graph = attention_graph(dynamo, masked, self_attention);
+                let keys = if self_attention { SymDim::sym("N") } else { SymDim::sym("N") + SymDim::konst(1) };
+                for n in graph.dag.node_weights_mut() {
+                    for t in &mut n.outputs {
+                        for dim in &mut t.shape {
+                            *dim = dim.substitute(&|s| (s == "M").then(|| keys.clone()));
+                        }
                     }
                 }
+                let case = format!("attention (dynamo {dynamo}, mask {masked}, self {self_attention})");
+                // The projections are packed (`crate::projections`): q|k|v into one MatMul for
+                // self-attention, k|v for cross-attention, read as column ranges.
+                let (matmuls, offset) = if self_attention { (1, [0, 8, 16]) } else { (2, [0, 0, 8]) };
+                check(&case, graph, |o| {
+                    let want = |c: &Option<AttentionColumns>| c.is_some_and(|c| c.offset == offset && c.width == [8; 3]);
+                    let packed = count(o, |op| matches!(op, Op::Attention { heads: Some(2), scale, columns } if (scale - 0.5 / 1.3).abs() < 1e-4 && want(columns)));
+                    // The separate weights are gone: one rank-2 constant per MatMul.
+                    let weights = count(o, |op| matches!(op, Op::Constant(t) if t.shape.len() == 2));
+                    packed == 1 && count(o, |op| matches!(op, Op::Softmax { .. } | Op::Transpose { .. })) == 0 && count(o, |op| *op == Op::MatMul) == matmuls && weights == matmuls
+                });
             }
-            let case = format!("attention (dynamo {dynamo}, mask {masked})");
-            check(&case, graph, |o| {
-                let packed = count(o, |op| matches!(op, Op::Attention { heads: Some(2), scale } if (scale - 0.5 / 1.3).abs() < 1e-4));
-                packed == 1 && count(o, |op| matches!(op, Op::Softmax { .. } | Op::Transpose { .. })) == 0
-            });
         }
     }
 }

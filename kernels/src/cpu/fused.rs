@@ -2,6 +2,7 @@
 //! implementations that compute in f32 (f64 for f64), as the unfused ops they replace do.
 
 use rayon::prelude::*;
+use quilt_rewrites::ir::AttentionColumns;
 use quilt_rewrites::Tensor;
 
 use super::broadcast::broadcast_shape;
@@ -71,10 +72,14 @@ struct Problem {
     k_row: usize,
     v_row: usize,
     o_row: usize,
+    /// Column offsets of q, k and v in their inputs (`AttentionColumns`; 0 without).
+    q_col: usize,
+    k_col: usize,
+    v_col: usize,
 }
 
 /// Scaled dot-product attention, one query row at a time (never the whole N×M score matrix).
-pub(crate) fn attention(cx: &StepCtx, scale: f32, heads: Option<usize>) -> Result<Tensor, String> {
+pub(crate) fn attention(cx: &StepCtx, scale: f32, heads: Option<usize>, columns: Option<AttentionColumns>) -> Result<Tensor, String> {
     let (q, k, v) = (cx.input(0)?, cx.input(1)?, cx.input(2)?);
     let mask = cx.opt_input(3);
     let rank = q.shape.len();
@@ -99,18 +104,24 @@ pub(crate) fn attention(cx: &StepCtx, scale: f32, heads: Option<usize>) -> Resul
             let b: usize = lead.iter().product();
             let mut out_shape = q.shape.clone();
             out_shape[rank - 1] = dv;
-            (Problem { n, m, d, dv, q_row: d, k_row: d, v_row: dv, o_row: dv }, b, 1, out_shape)
+            if columns.is_some() {
+                return Err("column ranges of q, k, v need packed heads".into());
+            }
+            (Problem { n, m, d, dv, q_row: d, k_row: d, v_row: dv, o_row: dv, q_col: 0, k_col: 0, v_col: 0 }, b, 1, out_shape)
         }
         Some(h) => {
             if rank != 3 || h == 0 {
                 return Err(format!("packed-head attention needs rank-3 q, k, v and heads ≥ 1, got rank {rank}, {h} heads"));
             }
-            let (qc, kc, vc) = (q.shape[2], k.shape[2], v.shape[2]);
+            let rows = [q.shape[2], k.shape[2], v.shape[2]];
+            let (offset, [qc, kc, vc]) = AttentionColumns::ranges(columns, rows)?;
             if qc % h != 0 || vc % h != 0 || kc != qc {
                 return Err(format!("{h} heads do not divide q/k/v widths {qc}/{kc}/{vc}"));
             }
             let out_shape = vec![q.shape[0], n, vc];
-            (Problem { n, m, d: qc / h, dv: vc / h, q_row: qc, k_row: kc, v_row: vc, o_row: vc }, q.shape[0], h, out_shape)
+            let [q_row, k_row, v_row] = rows;
+            let [q_col, k_col, v_col] = offset;
+            (Problem { n, m, d: qc / h, dv: vc / h, q_row, k_row, v_row, o_row: vc, q_col, k_col, v_col }, q.shape[0], h, out_shape)
         }
     };
     // The score shape the mask broadcasts to: [*, N, M] or [B, H, N, M].
@@ -156,7 +167,11 @@ pub(crate) fn attention(cx: &StepCtx, scale: f32, heads: Option<usize>) -> Resul
                     // Element offsets of this problem's first row in q, k, v (packed heads sit side by side).
                     let (q0, k0, v0) = match heads {
                         None => (b * p.n * p.q_row, b * p.m * p.k_row, b * p.m * p.v_row),
-                        Some(_) => (b * p.n * p.q_row + head * p.d, b * p.m * p.k_row + head * p.d, b * p.m * p.v_row + head * p.dv),
+                        Some(_) => (
+                            b * p.n * p.q_row + p.q_col + head * p.d,
+                            b * p.m * p.k_row + p.k_col + head * p.d,
+                            b * p.m * p.v_row + p.v_col + head * p.dv,
+                        ),
                     };
                     let qrow = &qv[q0 + i * p.q_row..q0 + i * p.q_row + p.d];
                     let mut max = F::neg_infinity();
@@ -225,6 +240,7 @@ pub(crate) fn attention(cx: &StepCtx, scale: f32, heads: Option<usize>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::super::testing::{assert_close, f32s, run_one, Rng};
+    use quilt_rewrites::ir::AttentionColumns;
     use quilt_rewrites::{DType, Op, Tensor};
 
     /// softmax(scale·q·kᵀ + mask)·v for one [N, D] × [M, D] × [M, Dv] problem, plainly.
@@ -254,7 +270,7 @@ mod tests {
         let k = rng.tensor(&[b, m, d]);
         let v = rng.tensor(&[b, m, dv]);
         let mask = rng.tensor(&[1, n, m]);
-        let op = Op::Attention { scale: 0.5, heads: None };
+        let op = Op::Attention { scale: 0.5, heads: None, columns: None };
         let out = run_one(op, &[&q, &k, &v, &mask], DType::F32, &[b, n, dv]).unwrap();
         let (qv, kv, vv, mv) = (f32s(&q), f32s(&k), f32s(&v), f32s(&mask));
         let mut want = Vec::new();
@@ -271,7 +287,7 @@ mod tests {
         let q = rng.tensor(&[b, n, h * d]);
         let k = rng.tensor(&[b, m, h * d]);
         let v = rng.tensor(&[b, m, h * dv]);
-        let op = Op::Attention { scale: 0.3, heads: Some(h) };
+        let op = Op::Attention { scale: 0.3, heads: Some(h), columns: None };
         let out = run_one(op, &[&q, &k, &v], DType::F32, &[b, n, h * dv]).unwrap();
         let (qv, kv, vv) = (f32s(&q), f32s(&k), f32s(&v));
         let got = f32s(&out);
@@ -285,6 +301,43 @@ mod tests {
                 assert_close(&have, &want, 1e-5, 1e-4);
             }
         }
+    }
+
+    /// Columns `[a, b)` of every row of a rank-3 tensor, as its own tensor.
+    fn columns_of(t: &Tensor, a: usize, b: usize) -> Tensor {
+        let w = t.shape[2];
+        let v: Vec<f32> = f32s(t).chunks(w).flat_map(|row| row[a..b].to_vec()).collect();
+        Tensor::from_f32s(vec![t.shape[0], t.shape[1], b - a], v)
+    }
+
+    /// q, k, v read as column ranges of wider inputs (one projection's output fed to several
+    /// inputs) give what the same ranges copied out give: self-attention's q|k|v from one
+    /// tensor, cross-attention's k|v from one, and a range that does not fit is an error.
+    #[test]
+    fn attention_column_ranges_equal_separate_inputs() {
+        let mut rng = Rng::new(5);
+        let (b, n, m, h, d, dv) = (2, 4, 6, 2, 4, 3);
+        // Self-attention: n rows, q | k | v side by side, plus 2 unused trailing columns.
+        let qkv = rng.tensor(&[b, n, 2 * h * d + h * dv + 2]);
+        let (q, k, v) = (columns_of(&qkv, 0, h * d), columns_of(&qkv, h * d, 2 * h * d), columns_of(&qkv, 2 * h * d, 2 * h * d + h * dv));
+        let plain = Op::Attention { scale: 0.4, heads: Some(h), columns: None };
+        let want = run_one(plain.clone(), &[&q, &k, &v], DType::F32, &[b, n, h * dv]).unwrap();
+        let columns = AttentionColumns { offset: [0, h * d, 2 * h * d], width: [h * d, h * d, h * dv] };
+        let packed = Op::Attention { scale: 0.4, heads: Some(h), columns: Some(columns) };
+        let got = run_one(packed, &[&qkv, &qkv, &qkv], DType::F32, &[b, n, h * dv]).unwrap();
+        assert_close(&f32s(&got), &f32s(&want), 1e-6, 1e-6);
+        // Cross-attention: q alone, k | v from one tensor of m rows.
+        let q = rng.tensor(&[b, n, h * d]);
+        let kv = rng.tensor(&[b, m, h * d + h * dv]);
+        let (k, v) = (columns_of(&kv, 0, h * d), columns_of(&kv, h * d, h * d + h * dv));
+        let want = run_one(plain, &[&q, &k, &v], DType::F32, &[b, n, h * dv]).unwrap();
+        let columns = AttentionColumns { offset: [0, 0, h * d], width: [h * d, h * d, h * dv] };
+        let packed = Op::Attention { scale: 0.4, heads: Some(h), columns: Some(columns) };
+        let got = run_one(packed, &[&q, &kv, &kv], DType::F32, &[b, n, h * dv]).unwrap();
+        assert_close(&f32s(&got), &f32s(&want), 1e-6, 1e-6);
+        let past = AttentionColumns { offset: [0, 0, h * d + 1], width: [h * d, h * d, h * dv] };
+        let e = run_one(Op::Attention { scale: 0.4, heads: Some(h), columns: Some(past) }, &[&q, &kv, &kv], DType::F32, &[b, n, h * dv]).unwrap_err();
+        assert!(e.to_string().contains("v is columns 9..15 of an input 14 wide"), "{e}");
     }
 
     #[test]

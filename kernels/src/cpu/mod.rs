@@ -300,7 +300,7 @@ fn dispatch(op: &Op, cx: &StepCtx) -> std::result::Result<Vec<Tensor>, String> {
         Op::Silu => one(fused::sigmoid_gated(cx, 1.0)),
         Op::QuickGelu { alpha } => one(fused::sigmoid_gated(cx, *alpha)),
         Op::GeGlu { tanh } => one(fused::geglu(cx, *tanh)),
-        Op::Attention { scale, heads } => one(fused::attention(cx, *scale, *heads)),
+        Op::Attention { scale, heads, columns } => one(fused::attention(cx, *scale, *heads, *columns)),
         Op::Stitched(region) => stitched::stitched(cx, region),
         Op::Input { .. } | Op::Constant(_) | Op::Weight { .. } | Op::Opaque { .. } => {
             Err("this op is not executable as a step".into())

@@ -757,6 +757,7 @@ impl Bases<'_> {
     fn arg(&self, st: &StepRun, a: Arg) -> u64 {
         match a {
             Arg::In(k) => st.ins.get(k).map_or(0, |&l| self.at(l)),
+            Arg::InAt(k, bytes) => st.ins.get(k).map_or(0, |&l| self.at(l) + bytes as u64),
             Arg::Out(k) => st.outs.get(k).map_or(0, |&l| self.at(l)),
             Arg::Scratch(k) => st.scratch.get(k).map_or(0, |&l| self.at(l)),
             Arg::Table(k) => st.tables.get(k).map_or(0, |&l| self.at(l)),

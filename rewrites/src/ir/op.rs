@@ -232,10 +232,38 @@ pub enum Op {
     /// - `heads: Some(H)` (packed heads, "BSHD"): `q [B, N, H·D]`, `k [B, M, H·D]`,
     ///   `v [B, M, H·Dv]` → `[B, N, H·Dv]`; head `h` uses columns `h·D..(h+1)·D` of q and k and
     ///   `h·Dv..(h+1)·Dv` of v and of the output; `mask` broadcasts to `[B, H, N, M]`.
-    Attention { scale: f32, heads: Option<usize> },
+    ///
+    /// `columns` (packed heads only): q, k and v are column ranges of wider inputs, as when one
+    /// MatMul computed two or three of them (`crate::projections`); see [`AttentionColumns`].
+    Attention { scale: f32, heads: Option<usize>, columns: Option<AttentionColumns> },
     /// `[x0, x1, …]` → one output per region output: several memory-bound ops run as one
     /// kernel (made by `crate::stitch` after extraction; see `StitchedRegion`).
     Stitched(Arc<StitchedRegion>),
+}
+
+/// Where packed-heads attention finds q, k and v in inputs wider than them: input `i` (q, k, v)
+/// uses columns `offset[i]..offset[i] + width[i]` of its last axis, so q and k are `width[0]`
+/// (= `width[1]` = H·D) wide and v `width[2]` (= H·Dv); the row stride of each is its input's
+/// full width. The same value may feed several inputs: `[qkv, qkv, qkv]` with offsets
+/// `[0, C, 2C]` is self-attention's q, k, v from one projection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AttentionColumns {
+    pub offset: [usize; 3],
+    pub width: [usize; 3],
+}
+
+impl AttentionColumns {
+    /// The column offsets and widths of q, k and v in inputs whose last axes are `widths` wide:
+    /// `columns`' ranges, checked to lie inside them, or the whole inputs.
+    pub fn ranges(columns: Option<AttentionColumns>, widths: [usize; 3]) -> Result<([usize; 3], [usize; 3]), String> {
+        let Some(c) = columns else { return Ok(([0; 3], widths)) };
+        for (i, name) in ["q", "k", "v"].iter().enumerate() {
+            if c.offset[i] + c.width[i] > widths[i] {
+                return Err(format!("{name} is columns {}..{} of an input {} wide", c.offset[i], c.offset[i] + c.width[i], widths[i]));
+            }
+        }
+        Ok((c.offset, c.width))
+    }
 }
 
 impl Op {

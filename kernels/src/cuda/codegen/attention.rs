@@ -25,6 +25,7 @@
 pub mod gemm;
 
 use quilt_rewrites::plan::OpStep;
+use quilt_rewrites::ir::AttentionColumns;
 use quilt_rewrites::{DType, Op, Plan};
 
 use self::gemm::{GemmAttention, Route};
@@ -46,8 +47,11 @@ const WIDE_TK: usize = 8;
 
 /// The step's head dims (q/k, v) when the plan fixes them (constant last dims), else `None`.
 pub fn static_head_dims(plan: &Plan, step: &OpStep) -> Option<(usize, usize)> {
-    let Op::Attention { heads, .. } = &step.op else { return None };
+    let Op::Attention { heads, columns, .. } = &step.op else { return None };
     let last = |i: usize| -> Option<usize> {
+        if let Some(c) = columns {
+            return Some(c.width[i]);
+        }
         let b = (*step.inputs.get(i)?)?;
         let d = plan.buffers[b].ty.shape.last()?.as_const()?;
         usize::try_from(d).ok()
@@ -65,6 +69,9 @@ pub struct AttentionCode {
     kernels: Vec<Kernel>,
     scale: f32,
     heads: Option<usize>,
+    columns: Option<AttentionColumns>,
+    /// Bytes per element of q, k and v.
+    in_bytes: [usize; 3],
     has_mask: bool,
     /// The fused route, when compiled.
     fused: Option<Fused>,
@@ -91,7 +98,10 @@ impl AttentionCode {
 
     /// `head_dims` (q/k, v), when the plan fixes them, picks the one flash variant to compile.
     pub fn with_head_dims(op: &Op, t: &Types, head_dims: Option<(usize, usize)>) -> Result<AttentionCode, String> {
-        let Op::Attention { scale, heads } = op else { return Err(format!("{} is not Attention", op.name())) };
+        let Op::Attention { scale, heads, columns } = op else { return Err(format!("{} is not Attention", op.name())) };
+        if columns.is_some() && heads.is_none() {
+            return Err("column ranges of q, k, v need packed heads".into());
+        }
         let rank = t.in_ranks[0];
         if rank < 2 || t.in_ranks[1] != rank || t.in_ranks[2] != rank {
             return Err(format!("q, k, v need one rank ≥ 2, got ranks {:?}", &t.in_ranks[..3]));
@@ -143,7 +153,8 @@ impl AttentionCode {
             kernels.push(kernel);
             g
         });
-        Ok(AttentionCode { kernels, scale: *scale, heads: *heads, has_mask: mask.is_some(), fused, gemm })
+        let in_bytes = std::array::from_fn(|i| cts[i].dtype.size_bytes());
+        Ok(AttentionCode { kernels, scale: *scale, heads: *heads, columns: *columns, in_bytes, has_mask: mask.is_some(), fused, gemm })
     }
 
     /// The flash variants (f16/bf16 up to `MAX_HEAD_DIM`) or the plain kernel (wide tiles for
@@ -300,13 +311,15 @@ pub struct Geometry {
     /// Element offsets of q, k, v and the output per batch entry and per head.
     pub per_batch: [usize; 4],
     pub per_head: [usize; 4],
+    /// Element offsets of q, k, v and the output's first column (`AttentionColumns`; else 0).
+    pub base: [usize; 4],
     /// The score shape the mask broadcasts to: `[*, N, M]`, or `[B, H, N, M]` for packed heads.
     pub score: Vec<usize>,
 }
 
 impl Geometry {
     /// Checks q, k, v and the output's shapes against each other and the layout.
-    pub fn of(heads: Option<usize>, s: &StepShapes) -> Result<Geometry, String> {
+    pub fn of(heads: Option<usize>, columns: Option<AttentionColumns>, s: &StepShapes) -> Result<Geometry, String> {
         let (q, k, v) = (s.input(0)?, s.input(1)?, s.input(2)?);
         let rank = q.len();
         if rank < 2 || k.len() != rank || v.len() != rank {
@@ -320,7 +333,9 @@ impl Geometry {
         if v[rank - 2] != m {
             return Err(format!("k has {m} rows but v has {}", v[rank - 2]));
         }
+        let mut base = [0; 4];
         let (h, d, dv, rows, score, out_shape) = match heads {
+            None if columns.is_some() => return Err("column ranges of q, k, v need packed heads".into()),
             None => {
                 let (d, dv) = (q[rank - 1], v[rank - 1]);
                 if k[rank - 1] != d {
@@ -332,11 +347,13 @@ impl Geometry {
                 (1, d, dv, [d, d, dv, dv], score, out)
             }
             Some(h) => {
-                let (qc, kc, vc) = (q[2], k[2], v[2]);
+                let inputs = [q[2], k[2], v[2]];
+                let (offset, [qc, kc, vc]) = AttentionColumns::ranges(columns, inputs)?;
                 if h == 0 || qc % h != 0 || vc % h != 0 || kc != qc {
                     return Err(format!("{h} heads do not divide q/k/v widths {qc}/{kc}/{vc}"));
                 }
-                (h, qc / h, vc / h, [qc, kc, vc, vc], vec![q[0], h, n, m], vec![q[0], n, vc])
+                base[..3].copy_from_slice(&offset);
+                (h, qc / h, vc / h, [inputs[0], inputs[1], inputs[2], vc], vec![q[0], h, n, m], vec![q[0], n, vc])
             }
         };
         if s.outs[0] != out_shape.as_slice() {
@@ -345,7 +362,7 @@ impl Geometry {
         let [qr, kr, vr, or] = rows;
         let per_batch = [n * qr, m * kr, m * vr, n * or];
         let per_head = if heads.is_some() { [d, d, dv, dv] } else { [0; 4] };
-        Ok(Geometry { n, m, d, dv, h, rows, per_batch, per_head, score })
+        Ok(Geometry { n, m, d, dv, h, rows, per_batch, per_head, base, score })
     }
 
     /// The problem index space: the leading dims, or [B, H].
@@ -360,7 +377,7 @@ impl Geometry {
     /// Element offsets of problem `p`'s first row in q, k, v and the output.
     pub fn offsets(&self, p: usize) -> [usize; 4] {
         let (b, h) = (p / self.h, p % self.h);
-        std::array::from_fn(|x| b * self.per_batch[x] + h * self.per_head[x])
+        std::array::from_fn(|x| self.base[x] + b * self.per_batch[x] + h * self.per_head[x])
     }
 }
 
@@ -370,7 +387,7 @@ impl StepCode for AttentionCode {
     }
 
     fn plan(&self, s: &StepShapes) -> Result<LaunchPlan, String> {
-        let g = Geometry::of(self.heads, s)?;
+        let g = Geometry::of(self.heads, self.columns, s)?;
         let (n, m, d, dv) = (g.n, g.m, g.d, g.dv);
         let fused = match (&self.fused, &self.gemm) {
             (Some(f), _) if d.max(dv) <= f.max_head_dim => f,
@@ -401,14 +418,16 @@ impl StepCode for AttentionCode {
         }
         let (rows, per_batch, per_head) = (g.rows, g.per_batch, g.per_head);
         // 16-byte tile copies need every row start 16-byte aligned (device buffers are).
-        let vector_copies = [d, dv].iter().chain(&per_batch).chain(&per_head).chain(&rows).all(|&x| x % 8 == 0);
+        let vector_copies = [d, dv].iter().chain(&per_batch).chain(&per_head).chain(&rows).chain(&g.base).all(|&x| x % 8 == 0);
         let mut p = ParamList::default();
         p.extend([blocks, tiles, g.h, n, m, d, dv].map(|x| x as i64));
         p.extend(per_batch.map(|x| x as i64));
         p.extend(per_head.map(|x| x as i64));
         p.extend(rows.map(|x| x as i64));
         p.push_f64(scale);
-        let mut args = vec![Arg::Out(0), Arg::In(0), Arg::In(1), Arg::In(2)];
+        // q, k, v from their first columns (the kernels index from there).
+        let from = |i: usize| if g.base[i] == 0 { Arg::In(i) } else { Arg::InAt(i, g.base[i] * self.in_bytes[i]) };
+        let mut args = vec![Arg::Out(0), from(0), from(1), from(2)];
         let lead_dims = g.lead();
         if self.has_mask {
             let ms = broadcast_strides(s.input(3)?, &g.score).map_err(|e| format!("mask: {e}"))?;
@@ -446,7 +465,7 @@ mod tests {
 
     #[test]
     fn wide_heads_and_f32_take_the_gemm_route() {
-        let op = Op::Attention { scale: 0.1, heads: None };
+        let op = Op::Attention { scale: 0.1, heads: None, columns: None };
         let softmax = ["q_attention_softmax"];
         for dtype in [DType::F16, DType::BF16, DType::F32] {
             for d in [192, 512, 640] {
@@ -471,7 +490,7 @@ mod tests {
 
     #[test]
     fn overrides_force_a_route() {
-        let op = Op::Attention { scale: 0.1, heads: Some(2) };
+        let op = Op::Attention { scale: 0.1, heads: Some(2), columns: None };
         let t = types(DType::F32, None, 3);
         let fused = Overrides { route: Route::Fused, ..Overrides::default() };
         let code = with_overrides(fused, || AttentionCode::with_head_dims(&op, &t, Some((40, 40)))).unwrap();
@@ -489,7 +508,7 @@ mod tests {
     /// rows under the default cap; in f16 (170 MB) in one.
     #[test]
     fn gemm_route_chunks_scores_past_the_cap() {
-        let op = Op::Attention { scale: 0.044, heads: None };
+        let op = Op::Attention { scale: 0.044, heads: None, columns: None };
         let shape = [1usize, 9216, 512];
         let bindings = crate::bind::Bindings::default();
         for (dtype, chunks) in [(DType::F16, 1usize), (DType::F32, 2)] {

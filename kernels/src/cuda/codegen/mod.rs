@@ -36,6 +36,8 @@ pub struct Kernel {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Arg {
     In(usize),
+    /// Input `.0`, this many bytes past its start (q, k, v as column ranges of one input).
+    InAt(usize, usize),
     Out(usize),
     /// Per-run scratch memory of the step (sizes in `LaunchPlan::scratch`).
     Scratch(usize),

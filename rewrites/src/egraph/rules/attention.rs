@@ -118,7 +118,7 @@ fn attention(eg: &EGraph, class: Id, node: &ENode, _: &Op) -> Option<Rhs> {
                             let scale = (s0 * s1 * s2) as f32;
                             let mut kids = vec![Rhs::Class(q), k, Rhs::Class(v)];
                             kids.extend(mask.map(Rhs::Class));
-                            return Some(Rhs::op(Op::Attention { scale, heads: None }, out, kids));
+                            return Some(Rhs::op(Op::Attention { scale, heads: None, columns: None }, out, kids));
                         }
                     }
                 }
@@ -176,7 +176,7 @@ fn pack_heads(eg: &EGraph, class: Id, node: &ENode, _: &Op) -> Option<Rhs> {
                         }
                         let mut kids = vec![Rhs::Class(*q), Rhs::Class(*k), Rhs::Class(*v)];
                         kids.extend(a.children.get(3).map(|m| Rhs::Class(*m)));
-                        return Some(Rhs::op(Op::Attention { scale: *scale, heads: Some(heads as usize) }, out, kids));
+                        return Some(Rhs::op(Op::Attention { scale: *scale, heads: Some(heads as usize), columns: None }, out, kids));
                     }
                 }
             }
