@@ -41,6 +41,8 @@ pub struct Options {
     /// call, against 33-44 ms without them, and the UNet ran no faster with them (8.18 ms without,
     /// 8.41 with, b2 64²; tests/bench/results/2026-12-06-session6-h100.md).
     pub conv_residual: bool,
+    /// One MatMul for an attention's q, k, v projections (`pack_projections=1`, the default).
+    pub pack_projections: bool,
 }
 
 /// The `layout` option.
@@ -61,7 +63,7 @@ const AUTO_CHANNELS_LAST: bool = true;
 
 impl Default for Options {
     fn default() -> Options {
-        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true, device_id: None, cache_dir: None, cuda_graph: true, precision: Default::default(), layout: Layout::Auto, conv_residual: false }
+        Options { dump_plans: None, log_level: LogLevel::Warning, optimize: true, device_id: None, cache_dir: None, cuda_graph: true, precision: Default::default(), layout: Layout::Auto, conv_residual: false, pack_projections: true }
     }
 }
 
@@ -146,6 +148,14 @@ pub const OPTIONS: &[OptionSpec] = &[
         },
     },
     OptionSpec {
+        key: "pack_projections",
+        description: "1|0 (default 1): 1 computes an attention's q, k and v projections (or k and v) as one MatMul against their weights side by side, made at compile time, and the attention reads its inputs as column ranges of that product; 0 keeps one MatMul per projection",
+        apply: |o, v| {
+            o.pack_projections = flag(v)?;
+            Ok(())
+        },
+    },
+    OptionSpec {
         key: "cuda_graph",
         description: "1|0 (default 1): 1 captures each input-shape signature's run into a CUDA graph on its second run and replays it after that; 0 queues every step each run",
         apply: |o, v| {
@@ -169,6 +179,7 @@ impl Options {
             enabled: self.optimize,
             channels_last: channels_last.then(quilt_rewrites::layout::LayoutOptions::default),
             residual_epilogues: quilt_rewrites::epilogue::EpilogueTargets { convs: self.conv_residual, gemms: true },
+            pack_projections: self.pack_projections,
             ..quilt_rewrites::OptimizeOptions::default()
         }
     }
@@ -264,6 +275,15 @@ mod tests {
         assert_eq!(Options::from_config([("ep.quiltexecutionprovider.precision", "fp16")]).unwrap().precision, Precision::Fp16);
         let e = Options::from_config([("ep.quiltexecutionprovider.precision", "fp8")]).unwrap_err().to_string();
         assert!(e.contains("precision") && e.contains("fp8") && e.contains("fp16"), "{e}");
+    }
+
+    #[test]
+    fn pack_projections_option() {
+        assert!(Options::default().pack_projections && Options::default().optimize_options(true).pack_projections);
+        let o = Options::from_config([("ep.quiltexecutionprovider.pack_projections", "0")]).unwrap();
+        assert!(!o.pack_projections && !o.optimize_options(true).pack_projections);
+        let e = Options::from_config([("ep.quiltexecutionprovider.pack_projections", "yes")]).unwrap_err().to_string();
+        assert!(e.contains("pack_projections") && e.contains("yes"), "{e}");
     }
 
     #[test]

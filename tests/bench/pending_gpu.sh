@@ -41,12 +41,14 @@
 #   profile   device time per step of the UNet b2 64² (channels-last, fp16), grouped by op.
 #   memory    Dnn::prepare's memory cost per worker count and with QUILT_CUDNN_HELPERS=drop, the
 #             ORT peak and the new-shape cost at the defaults (OUT/summary.txt, written as it goes).
+#   packing   packed q|k|v projections: the attention cases with column ranges, the UNet b2 with
+#             and without packing (alternating), the new-shape queue breakdown, every fixture.
 #   sd        issue 5: every pipeline kind (txt2img, img2img, inpaint, AltDiffusion) 512², 50 steps,
 #             against diffusers eager and compile reduce-overhead (not AltDiffusion), the UNet on IO
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -154,6 +156,28 @@ case "$PART" in
         echo "== ORT bench, quilt only, defaults" >> "$S"
         bash tests/bench/bench_gpu.sh /tmp/qbin "$OUT/ort" --cases unet_b2 --modes quilt --iters 20 --reuse-export --budget-s 120 --quilt-options precision=fp16 > "$OUT/ort.log" 2>&1
         tail -2 "$OUT/ort.log" | head -1 >> "$S"
+        cat "$S"
+        ;;
+    packing)
+        # Packed projections (session 7): the attention cases with column ranges (flash and GEMM
+        # routes) against the CPU reference, then the UNet b2 64² with and without packing, twice
+        # each in alternation, then the first call at a new shape with its queue-time breakdown,
+        # with lazy and eager module loading, then every fixture. OUT/summary.txt as it goes.
+        S="$OUT/summary.txt"
+        echo "== cuda_attention" >> "$S"
+        for t in flash_attention_matches_the_cpu_reference wide_and_f32_attention_as_gemms_matches_the_cpu_reference; do
+            timeout 150 /tmp/qbin/cuda_attention --exact $t --nocapture > "$OUT/attention_$t.log" 2>&1
+            echo "$t rc=$?" >> "$S"; grep -E "columns|test result|FAIL|panicked" "$OUT/attention_$t.log" >> "$S"
+        done
+        export_unet
+        for round in 1 2; do
+            for pack in 1 0; do
+                echo "== UNet b2 64², pack_projections=$pack (round $round)" >> "$S"
+                timeout 120 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last --pack-projections $pack >> "$S" 2> "$OUT/pack_${pack}_$round.log"
+            done
+        done
+        NEWSHAPE_CASES=reuse_b2_to_b1,eagerload_b2_to_b1 bash "$0" "$BIN" "$OUT" newshape >> "$S" 2>&1
+        test_binary cuda_fixtures >> "$S"
         cat "$S"
         ;;
     *) echo "unknown part $PART"; exit 2 ;;

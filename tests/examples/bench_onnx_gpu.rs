@@ -2,13 +2,15 @@
 //!
 //!   bench_onnx_gpu MODEL.onnx --dims name=v,... [--iters N] [--inputs DIR] [--reference FILE]
 //!                  [--precision model|fp16] [--profile] [--profile-json FILE] [--memory]
-//!                  [--layout nchw|channels_last] [--conv-residual 0|1] [--new-shape name=v,...]
+//!                  [--layout nchw|channels_last] [--conv-residual 0|1] [--pack-projections 0|1]
+//!                  [--new-shape name=v,...]
 //!
 //! The model is loaded with its external data (next to the file), imported strictly, optimized
 //! in the precision `--precision` asks for (`quilt_rewrites::precision::optimize_with_precision`;
 //! `model`, the default, keeps the model's dtypes, `fp16` runs its f32 math in f16 with f32
 //! inputs and outputs; `--layout channels_last` adds the channels-last layout pass; `--conv-residual 1` puts residual
-//! adds into the convolutions, as the provider option `conv_residual=1` does) and handed to `CudaExecutable::new`, whose time is reported as
+//! adds into the convolutions, as the provider option `conv_residual=1` does; `--pack-projections 0`
+//! keeps one MatMul per attention projection, as `pack_projections=0` does) and handed to `CudaExecutable::new`, whose time is reported as
 //! `prepare_s` (the session-creation analogue: codegen, NVRTC, weight upload); `weight_bytes` is
 //! the plan's weights in their planned dtypes. `--dims` binds the model's symbolic input dims
 //! (ONNX dim_param names, e.g. `batch_size=2,height=64`). Inputs are raw little-endian files
@@ -57,16 +59,17 @@ struct Args {
     memory: bool,
     channels_last: bool,
     conv_residual: bool,
+    pack_projections: bool,
     /// `--new-shape`: dims of a second shape run after the timed one (first-call cost).
     new_shape: Option<BTreeMap<String, i64>>,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let usage = "usage: bench_onnx_gpu MODEL.onnx --dims name=v,... [--iters N] [--inputs DIR] [--reference FILE] [--precision model|fp16] [--profile] [--profile-json FILE] [--memory] [--layout nchw|channels_last] [--conv-residual 0|1] [--new-shape name=v,...]";
+    let usage = "usage: bench_onnx_gpu MODEL.onnx --dims name=v,... [--iters N] [--inputs DIR] [--reference FILE] [--precision model|fp16] [--profile] [--profile-json FILE] [--memory] [--layout nchw|channels_last] [--conv-residual 0|1] [--pack-projections 0|1] [--new-shape name=v,...]";
     let mut it = std::env::args().skip(1);
     let (mut model, mut dims, mut iters, mut inputs, mut reference, mut profile) = (None, BTreeMap::new(), 10usize, None, None, false);
     let (mut precision, mut memory, mut profile_json, mut channels_last) = (Precision::Model, false, None, false);
-    let (mut new_shape, mut conv_residual) = (None, false);
+    let (mut new_shape, mut conv_residual, mut pack_projections) = (None, false, true);
     while let Some(a) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value\n{usage}"));
         match a.as_str() {
@@ -88,6 +91,13 @@ fn parse_args() -> Result<Args, String> {
                     other => return Err(format!("--layout: expected nchw or channels_last, got {other}")),
                 }
             }
+            "--pack-projections" => {
+                pack_projections = match value("--pack-projections")?.as_str() {
+                    "0" => false,
+                    "1" => true,
+                    other => return Err(format!("--pack-projections: expected 0 or 1, got {other}")),
+                }
+            }
             "--conv-residual" => {
                 conv_residual = match value("--conv-residual")?.as_str() {
                     "0" => false,
@@ -105,7 +115,7 @@ fn parse_args() -> Result<Args, String> {
     if iters == 0 {
         return Err("--iters must be at least 1".into());
     }
-    Ok(Args { model, dims, iters, inputs, reference, profile, profile_json, precision, memory, channels_last, conv_residual, new_shape })
+    Ok(Args { model, dims, iters, inputs, reference, profile, profile_json, precision, memory, channels_last, conv_residual, pack_projections, new_shape })
 }
 
 /// `name=v,...` of flag `flag` as symbol bindings.
@@ -315,6 +325,7 @@ fn run() -> Result<String, String> {
     let opts = OptimizeOptions {
         channels_last: args.channels_last.then(LayoutOptions::default),
         residual_epilogues: EpilogueTargets { convs: args.conv_residual, gemms: true },
+        pack_projections: args.pack_projections,
         ..OptimizeOptions::default()
     };
     let plan = optimize_with_precision(&imported.graph, &opts, args.precision)
@@ -359,12 +370,13 @@ fn run() -> Result<String, String> {
 
     let out = first.first().ok_or("the model has no outputs")?;
     let mut json = format!(
-        "{{\"model\":{:?},\"dims\":{:?},\"precision\":\"{}\",\"layout\":\"{}\",\"conv_residual\":{},\"weight_bytes\":{weight_bytes},\"steps\":{steps},\"load_s\":{load_s:.3},\"import_s\":{import_s:.3},\"optimize_s\":{optimize_s:.3},\"prepare_s\":{prepare_s:.3},\"warmup_ms\":{warmup_ms:.2},\"iters\":{},\"median_ms\":{median:.2},\"min_ms\":{:.2},\"timing\":\"host wall clock of run(), host<->device copies and allocation included\",\"output_shape\":{:?}",
+        "{{\"model\":{:?},\"dims\":{:?},\"precision\":\"{}\",\"layout\":\"{}\",\"conv_residual\":{},\"pack_projections\":{},\"weight_bytes\":{weight_bytes},\"steps\":{steps},\"load_s\":{load_s:.3},\"import_s\":{import_s:.3},\"optimize_s\":{optimize_s:.3},\"prepare_s\":{prepare_s:.3},\"warmup_ms\":{warmup_ms:.2},\"iters\":{},\"median_ms\":{median:.2},\"min_ms\":{:.2},\"timing\":\"host wall clock of run(), host<->device copies and allocation included\",\"output_shape\":{:?}",
         path.display().to_string(),
         dims_string(&args.dims),
         args.precision,
         if args.channels_last { "channels_last" } else { "nchw" },
         args.conv_residual,
+        args.pack_projections,
         args.iters,
         times[0],
         out.shape
