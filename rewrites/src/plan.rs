@@ -189,7 +189,7 @@ impl fmt::Display for Plan {
             match &s.op {
                 // The region names its inputs x0, x1, …: bind them after the body.
                 Op::Stitched(r) => writeln!(f, "{} = {r} with x = ({})  # {}", outs.join(", "), ins.join(", "), s.node)?,
-                other => writeln!(f, "{} = {}({})  # {}", outs.join(", "), other.name(), ins.join(", "), s.node)?,
+                other => writeln!(f, "{} = {}({})  # {}", outs.join(", "), other.label(), ins.join(", "), s.node)?,
             }
         }
         for v in &self.outputs {

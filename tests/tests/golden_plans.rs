@@ -62,7 +62,7 @@ fn snapshot(plan: &Plan, fragment: &str) -> String {
         let node = s.node.split(fragment).last().unwrap_or(&s.node);
         out += &match &s.op {
             Op::Stitched(r) => format!("{} = {r} with x = ({})  # {}\n", outs.join(", "), ins.join(", "), node),
-            other => format!("{} = {}({})  # {}\n", outs.join(", "), other.name(), ins.join(", "), node),
+            other => format!("{} = {}({})  # {}\n", outs.join(", "), other.label(), ins.join(", "), node),
         };
     }
     out
@@ -92,7 +92,8 @@ fn golden_plans_match() {
 
 /// The snapshots show what the stitcher is for: the ResNet block's norm+SiLU regions; and the
 /// transformer block's residual adds inside its linear layers' Gemms (`quilt_rewrites::epilogue`:
-/// a fourth input), its three LayerNorms as regions (with their affine) and attention.
+/// a fourth input), its three LayerNorms as regions (with their affine) and attention on packed
+/// projections.
 #[test]
 fn golden_plans_contain_the_fused_regions() {
     let plan = unet_plan();
@@ -101,5 +102,7 @@ fn golden_plans_contain_the_fused_regions() {
     let block = snapshot(&plan, SNAPSHOTS[1].1);
     let residual_gemms = block.lines().filter(|l| l.contains("= Gemm(") && l.matches(", %").count() == 3).count();
     let norm_regions = block.lines().filter(|l| l.contains("stitched[") && l.contains("LayerNorm{")).count();
-    assert!(norm_regions == 3 && block.contains("Attention(") && residual_gemms == 3, "{block}");
+    // Both attentions read packed projections: q|k|v for self-attention, k|v for cross-attention.
+    let packed = block.contains("Attention{columns=0..32,32..64,64..96}(") && block.contains("Attention{columns=0..32,0..32,32..64}(");
+    assert!(norm_regions == 3 && packed && residual_gemms == 3, "{block}");
 }

@@ -283,6 +283,18 @@ impl Op {
         }
     }
 
+    /// `name()` plus what a plan listing needs to tell steps of one op apart: an attention's
+    /// column ranges (which part of a packed projection each of q, k, v is).
+    pub fn label(&self) -> String {
+        match self {
+            Op::Attention { columns: Some(c), .. } => {
+                let cols: Vec<String> = (0..3).map(|i| format!("{}..{}", c.offset[i], c.offset[i] + c.width[i])).collect();
+                format!("Attention{{columns={}}}", cols.join(","))
+            }
+            other => other.name(),
+        }
+    }
+
     /// Ops with no inputs that only provide a value (graph inputs, constants, weights).
     pub fn is_source(&self) -> bool {
         matches!(self, Op::Input { .. } | Op::Constant(_) | Op::Weight { .. })
