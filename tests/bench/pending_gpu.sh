@@ -8,10 +8,11 @@
 #   bash tests/bench/pending_gpu.sh .gpu/p $OUT PART
 # Only 8 files come back from $OUT: write PARTs' outputs elsewhere and tar them into $OUT.
 #
-# Not yet run (after session 6; its runs are in tests/bench/results/2026-12-06-session6-h100.md):
-#   memory (first: what Dnn::prepare's worker handles cost, which made session 6 turn it off by
-#       default; whether QUILT_CUDNN_HELPERS=drop keeps its speed without the memory; the peak and
-#       the new-shape cost at the serial default);
+# Not yet run (after session 7; its runs are in tests/bench/results/2026-12-06-session7-h100.md, and
+# session 7's `memory` part ran: the worker handles cost ~9.2 MB each, the ORT peak at the defaults is
+# 1.1455x, and a new shape's first call at the serial default costs 61-83 ms over a repeat):
+#   packing (first: packed q|k|v projections' correctness on the GPU, their speed against
+#       --pack-projections 0, the new-shape queue-time breakdown, every fixture);
 #   regions (the shifted-sum norm partials against session 3's microbenchmark);
 #   SD_MODES=quilt,eager,compile_ro ... sd (diffusers baselines for every pipeline in the same run);
 #   profile (where the time goes since conv_residual=0 became the default); the VAE decoder under
