@@ -171,13 +171,13 @@ case "$PART" in
             echo "$t rc=$?" >> "$S"; grep -E "columns|test result|FAIL|panicked" "$OUT/attention_$t.log" >> "$S"
         done
         export_unet
-        for round in 1 2; do
+        for round in $(seq 1 "${PACKING_ROUNDS:-2}"); do
             for pack in 1 0; do
                 echo "== UNet b2 64², pack_projections=$pack (round $round)" >> "$S"
                 timeout 120 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last --pack-projections $pack >> "$S" 2> "$OUT/pack_${pack}_$round.log"
             done
         done
-        NEWSHAPE_CASES=reuse_b2_to_b1,eagerload_b2_to_b1 bash "$0" "$BIN" "$OUT" newshape >> "$S" 2>&1
+        NEWSHAPE_CASES=${PACKING_NEWSHAPE:-reuse_b2_to_b1,eagerload_b2_to_b1} bash "$0" "$BIN" "$OUT" newshape >> "$S" 2>&1
         test_binary cuda_fixtures >> "$S"
         cat "$S"
         ;;
