@@ -44,12 +44,14 @@
 #             ORT peak and the new-shape cost at the defaults (OUT/summary.txt, written as it goes).
 #   packing   packed q|k|v projections: the attention cases with column ranges, the UNet b2 with
 #             and without packing (alternating), the new-shape queue breakdown, every fixture.
+#   gemmreuse cuBLASLt algorithms reused across shapes (QUILT_GEMM_REUSE=1): correctness, then a
+#             new shape's first call and repeat with and without.
 #   sd        issue 5: every pipeline kind (txt2img, img2img, inpaint, AltDiffusion) 512², 50 steps,
 #             against diffusers eager and compile reduce-overhead (not AltDiffusion), the UNet on IO
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -94,6 +96,10 @@ case "$PART" in
         want reuse_b2_to_96 && bench reuse_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
         want parallel_b2_to_b1 && QUILT_CUDNN_THREADS=16 bench parallel_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want parallel_b2_to_96 && QUILT_CUDNN_THREADS=16 bench parallel_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
+        # cuBLASLt algorithms of the first shape's classes taken at the new one (QUILT_GEMM_REUSE=1):
+        # the first call's GEMM time, and the repeat time with the reused algorithms.
+        want gemmreuse_b2_to_b1 && QUILT_GEMM_REUSE=1 bench gemmreuse_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
+        want gemmreuse_b2_to_96 && QUILT_GEMM_REUSE=1 bench gemmreuse_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
         want threads4_b2_to_b1 && QUILT_CUDNN_THREADS=4 bench threads4_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         # Whether the driver's lazy module loading (a kernel loaded at its first launch) is part
         # of a new shape's first call: every module loaded at context creation instead.
@@ -179,6 +185,16 @@ case "$PART" in
         done
         NEWSHAPE_CASES=${PACKING_NEWSHAPE:-reuse_b2_to_b1,eagerload_b2_to_b1} bash "$0" "$BIN" "$OUT" newshape >> "$S" 2>&1
         test_binary cuda_fixtures >> "$S"
+        cat "$S"
+        ;;
+    gemmreuse)
+        # cuBLASLt algorithm reuse across shapes (session 7): its correctness test, then the first
+        # call at a new shape with and without it (b1, 96²). OUT/summary.txt as it goes.
+        S="$OUT/summary.txt"
+        echo "== cuda_gemm reused algorithms" >> "$S"
+        timeout 120 /tmp/qbin/cuda_gemm --exact reused_gemm_algorithms_match_the_cpu_reference --nocapture > "$OUT/gemm_reuse.log" 2>&1
+        echo "rc=$?" >> "$S"; grep -E "earlier shape|test result|failure" "$OUT/gemm_reuse.log" >> "$S"
+        NEWSHAPE_CASES=gemmreuse_b2_to_b1,reuse_b2_to_b1,gemmreuse_b2_to_96,reuse_b2_to_96 bash "$0" "$BIN" "$OUT" newshape >> "$S" 2>&1
         cat "$S"
         ;;
     *) echo "unknown part $PART"; exit 2 ;;

@@ -422,7 +422,7 @@ fn new_shape_cost(exe: &CudaExecutable, args: &Args, dims: &BTreeMap<String, i64
     let shaped = Args { dims: dims.clone(), inputs: None, ..args.clone() };
     let inputs = make_inputs(exe.plan(), &shaped)?;
     let before = exe.conv_prepare_stats();
-    let (scheduled_before, queued_before) = (exe.stats().schedule_us, exe.stats().stepwise_queue);
+    let (scheduled_before, queued_before, lt_before) = (exe.stats().schedule_us, exe.stats().stepwise_queue, exe.gemm_plan_stats());
     let t = Instant::now();
     exe.run(&inputs).map_err(|e| format!("run at the new shape: {e}"))?;
     let first_ms = ms(t);
@@ -431,10 +431,15 @@ fn new_shape_cost(exe: &CudaExecutable, args: &Args, dims: &BTreeMap<String, i64
     // Host time the first run spent queueing each kind of action (the repeat replays a graph).
     let queued = exe.stats().stepwise_queue;
     let queue_ms = |now: u64, before: u64| (now - before) as f64 / 1e3;
+    let lt = exe.gemm_plan_stats();
     let queue = format!(
-        "\"queue_launch_ms\":{:.2},\"queue_gemm_ms\":{:.2},\"queue_conv_ms\":{:.2},\"queue_zero_ms\":{:.2}",
+        "\"queue_launch_ms\":{:.2},\"queue_cublas_ms\":{:.2},\"queue_cublaslt_ms\":{:.2},\"lt_plans\":{},\"lt_reused\":{},\"lt_plan_ms\":{:.2},\"queue_conv_ms\":{:.2},\"queue_zero_ms\":{:.2}",
         queue_ms(queued.launch_us, queued_before.launch_us),
-        queue_ms(queued.gemm_us, queued_before.gemm_us),
+        queue_ms(queued.cublas_us, queued_before.cublas_us),
+        queue_ms(queued.cublaslt_us, queued_before.cublaslt_us),
+        lt.plans - lt_before.plans,
+        lt.reused - lt_before.reused,
+        queue_ms(lt.us, lt_before.us),
         queue_ms(queued.conv_us, queued_before.conv_us),
         queue_ms(queued.zero_us, queued_before.zero_us)
     );

@@ -210,7 +210,20 @@ fn gemm_cases() -> Vec<Case> {
 
 #[test]
 fn gemm_epilogues_match_the_cpu_reference() {
+    check_gemm_cases(false);
+}
+
+/// The same cases with `reuse_gemm_algorithms` on: M = 512 and M = 1 take the algorithm the
+/// heuristic chose for M = 77 wherever cuBLASLt accepts it; results stay within tolerance and at
+/// least one plan took an earlier algorithm.
+#[test]
+fn reused_gemm_algorithms_match_the_cpu_reference() {
+    check_gemm_cases(true);
+}
+
+fn check_gemm_cases(reuse: bool) {
     let Some(device) = support::gpu_or_skip() else { return };
+    let mut reused = 0;
     println!("device: {} (sm_{}{})", device.name, device.arch.0, device.arch.1);
     let mut failures = Vec::new();
     for (i, case) in gemm_cases().iter().enumerate() {
@@ -224,6 +237,7 @@ fn gemm_epilogues_match_the_cpu_reference() {
                 continue;
             }
         };
+        gpu.reuse_gemm_algorithms(reuse);
         // Three row counts from one prepared plan, the first again at the end.
         for (j, m) in [77i64, 512, 1, 77].into_iter().enumerate() {
             let bind = BTreeMap::from([("M", m)]);
@@ -241,6 +255,11 @@ fn gemm_epilogues_match_the_cpu_reference() {
         if stats.capture_failures > 0 {
             failures.push(format!("{label}: CUDA graph capture failed: {:?}", stats.last_capture_error));
         }
+        reused += gpu.gemm_plan_stats().reused;
+    }
+    println!("cuBLASLt plans that took an earlier shape's algorithm: {reused}");
+    if reuse && reused == 0 {
+        failures.push("no cuBLASLt plan took an earlier shape's algorithm".into());
     }
     assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
 }

@@ -111,8 +111,10 @@ pub struct RunStats {
 pub struct QueueTimes {
     /// Generated kernels (`cuLaunchKernel`).
     pub launch_us: u64,
-    /// cuBLAS / cuBLASLt calls (an Lt heuristic query at a new shape included).
-    pub gemm_us: u64,
+    /// cuBLAS calls (cuBLAS chooses its algorithm inside the call).
+    pub cublas_us: u64,
+    /// cuBLASLt calls (a plan built at a new shape included: `CudaExecutable::gemm_plan_stats`).
+    pub cublaslt_us: u64,
     /// cuDNN convolutions (a plan built at its first call included).
     pub conv_us: u64,
     /// Memsets.
@@ -122,7 +124,8 @@ pub struct QueueTimes {
 impl QueueTimes {
     fn add(&mut self, o: &QueueTimes) {
         self.launch_us += o.launch_us;
-        self.gemm_us += o.gemm_us;
+        self.cublas_us += o.cublas_us;
+        self.cublaslt_us += o.cublaslt_us;
         self.conv_us += o.conv_us;
         self.zero_us += o.zero_us;
     }
@@ -254,6 +257,17 @@ impl CudaExecutable {
     /// What preparing convolution shapes has cost (cuDNN engine choice and plan finalization).
     pub fn conv_prepare_stats(&self) -> super::conv::cudnn::PrepareStats {
         self.dnn.prepare_stats()
+    }
+
+    /// What choosing cuBLASLt algorithms (new shapes' GEMM plans) has cost so far.
+    pub fn gemm_plan_stats(&self) -> super::gemm::LtPlanStats {
+        self.blas.lt_plan_stats()
+    }
+
+    /// Whether cuBLASLt GEMMs at a new batch or size take their class's earlier algorithm when
+    /// it fits (default `QUILT_GEMM_REUSE=1`, else off).
+    pub fn reuse_gemm_algorithms(&self, on: bool) {
+        self.blas.reuse_algorithms(on)
     }
 
     fn lock_runtime(&self) -> MutexGuard<'_, Runtime> {
@@ -522,7 +536,8 @@ impl CudaExecutable {
                 let t = Instant::now();
                 let spent = match action {
                     Action::Launch { .. } => &mut queued.launch_us,
-                    Action::Gemm(_) | Action::LtGemm(_) => &mut queued.gemm_us,
+                    Action::Gemm(_) => &mut queued.cublas_us,
+                    Action::LtGemm(_) => &mut queued.cublaslt_us,
                     Action::Conv(_) => &mut queued.conv_us,
                     Action::Zero { .. } => &mut queued.zero_us,
                 };

@@ -337,11 +337,44 @@ impl Drop for LtPlan {
     }
 }
 
+impl LtKey {
+    /// The key without the row count M and the batch strides (which follow from M): shapes of
+    /// one class differ only in batch or spatial size, and an algorithm chosen for one of them
+    /// usually runs the others (`QUILT_GEMM_REUSE=1`, checked by `cublasLtMatmulAlgoCheck`).
+    fn class(&self) -> LtKey {
+        LtKey { dims: [0, self.dims[1], self.dims[2], self.dims[3]], strides: [0; 3], ..self.clone() }
+    }
+}
+
+/// `QUILT_GEMM_REUSE=1`: a cuBLASLt GEMM at a new M takes the algorithm an earlier shape of its
+/// class got from the heuristic, when cuBLASLt accepts it for the new shape, instead of asking
+/// the heuristic again (what a first call at a new batch or size spends most of its GEMM time on).
+fn reuse_algos() -> bool {
+    std::env::var("QUILT_GEMM_REUSE").is_ok_and(|v| v == "1")
+}
+
+/// What choosing cuBLASLt algorithms has cost so far (for benchmarks of a first call at a new
+/// shape).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LtPlanStats {
+    /// Plans built (one per new shape, stride and alignment).
+    pub plans: u64,
+    /// Of those, plans that took an earlier shape's algorithm (`QUILT_GEMM_REUSE=1`).
+    pub reused: u64,
+    /// Host microseconds spent building plans (descriptors, heuristic or check).
+    pub us: u64,
+}
+
 struct Lt {
     handle: ltsys::cublasLtHandle_t,
     /// The workspace given to `Blas::set_workspace` (pointer, bytes); none until then.
     workspace: (u64, usize),
     plans: HashMap<LtKey, LtPlan>,
+    /// Per class (`LtKey::class`), the algorithm the heuristic chose for its first shape.
+    class_algos: HashMap<LtKey, ltsys::cublasLtMatmulAlgo_t>,
+    /// Whether a new shape tries its class's algorithm first (`reuse_algos`).
+    reuse: bool,
+    stats: LtPlanStats,
 }
 
 fn lt_err(what: &str) -> impl Fn(lt::CublasError) -> String + '_ {
@@ -362,8 +395,10 @@ unsafe fn pref_attr<T>(p: ltsys::cublasLtMatmulPreference_t, attr: ltsys::cublas
 }
 
 impl LtPlan {
-    /// Builds the descriptors of `key` and asks the heuristic for its best algorithm.
-    fn new(handle: ltsys::cublasLtHandle_t, call: &GemmCall, key: &LtKey, workspace: usize) -> std::result::Result<LtPlan, String> {
+    /// Builds the descriptors of `key` and takes `known` when cuBLASLt accepts it for this shape
+    /// (`cublasLtMatmulAlgoCheck`, within `workspace`), else asks the heuristic for its best
+    /// algorithm. The second value says whether `known` was taken.
+    fn new(handle: ltsys::cublasLtHandle_t, call: &GemmCall, key: &LtKey, workspace: usize, known: Option<&ltsys::cublasLtMatmulAlgo_t>) -> std::result::Result<(LtPlan, bool), String> {
         use ltsys::cublasLtMatmulDescAttributes_t as D;
         use ltsys::cublasLtMatrixLayoutAttribute_t as L;
         use ltsys::cublasLtMatmulPreferenceAttributes_t as P;
@@ -397,6 +432,15 @@ impl LtPlan {
                     layout_attr(plan.layouts[i], L::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &(stride as i64))?;
                 }
             }
+            if let Some(algo) = known {
+                let [a, b, c, d] = plan.layouts;
+                let mut checked = std::mem::zeroed::<ltsys::cublasLtMatmulHeuristicResult_t>();
+                let status = ltsys::cublasLtMatmulAlgoCheck(handle, desc, a, b, c, d, algo, &mut checked);
+                if status == ltsys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && checked.workspaceSize <= workspace {
+                    plan.algo = *algo;
+                    return Ok((plan, true));
+                }
+            }
             let pref = lt::create_matmul_pref().map_err(lt_err("create preference"))?;
             let found = (|| {
                 pref_attr(pref, P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &(workspace as u64))?;
@@ -418,7 +462,7 @@ impl LtPlan {
             }
             plan.algo = found.algo;
         }
-        Ok(plan)
+        Ok((plan, false))
     }
 }
 
@@ -440,7 +484,7 @@ impl Blas {
             return Err(Error::Device("libcublasLt could not be loaded: put CUDA's cuBLASLt (libcublasLt.so.13) on LD_LIBRARY_PATH".into()));
         }
         let lt_handle = lt::create_handle().map_err(|e| Error::Device(format!("cublasLtCreate: {e:?}")))?;
-        let lt = Lt { handle: lt_handle, workspace: (0, 0), plans: HashMap::new() };
+        let lt = Lt { handle: lt_handle, workspace: (0, 0), plans: HashMap::new(), class_algos: HashMap::new(), reuse: reuse_algos(), stats: LtPlanStats::default() };
         Ok(Blas { handle: Mutex::new(handle), lt: Mutex::new(lt), stream: device.cu_stream() as usize })
     }
 
@@ -458,7 +502,19 @@ impl Blas {
         let mut lt = self.lt.lock().unwrap_or_else(|p| p.into_inner());
         lt.workspace = (ptr, bytes);
         lt.plans.clear();
+        lt.class_algos.clear();
         Ok(())
+    }
+
+    /// Whether a cuBLASLt GEMM at a new M first tries the algorithm of an earlier shape of its
+    /// class (default: `QUILT_GEMM_REUSE=1`).
+    pub fn reuse_algorithms(&self, on: bool) {
+        self.lt.lock().unwrap_or_else(|p| p.into_inner()).reuse = on;
+    }
+
+    /// What choosing cuBLASLt algorithms has cost so far.
+    pub fn lt_plan_stats(&self) -> LtPlanStats {
+        self.lt.lock().unwrap_or_else(|p| p.into_inner()).stats
     }
 
     /// Runs an epilogue GEMM through cuBLASLt, choosing (and caching) its algorithm the first
@@ -486,7 +542,14 @@ impl Blas {
         let mut guard = self.lt.lock().unwrap_or_else(|p| p.into_inner());
         let state = &mut *guard;
         if !state.plans.contains_key(&key) {
-            let plan = LtPlan::new(state.handle, g, &key, state.workspace.1).map_err(|e| format!("{}: {e}", shape()))?;
+            let started = std::time::Instant::now();
+            let class = key.class();
+            let known = if state.reuse { state.class_algos.get(&class) } else { None };
+            let (plan, reused) = LtPlan::new(state.handle, g, &key, state.workspace.1, known).map_err(|e| format!("{}: {e}", shape()))?;
+            state.class_algos.entry(class).or_insert(plan.algo);
+            state.stats.plans += 1;
+            state.stats.reused += reused as u64;
+            state.stats.us += started.elapsed().as_micros() as u64;
             state.plans.insert(key.clone(), plan);
         }
         let plan = &state.plans[&key];
