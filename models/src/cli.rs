@@ -160,7 +160,13 @@ pub fn run_command(args: &RunArgs) -> Result<bool> {
     let mut cpu = runtime.cpu_session(&args.model)?;
     let cpu_build = start.elapsed();
 
-    print_taken(&dump_dir)?;
+    if print_taken(&dump_dir)? == 0 {
+        // Comparing ORT's CPU EP with itself would pass whatever quilt does.
+        return Err(ModelsError::ort(
+            "quilt took no node of the model",
+            "ORT's CPU EP would run all of it, so there is nothing of quilt's to compare (run with --log-level info to see why quilt declined)",
+        ));
+    }
 
     let specs = input_specs(entry, &quilt)?;
     let dims_list: Vec<BTreeMap<String, i64>> = match (&args.dims, entry) {
@@ -206,7 +212,8 @@ pub fn run_command(args: &RunArgs) -> Result<bool> {
     Ok(all_passed)
 }
 
-fn print_taken(dump_dir: &Path) -> Result<()> {
+/// Prints what quilt took and returns how many fused subgraphs it compiled.
+fn print_taken(dump_dir: &Path) -> Result<usize> {
     let taken = TakenNodes::read(dump_dir)?;
     println!("quilt took {} node(s) in {} fused subgraph(s)", taken.nodes.len(), taken.subgraphs.len());
     if !taken.nodes.is_empty() {
@@ -215,7 +222,7 @@ fn print_taken(dump_dir: &Path) -> Result<()> {
     if !taken.without_node_list.is_empty() {
         println!("  ({} subgraph(s) have a plan but no .nodes.txt, so their nodes are not counted)", taken.without_node_list.len());
     }
-    Ok(())
+    Ok(taken.subgraphs.len() + taken.without_node_list.len())
 }
 
 fn ms(d: std::time::Duration) -> f64 {

@@ -165,3 +165,20 @@ def test_bad_option_value_is_an_error(relu_model):
     with pytest.raises(Exception) as info:
         quilt_session(relu_model, {"log_level": "very-loud"})
     assert "log_level" in str(info.value), str(info.value)
+
+
+def test_quilt_run_fails_when_quilt_takes_nothing(tmp_path):
+    """`quilt run` compares quilt with ORT's CPU EP; on a model quilt declines entirely (one Det)
+    both sessions would be the CPU EP, so it must fail (exit 2) instead of printing PASS."""
+    import subprocess
+    from conftest import ROOT
+    path = save(tmp_path, "det_only", [helper.make_node("Det", ["x"], ["y"], name="det")],
+                [f32("x", [3, 3])], [f32("y", [])])
+    cli = ROOT / "target" / "release" / "quilt"
+    if not cli.exists():
+        pytest.skip(f"{cli} is not built")
+    out = subprocess.run([str(cli), "run", str(path), "--dims", ""], capture_output=True, text=True, timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text
+    assert "quilt took 0 node(s)" in text and "quilt took no node of the model" in text, text
+    assert "PASS" not in text, text
