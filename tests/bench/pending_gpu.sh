@@ -8,11 +8,13 @@
 #   bash tests/bench/pending_gpu.sh .gpu/p $OUT PART
 # Only 8 files come back from $OUT: write PARTs' outputs elsewhere and tar them into $OUT.
 #
-# Not yet run (after session 7; its runs are in tests/bench/results/2026-12-06-session7-h100.md, and
-# session 7's `memory` part ran: the worker handles cost ~9.2 MB each, the ORT peak at the defaults is
-# 1.1455x, and a new shape's first call at the serial default costs 61-83 ms over a repeat):
-#   packing (first: packed q|k|v projections' correctness on the GPU, their speed against
-#       --pack-projections 0, the new-shape queue-time breakdown, every fixture);
+# Not yet run (after session 7; its runs are in tests/bench/results/2026-12-06-session7-h100.md:
+# `memory` and `packing` ran there):
+#   gemmreuse (first: QUILT_GEMM_REUSE=1's correctness test, and whether it takes the ~29 ms of
+#       cuBLAS/cuBLASLt algorithm choice out of a new shape's first call without slowing the
+#       repeat; make it the default if so; the JSON now splits cuBLAS from cuBLASLt time);
+#   newshape reuse_b2_to_96 with packed projections (session 7 measured b2 -> b1 only: 37-40 ms over);
+#   bench with BENCH_MODES=eager,compile,compile_ro,quilt (torch baselines since packing);
 #   regions (the shifted-sum norm partials against session 3's microbenchmark);
 #   SD_MODES=quilt,eager,compile_ro ... sd (diffusers baselines for every pipeline in the same run);
 #   profile (where the time goes since conv_residual=0 became the default); the VAE decoder under
