@@ -224,3 +224,23 @@ fn concat_columns(parts: &[&Tensor]) -> std::result::Result<Tensor, String> {
     let data = TensorData::from_le_bytes(dtype, &out).ok_or_else(|| format!("{} bytes are not {dtype} elements", out.len()))?;
     Ok(Tensor::new(vec![rows, width], data))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// f16 weights side by side keep every element where it was (2-byte rows, not 4).
+    #[test]
+    fn concat_columns_keeps_elements_in_place() {
+        let f16s = |v: &[f32]| TensorData::F16(v.iter().map(|&x| half::f16::from_f32(x)).collect());
+        let a = Tensor::new(vec![2, 3], f16s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        let b = Tensor::new(vec![2, 1], f16s(&[-1.0, -2.0]));
+        let c = concat_columns(&[&a, &b, &a]).unwrap();
+        assert_eq!(c.shape, [2, 7]);
+        assert_eq!(c.data.to_f64_vec(), [1.0, 2.0, 3.0, -1.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, -2.0, 4.0, 5.0, 6.0]);
+        let rows = Tensor::new(vec![3, 1], f16s(&[0.0; 3]));
+        assert!(concat_columns(&[&a, &rows]).unwrap_err().contains("different shapes"));
+        let f32s = Tensor::from_f32s(vec![2, 1], vec![0.0; 2]);
+        assert!(concat_columns(&[&a, &f32s]).is_err());
+    }
+}
