@@ -277,6 +277,11 @@ fn matmul_plan(plan: &mut LaunchPlan, a: &[usize], b: &[usize], out: &[usize], d
         beta: 0.0,
     };
     match (one_stride(&sa, m * k), one_stride(&sb, k * n)) {
+        // One matrix B for every batch entry (a weight), A and the output contiguous over the
+        // batch: one GEMM over all nb·m rows instead of a batch of nb products of m rows (the
+        // projections' [B, S, K] · [K, N]; cross-attention's 77-row products fill tiles better
+        // as one 154-row product at batch 2).
+        (Some(x), Some(0)) if nb > 1 && x == m * k => push_gemm(plan, GemmCall { m: nb * m, ..call(0, 0, 0, 0, 0, 1) }, dtype),
         (Some(x), Some(y)) => push_gemm(plan, call(0, 0, 0, x, y, nb), dtype),
         _ => {
             let cs = contiguous_strides(&batch);
@@ -646,5 +651,33 @@ impl Drop for Blas {
         lt.plans.clear();
         // SAFETY: its plans are gone and nothing uses the handle after this.
         let _ = unsafe { lt::destroy_handle(lt.handle) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gemms(a: &[usize], b: &[usize], out: &[usize]) -> Vec<(usize, usize, usize, usize, usize, usize)> {
+        let mut plan = LaunchPlan::default();
+        matmul_plan(&mut plan, a, b, out, DType::F16).unwrap();
+        plan.actions
+            .iter()
+            .map(|x| match x {
+                Action::Gemm(g) => (g.m, g.n, g.k, g.batch, g.stride_a, g.stride_b),
+                other => panic!("not a GEMM: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// A weight shared by the batch folds the batch into the rows; batched weights, a broadcast
+    /// A, or a single batch entry keep their shapes.
+    #[test]
+    fn a_shared_weight_folds_the_batch_into_the_rows() {
+        assert_eq!(gemms(&[2, 77, 768], &[768, 640], &[2, 77, 640]), [(154, 640, 768, 1, 0, 0)]);
+        assert_eq!(gemms(&[2, 3, 5, 8], &[1, 8, 4], &[2, 3, 5, 4]), [(30, 4, 8, 1, 0, 0)]);
+        assert_eq!(gemms(&[1, 77, 768], &[768, 640], &[1, 77, 640]), [(77, 640, 768, 1, 0, 0)]);
+        assert_eq!(gemms(&[2, 77, 64], &[2, 64, 77], &[2, 77, 77]), [(77, 77, 64, 2, 77 * 64, 64 * 77)]);
+        assert_eq!(gemms(&[77, 64], &[2, 64, 32], &[2, 77, 32]), [(77, 32, 64, 2, 0, 64 * 32)]);
     }
 }
