@@ -430,18 +430,18 @@ fn new_shape_cost(exe: &CudaExecutable, args: &Args, dims: &BTreeMap<String, i64
     let schedule_ms = (exe.stats().schedule_us - scheduled_before) as f64 / 1e3;
     // Host time the first run spent queueing each kind of action (the repeat replays a graph).
     let queued = exe.stats().stepwise_queue;
-    let queue_ms = |now: u64, before: u64| (now - before) as f64 / 1e3;
+    let queue_ms = |now: u64, before: u64| (now - before) as f64 / 1e6;
     let lt = exe.gemm_plan_stats();
     let queue = format!(
         "\"queue_launch_ms\":{:.2},\"queue_cublas_ms\":{:.2},\"queue_cublaslt_ms\":{:.2},\"lt_plans\":{},\"lt_reused\":{},\"lt_plan_ms\":{:.2},\"queue_conv_ms\":{:.2},\"queue_zero_ms\":{:.2}",
-        queue_ms(queued.launch_us, queued_before.launch_us),
-        queue_ms(queued.cublas_us, queued_before.cublas_us),
-        queue_ms(queued.cublaslt_us, queued_before.cublaslt_us),
+        queue_ms(queued.launch_ns, queued_before.launch_ns),
+        queue_ms(queued.cublas_ns, queued_before.cublas_ns),
+        queue_ms(queued.cublaslt_ns, queued_before.cublaslt_ns),
         lt.plans - lt_before.plans,
         lt.reused - lt_before.reused,
-        queue_ms(lt.us, lt_before.us),
-        queue_ms(queued.conv_us, queued_before.conv_us),
-        queue_ms(queued.zero_us, queued_before.zero_us)
+        (lt.us - lt_before.us) as f64 / 1e3,
+        queue_ms(queued.conv_ns, queued_before.conv_ns),
+        queue_ms(queued.zero_ns, queued_before.zero_ns)
     );
     let t = Instant::now();
     exe.run(&inputs).map_err(|e| format!("second run at the new shape: {e}"))?;

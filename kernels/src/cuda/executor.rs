@@ -106,28 +106,29 @@ pub struct RunStats {
     pub stepwise_queue: QueueTimes,
 }
 
-/// Host microseconds spent queueing actions, by kind.
+/// Host nanoseconds spent queueing actions, by kind (summed per action: a launch takes a few
+/// microseconds, so whole microseconds per action would lose a quarter of it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueTimes {
     /// Generated kernels (`cuLaunchKernel`).
-    pub launch_us: u64,
+    pub launch_ns: u64,
     /// cuBLAS calls (cuBLAS chooses its algorithm inside the call).
-    pub cublas_us: u64,
+    pub cublas_ns: u64,
     /// cuBLASLt calls (a plan built at a new shape included: `CudaExecutable::gemm_plan_stats`).
-    pub cublaslt_us: u64,
+    pub cublaslt_ns: u64,
     /// cuDNN convolutions (a plan built at its first call included).
-    pub conv_us: u64,
+    pub conv_ns: u64,
     /// Memsets.
-    pub zero_us: u64,
+    pub zero_ns: u64,
 }
 
 impl QueueTimes {
     fn add(&mut self, o: &QueueTimes) {
-        self.launch_us += o.launch_us;
-        self.cublas_us += o.cublas_us;
-        self.cublaslt_us += o.cublaslt_us;
-        self.conv_us += o.conv_us;
-        self.zero_us += o.zero_us;
+        self.launch_ns += o.launch_ns;
+        self.cublas_ns += o.cublas_ns;
+        self.cublaslt_ns += o.cublaslt_ns;
+        self.conv_ns += o.conv_ns;
+        self.zero_ns += o.zero_ns;
     }
 }
 
@@ -535,11 +536,11 @@ impl CudaExecutable {
             for action in &st.actions {
                 let t = Instant::now();
                 let spent = match action {
-                    Action::Launch { .. } => &mut queued.launch_us,
-                    Action::Gemm(_) => &mut queued.cublas_us,
-                    Action::LtGemm(_) => &mut queued.cublaslt_us,
-                    Action::Conv(_) => &mut queued.conv_us,
-                    Action::Zero { .. } => &mut queued.zero_us,
+                    Action::Launch { .. } => &mut queued.launch_ns,
+                    Action::Gemm(_) => &mut queued.cublas_ns,
+                    Action::LtGemm(_) => &mut queued.cublaslt_ns,
+                    Action::Conv(_) => &mut queued.conv_ns,
+                    Action::Zero { .. } => &mut queued.zero_ns,
                 };
                 match action {
                     Action::Launch { kernel, work, params, args } => {
@@ -556,7 +557,7 @@ impl CudaExecutable {
                     Action::Conv(call) => self.dnn.conv(call, dev.cu_stream(), &ptr).map_err(fail)?,
                     Action::Zero { arg, bytes } => dev.memset_zero(ptr(*arg), *bytes).map_err(|e| fail(e.to_string()))?,
                 }
-                *spent += t.elapsed().as_micros() as u64;
+                *spent += t.elapsed().as_nanos() as u64;
             }
             if let Some(t) = timings.as_deref_mut() {
                 // Synchronising here also attributes asynchronous faults to this node.
