@@ -28,7 +28,8 @@ options:
   --dump-plans DIR      keep quilt's plan dumps in DIR (default: a temporary directory)
   --log-level LEVEL     quilt's log_level option
 
-exit status: 0 all outputs within tolerance, 1 some output out of tolerance, 2 any other error";
+exit status: 0 all outputs within tolerance, 1 some output out of tolerance, 2 any other error
+(quilt taking no node of the model included: there would be nothing of quilt's to compare)";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunArgs {
