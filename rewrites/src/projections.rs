@@ -48,26 +48,27 @@ struct Packing {
     weight: Arc<Tensor>,
     product: TensorType,
     name: String,
+    /// Where the attention finds q, k and v afterwards.
+    columns: AttentionColumns,
 }
 
 /// `graph` with the projections of every attention that fits packed (see the module doc).
 pub fn pack_projections(graph: &Graph) -> Result<(Graph, ProjectionReport)> {
     let outputs: HashSet<ValueRef> = graph.outputs.iter().map(|o| o.value).collect();
     let mut report = ProjectionReport::default();
-    // Per attention node: its packing and the new columns.
-    let mut attentions: HashMap<NodeIndex, (usize, AttentionColumns)> = HashMap::new();
+    // Per attention node: its packing.
+    let mut attentions: HashMap<NodeIndex, usize> = HashMap::new();
     let mut packings: Vec<Packing> = Vec::new();
     for ix in graph.node_indices() {
         let node = graph.node(ix);
         let Op::Attention { heads: Some(_), columns: None, .. } = node.op else { continue };
-        let Some(found) = packable(graph, &outputs, ix)? else { continue };
-        let (packing, columns) = found;
+        let Some(packing) = packable(graph, &outputs, ix)? else { continue };
         match packing.matmuls.len() {
             3 => report.qkv += 1,
             _ => report.kv += 1,
         }
         report.matmuls_removed += packing.matmuls.len() - 1;
-        attentions.insert(ix, (packings.len(), columns));
+        attentions.insert(ix, packings.len());
         packings.push(packing);
     }
     if packings.is_empty() {
@@ -95,7 +96,7 @@ pub fn pack_projections(graph: &Graph) -> Result<(Graph, ProjectionReport)> {
         if let Some(&p) = first_of.get(&ix) {
             let packing = &packings[p];
             let x = graph.node(packing.matmuls[0]).inputs[0].expect("a packed MatMul has its activation");
-            let w = new.add_node(Node { name: format!("{}/weight", packing.name), op: Op::Constant(packing.weight.clone()), inputs: vec![], outputs: vec![weight_type(&packing.weight)] });
+            let w = new.add_node(Node { name: format!("{}/weight", packing.name), op: Op::Constant(packing.weight.clone()), inputs: vec![], outputs: vec![TensorType::of(&packing.weight)] });
             let mm = new.add_node(Node {
                 name: packing.name.clone(),
                 op: Op::MatMul,
@@ -108,7 +109,7 @@ pub fn pack_projections(graph: &Graph) -> Result<(Graph, ProjectionReport)> {
             continue;
         }
         let (op, inputs) = match attentions.get(&ix) {
-            Some(&(p, columns)) => {
+            Some(&p) => {
                 let packed = packed_value[p].expect("the packed MatMul comes before its attention");
                 // q keeps its own value when only k and v were packed; the mask stays.
                 let first_packed = 3 - packings[p].matmuls.len();
@@ -119,7 +120,7 @@ pub fn pack_projections(graph: &Graph) -> Result<(Graph, ProjectionReport)> {
                     .map(|(slot, v)| if (first_packed..3).contains(&slot) { Some(packed) } else { v.map(|v| map[&v]) })
                     .collect();
                 let Op::Attention { scale, heads, .. } = node.op else { unreachable!("attentions holds Attention nodes") };
-                (Op::Attention { scale, heads, columns: Some(columns) }, inputs)
+                (Op::Attention { scale, heads, columns: Some(packings[p].columns) }, inputs)
             }
             None => (node.op.clone(), node.inputs.iter().map(|v| v.map(|v| map[&v])).collect()),
         };
@@ -134,10 +135,6 @@ pub fn pack_projections(graph: &Graph) -> Result<(Graph, ProjectionReport)> {
     Ok((new, report))
 }
 
-fn weight_type(t: &Tensor) -> TensorType {
-    TensorType::new(t.dtype(), t.shape.iter().map(|&d| crate::sym::SymDim::konst(d as i64)).collect())
-}
-
 /// One projection: `MatMul(x, W)` feeding only this attention.
 struct Projection {
     matmul: NodeIndex,
@@ -146,7 +143,7 @@ struct Projection {
 }
 
 /// The packing of `attention`'s projections, or `None` when they do not fit (module doc).
-fn packable(g: &Graph, outputs: &HashSet<ValueRef>, attention: NodeIndex) -> Result<Option<(Packing, AttentionColumns)>> {
+fn packable(g: &Graph, outputs: &HashSet<ValueRef>, attention: NodeIndex) -> Result<Option<Packing>> {
     let node = g.node(attention);
     let inputs: Vec<ValueRef> = match node.inputs.get(..3) {
         Some([Some(q), Some(k), Some(v)]) => vec![*q, *k, *v],
@@ -188,7 +185,7 @@ fn packable(g: &Graph, outputs: &HashSet<ValueRef>, attention: NodeIndex) -> Res
     let columns = AttentionColumns { offset, width: [q_width, widths[1], widths[2]] };
     let suffix = if first == 0 { "packed_qkv" } else { "packed_kv" };
     let name = format!("{}/{suffix}", g.node(packed[0].matmul).name);
-    Ok(Some((Packing { matmuls: packed.iter().map(|p| p.matmul).collect(), weight, product, name }, columns)))
+    Ok(Some(Packing { matmuls: packed.iter().map(|p| p.matmul).collect(), weight, product, name, columns }))
 }
 
 /// `v` as `MatMul(x, W)` with a rank-2 constant W, read only by `attention` (once).

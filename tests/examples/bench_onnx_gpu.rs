@@ -91,20 +91,8 @@ fn parse_args() -> Result<Args, String> {
                     other => return Err(format!("--layout: expected nchw or channels_last, got {other}")),
                 }
             }
-            "--pack-projections" => {
-                pack_projections = match value("--pack-projections")?.as_str() {
-                    "0" => false,
-                    "1" => true,
-                    other => return Err(format!("--pack-projections: expected 0 or 1, got {other}")),
-                }
-            }
-            "--conv-residual" => {
-                conv_residual = match value("--conv-residual")?.as_str() {
-                    "0" => false,
-                    "1" => true,
-                    other => return Err(format!("--conv-residual: expected 0 or 1, got {other}")),
-                }
-            }
+            "--pack-projections" => pack_projections = flag01("--pack-projections", &value("--pack-projections")?)?,
+            "--conv-residual" => conv_residual = flag01("--conv-residual", &value("--conv-residual")?)?,
             "--precision" => precision = value("--precision")?.parse().map_err(|e| format!("--precision: {e}"))?,
             s if s.starts_with("--") => return Err(format!("unknown flag {s}\n{usage}")),
             s if model.is_none() => model = Some(PathBuf::from(s)),
@@ -116,6 +104,15 @@ fn parse_args() -> Result<Args, String> {
         return Err("--iters must be at least 1".into());
     }
     Ok(Args { model, dims, iters, inputs, reference, profile, profile_json, precision, memory, channels_last, conv_residual, pack_projections, new_shape })
+}
+
+/// The value of an on/off flag: `0` or `1`.
+fn flag01(flag: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        other => Err(format!("{flag}: expected 0 or 1, got {other}")),
+    }
 }
 
 /// `name=v,...` of flag `flag` as symbol bindings.
@@ -422,14 +419,15 @@ fn new_shape_cost(exe: &CudaExecutable, args: &Args, dims: &BTreeMap<String, i64
     let shaped = Args { dims: dims.clone(), inputs: None, ..args.clone() };
     let inputs = make_inputs(exe.plan(), &shaped)?;
     let before = exe.conv_prepare_stats();
-    let (scheduled_before, queued_before, lt_before) = (exe.stats().schedule_us, exe.stats().stepwise_queue, exe.gemm_plan_stats());
+    let (stats_before, lt_before) = (exe.stats(), exe.gemm_plan_stats());
     let t = Instant::now();
     exe.run(&inputs).map_err(|e| format!("run at the new shape: {e}"))?;
     let first_ms = ms(t);
     let after = exe.conv_prepare_stats();
-    let schedule_ms = (exe.stats().schedule_us - scheduled_before) as f64 / 1e3;
+    let stats = exe.stats();
+    let schedule_ms = (stats.schedule_us - stats_before.schedule_us) as f64 / 1e3;
     // Host time the first run spent queueing each kind of action (the repeat replays a graph).
-    let queued = exe.stats().stepwise_queue;
+    let (queued, queued_before) = (stats.stepwise_queue, stats_before.stepwise_queue);
     let queue_ms = |now: u64, before: u64| (now - before) as f64 / 1e6;
     let lt = exe.gemm_plan_stats();
     let queue = format!(

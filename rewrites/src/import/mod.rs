@@ -377,7 +377,7 @@ impl<'a> Importer<'a> {
     }
 
     fn add_constant(&mut self, name: &str, t: Arc<crate::tensor::Tensor>) -> ValueRef {
-        let ty = TensorType::new(t.dtype(), ctx::sym_shape(&t.shape));
+        let ty = TensorType::of(&t);
         let ix = self.graph.add_node(Node { name: name.to_string(), op: Op::Constant(t), inputs: vec![], outputs: vec![ty] });
         ValueRef { node: ix, output: 0 }
     }

@@ -22,6 +22,11 @@ impl TensorType {
         TensorType { dtype, shape }
     }
 
+    /// The type of a constant: its dtype and its (concrete) shape.
+    pub fn of(t: &crate::tensor::Tensor) -> TensorType {
+        TensorType::new(t.dtype(), t.shape.iter().map(|&d| SymDim::from(d)).collect())
+    }
+
     pub fn rank(&self) -> usize {
         self.shape.len()
     }

@@ -27,9 +27,9 @@
 //!   distinct handles), one class per worker at a time. A plan then runs on the handle that built
 //!   it. Plan building is host work (heuristics, finalization), so a new shape waits about as long
 //!   as its slowest plan rather than the sum (H100, SD 1.5 UNet, 35 precompiled engines: 1.4 ms
-//!   for 8.9 ms of plans on 16 threads). Off by default: with 16 workers the UNet's peak device
-//!   memory rose from 1.144× to 1.230× the fp16 weights (presumably the 16 extra handles; not
-//!   measured per handle), for ~7.5 ms saved at a new shape, much of which a serial build
+//!   for 8.9 ms of plans on 16 threads). Off by default: each worker's handle holds ~9.2 MB of
+//!   device memory (H100: +38 MB with 4 workers, +147 MB with 16), which took the UNet's peak from
+//!   1.144× to 1.230× the fp16 weights with 16, for ~7.5 ms saved at a new shape, much of which a serial build
 //!   overlaps with the GPU's work anyway (plans are built as the first run queues its steps).
 //!   Classes whose engine cuDNN compiles at run time are left to their first call: those
 //!   compilations run slower side by side than one after another.
@@ -223,13 +223,6 @@ fn dynamic_shapes() -> bool {
 /// built at its first call; see the module doc for why).
 fn prepare_threads() -> usize {
     std::env::var("QUILT_CUDNN_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).map_or(1, |n| n.max(1))
-}
-
-/// `QUILT_CUDNN_HELPERS=drop` (experiment): plans built by `Dnn::prepare`'s workers run on the
-/// main handle and the workers' handles are destroyed after each `prepare` (default `keep`: a
-/// plan runs on the handle that built it, and the handles stay for the next new shape).
-fn drop_helpers() -> bool {
-    std::env::var("QUILT_CUDNN_HELPERS").is_ok_and(|v| v == "drop")
 }
 
 /// How the algorithm of a new shape is chosen.
@@ -540,20 +533,13 @@ impl Dnn {
         // Handles of workers that failed to start stay in the pool; the others come back.
         helpers.extend(returned);
         inner.helpers = helpers;
-        let run_on_main = drop_helpers();
         // Jobs that failed workers left in the queue built nothing but keep their class state.
         let done = done.into_inner().unwrap_or_else(|p| p.into_inner());
         for job in done.into_iter().chain(queue.into_inner().unwrap_or_else(|p| p.into_inner())) {
             inner.classes.insert(job.class, job.state);
-            let handle = if run_on_main { Handle(inner.handle) } else { job.handle.unwrap_or(Handle(inner.handle)) };
+            let handle = job.handle.unwrap_or(Handle(inner.handle));
             for (key, plan) in job.built {
                 inner.record(key, plan, handle);
-            }
-        }
-        if run_on_main {
-            for h in inner.helpers.drain(..) {
-                // SAFETY: no plan runs on it (they run on the main handle); not used after this.
-                let _ = unsafe { sys::cudnnDestroy(h.0) };
             }
         }
         inner.stats.wall_ms += started.elapsed().as_secs_f64() * 1e3;

@@ -21,7 +21,6 @@ use crate::dtype::DType;
 use crate::egraph::analysis::{EGraph, GraphAnalysis};
 use crate::egraph::lang::{ENode, NodeKind, TypedOp};
 use crate::ir::{Op, TensorType};
-use crate::sym::SymDim;
 use crate::tensor::{Tensor, TensorData};
 
 /// The replacement a rule asks for: existing classes and new typed nodes over them.
@@ -41,7 +40,7 @@ impl Rhs {
     }
 
     pub fn konst(t: Tensor) -> Rhs {
-        let ty = TensorType::new(t.dtype(), t.shape.iter().map(|&d| SymDim::from(d as i64)).collect());
+        let ty = TensorType::of(&t);
         Rhs::op(Op::Constant(Arc::new(t)), ty, vec![])
     }
 }
