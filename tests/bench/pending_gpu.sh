@@ -48,12 +48,15 @@
 #             and without packing (alternating), the new-shape queue breakdown, every fixture.
 #   gemmreuse cuBLASLt algorithms reused across shapes (QUILT_GEMM_REUSE=1): correctness, then a
 #             new shape's first call and repeat with and without.
+#   trace     tests/bench/kernel_trace.py: every kernel of a UNet b2 64² run under CUDA graph replay
+#             (PyTorch's profiler, CUPTI), per category and per kernel, and the device's idle time.
+#   convsearch QUILT_CUDNN_ALGO=benchmark (cuDNN engines timed per shape) against the heuristic.
 #   sd        issue 5: every pipeline kind (txt2img, img2img, inpaint, AltDiffusion) 512², 50 steps,
 #             against diffusers eager and compile reduce-overhead (not AltDiffusion), the UNet on IO
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -195,6 +198,29 @@ case "$PART" in
         timeout 120 /tmp/qbin/cuda_gemm --exact reused_gemm_algorithms_match_the_cpu_reference --nocapture > "$OUT/gemm_reuse.log" 2>&1
         echo "rc=$?" >> "$S"; grep -E "earlier shape|test result|failure" "$OUT/gemm_reuse.log" >> "$S"
         NEWSHAPE_CASES=gemmreuse_b2_to_b1,reuse_b2_to_b1,gemmreuse_b2_to_96,reuse_b2_to_96 bash "$0" "$BIN" "$OUT" newshape >> "$S" 2>&1
+        cat "$S"
+        ;;
+    trace)
+        # Every kernel of a UNet b2 64² run as the device ran it (CUDA graph replay, no
+        # synchronisation between steps; tests/bench/kernel_trace.py): time per category and per
+        # kernel, and the idle time between kernels. TRACE_OPTIONS adds provider options.
+        export_unet
+        source tests/bench/carried_wheels.sh && install_carried_wheels || exit 1
+        timeout 240 python3 tests/bench/kernel_trace.py --ep-lib /tmp/qbin/libquilt_ep.so --model "$W/model.onnx" --dims $D2 \
+            --options "precision=fp16${TRACE_OPTIONS:+,$TRACE_OPTIONS}" --iters 5 --top 45 --out "$OUT/trace${TRACE_TAG:-}.json" > "$OUT/trace${TRACE_TAG:-}.log" 2>&1
+        echo "rc=$?"; head -60 "$OUT/trace${TRACE_TAG:-}.log"
+        ;;
+    convsearch)
+        # cuDNN engines timed on the first call's buffers (QUILT_CUDNN_ALGO=benchmark, up to 8
+        # candidates per shape) against the heuristic's first choice: UNet b2 64², alternating.
+        export_unet
+        S="$OUT/summary.txt"
+        for round in 1 2; do
+            for algo in heuristic benchmark; do
+                echo "== UNet b2 64², QUILT_CUDNN_ALGO=$algo (round $round)" >> "$S"
+                QUILT_CUDNN_ALGO=$algo timeout 120 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last >> "$S" 2> "$OUT/conv_${algo}_$round.log"
+            done
+        done
         cat "$S"
         ;;
     *) echo "unknown part $PART"; exit 2 ;;
