@@ -101,10 +101,12 @@ case "$PART" in
         want reuse_b2_to_96 && bench reuse_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
         want parallel_b2_to_b1 && QUILT_CUDNN_THREADS=16 bench parallel_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want parallel_b2_to_96 && QUILT_CUDNN_THREADS=16 bench parallel_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
-        # cuBLASLt algorithms of the first shape's classes taken at the new one (QUILT_GEMM_REUSE=1):
-        # the first call's GEMM time, and the repeat time with the reused algorithms.
+        # cuBLASLt algorithms of the first shape's classes taken at the new one (default since
+        # session 8) against the heuristic asked at every new shape (QUILT_GEMM_REUSE=0).
         want gemmreuse_b2_to_b1 && QUILT_GEMM_REUSE=1 bench gemmreuse_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         want gemmreuse_b2_to_96 && QUILT_GEMM_REUSE=1 bench gemmreuse_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
+        want noreuse_gemm_b2_to_b1 && QUILT_GEMM_REUSE=0 bench noreuse_gemm_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
+        want noreuse_gemm_b2_to_96 && QUILT_GEMM_REUSE=0 bench noreuse_gemm_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96
         want threads4_b2_to_b1 && QUILT_CUDNN_THREADS=4 bench threads4_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1
         # Whether the driver's lazy module loading (a kernel loaded at its first launch) is part
         # of a new shape's first call: every module loaded at context creation instead.

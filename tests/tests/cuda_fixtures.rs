@@ -269,6 +269,8 @@ fn fused_ops_match_the_cpu_backend_on_the_gpu() {
         ("quick_gelu", Op::QuickGelu { alpha: 1.702 }, vec![vec![3, 7, 11]], vec![3, 7, 11]),
         ("geglu_erf", Op::GeGlu { tanh: false }, vec![vec![4, 3, 38]], vec![4, 3, 19]),
         ("geglu_tanh", Op::GeGlu { tanh: true }, vec![vec![6, 64]], vec![6, 32]),
+        // F a multiple of the vector width: the 16-byte kernel (kernel 1).
+        ("geglu_erf_vector", Op::GeGlu { tanh: false }, vec![vec![3, 7, 88]], vec![3, 7, 44]),
         ("attention_lead_mask", Op::Attention { scale: 0.3, heads: None, columns: None }, vec![vec![2, 3, 37, 40], vec![2, 3, 50, 40], vec![2, 3, 50, 24], vec![3, 37, 50]], vec![2, 3, 37, 24]),
         ("attention_packed_d160", Op::Attention { scale: 0.08, heads: Some(2), columns: None }, vec![vec![2, 21, 320], vec![2, 50, 320], vec![2, 50, 320], vec![2, 1, 1, 50]], vec![2, 21, 320]),
         ("attention_packed_d40_nomask", Op::Attention { scale: 0.158, heads: Some(8), columns: None }, vec![vec![1, 64, 320], vec![1, 77, 320], vec![1, 77, 320]], vec![1, 64, 320]),
@@ -393,6 +395,7 @@ fn memory_bound_kernels_compile_for_sm90_without_spills() {
             assert_eq!(kernels, [3, 4, 5], "{}", case.name);
         }
         let src = codegen::module_source(code.kernels());
+        if std::env::var("TMP_PRINT").is_ok_and(|v| case.name.contains(&v)) { eprintln!("=== {}\n{src}", case.name); }
         if !nvrtc::available() {
             continue;
         }

@@ -164,6 +164,8 @@ pub fn bench_cases() -> Vec<Case> {
     vec![
         norm_case("unet gn+silu 320@64² nchw", &[2, 320, 64, 64], g32.clone(), F16),
         norm_case("unet gn+silu 320@64² nhwc", &[2, 64, 64, 320], cl32.clone(), F16),
+        norm_case("unet gn+silu 960@64² nhwc", &[2, 64, 64, 960], cl32.clone(), F16),
+        norm_case("unet gn+silu 640@32² nhwc", &[2, 32, 32, 640], cl32.clone(), F16),
         norm_case("unet gn+silu 1280@8² nchw", &[2, 1280, 8, 8], g32.clone(), F16),
         norm_case("unet gn+silu 640@32² nchw", &[2, 640, 32, 32], g32.clone(), F16),
         norm_case("unet ln 4096x320", &[2, 4096, 320], RowSpec::Trailing { axis: 2 }, F16),

@@ -266,7 +266,7 @@ impl CudaExecutable {
     }
 
     /// Whether cuBLASLt GEMMs at a new batch or size take their class's earlier algorithm when
-    /// it fits (default `QUILT_GEMM_REUSE=1`, else off).
+    /// it fits (default on; `QUILT_GEMM_REUSE=0` turns it off).
     pub fn reuse_gemm_algorithms(&self, on: bool) {
         self.blas.reuse_algorithms(on)
     }

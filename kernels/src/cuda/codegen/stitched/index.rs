@@ -144,6 +144,12 @@ pub fn env_on(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| v == "1")
 }
 
+/// A tuning knob: the environment's `name` when it parses as a positive integer, else `default`
+/// (experiments on the GPU machine set these; the defaults are the measured best).
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0).unwrap_or(default)
+}
+
 /// The 64-bit path's marker (`nax_ == 0`) followed by unused slots.
 pub fn wide(rank: usize, operands: usize) -> Vec<i64> {
     vec![0; slots(rank, operands)]

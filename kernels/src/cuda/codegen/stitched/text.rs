@@ -363,7 +363,7 @@ impl Text<'_> {
         s += Self::cl_block_loop();
         // Every lane of a thread sees the same positions, so one count serves all of them.
         s += &format!("    {cc} wn = 0, wk[{v}], ws[{v}], wq[{v}];\n#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{ wk[e_] = 0; ws[e_] = 0; wq[e_] = 0; }}\n");
-        s += "    if (active_) {\n      for (unsigned sp_ = s0 + rl; sp_ < s1; sp_ += lanes_) {\n";
+        s += &format!("    if (active_) {{\n{}      for (unsigned sp_ = s0 + rl; sp_ < s1; sp_ += lanes_) {{\n", cl_unroll());
         s += &format!("        const unsigned i = (n * S + sp_) * C + col * {v}u;\n");
         let (open, close) = self.element(h, Path::Vector(v), k, None, false, "        ")?;
         s += &open;
@@ -400,7 +400,7 @@ impl Text<'_> {
         let mut s = self.cl_sizes(v);
         s += Self::cl_block_loop();
         s += &format!("    {cc} mean_[{v}], rstd_[{v}];\n#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{ const unsigned r_ = n * G + (col * {v}u + e_) / cpg; mean_[e_] = stats[2u * r_]; rstd_[e_] = stats[2u * r_ + 1u]; }}\n");
-        s += "    if (active_) {\n      for (unsigned sp_ = s0 + rl; sp_ < s1; sp_ += lanes_) {\n";
+        s += &format!("    if (active_) {{\n{}      for (unsigned sp_ = s0 + rl; sp_ < s1; sp_ += lanes_) {{\n", cl_unroll());
         s += &format!("        const unsigned i = (n * S + sp_) * C + col * {v}u;\n");
         let (open, close) = self.element(h, Path::Vector(v), n, Some("((X - mean_[e_]) * rstd_[e_])"), true, "        ")?;
         s += &open;
@@ -409,6 +409,18 @@ impl Text<'_> {
         Ok(s)
     }
 }
+
+/// The pragma before the channels-last kernels' position loops: several positions' loads in
+/// flight per thread (`QUILT_CL_UNROLL`, 1 = none).
+fn cl_unroll() -> String {
+    match super::index::env_usize("QUILT_CL_UNROLL", CL_UNROLL) {
+        1 => String::new(),
+        u => format!("#pragma unroll {u}\n"),
+    }
+}
+
+/// Positions per unrolled step of the channels-last position loops.
+const CL_UNROLL: usize = 1;
 
 /// Statements turning one thread's shifted sums into a Welford triple's mean and M2: over `n`
 /// values x with shift `k` (the thread's first value), `s = Σ(x − k)` and `q = Σ(x − k)²`, so
