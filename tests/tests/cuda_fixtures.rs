@@ -250,6 +250,20 @@ fn norm_region(domain: &[usize], rows: quilt_rewrites::ir::RowSpec, views: &[Vec
     }))
 }
 
+/// ONNX Resize nearest (asymmetric, floor: SD's upsampler) by 2 on axes 1 and 2 of a rank-4 tensor.
+fn nearest_2x() -> quilt_rewrites::Op {
+    use quilt_rewrites::ir::{CoordMode, NearestMode, ResizeMode, SymScale};
+    let f = SymScale::Factor;
+    quilt_rewrites::Op::Resize {
+        mode: ResizeMode::Nearest,
+        coord: CoordMode::Asymmetric,
+        nearest: NearestMode::Floor,
+        cubic_coeff_a: -0.75,
+        exclude_outside: false,
+        scales: vec![f(1.0), f(2.0), f(2.0), f(1.0)],
+    }
+}
+
 /// The fused ops the optimizer emits, at shapes the fixtures do not reach: query/key counts
 /// that are not multiples of the kernel's tiles, head dim 160, masks that broadcast and hold
 /// -inf, packed heads, a single key; stitched norm regions with rows long enough to split their
@@ -271,6 +285,10 @@ fn fused_ops_match_the_cpu_backend_on_the_gpu() {
         ("geglu_tanh", Op::GeGlu { tanh: true }, vec![vec![6, 64]], vec![6, 32]),
         // F a multiple of the vector width: the 16-byte kernel (kernel 1).
         ("geglu_erf_vector", Op::GeGlu { tanh: false }, vec![vec![3, 7, 88]], vec![3, 7, 44]),
+        // SD's channels-last 2x nearest upsampling: the last axis copied whole, 16-byte vectors
+        // (kernel 1); with a last axis that is not a multiple of the vector width, kernel 0.
+        ("resize_nearest_channels_last", nearest_2x(), vec![vec![2, 5, 3, 24]], vec![2, 10, 6, 24]),
+        ("resize_nearest_odd_channels", nearest_2x(), vec![vec![1, 3, 4, 6]], vec![1, 6, 8, 6]),
         ("attention_lead_mask", Op::Attention { scale: 0.3, heads: None, columns: None }, vec![vec![2, 3, 37, 40], vec![2, 3, 50, 40], vec![2, 3, 50, 24], vec![3, 37, 50]], vec![2, 3, 37, 24]),
         ("attention_packed_d160", Op::Attention { scale: 0.08, heads: Some(2), columns: None }, vec![vec![2, 21, 320], vec![2, 50, 320], vec![2, 50, 320], vec![2, 1, 1, 50]], vec![2, 21, 320]),
         ("attention_packed_d40_nomask", Op::Attention { scale: 0.158, heads: Some(8), columns: None }, vec![vec![1, 64, 320], vec![1, 77, 320], vec![1, 77, 320]], vec![1, 64, 320]),
