@@ -177,6 +177,9 @@ def main(argv=None) -> int:
             for k, v in sorted(by_name.items(), key=lambda kv: -kv[1][1])[: args.top]
         ],
     }
+    # The median run kernel by kernel (name, µs, gap before it in µs), in launch order.
+    mid_run = runs[per_run.index(mid)]
+    doc["sequence"] = [[name[:80], round(d, 2), round(t - (mid_run[k - 1][0] + mid_run[k - 1][1]), 2) if k else 0.0] for k, (t, d, name) in enumerate(mid_run)]
     print(f"{doc['card']}  wall {doc['wall_ms_median']} ms/run (host, median of {len(walls)})")
     m = doc["median_run"]
     print(f"median run: {m['kernels']} kernels, span {m['span_us']} us, busy {m['busy_us']} us, idle between kernels {m['idle_us']} us")
