@@ -30,8 +30,8 @@ CATEGORIES = [
     ("conv (cuDNN)", r"fprop|conv|implicit_?gemm|xmma_fprop|cudnn"),
     ("gemm (cuBLAS/Lt)", r"gemm|cutlass|cublas|splitk|nvjet"),
     ("geglu (quilt)", r"geglu"),
-    ("norm parts (quilt)", r"_part$|_apply$|_stats|_sum|_partials"),
-    ("layout/resize/concat (quilt)", r"layout|transpose|resize|concat|slice|copy|nchw|nhwc"),
+    ("long-row norms (quilt part/stats/apply)", r"part$|apply$|stats$"),
+    ("layout/resize/concat (quilt)", r"layout|transpose|resize|concat|slice|copy|nchw|nhwc|_idx"),
 ]
 OTHER = "other (quilt stitched, elementwise)"
 

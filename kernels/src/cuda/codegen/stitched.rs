@@ -87,7 +87,7 @@ fn binary(b: BinaryOp, c: CType, a: &str, y: &str) -> Result<String, String> {
 }
 
 /// The expression of one elementwise node over its operand variables.
-fn elementwise(op: &Op, c: CType, a: &[String]) -> Result<String, String> {
+fn elementwise(op: &Op, c: CType, a: &[String], fast: bool) -> Result<String, String> {
     let cc = c.compute();
     Ok(match op {
         // Region values are float: Not's `!x` is `x == 0` stored as 0/1 in the compute type.
@@ -114,8 +114,8 @@ fn elementwise(op: &Op, c: CType, a: &[String]) -> Result<String, String> {
         }
         Op::LeakyRelu { alpha } => format!("({x} < {z} ? {x} * {al} : {x})", x = a[0], z = lit(0.0, cc), al = lit(*alpha as f64, cc)),
         Op::Gelu { tanh } => gelu(c, &a[0], *tanh),
-        Op::Silu => sigmoid_gated(c, &a[0], 1.0),
-        Op::QuickGelu { alpha } => sigmoid_gated(c, &a[0], *alpha as f64),
+        Op::Silu => sigmoid_gated(c, &a[0], 1.0, fast),
+        Op::QuickGelu { alpha } => sigmoid_gated(c, &a[0], *alpha as f64, fast),
         other => return Err(format!("{} in a stitched region", other.name())),
     })
 }

@@ -138,15 +138,22 @@ impl Text<'_> {
     /// are lane values) and the code that closes it (the vector path's stores when `store`).
     pub fn element(&self, h: usize, path: Path, upto: usize, normalized: Option<&str>, store: bool, indent: &str) -> Result<(String, String), String> {
         let l = &self.layout;
-        let cc = self.c.compute();
         let names: Vec<String> = (0..self.ins.len()).map(|k| format!("o{k}")).collect();
-        let mut open = match path {
+        let offsets = match path {
             Path::Wide => {
                 let refs: Vec<(&str, usize)> = names.iter().enumerate().map(|(k, n)| (n.as_str(), h + l.rank + k * l.rank)).collect();
                 decompose(l.rank, h, &refs).lines().map(|x| format!("{indent}{}\n", x.trim_start())).collect()
             }
             Path::Narrow | Path::Vector(_) => index::offsets(l.rank, h + l.narrow_at(), &names, indent),
         };
+        self.element_at(h, offsets, path, upto, normalized, store, indent)
+    }
+
+    /// `element` with the inputs' offsets `o{k}` computed by `offsets` (statements at `indent`).
+    fn element_at(&self, h: usize, offsets: String, path: Path, upto: usize, normalized: Option<&str>, store: bool, indent: &str) -> Result<(String, String), String> {
+        let l = &self.layout;
+        let cc = self.c.compute();
+        let mut open = offsets;
         let mut close = String::new();
         let lane_indent = match path {
             Path::Vector(v) => {
@@ -180,7 +187,7 @@ impl Text<'_> {
         for (j, node) in self.region.nodes.iter().enumerate().take(upto) {
             let args: Vec<String> = node.args.iter().map(Self::operand).collect();
             let e = match &node.op {
-                RegionOp::Elementwise(op) => elementwise(op, self.c, &args).map_err(|e| format!("node {j}: {e}"))?,
+                RegionOp::Elementwise(op) => elementwise(op, self.c, &args, super::super::elementwise::fast_math(self.c, &self.outs)).map_err(|e| format!("node {j}: {e}"))?,
                 RegionOp::Normalize { .. } => match normalized {
                     Some(n) => n.replace("X", &args[0]),
                     None => return Err("internal: normalized value outside the apply pass".into()),
@@ -352,6 +359,52 @@ impl Text<'_> {
         )
     }
 
+    /// Per thread, once: each input's strides over (batch, position, channel) of the slab, and
+    /// `slab_`, whether every input's spatial axes collapse into one position stride (true for
+    /// full tensors and for per-(batch, channel) or per-channel broadcasts, i.e. every SD
+    /// GroupNorm). Then each position's offsets are two multiply-adds per input instead of the
+    /// 32-bit decomposition over the collapsed domain, which left these kernels instruction-bound
+    /// (session 8's profile: 55-62% SM throughput at 13-15% of DRAM bandwidth).
+    fn cl_slab_strides(&self, h: usize) -> String {
+        let r = self.layout.rank;
+        if r < 3 {
+            return "  const bool slab_ = false;\n".into();
+        }
+        // `QUILT_CL_SLAB=0`: always the general decomposition (for comparisons).
+        let on = std::env::var("QUILT_CL_SLAB").map_or(true, |v| v != "0");
+        let mut s = format!("  bool slab_ = {on};\n");
+        for k in 0..self.ins.len() {
+            let st = |d: usize| format!("p.v[{}]", h + r + k * r + d);
+            s += &format!("  const unsigned sn{k} = (unsigned){}, ss{k} = (unsigned){}, sc{k} = (unsigned){};\n", st(0), st(r - 2), st(r - 1));
+            for d in 1..r - 2 {
+                s += &format!("  slab_ = slab_ && {} == {} * p.v[{}];\n", st(d), st(d + 1), h + d + 1);
+            }
+        }
+        s
+    }
+
+    /// The inputs' offsets `o{k}` of slab position `sp_` of batch entry `n` at channel `col · v`:
+    /// from `cl_slab_strides` when `slab_`, else by the general decomposition of `i`.
+    fn cl_offsets(&self, h: usize, v: usize, indent: &str) -> String {
+        let k = self.ins.len();
+        let mut s = format!("{indent}unsigned {};\n", (0..k).map(|j| format!("o{j}")).collect::<Vec<_>>().join(", "));
+        if k == 0 {
+            return String::new();
+        }
+        s += &format!("{indent}if (slab_) {{\n");
+        for j in 0..k {
+            s += &format!("{indent}  o{j} = n * sn{j} + sp_ * ss{j} + col * {v}u * sc{j};\n");
+        }
+        s += &format!("{indent}}} else {{\n");
+        let names: Vec<String> = (0..k).map(|j| format!("g{j}")).collect();
+        s += &index::offsets(self.layout.rank, h + self.layout.narrow_at(), &names, &format!("{indent}  "));
+        for j in 0..k {
+            s += &format!("{indent}  o{j} = g{j};\n");
+        }
+        s += &format!("{indent}}}\n");
+        s
+    }
+
     fn cl_block_loop() -> &'static str {
         "  for (unsigned blk = blockIdx.x; blk < N * CH; blk += gridDim.x) {\n    const unsigned n = blk / CH, ch = blk - n * CH, s0 = ch * cs, s1 = s0 + cs < S ? s0 + cs : S;\n"
     }
@@ -359,13 +412,14 @@ impl Text<'_> {
     pub fn cl_partials_body(&self, h: usize, v: usize, k: usize, x: &str) -> Result<String, String> {
         let cc = self.c.compute();
         let mut s = self.cl_sizes(v);
+        s += &self.cl_slab_strides(h);
         s += &format!("  __shared__ {cc} sh_n[{b} * {v}], sh_m[{b} * {v}], sh_v[{b} * {v}];\n", b = super::super::BLOCK);
         s += Self::cl_block_loop();
         // Every lane of a thread sees the same positions, so one count serves all of them.
         s += &format!("    {cc} wn = 0, wk[{v}], ws[{v}], wq[{v}];\n#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{ wk[e_] = 0; ws[e_] = 0; wq[e_] = 0; }}\n");
         s += &format!("    if (active_) {{\n{}      for (unsigned sp_ = s0 + rl; sp_ < s1; sp_ += lanes_) {{\n", cl_unroll());
         s += &format!("        const unsigned i = (n * S + sp_) * C + col * {v}u;\n");
-        let (open, close) = self.element(h, Path::Vector(v), k, None, false, "        ")?;
+        let (open, close) = self.element_at(h, self.cl_offsets(h, v, "        "), Path::Vector(v), k, None, false, "        ")?;
         s += &open;
         s += &format!("          const {cc} x_ = {x}; if (wn == ({cc})0) wk[e_] = x_; const {cc} d_ = x_ - wk[e_]; ws[e_] += d_; wq[e_] = fma(d_, d_, wq[e_]);\n");
         s += &close;
@@ -398,11 +452,12 @@ impl Text<'_> {
         let cc = self.c.compute();
         let n = self.region.nodes.len();
         let mut s = self.cl_sizes(v);
+        s += &self.cl_slab_strides(h);
         s += Self::cl_block_loop();
         s += &format!("    {cc} mean_[{v}], rstd_[{v}];\n#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{ const unsigned r_ = n * G + (col * {v}u + e_) / cpg; mean_[e_] = stats[2u * r_]; rstd_[e_] = stats[2u * r_ + 1u]; }}\n");
         s += &format!("    if (active_) {{\n{}      for (unsigned sp_ = s0 + rl; sp_ < s1; sp_ += lanes_) {{\n", cl_unroll());
         s += &format!("        const unsigned i = (n * S + sp_) * C + col * {v}u;\n");
-        let (open, close) = self.element(h, Path::Vector(v), n, Some("((X - mean_[e_]) * rstd_[e_])"), true, "        ")?;
+        let (open, close) = self.element_at(h, self.cl_offsets(h, v, "        "), Path::Vector(v), n, Some("((X - mean_[e_]) * rstd_[e_])"), true, "        ")?;
         s += &open;
         s += &close;
         s += "      }\n    }\n  }\n";
