@@ -146,11 +146,15 @@ impl Text<'_> {
             }
             Path::Narrow | Path::Vector(_) => index::offsets(l.rank, h + l.narrow_at(), &names, indent),
         };
-        self.element_at(h, offsets, path, upto, normalized, store, indent)
+        self.element_at(h, offsets, path, upto, normalized, store, false, indent)
     }
 
     /// `element` with the inputs' offsets `o{k}` computed by `offsets` (statements at `indent`).
-    fn element_at(&self, h: usize, offsets: String, path: Path, upto: usize, normalized: Option<&str>, store: bool, indent: &str) -> Result<(String, String), String> {
+    /// `direct` (vector path only): every input varies along the vector and every pointer is
+    /// 16-byte aligned, so loads and stores are plain vector accesses with no branch around them
+    /// (which lets an unrolled loop issue several positions' loads at once).
+    #[allow(clippy::too_many_arguments)]
+    fn element_at(&self, h: usize, offsets: String, path: Path, upto: usize, normalized: Option<&str>, store: bool, direct: bool, indent: &str) -> Result<(String, String), String> {
         let l = &self.layout;
         let cc = self.c.compute();
         let mut open = offsets;
@@ -159,6 +163,10 @@ impl Text<'_> {
             Path::Vector(v) => {
                 for (k, ct) in self.ins.iter().enumerate() {
                     let st = ct.storage();
+                    if direct {
+                        open += &format!("{indent}const QVec<{st}, {v}> x{k} = *reinterpret_cast<const QVec<{st}, {v}>*>(in{k} + o{k});\n");
+                        continue;
+                    }
                     open += &format!("{indent}QVec<{st}, {v}> x{k};\n");
                     open += &format!(
                         "{indent}if (q_lo(p.v[{}]) == 1u) {{\n{indent}  if (al_) x{k} = *reinterpret_cast<const QVec<{st}, {v}>*>(in{k} + o{k});\n{indent}  else {{\n{indent}#pragma unroll\n{indent}    for (int e_ = 0; e_ < {v}; ++e_) x{k}.x[e_] = in{k}[o{k} + e_];\n{indent}  }}\n{indent}}} else {{\n{indent}  const {st} b_ = in{k}[o{k}];\n{indent}#pragma unroll\n{indent}  for (int e_ = 0; e_ < {v}; ++e_) x{k}.x[e_] = b_;\n{indent}}}\n",
@@ -168,6 +176,10 @@ impl Text<'_> {
                 if store {
                     for (k, ct) in self.outs.iter().enumerate() {
                         open += &format!("{indent}QVec<{}, {v}> y{k};\n", ct.storage());
+                        if direct {
+                            close += &format!("{indent}*reinterpret_cast<QVec<{st}, {v}>*>(out{k} + i) = y{k};\n", st = ct.storage());
+                            continue;
+                        }
                         close += &format!("{indent}if (al_) *reinterpret_cast<QVec<{st}, {v}>*>(out{k} + i) = y{k};\n{indent}else {{\n{indent}#pragma unroll\n{indent}  for (int e_ = 0; e_ < {v}; ++e_) out{k}[i + e_] = y{k}.x[e_];\n{indent}}}\n", st = ct.storage());
                     }
                 }
@@ -380,7 +392,32 @@ impl Text<'_> {
                 s += &format!("  slab_ = slab_ && {} == {} * p.v[{}];\n", st(d), st(d + 1), h + d + 1);
             }
         }
+        // The branch-free loop (`cl_loops`): slab offsets, aligned pointers, every input varying
+        // along the channels (SD's x, per-(batch, channel) bias, per-channel scale and shift).
+        let unit: String = (0..self.ins.len()).map(|k| format!(" && sc{k} == 1u")).collect();
+        s += &format!("  const bool fast_ = slab_ && al_{unit};\n");
         s
+    }
+
+    /// The position loops of the channels-last kernels: a branch-free, unrolled one when
+    /// `fast_`, else one with the general offsets and checked loads. `inner` runs per lane
+    /// inside the element (after its nodes), `after` per position after it.
+    #[allow(clippy::too_many_arguments)]
+    fn cl_loops(&self, h: usize, v: usize, upto: usize, normalized: Option<&str>, store: bool, inner: &str, after: &str) -> Result<String, String> {
+        let ind = "        ";
+        let head = format!("for (unsigned sp_ = s0 + rl; sp_ < s1; sp_ += lanes_) {{\n{ind}const unsigned i = (n * S + sp_) * C + col * {v}u;\n");
+        let (open, close) = self.element_at(h, self.cl_offsets(h, v, ind), Path::Vector(v), upto, normalized, store, false, ind)?;
+        let general = format!("{head}{open}{inner}{close}{after}      }}\n");
+        let mut s = "    if (active_) {\n".to_string();
+        if self.layout.rank >= 3 {
+            let offsets: String = (0..self.ins.len()).map(|k| format!("{ind}const unsigned o{k} = n * sn{k} + sp_ * ss{k} + col * {v}u * sc{k};\n")).collect();
+            let (open, close) = self.element_at(h, offsets, Path::Vector(v), upto, normalized, store, true, ind)?;
+            s += &format!("      if (fast_) {{\n{}      {head}{open}{inner}{close}{after}      }}\n      }} else {{\n      {general}      }}\n", cl_unroll());
+        } else {
+            s += &format!("      {general}");
+        }
+        s += "    }\n";
+        Ok(s)
     }
 
     /// The inputs' offsets `o{k}` of slab position `sp_` of batch entry `n` at channel `col · v`:
@@ -417,13 +454,8 @@ impl Text<'_> {
         s += Self::cl_block_loop();
         // Every lane of a thread sees the same positions, so one count serves all of them.
         s += &format!("    {cc} wn = 0, wk[{v}], ws[{v}], wq[{v}];\n#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{ wk[e_] = 0; ws[e_] = 0; wq[e_] = 0; }}\n");
-        s += &format!("    if (active_) {{\n{}      for (unsigned sp_ = s0 + rl; sp_ < s1; sp_ += lanes_) {{\n", cl_unroll());
-        s += &format!("        const unsigned i = (n * S + sp_) * C + col * {v}u;\n");
-        let (open, close) = self.element_at(h, self.cl_offsets(h, v, "        "), Path::Vector(v), k, None, false, "        ")?;
-        s += &open;
-        s += &format!("          const {cc} x_ = {x}; if (wn == ({cc})0) wk[e_] = x_; const {cc} d_ = x_ - wk[e_]; ws[e_] += d_; wq[e_] = fma(d_, d_, wq[e_]);\n");
-        s += &close;
-        s += &format!("        wn += ({cc})1;\n      }}\n    }}\n");
+        let inner = format!("          const {cc} x_ = {x}; if (wn == ({cc})0) wk[e_] = x_; const {cc} d_ = x_ - wk[e_]; ws[e_] += d_; wq[e_] = fma(d_, d_, wq[e_]);\n");
+        s += &self.cl_loops(h, v, k, None, false, &inner, &format!("        wn += ({cc})1;\n"))?;
         s += &format!(
             "#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{\n      {cc} m_, v_;\n      {}\n      sh_n[threadIdx.x * {v} + e_] = wn; sh_m[threadIdx.x * {v} + e_] = m_; sh_v[threadIdx.x * {v} + e_] = v_;\n    }}\n",
             shifted_sums(cc, "wn", "wk[e_]", "ws[e_]", "wq[e_]", "m_", "v_")
@@ -455,18 +487,14 @@ impl Text<'_> {
         s += &self.cl_slab_strides(h);
         s += Self::cl_block_loop();
         s += &format!("    {cc} mean_[{v}], rstd_[{v}];\n#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{ const unsigned r_ = n * G + (col * {v}u + e_) / cpg; mean_[e_] = stats[2u * r_]; rstd_[e_] = stats[2u * r_ + 1u]; }}\n");
-        s += &format!("    if (active_) {{\n{}      for (unsigned sp_ = s0 + rl; sp_ < s1; sp_ += lanes_) {{\n", cl_unroll());
-        s += &format!("        const unsigned i = (n * S + sp_) * C + col * {v}u;\n");
-        let (open, close) = self.element_at(h, self.cl_offsets(h, v, "        "), Path::Vector(v), n, Some("((X - mean_[e_]) * rstd_[e_])"), true, "        ")?;
-        s += &open;
-        s += &close;
-        s += "      }\n    }\n  }\n";
+        s += &self.cl_loops(h, v, n, Some("((X - mean_[e_]) * rstd_[e_])"), true, "", "")?;
+        s += "  }\n";
         Ok(s)
     }
 }
 
-/// The pragma before the channels-last kernels' position loops: several positions' loads in
-/// flight per thread (`QUILT_CL_UNROLL`, 1 = none).
+/// The pragma before the channels-last kernels' branch-free position loop: several positions'
+/// loads in flight per thread (`QUILT_CL_UNROLL`, 1 = none).
 fn cl_unroll() -> String {
     match super::index::env_usize("QUILT_CL_UNROLL", CL_UNROLL) {
         1 => String::new(),
@@ -475,7 +503,7 @@ fn cl_unroll() -> String {
 }
 
 /// Positions per unrolled step of the channels-last position loops.
-const CL_UNROLL: usize = 1;
+const CL_UNROLL: usize = 4;
 
 /// Statements turning one thread's shifted sums into a Welford triple's mean and M2: over `n`
 /// values x with shift `k` (the thread's first value), `s = Σ(x − k)` and `q = Σ(x − k)²`, so
