@@ -5,7 +5,7 @@
 use quilt_rewrites::Op;
 
 use super::elementwise::gelu;
-use super::{numel, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
+use super::{numel, vector_len, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
 
 pub struct GeGluCode {
     kernels: Vec<Kernel>,
@@ -25,7 +25,7 @@ impl GeGluCode {
         }
         let name = format!("{}_geglu", t.prefix);
         let (xs, os, cc) = (x.storage(), out.storage(), x.compute());
-        let v = vector_len(x);
+        let v = vector_len(x.dtype);
         // Kernel 0, any shape. Params: output element count, F (half the input's last axis).
         let scalar = format!(
             "extern \"C\" __global__ void {name}(const QParams p, {os}* __restrict__ out, const {xs}* __restrict__ x) {{
@@ -81,11 +81,6 @@ extern \"C\" __global__ void {name}_v(const QParams p, {os}* __restrict__ out, c
     }
 }
 
-/// Elements per 16-byte vector of `x`'s storage.
-fn vector_len(x: CType) -> usize {
-    (16 / x.dtype.size_bytes().max(1)).max(1)
-}
-
 
 impl StepCode for GeGluCode {
     fn kernels(&self) -> &[Kernel] {
@@ -131,12 +126,7 @@ mod tests {
         let code = GeGluCode::new(&Op::GeGlu { tanh: false }, &t).unwrap();
         let mut out = x.to_vec();
         *out.last_mut().unwrap() /= 2;
-        let bindings = Default::default();
-        let s = StepShapes { ins: vec![Some(x)], outs: vec![&out[..]], bindings: &bindings };
-        match code.plan(&s).unwrap().actions.as_slice() {
-            [Action::Launch { kernel, work: Work::Elements(n), .. }] => (*kernel, *n),
-            other => panic!("{other:?}"),
-        }
+        crate::cuda::codegen::single_launch(&code, &[x], &out)
     }
 
     /// SD's GeGLU (F = 1280 at 64², batch 2) takes 8 f16 or 4 f32 outputs per thread; an F that

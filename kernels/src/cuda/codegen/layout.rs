@@ -7,7 +7,7 @@ use quilt_rewrites::{DType, Op};
 
 use super::stitched::index;
 use crate::cuda::device::PARAM_SLOTS;
-use super::{contiguous_strides, decompose, numel, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
+use super::{contiguous_strides, decompose, numel, vector_len, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
 
 /// An unsigned type as wide as `dtype` (copies do not look at values).
 fn raw_type(dtype: DType) -> &'static str {
@@ -315,11 +315,6 @@ impl IndexCode {
     }
 }
 
-/// Elements per 16-byte vector of `dtype`.
-fn vector_len(dtype: DType) -> usize {
-    (16 / dtype.size_bytes().max(1)).max(1)
-}
-
 /// Kernel 1 of a nearest Resize whose last axis is not resized (SD's 2× upsampling of
 /// channels-last activations): each thread copies `V` consecutive elements of that axis as one
 /// 16-byte vector (element copies when a pointer is not 16-byte aligned), its source found with
@@ -520,12 +515,7 @@ mod tests {
         let t = Types { ins: vec![Some(dtype)], in_ranks: vec![4], outs: vec![dtype], out_ranks: vec![4], prefix: "q".into() };
         let code = IndexCode::new(&op, &t).unwrap();
         let out: Vec<usize> = x.iter().zip(scales).map(|(&d, f)| (d as f32 * f) as usize).collect();
-        let bindings = Default::default();
-        let s = StepShapes { ins: vec![Some(x)], outs: vec![&out[..]], bindings: &bindings };
-        match code.plan(&s).unwrap().actions.as_slice() {
-            [Action::Launch { kernel, work: Work::Elements(n), .. }] => (*kernel, *n),
-            other => panic!("{other:?}"),
-        }
+        crate::cuda::codegen::single_launch(&code, &[x], &out)
     }
 
     /// SD's upsampler on channels-last activations (1280 channels at 8² → 16², batch 2) copies

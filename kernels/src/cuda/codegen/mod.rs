@@ -376,6 +376,23 @@ pub fn broadcast_strides(input: &[usize], out: &[usize]) -> Result<Vec<i64>, Str
     Ok(s)
 }
 
+/// Elements of `dtype` per 16-byte vector (the vector kernels' width).
+pub fn vector_len(dtype: DType) -> usize {
+    (16 / dtype.size_bytes().max(1)).max(1)
+}
+
+/// The (kernel, threads) of a launch plan made of one element-wise launch, for unit tests of
+/// which kernel a step picks.
+#[cfg(test)]
+pub(crate) fn single_launch(code: &dyn StepCode, ins: &[&[usize]], out: &[usize]) -> (usize, u64) {
+    let bindings = Default::default();
+    let s = StepShapes { ins: ins.iter().map(|&x| Some(x)).collect(), outs: vec![out], bindings: &bindings };
+    match code.plan(&s).unwrap().actions.as_slice() {
+        [Action::Launch { kernel, work: Work::Elements(n), .. }] => (*kernel, *n),
+        other => panic!("{other:?}"),
+    }
+}
+
 pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
