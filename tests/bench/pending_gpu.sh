@@ -8,17 +8,16 @@
 #   bash tests/bench/pending_gpu.sh .gpu/p $OUT PART
 # Only 8 files come back from $OUT: write PARTs' outputs elsewhere and tar them into $OUT.
 #
-# Not yet run (after session 7; its runs are in tests/bench/results/2026-12-06-session7-h100.md:
-# `memory` and `packing` ran there):
-#   gemmreuse (first: QUILT_GEMM_REUSE=1's correctness test, and whether it takes the ~29 ms of
-#       cuBLAS/cuBLASLt algorithm choice out of a new shape's first call without slowing the
-#       repeat; make it the default if so; the JSON now splits cuBLAS from cuBLASLt time);
-#   newshape reuse_b2_to_96 with packed projections (session 7 measured b2 -> b1 only: 37-40 ms over);
-#   bench with BENCH_MODES=eager,compile,compile_ro,quilt (torch baselines since packing);
-#   regions (the shifted-sum norm partials against session 3's microbenchmark);
-#   SD_MODES=quilt,eager,compile_ro ... sd (diffusers baselines for every pipeline in the same run);
-#   profile (where the time goes since conv_residual=0 became the default); the VAE decoder under
-#       conv_residual=0 (BENCH_CASES=vae_decoder BENCH_MODES=quilt ... bench: 7.18 ms with the epilogues).
+# Not yet run (after session 8; its runs are in tests/bench/results/2026-12-06-session8-gpu.md:
+# `trace`, `convsearch`, `gemmreuse` ran there):
+#   gnfast (first: session 8's GroupNorm path and fast SiLU are opt-in until their fixtures pass on
+#       a GPU; make them the default if the UNet is faster);
+#   bench with BENCH_MODES=eager,compile,compile_ro,quilt (torch baselines since packing, GeGLU and
+#       Resize vector kernels, GEMM algorithm reuse);
+#   newshape reuse_b2_to_96 / reuse_b2_to_b1 on an H100 at the defaults (GEMM reuse is on since
+#       session 8: 32.7 / 35.5 ms over on an H200);
+#   regions; SD_MODES=quilt,eager,compile_ro ... sd; the VAE decoder under conv_residual=0
+#       (BENCH_CASES=vae_decoder BENCH_MODES=quilt ... bench: 7.18 ms with the epilogues).
 #
 # PART
 #   tests     cuda_fixtures, cuda_graphs, cuda_gemm, cuda_conv (shapes A, B, A per Dnn: B reuses
@@ -51,12 +50,14 @@
 #   trace     tests/bench/kernel_trace.py: every kernel of a UNet b2 64² run under CUDA graph replay
 #             (PyTorch's profiler, CUPTI), per category and per kernel, and the device's idle time.
 #   convsearch QUILT_CUDNN_ALGO=benchmark (cuDNN engines timed per shape) against the heuristic.
+#   gnfast    the opt-in channels-last GroupNorm path and 16-bit fast SiLU (session 8): fixtures,
+#             microbenchmark, UNet A/B, trace.
 #   sd        issue 5: every pipeline kind (txt2img, img2img, inpaint, AltDiffusion) 512², 50 steps,
 #             against diffusers eager and compile reduce-overhead (not AltDiffusion), the UNet on IO
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -223,6 +224,27 @@ case "$PART" in
                 QUILT_CUDNN_ALGO=$algo timeout 120 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last >> "$S" 2> "$OUT/conv_${algo}_$round.log"
             done
         done
+        cat "$S"
+        ;;
+    gnfast)
+        # Session 8's channels-last GroupNorm path (QUILT_CL_SLAB=1: per-position offsets from
+        # slab strides, a branch-free loop of 16-byte loads unrolled by 4) and the approximate SiLU
+        # of 16-bit kernels (QUILT_FAST_MATH=1), opt-in until this runs: every fixture under both,
+        # the GroupNorm microbenchmark, the UNet b2 64² alternating, the kernel trace. Make them the
+        # default if the fixtures pass and the UNet is faster. OUT/summary.txt as it goes.
+        S="$OUT/summary.txt"
+        echo "== cuda_fixtures, QUILT_CL_SLAB=1 QUILT_FAST_MATH=1" >> "$S"
+        QUILT_CL_SLAB=1 QUILT_FAST_MATH=1 test_binary cuda_fixtures >> "$S"
+        echo "== bench_regions_gpu" >> "$S"
+        timeout 90 /tmp/qbin/bench_regions_gpu --iters 30 --only gn --env ';QUILT_CL_SLAB=1;QUILT_CL_SLAB=1,QUILT_CL_UNROLL=1;QUILT_CL_SLAB=1,QUILT_FAST_MATH=1' >> "$S" 2>&1
+        export_unet
+        for round in 1 2; do
+            for v in 'X=1' 'QUILT_CL_SLAB=1' 'QUILT_CL_SLAB=1 QUILT_FAST_MATH=1'; do
+                echo "== UNet b2 64², $v (round $round)" >> "$S"
+                env $v timeout 100 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last 2>/dev/null | grep -oE '"median_ms":[0-9.]+' >> "$S"
+            done
+        done
+        QUILT_CL_SLAB=1 QUILT_FAST_MATH=1 TRACE_TAG=_fast bash "$0" "$BIN" "$OUT" trace >> "$S" 2>&1
         cat "$S"
         ;;
     *) echo "unknown part $PART"; exit 2 ;;

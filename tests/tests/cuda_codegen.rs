@@ -383,3 +383,22 @@ fn long_norm_rows_split_their_statistics() {
         }
     }
 }
+
+/// The approximate SiLU of 16-bit kernels (`QUILT_FAST_MATH=1`, opt-in) compiles with NVRTC, and
+/// matches the exact form's edge behaviour in the expression (x → -inf gives x · 0).
+#[test]
+fn fast_silu_compiles_for_sm90() {
+    use codegen::elementwise::sigmoid_gated;
+    use quilt_rewrites::DType;
+    let c = codegen::CType::of(DType::F32);
+    let fast = sigmoid_gated(c, "x", 1.0, true);
+    assert!(fast.contains("__expf") && fast.contains("__fdividef"), "{fast}");
+    assert!(!sigmoid_gated(c, "x", 1.0, false).contains("__expf"));
+    // f64 keeps the exact form even when asked for the fast one.
+    assert!(!sigmoid_gated(codegen::CType::of(DType::F64), "x", 1.0, true).contains("__expf"));
+    if !support::nvrtc_or_skip() {
+        return;
+    }
+    let src = format!("{}\nextern \"C\" __global__ void q_fast_silu(float* out, const float* in) {{ const float x = in[threadIdx.x]; out[threadIdx.x] = {fast}; }}\n", codegen::PRELUDE);
+    nvrtc::compile(&src, "fast_silu.cu", (9, 0)).unwrap_or_else(|e| panic!("{e}\n{src}"));
+}
