@@ -12,6 +12,7 @@
 # `trace`, `convsearch`, `gemmreuse` ran there):
 #   gnfast (first: session 8's GroupNorm path and fast SiLU are opt-in until their fixtures pass on
 #       a GPU; make them the default if the UNet is faster);
+#   gemmlt (plain GEMMs through cuBLASLt with algorithm reuse, opt-in: tests, speed, new shapes);
 #   bench with BENCH_MODES=eager,compile,compile_ro,quilt (torch baselines since packing, GeGLU and
 #       Resize vector kernels, GEMM algorithm reuse);
 #   newshape reuse_b2_to_96 / reuse_b2_to_b1 on an H100 at the defaults (GEMM reuse is on since
@@ -52,12 +53,13 @@
 #   convsearch QUILT_CUDNN_ALGO=benchmark (cuDNN engines timed per shape) against the heuristic.
 #   gnfast    the opt-in channels-last GroupNorm path and 16-bit fast SiLU (session 8): fixtures,
 #             microbenchmark, UNet A/B, trace.
+#   gemmlt    plain GEMMs through cuBLASLt (QUILT_GEMM_LT=1, session 8): tests, UNet A/B, new shapes.
 #   sd        issue 5: every pipeline kind (txt2img, img2img, inpaint, AltDiffusion) 512², 50 steps,
 #             against diffusers eager and compile reduce-overhead (not AltDiffusion), the UNet on IO
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -245,6 +247,30 @@ case "$PART" in
             done
         done
         QUILT_CL_SLAB=1 QUILT_FAST_MATH=1 TRACE_TAG=_fast bash "$0" "$BIN" "$OUT" trace >> "$S" 2>&1
+        cat "$S"
+        ;;
+    gemmlt)
+        # Plain GEMMs (the bias-free MatMuls, the attention GEMM route) through cuBLASLt with
+        # per-class algorithm reuse (QUILT_GEMM_LT=1, session 8, opt-in): the GEMM, fixture and
+        # attention GEMM-route tests under it, the UNet b2 64² alternating, and a new shape's first
+        # call (session 8, H200: 18-21 ms of it was cuBLAS choosing algorithms). Make it the
+        # default if the tests pass, the repeat is no slower and the first call drops.
+        S="$OUT/summary.txt"
+        for t in cuda_gemm cuda_fixtures; do echo "== $t, QUILT_GEMM_LT=1" >> "$S"; QUILT_GEMM_LT=1 test_binary $t >> "$S"; done
+        echo "== cuda_attention GEMM route, QUILT_GEMM_LT=1" >> "$S"
+        QUILT_GEMM_LT=1 timeout 150 /tmp/qbin/cuda_attention --exact wide_and_f32_attention_as_gemms_matches_the_cpu_reference > "$OUT/attention_lt.log" 2>&1; echo "rc=$?" >> "$S"; grep "test result" "$OUT/attention_lt.log" >> "$S"
+        export_unet
+        for round in 1 2; do
+            for v in 'X=1' 'QUILT_GEMM_LT=1'; do
+                echo "== UNet b2 64², $v (round $round)" >> "$S"
+                env $v timeout 100 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last 2>/dev/null | grep -oE '"median_ms":[0-9.]+' >> "$S"
+            done
+        done
+        for c in b1 96; do
+            d=$([ $c = b1 ] && echo $D1 || echo $D96)
+            echo "== new shape b2 -> $c, QUILT_GEMM_LT=1" >> "$S"
+            QUILT_GEMM_LT=1 bench gemmlt_b2_to_$c "$W/model.onnx" --dims $D2 $BO --new-shape $d | grep -oE '"first_ms.{0,420}' >> "$S"
+        done
         cat "$S"
         ;;
     *) echo "unknown part $PART"; exit 2 ;;

@@ -304,6 +304,8 @@ fn matmul_plan(plan: &mut LaunchPlan, a: &[usize], b: &[usize], out: &[usize], d
 pub struct Blas {
     handle: Mutex<bsys::cublasHandle_t>,
     lt: Mutex<Lt>,
+    /// Plain GEMMs go through cuBLASLt too (`QUILT_GEMM_LT=1`).
+    plain_through_lt: bool,
     /// The device's stream (`CUstream`), which Lt takes per call.
     stream: usize,
 }
@@ -492,7 +494,8 @@ impl Blas {
         }
         let lt_handle = lt::create_handle().map_err(|e| Error::Device(format!("cublasLtCreate: {e:?}")))?;
         let lt = Lt { handle: lt_handle, workspace: (0, 0), plans: HashMap::new(), class_algos: HashMap::new(), reuse: reuse_algos(), stats: LtPlanStats::default() };
-        Ok(Blas { handle: Mutex::new(handle), lt: Mutex::new(lt), stream: device.cu_stream() as usize })
+        let plain_through_lt = std::env::var("QUILT_GEMM_LT").is_ok_and(|v| v == "1");
+        Ok(Blas { handle: Mutex::new(handle), lt: Mutex::new(lt), plain_through_lt, stream: device.cu_stream() as usize })
     }
 
     /// Gives cuBLAS `bytes` of device memory at `ptr` as its workspace for every later call, so
@@ -527,12 +530,16 @@ impl Blas {
     /// Runs an epilogue GEMM through cuBLASLt, choosing (and caching) its algorithm the first
     /// time its shape and pointer alignment are seen.
     pub fn lt_gemm(&self, call: &LtGemmCall, ptr: &dyn Fn(Arg) -> u64) -> std::result::Result<(), String> {
-        let g = &call.gemm;
+        self.lt_run(&call.gemm, call.bias, call.addend, ptr)
+    }
+
+    /// `lt_gemm` of `g` with an optional bias and addend (none: D = alpha · A · B + beta · D).
+    fn lt_run(&self, g: &GemmCall, bias: Option<(Arg, usize)>, addend: Option<(Arg, usize)>, ptr: &dyn Fn(Arg) -> u64) -> std::result::Result<(), String> {
         let es = g.dtype.size_bytes() as u64;
         let at = |(arg, off): (Arg, usize)| ptr(arg) + off as u64 * es;
         let (a, b, d) = (at(g.a), at(g.b), at(g.c));
-        let bias = call.bias.map(at);
-        let c = call.addend.map(at).unwrap_or(d);
+        let bias = bias.map(at);
+        let c = addend.map(at).unwrap_or(d);
         // The largest power of two (≤ 256) dividing every pointer.
         let align = [a, b, c, d, bias.unwrap_or(d)].iter().fold(256u64, |m, &p| if p == 0 { m } else { m.min(1 << p.trailing_zeros().min(8)) }) as u32;
         let key = LtKey {
@@ -542,7 +549,7 @@ impl Blas {
             strides: [g.stride_a, g.stride_b, g.stride_c],
             trans: (g.trans_a, g.trans_b),
             bias: bias.is_some(),
-            addend: call.addend.is_some(),
+            addend: addend.is_some(),
             align,
         };
         let shape = || format!("cuBLASLt GEMM {}x{}x{} (batch {}, {}, bias {}, C {})", g.m, g.n, g.k, g.batch, g.dtype, key.bias, key.addend);
@@ -591,8 +598,14 @@ impl Blas {
         .map_err(|e| format!("{}: {e:?}", shape()))
     }
 
-    /// Runs `call` with `ptr` resolving each argument to a device pointer.
+    /// Runs `call` with `ptr` resolving each argument to a device pointer: through cuBLAS, or
+    /// through cuBLASLt (its algorithms cached per shape and reused per class, see `reuse_algos`)
+    /// when `QUILT_GEMM_LT=1` (session 8: a new shape's first call spent 18-21 ms in cuBLAS
+    /// choosing algorithms for the bias-free MatMuls; opt-in until measured on a GPU).
     pub fn gemm(&self, call: &GemmCall, ptr: &dyn Fn(Arg) -> u64) -> std::result::Result<(), String> {
+        if self.plain_through_lt && call.dtype != DType::F64 {
+            return self.lt_run(call, None, None, ptr);
+        }
         let (dt, compute) = match call.dtype {
             DType::F32 => (bsys::cudaDataType_t::CUDA_R_32F, bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F),
             DType::F16 => (bsys::cudaDataType_t::CUDA_R_16F, bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F),
