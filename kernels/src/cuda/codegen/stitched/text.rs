@@ -426,10 +426,12 @@ impl Text<'_> {
     /// from `cl_slab_strides` when `slab_`, else by the general decomposition of `i`.
     fn cl_offsets(&self, h: usize, v: usize, indent: &str) -> String {
         let k = self.ins.len();
-        let mut s = format!("{indent}unsigned {};\n", (0..k).map(|j| format!("o{j}")).collect::<Vec<_>>().join(", "));
-        if k == 0 {
-            return String::new();
+        let names: Vec<String> = (0..k).map(|j| format!("o{j}")).collect();
+        if k == 0 || self.layout.rank < 3 {
+            // No slab strides below rank 3 (`cl_slab_strides`).
+            return index::offsets(self.layout.rank, h + self.layout.narrow_at(), &names, indent);
         }
+        let mut s = format!("{indent}unsigned {};\n", names.join(", "));
         s += &format!("{indent}if (slab_) {{\n");
         for j in 0..k {
             s += &format!("{indent}  o{j} = n * sn{j} + sp_ * ss{j} + col * {v}u * sc{j};\n");
