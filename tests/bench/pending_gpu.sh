@@ -11,7 +11,9 @@
 # Not yet run (after session 8; its runs are in tests/bench/results/2026-12-06-session8-gpu.md:
 # `trace`, `convsearch`, `gemmreuse` ran there):
 #   gnfast (first: session 8's GroupNorm path and fast SiLU are opt-in until their fixtures pass on
-#       a GPU; make them the default if the UNet is faster);
+#       a GPU; make them the default if the UNet is faster). With gemmlt it fits one call (~8.5 min
+#       on a fresh machine, the UNet exported once): `$P /tmp/o/a gnfast; $P /tmp/o/b gemmlt`, then
+#       `tar czf $OUT/o.tgz -C /tmp o`;
 #   gemmlt (plain GEMMs through cuBLASLt with algorithm reuse, opt-in: tests, speed, new shapes);
 #   bench with BENCH_MODES=eager,compile,compile_ro,quilt (torch baselines since packing, GeGLU and
 #       Resize vector kernels, GEMM algorithm reuse);
