@@ -11,8 +11,8 @@
 //!
 //! `--env` replaces the three paths by settings of tuning variables (`;` between settings, `,`
 //! between the variables of one; each setting is one column, the first the reference for the
-//! output comparison), e.g. the channels-last GroupNorm knobs `QUILT_CL_UNROLL`, `QUILT_CL_VPT`,
-//! `QUILT_FAST_MERGE`.
+//! output comparison), e.g. the channels-last GroupNorm's `QUILT_CL_SLAB`, `QUILT_CL_UNROLL` and
+//! `QUILT_FAST_MATH`.
 //!
 //! `--source` prints the CUDA C of the selected cases' modules instead (no GPU needed).
 //!

@@ -309,8 +309,7 @@ impl StepCode for StitchedCode {
                 let (rows, v, c) = (n / len, self.cl_vlen, domain[rank - 1]);
                 let positions = len / (c / (rows / domain[0]));
                 let lanes = BLOCK as usize / (c / v);
-                let per_thread = index::env_usize("QUILT_CL_VPT", CL_VECTORS_PER_THREAD);
-                let chunks = CL_TARGET_BLOCKS.div_ceil(domain[0]).clamp(1, (positions / (per_thread * lanes)).max(1));
+                let chunks = CL_TARGET_BLOCKS.div_ceil(domain[0]).clamp(1, (positions / (CL_VECTORS_PER_THREAD * lanes)).max(1));
                 let chunks = positions.div_ceil(positions.div_ceil(chunks));
                 plan.scratch.push(2 * rows * chunks * self.compute_bytes);
                 plan.scratch.push(2 * rows * self.compute_bytes);

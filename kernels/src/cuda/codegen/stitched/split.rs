@@ -48,12 +48,10 @@ pub fn chunks(rows: usize, len: usize) -> Option<usize> {
 /// the same result (lane 0 of each warp after a butterfly, then the warps in order, so the result
 /// is deterministic). Block-uniform control flow is required around `q_wf_block` (barriers).
 pub fn helpers(cc: &str) -> String {
-    // `QUILT_FAST_MERGE=1`: the merge weight by the fast approximate division (f32 only; ~2 ulp).
-    let div = if cc == "float" && super::index::env_on("QUILT_FAST_MERGE") { "__fdividef(nb, t)" } else { "nb / t" };
     format!(
         r#"__device__ __forceinline__ void q_wf_add({cc}& n, {cc}& m, {cc}& v, {cc} nb, {cc} mb, {cc} vb) {{
   if (nb == ({cc})0) return;
-  {cc} t = n + nb; {cc} d = mb - m; {cc} f = {div};
+  {cc} t = n + nb; {cc} d = mb - m; {cc} f = nb / t;
   m += d * f; v += vb + d * d * n * f; n = t;
 }}
 __device__ __forceinline__ void q_wf_warp({cc}& n, {cc}& m, {cc}& v) {{
