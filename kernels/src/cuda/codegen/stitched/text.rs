@@ -196,10 +196,11 @@ impl Text<'_> {
             };
             open += &format!("{lane_indent}{cc} a{k} = ({cc}){};\n", ct.load(&raw));
         }
+        let fast = super::super::elementwise::fast_math(self.c, &self.outs);
         for (j, node) in self.region.nodes.iter().enumerate().take(upto) {
             let args: Vec<String> = node.args.iter().map(Self::operand).collect();
             let e = match &node.op {
-                RegionOp::Elementwise(op) => elementwise(op, self.c, &args, super::super::elementwise::fast_math(self.c, &self.outs)).map_err(|e| format!("node {j}: {e}"))?,
+                RegionOp::Elementwise(op) => elementwise(op, self.c, &args, fast).map_err(|e| format!("node {j}: {e}"))?,
                 RegionOp::Normalize { .. } => match normalized {
                     Some(n) => n.replace("X", &args[0]),
                     None => return Err("internal: normalized value outside the apply pass".into()),
