@@ -14,6 +14,8 @@
 #       a GPU; make them the default if the UNet is faster). With gemmlt it fits one call (~8.5 min
 #       on a fresh machine, the UNet exported once): `$P /tmp/o/a gnfast; $P /tmp/o/b gemmlt`, then
 #       `tar czf $OUT/o.tgz -C /tmp o`;
+#   sdpa (session 9: attention through cuDNN's fused SDPA engines, opt-in QUILT_ATTN_CUDNN=1: the
+#       test, flash vs cuDNN per shape, UNet A/B with output comparison, trace);
 #   gemmlt (plain GEMMs through cuBLASLt with algorithm reuse, opt-in: tests, speed, new shapes);
 #   bench with BENCH_MODES=eager,compile,compile_ro,quilt (torch baselines since packing, GeGLU and
 #       Resize vector kernels, GEMM algorithm reuse);
@@ -56,12 +58,14 @@
 #   gnfast    the opt-in channels-last GroupNorm path and 16-bit fast SiLU (session 8): fixtures,
 #             microbenchmark, UNet A/B, trace.
 #   gemmlt    plain GEMMs through cuBLASLt (QUILT_GEMM_LT=1, session 8): tests, UNet A/B, new shapes.
+#   sdpa      attention on cuDNN's fused SDPA engines (QUILT_ATTN_CUDNN=1, session 9): test, per-shape
+#             timing against the flash kernel, UNet A/B (outputs compared), trace.
 #   sd        issue 5: every pipeline kind (txt2img, img2img, inpaint, AltDiffusion) 512², 50 steps,
 #             against diffusers eager and compile reduce-overhead (not AltDiffusion), the UNet on IO
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -249,6 +253,28 @@ case "$PART" in
             done
         done
         QUILT_CL_SLAB=1 QUILT_FAST_MATH=1 TRACE_TAG=_fast bash "$0" "$BIN" "$OUT" trace >> "$S" 2>&1
+        cat "$S"
+        ;;
+    sdpa)
+        # Attention through cuDNN's fused SDPA engines (QUILT_ATTN_CUDNN=1, session 9, opt-in):
+        # the correctness test (every case must run on cuDNN), flash vs cuDNN per SD shape, then
+        # the UNet b2 64² alternating default / unified graph / composite graph, the cuDNN runs'
+        # outputs compared with the default's (--reference), and the kernel trace under it. Make it
+        # the default if the test passes and the UNet is faster.
+        S="$OUT/summary.txt"
+        echo "== cuda_attention cudnn_sdpa_matches_the_cpu_reference" >> "$S"
+        timeout 150 /tmp/qbin/cuda_attention --exact cudnn_sdpa_matches_the_cpu_reference --nocapture > "$OUT/sdpa_test.log" 2>&1; echo "rc=$?" >> "$S"; grep -E "test result|failed|cuDNN" "$OUT/sdpa_test.log" | head -20 >> "$S"
+        echo "== cuda_attention cudnn_sdpa_timing" >> "$S"
+        timeout 150 /tmp/qbin/cuda_attention --ignored --exact cudnn_sdpa_timing --nocapture > "$OUT/sdpa_timing.log" 2>&1; echo "rc=$?" >> "$S"; grep -E '^\{|test result' "$OUT/sdpa_timing.log" >> "$S"
+        export_unet
+        for round in 1 2; do
+            for v in 'X=1' 'QUILT_ATTN_CUDNN=1' 'QUILT_ATTN_CUDNN=1 QUILT_SDPA_GRAPH=composite'; do
+                echo "== UNet b2 64², $v (round $round)" >> "$S"
+                ref=$([ "$v" = X=1 ] && echo "--save-output /tmp/unet_ref.f32" || echo "--reference /tmp/unet_ref.f32")
+                env $v timeout 100 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last $ref 2>/dev/null | grep -oE '"median_ms":[0-9.]+|"(max_rel|l2_rel)_err":[-0-9.e+a-z]+|"cudnn_attention":.{0,300}' >> "$S"
+            done
+        done
+        QUILT_ATTN_CUDNN=1 TRACE_TAG=_sdpa bash "$0" "$BIN" "$OUT" trace >> "$S" 2>&1
         cat "$S"
         ;;
     gemmlt)

@@ -18,7 +18,8 @@
 //! random values (normal for floats). One warm-up run, then N timed runs: `run()` takes and returns host
 //! tensors, so the times are host wall clock including host↔device copies and per-run
 //! allocation. `--reference FILE` (raw f32 of the expected first output) adds max abs error and
-//! max abs error relative to the reference's largest magnitude. `--profile` adds one run
+//! max abs error relative to the reference's largest magnitude; `--save-output FILE` writes the
+//! first output as raw f32 for another run's `--reference`. `--profile` adds one run
 //! synchronised after every step and prints its device time (CUDA events around each step) per
 //! op type to stderr; `--profile-json FILE` also writes every step's times to FILE.
 //! `--memory` samples the GPU's used memory with `nvidia-smi -lms 20` (NVML, every 20 ms) from
@@ -53,6 +54,8 @@ struct Args {
     iters: usize,
     inputs: Option<PathBuf>,
     reference: Option<PathBuf>,
+    /// `--save-output`: the first output as raw f32, for another run's `--reference`.
+    save_output: Option<PathBuf>,
     profile: bool,
     profile_json: Option<PathBuf>,
     precision: Precision,
@@ -65,11 +68,11 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let usage = "usage: bench_onnx_gpu MODEL.onnx --dims name=v,... [--iters N] [--inputs DIR] [--reference FILE] [--precision model|fp16] [--profile] [--profile-json FILE] [--memory] [--layout nchw|channels_last] [--conv-residual 0|1] [--pack-projections 0|1] [--new-shape name=v,...]";
+    let usage = "usage: bench_onnx_gpu MODEL.onnx --dims name=v,... [--iters N] [--inputs DIR] [--reference FILE] [--save-output FILE] [--precision model|fp16] [--profile] [--profile-json FILE] [--memory] [--layout nchw|channels_last] [--conv-residual 0|1] [--pack-projections 0|1] [--new-shape name=v,...]";
     let mut it = std::env::args().skip(1);
     let (mut model, mut dims, mut iters, mut inputs, mut reference, mut profile) = (None, BTreeMap::new(), 10usize, None, None, false);
     let (mut precision, mut memory, mut profile_json, mut channels_last) = (Precision::Model, false, None, false);
-    let (mut new_shape, mut conv_residual, mut pack_projections) = (None, false, true);
+    let (mut new_shape, mut conv_residual, mut pack_projections, mut save_output) = (None, false, true, None);
     while let Some(a) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value\n{usage}"));
         match a.as_str() {
@@ -77,6 +80,7 @@ fn parse_args() -> Result<Args, String> {
             "--iters" => iters = value("--iters")?.parse().map_err(|_| "--iters: not a number".to_string())?,
             "--inputs" => inputs = Some(PathBuf::from(value("--inputs")?)),
             "--reference" => reference = Some(PathBuf::from(value("--reference")?)),
+            "--save-output" => save_output = Some(PathBuf::from(value("--save-output")?)),
             "--profile" => profile = true,
             "--profile-json" => {
                 profile = true;
@@ -103,7 +107,7 @@ fn parse_args() -> Result<Args, String> {
     if iters == 0 {
         return Err("--iters must be at least 1".into());
     }
-    Ok(Args { model, dims, iters, inputs, reference, profile, profile_json, precision, memory, channels_last, conv_residual, pack_projections, new_shape })
+    Ok(Args { model, dims, iters, inputs, reference, save_output, profile, profile_json, precision, memory, channels_last, conv_residual, pack_projections, new_shape })
 }
 
 /// The value of an on/off flag: `0` or `1`.
@@ -382,6 +386,14 @@ fn run() -> Result<String, String> {
     let nans = got.iter().filter(|x| !x.is_finite()).count();
     json += &format!(",\"non_finite\":{nans}");
     json += memory.as_deref().unwrap_or("");
+    if let Some(path) = &args.save_output {
+        let bytes: Vec<u8> = got.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect();
+        std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let attention = exe.cudnn_attention_report();
+    if !attention.is_empty() {
+        json += &format!(",\"cudnn_attention\":{attention:?}");
+    }
     if let Some(r) = &args.reference {
         let want = read_f32(r)?;
         if want.len() != got.len() {

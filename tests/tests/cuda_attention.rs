@@ -99,6 +99,11 @@ impl Case {
     }
 
     /// A scratch cap of `rows` score rows (of M elements in the dtype).
+    /// Flash-kernel shapes through cuDNN's SDPA engines (`Overrides::cudnn`).
+    fn cudnn(self) -> Case {
+        Case { overrides: Overrides { cudnn: true, ..self.overrides }, ..self }
+    }
+
     fn cap_rows(self, rows: usize) -> Case {
         let cap = rows * self.k[self.k.len() - 2] * self.dtype.size_bytes();
         Case { overrides: Overrides { scratch_cap: cap, ..self.overrides }, ..self }
@@ -130,6 +135,8 @@ impl Case {
         let o = self.overrides;
         let route = if o == Overrides::default() {
             String::new()
+        } else if o.cudnn && o.route == Route::Auto && o.scratch_cap == Overrides::default().scratch_cap {
+            " cudnn".to_string()
         } else if o.scratch_cap == Overrides::default().scratch_cap {
             format!(" {:?}", o.route)
         } else {
@@ -380,6 +387,75 @@ fn flash_attention_matches_the_cpu_reference() {
 fn wide_and_f32_attention_as_gemms_matches_the_cpu_reference() {
     let Some(device) = support::gpu_or_skip() else { return };
     check_cases(&device, &gemm_cases(), 500);
+}
+
+/// SD's attention shapes through cuDNN's fused SDPA engines (`QUILT_ATTN_CUDNN`), same inputs
+/// and tolerances as the flash kernel: head dims 40/64/80/160, self and cross, packed heads and
+/// q|k|v column ranges, bf16. Every case must have run on cuDNN (the counter of SDPA calls), so
+/// a silent fallback to the flash kernel fails the test.
+#[test]
+fn cudnn_sdpa_matches_the_cpu_reference() {
+    let Some(device) = support::gpu_or_skip() else { return };
+    let mut cases = Vec::new();
+    for (d, n) in [(40, 4096), (80, 1024), (160, 256), (64, 1024)] {
+        for m in [77, n] {
+            cases.push(Case::packed(DType::F16, 2, 8, n, m, d).cudnn());
+        }
+    }
+    cases.push(Case::sd(DType::F16, 40, 1024, 77, false, false).cudnn());
+    cases.push(Case::sd(DType::BF16, 64, 1024, 1024, false, true).cudnn());
+    cases.push(Case::packed(DType::F16, 2, 8, 4096, 4096, 40).columns([960; 3], [0, 320, 640], [320; 3]).cudnn());
+    cases.push(Case::packed(DType::F16, 2, 8, 256, 77, 160).columns([1280, 2560, 2560], [0, 0, 1280], [1280; 3]).cudnn());
+    let before = quilt_kernels::cuda::conv::cudnn::sdpa_calls();
+    check_cases(&device, &cases, 900);
+    let ran = quilt_kernels::cuda::conv::cudnn::sdpa_calls() - before;
+    assert!(ran >= cases.len() as u64, "cuDNN SDPA ran {ran} times for {} cases (each runs at least once outside a CUDA graph)", cases.len());
+}
+
+/// GPU time of one attention step at SD's shapes (b2, 8 heads, f16, packed heads): the flash
+/// kernel against cuDNN's SDPA engines (CUDA events around the step, median of 30 after a
+/// warm-up), each checked against the CPU reference first. One JSON line per (shape, route).
+#[test]
+#[ignore = "timing for the GPU machine: tests/bench/pending_gpu.sh ... sdpa"]
+fn cudnn_sdpa_timing() {
+    let Some(device) = support::gpu_or_skip() else { return };
+    println!("device: {} (sm_{}{})", device.name, device.arch.0, device.arch.1);
+    let shapes = [("sd15_64_self", 4096, 4096, 40), ("sd15_64_cross", 4096, 77, 40), ("sd15_32_self", 1024, 1024, 80), ("sd15_32_cross", 1024, 77, 80), ("sd15_16_self", 256, 256, 160), ("sd15_16_cross", 256, 77, 160)];
+    let mut failures = Vec::new();
+    for (si, (shape, n, m, d)) in shapes.into_iter().enumerate() {
+        for cudnn in [false, true] {
+            let case = Case::packed(DType::F16, 2, 8, n, m, d);
+            let case = if cudnn { case.cudnn() } else { case };
+            let inputs = case.inputs(800 + si as u64);
+            let want = case.reference(&inputs).unwrap_or_else(|e| panic!("{shape}: cpu: {e}"));
+            let timed = (|| -> Result<(f64, f64, Vec<String>), String> {
+                let exe = with_overrides(case.overrides, || CudaExecutable::with_device(case.plan(), device.clone())).map_err(|e| e.to_string())?;
+                let got = exe.run(&inputs).map_err(|e| e.to_string())?;
+                let err = support::compare(&got[0], &want, NonFinite::Reject)?;
+                let (max_tol, l2_tol) = case.tolerance();
+                if err.max_abs > max_tol * err.max_ref || err.l2_rel > l2_tol {
+                    return Err(format!("out of tolerance: max_abs {:.3e} (max_ref {:.3e}), l2_rel {:.3e}", err.max_abs, err.max_ref, err.l2_rel));
+                }
+                let mut t = Vec::new();
+                for _ in 0..=30 {
+                    let (_, steps) = exe.run_profiled(&inputs).map_err(|e| e.to_string())?;
+                    t.push(steps.iter().map(|s| s.gpu_ms).sum::<f64>() * 1e3);
+                }
+                let mut t = t[1..].to_vec();
+                t.sort_by(f64::total_cmp);
+                Ok((t[t.len() / 2], err.l2_rel, exe.cudnn_attention_report()))
+            })();
+            let route = if cudnn { "cudnn" } else { "flash" };
+            match timed {
+                Ok((us, l2, report)) => println!("{{\"case\":\"{shape}\",\"route\":\"{route}\",\"gpu_us\":{us:.1},\"l2_rel\":{l2:.2e},\"cudnn\":{report:?}}}"),
+                Err(e) => {
+                    println!("{{\"case\":\"{shape}\",\"route\":\"{route}\",\"error\":{e:?}}}");
+                    failures.push(format!("{shape} {route}: {e}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// GPU time of one attention step (CUDA events around the step, `run_profiled`; median of `reps`

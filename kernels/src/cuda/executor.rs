@@ -256,6 +256,11 @@ impl CudaExecutable {
     }
 
     /// What preparing convolution shapes has cost (cuDNN engine choice and plan finalization).
+    /// cuDNN's SDPA plans so far: the engine per attention shape, or why it declined one.
+    pub fn cudnn_attention_report(&self) -> Vec<String> {
+        self.dnn.sdpa_report()
+    }
+
     pub fn conv_prepare_stats(&self) -> super::conv::cudnn::PrepareStats {
         self.dnn.prepare_stats()
     }
@@ -539,24 +544,10 @@ impl CudaExecutable {
                     Action::Launch { .. } => &mut queued.launch_ns,
                     Action::Gemm(_) => &mut queued.cublas_ns,
                     Action::LtGemm(_) => &mut queued.cublaslt_ns,
-                    Action::Conv(_) => &mut queued.conv_ns,
+                    Action::Conv(_) | Action::Sdpa(_) => &mut queued.conv_ns,
                     Action::Zero { .. } => &mut queued.zero_ns,
                 };
-                match action {
-                    Action::Launch { kernel, work, params, args } => {
-                        let f = prepared.functions.get(*kernel).ok_or_else(|| fail(format!("kernel {kernel} was not compiled")))?;
-                        let (grid, block) = match *work {
-                            Work::Elements(n) => (n.div_ceil(BLOCK as u64).clamp(1, 1 << 16) as u32, BLOCK),
-                            Work::Rows(n) => (n.clamp(1, 1 << 20) as u32, BLOCK),
-                        };
-                        let ptrs: Vec<u64> = args.iter().map(|&a| ptr(a)).collect();
-                        dev.launch(f, grid, block, params, &ptrs).map_err(|e| fail(e.to_string()))?;
-                    }
-                    Action::Gemm(call) => self.blas.gemm(call, &ptr).map_err(fail)?,
-                    Action::LtGemm(call) => self.blas.lt_gemm(call, &ptr).map_err(fail)?,
-                    Action::Conv(call) => self.dnn.conv(call, dev.cu_stream(), &ptr).map_err(fail)?,
-                    Action::Zero { arg, bytes } => dev.memset_zero(ptr(*arg), *bytes).map_err(|e| fail(e.to_string()))?,
-                }
+                self.queue_action(prepared, action, &ptr).map_err(fail)?;
                 *spent += t.elapsed().as_nanos() as u64;
             }
             if let Some(t) = timings.as_deref_mut() {
@@ -569,6 +560,30 @@ impl CudaExecutable {
             }
         }
         Ok(())
+    }
+
+    /// Queues one action of a step whose arguments `ptr` resolves.
+    fn queue_action(&self, prepared: &Prepared, action: &Action, ptr: &dyn Fn(Arg) -> u64) -> std::result::Result<(), String> {
+        let dev = &self.device;
+        match action {
+            Action::Launch { kernel, work, params, args } => {
+                let f = prepared.functions.get(*kernel).ok_or_else(|| format!("kernel {kernel} was not compiled"))?;
+                let (grid, block) = match *work {
+                    Work::Elements(n) => (n.div_ceil(BLOCK as u64).clamp(1, 1 << 16) as u32, BLOCK),
+                    Work::Rows(n) => (n.clamp(1, 1 << 20) as u32, BLOCK),
+                };
+                let ptrs: Vec<u64> = args.iter().map(|&a| ptr(a)).collect();
+                dev.launch(f, grid, block, params, &ptrs).map_err(|e| e.to_string())
+            }
+            Action::Gemm(call) => self.blas.gemm(call, ptr),
+            Action::LtGemm(call) => self.blas.lt_gemm(call, ptr),
+            Action::Conv(call) => self.dnn.conv(call, dev.cu_stream(), ptr),
+            Action::Sdpa(call) => match self.dnn.sdpa(call, dev.cu_stream(), ptr)? {
+                true => Ok(()),
+                false => self.queue_action(prepared, &call.fallback, ptr),
+            },
+            Action::Zero { arg, bytes } => dev.memset_zero(ptr(*arg), *bytes).map_err(|e| e.to_string()),
+        }
     }
 
     /// Everything about a run at one shape signature that does not change between runs.

@@ -18,12 +18,14 @@
 pub mod arena;
 pub mod codegen;
 pub mod conv;
+pub mod cudnn_backend;
 pub mod device;
 pub mod executor;
 pub mod gemm;
 pub mod graph;
 pub mod kernel_cache;
 pub mod nvrtc;
+pub mod sdpa;
 
 /// The driver's stream handle, as callers of `run_device` pass it.
 pub use cudarc::driver::sys::CUstream;

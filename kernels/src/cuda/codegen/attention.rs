@@ -29,6 +29,7 @@ use quilt_rewrites::ir::AttentionColumns;
 use quilt_rewrites::{DType, Op, Plan};
 
 use self::gemm::{GemmAttention, Route};
+use crate::cuda::sdpa::SdpaCall;
 use super::flash_attention::{self, FlashVariant};
 use super::{broadcast_strides, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
 
@@ -72,6 +73,10 @@ pub struct AttentionCode {
     columns: Option<AttentionColumns>,
     /// Bytes per element of q, k and v.
     in_bytes: [usize; 3],
+    /// q, k, v and the output's one dtype when they share one (cuDNN's SDPA needs that).
+    same_dtype: Option<DType>,
+    /// Whether flash-kernel shapes go to cuDNN's SDPA engines first (`Overrides::cudnn`).
+    cudnn: bool,
     has_mask: bool,
     /// The fused route, when compiled.
     fused: Option<Fused>,
@@ -154,7 +159,8 @@ impl AttentionCode {
             g
         });
         let in_bytes = std::array::from_fn(|i| cts[i].dtype.size_bytes());
-        Ok(AttentionCode { kernels, scale: *scale, heads: *heads, columns: *columns, in_bytes, has_mask: mask.is_some(), fused, gemm })
+        let same_dtype = cts.iter().all(|c| c.dtype == out.dtype).then_some(out.dtype);
+        Ok(AttentionCode { kernels, scale: *scale, heads: *heads, columns: *columns, in_bytes, same_dtype, cudnn: overrides.cudnn, has_mask: mask.is_some(), fused, gemm })
     }
 
     /// The flash variants (f16/bf16 up to `MAX_HEAD_DIM`) or the plain kernel (wide tiles for
@@ -442,8 +448,35 @@ impl StepCode for AttentionCode {
             p.extend([0, 0, vector_copies as i64]);
             p.extend(lead_dims.iter().map(|&x| x as i64));
         }
-        plan.actions.push(Action::Launch { kernel, work: Work::Rows(blocks as u64), params: p.finish()?, args });
+        let launch = Action::Launch { kernel, work: Work::Rows(blocks as u64), params: p.finish()?, args };
+        plan.actions.push(match self.sdpa_call(&g, fused, launch.clone()) {
+            Some(call) => Action::Sdpa(call),
+            None => launch,
+        });
         Ok(plan)
+    }
+}
+
+impl AttentionCode {
+    /// The step as a cuDNN SDPA call with `launch` (the flash kernel) as its fallback, when
+    /// cuDNN is asked for and may take it: the flash route, no mask, one 16-bit dtype, head dims
+    /// and strides cuDNN allows (`SdpaCall::eligible`).
+    fn sdpa_call(&self, g: &Geometry, fused: &Fused, launch: Action) -> Option<SdpaCall> {
+        let dtype = self.same_dtype?;
+        if !self.cudnn || self.has_mask || fused.flash_buckets.is_none() {
+            return None;
+        }
+        // Without packed heads every problem is a batch entry of one head.
+        let strides: [[usize; 3]; 4] = std::array::from_fn(|i| {
+            let head = if self.heads.is_some() { g.per_head[i] } else { g.per_batch[i] };
+            [g.per_batch[i], head, g.rows[i]]
+        });
+        if !SdpaCall::eligible(dtype, g.d, g.dv, &strides, &g.base) {
+            return None;
+        }
+        let from = |i: usize| if g.base[i] == 0 { Arg::In(i) } else { Arg::InAt(i, g.base[i] * self.in_bytes[i]) };
+        let (b, h) = if self.heads.is_some() { (g.problems() / g.h, g.h) } else { (g.problems(), 1) };
+        Some(SdpaCall { dtype, b, h, n: g.n, m: g.m, d: g.d, dv: g.dv, strides, scale: self.scale, args: [from(0), from(1), from(2), Arg::Out(0)], fallback: Box::new(launch) })
     }
 }
 
@@ -502,6 +535,46 @@ mod tests {
         let mut mixed = t16;
         mixed.ins[2] = Some(DType::F32);
         assert!(with_overrides(gemm, || AttentionCode::with_head_dims(&op, &mixed, Some((64, 64)))).is_err());
+    }
+
+    /// With `Overrides::cudnn`, a flash-route step becomes a cuDNN SDPA call over [b, h, rows, d]
+    /// views (packed q|k|v column ranges as strides and byte offsets) with the flash launch as
+    /// its fallback; masks, bf16/f16 mixes and head dims off cuDNN's 8-grid keep the launch.
+    #[test]
+    fn cudnn_route_describes_the_views_and_keeps_the_kernel_as_fallback() {
+        let bindings = crate::bind::Bindings::default();
+        let on = Overrides { cudnn: true, ..Overrides::default() };
+        let cols = AttentionColumns { offset: [0, 320, 640], width: [320; 3] };
+        let op = Op::Attention { scale: 0.158, heads: Some(8), columns: Some(cols) };
+        let qkv = [2usize, 4096, 960];
+        let out = [2usize, 4096, 320];
+        let s = StepShapes { ins: vec![Some(&qkv[..]); 3], outs: vec![&out[..]], bindings: &bindings };
+        let code = with_overrides(on, || AttentionCode::with_head_dims(&op, &types(DType::F16, None, 3), Some((40, 40)))).unwrap();
+        let plan = code.plan(&s).unwrap();
+        let [Action::Sdpa(call)] = &plan.actions[..] else { panic!("{:?}", plan.actions) };
+        assert_eq!((call.b, call.h, call.n, call.m, call.d, call.dv), (2, 8, 4096, 4096, 40, 40));
+        assert_eq!(call.strides, [[4096 * 960, 40, 960], [4096 * 960, 40, 960], [4096 * 960, 40, 960], [4096 * 320, 40, 320]]);
+        assert_eq!(call.args, [Arg::In(0), Arg::InAt(1, 640), Arg::InAt(2, 1280), Arg::Out(0)]);
+        assert!((call.scale - 0.158).abs() < 1e-7);
+        assert!(matches!(*call.fallback, Action::Launch { kernel: 0, .. }));
+        // Off by default; a mask or a head dim off the 8-grid keeps the kernel.
+        let off = Overrides { cudnn: false, ..Overrides::default() };
+        let code = with_overrides(off, || AttentionCode::with_head_dims(&op, &types(DType::F16, None, 3), Some((40, 40)))).unwrap();
+        assert!(matches!(code.plan(&s).unwrap().actions[..], [Action::Launch { .. }]));
+        let plain = Op::Attention { scale: 0.2, heads: None, columns: None };
+        let (q, mask) = ([2usize, 100, 20], [100usize, 100]);
+        let s = StepShapes { ins: vec![Some(&q[..]); 3], outs: vec![&q[..]], bindings: &bindings };
+        let code = with_overrides(on, || AttentionCode::with_head_dims(&plain, &types(DType::F16, None, 3), Some((20, 20)))).unwrap();
+        assert!(matches!(code.plan(&s).unwrap().actions[..], [Action::Launch { .. }]));
+        let q = [2usize, 100, 64];
+        let s = StepShapes { ins: vec![Some(&q[..]), Some(&q[..]), Some(&q[..]), Some(&mask[..])], outs: vec![&q[..]], bindings: &bindings };
+        let code = with_overrides(on, || AttentionCode::with_head_dims(&plain, &types(DType::F16, Some(DType::F16), 3), Some((64, 64)))).unwrap();
+        assert!(matches!(code.plan(&s).unwrap().actions[..], [Action::Launch { .. }]));
+        // Unpacked heads: each batch entry is one head.
+        let s = StepShapes { ins: vec![Some(&q[..]); 3], outs: vec![&q[..]], bindings: &bindings };
+        let code = with_overrides(on, || AttentionCode::with_head_dims(&plain, &types(DType::BF16, None, 3), Some((64, 64)))).unwrap();
+        let [Action::Sdpa(call)] = &code.plan(&s).unwrap().actions[..] else { panic!() };
+        assert_eq!((call.b, call.h, call.strides[0]), (2, 1, [6400, 6400, 64]));
     }
 
     /// The VAE's head at 96² latents in f32 (340 MB of scores) runs in two chunks of 4608 query

@@ -54,12 +54,21 @@ pub struct Overrides {
     pub route: Route,
     /// Bytes of score scratch a GEMM-route step may use before it runs in chunks.
     pub scratch_cap: usize,
+    /// Steps on the flash kernel run through cuDNN's fused SDPA engines where those take the
+    /// shape (`sdpa`; the flash kernel stays as the fallback). Default: `QUILT_ATTN_CUDNN=1`.
+    pub cudnn: bool,
 }
 
 impl Default for Overrides {
     fn default() -> Overrides {
-        Overrides { route: Route::Auto, scratch_cap: DEFAULT_SCRATCH_CAP }
+        Overrides { route: Route::Auto, scratch_cap: DEFAULT_SCRATCH_CAP, cudnn: cudnn_from_env() }
     }
+}
+
+/// `QUILT_ATTN_CUDNN=1`: attention on cuDNN's SDPA engines (opt-in until measured in the UNet).
+fn cudnn_from_env() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("QUILT_ATTN_CUDNN").is_ok_and(|v| v == "1"))
 }
 
 thread_local! {
@@ -348,7 +357,7 @@ mod tests {
 
     #[test]
     fn overrides_are_scoped_to_the_call() {
-        let o = Overrides { route: Route::Gemm, scratch_cap: 1234 };
+        let o = Overrides { route: Route::Gemm, scratch_cap: 1234, cudnn: true };
         assert_eq!(with_overrides(o, overrides), o);
         assert_eq!(overrides(), Overrides::default());
         let r = std::panic::catch_unwind(|| with_overrides(o, || panic!("inside")));

@@ -65,6 +65,9 @@ pub enum Action {
     LtGemm(super::gemm::LtGemmCall),
     /// A cuDNN forward convolution (`conv::cudnn`), run by the executable's `Dnn`.
     Conv(super::conv::cudnn::ConvCall),
+    /// Attention through cuDNN's fused SDPA engines (`sdpa`), or its fallback where they
+    /// have no engine for the shape.
+    Sdpa(super::sdpa::SdpaCall),
     /// Zero `bytes` bytes of an argument from `offset`.
     Zero { arg: Arg, bytes: usize },
 }

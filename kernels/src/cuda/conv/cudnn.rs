@@ -48,6 +48,7 @@ pub use super::graph_api::Pointers;
 use super::legacy::LegacyPlan;
 use super::ConvGeometry;
 use crate::cuda::codegen::Arg;
+use crate::cuda::sdpa::{self, SdpaCall, SdpaKey, SdpaPlan};
 
 /// Largest workspace a convolution may use (engines and algorithms wanting more are skipped):
 /// the memory target is a few hundred MB over the weights for the whole UNet, and the workspace
@@ -58,6 +59,8 @@ pub const WORKSPACE_CAP: usize = 64 << 20;
 static CALLS: AtomicU64 = AtomicU64::new(0);
 /// Of those, the ones run through the graph API.
 static GRAPH_CALLS: AtomicU64 = AtomicU64::new(0);
+/// Attention steps cuDNN's SDPA engines have run in this process (`Dnn::sdpa`).
+static SDPA_CALLS: AtomicU64 = AtomicU64::new(0);
 
 pub fn calls() -> u64 {
     CALLS.load(Ordering::Relaxed)
@@ -65,6 +68,10 @@ pub fn calls() -> u64 {
 
 pub fn graph_calls() -> u64 {
     GRAPH_CALLS.load(Ordering::Relaxed)
+}
+
+pub fn sdpa_calls() -> u64 {
+    SDPA_CALLS.load(Ordering::Relaxed)
 }
 
 pub fn supports_dtype(dtype: DType) -> bool {
@@ -342,6 +349,8 @@ struct Inner {
     classes: HashMap<ClassKey, ClassState>,
     workspace: Workspace,
     stats: PrepareStats,
+    /// Fused attention plans per shape, or why cuDNN has none (the step's kernel runs then).
+    sdpa: HashMap<SdpaKey, Result<SdpaPlan, String>>,
 }
 
 impl Inner {
@@ -400,7 +409,7 @@ impl Default for Dnn {
 
 impl Dnn {
     pub fn new(search: AlgoSearch) -> Dnn {
-        let inner = Inner { handle: std::ptr::null_mut(), helpers: Vec::new(), shapes: HashMap::new(), classes: HashMap::new(), workspace: Workspace::default(), stats: PrepareStats::default() };
+        let inner = Inner { handle: std::ptr::null_mut(), helpers: Vec::new(), shapes: HashMap::new(), classes: HashMap::new(), workspace: Workspace::default(), stats: PrepareStats::default(), sdpa: HashMap::new() };
         Dnn { search, threads: prepare_threads(), inner: Mutex::new(inner) }
     }
 
@@ -446,6 +455,42 @@ impl Dnn {
         }
         CALLS.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Runs `call` through cuDNN's SDPA engines on `stream`, building its plan at the shape's
+    /// first call; `Ok(false)` when cuDNN has no engine for the shape (or no cuDNN loads): the
+    /// caller runs `call.fallback` instead. The reason is kept (`sdpa_declined`).
+    pub fn sdpa(&self, call: &SdpaCall, stream: dsys::CUstream, ptr: &dyn Fn(Arg) -> u64) -> Result<bool, String> {
+        let Ok(version) = library() else { return Ok(false) };
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = &mut *guard;
+        let main = inner.main_handle()?;
+        let ptrs = call.args.map(ptr);
+        let align = sdpa::alignment(&ptrs);
+        let key = call.key(align);
+        if !inner.sdpa.contains_key(&key) {
+            let started = Instant::now();
+            let plan = SdpaPlan::build(main, version, call, align);
+            inner.stats.wall_ms += started.elapsed().as_secs_f64() * 1e3;
+            inner.sdpa.insert(key.clone(), plan);
+        }
+        let Some(Ok(plan)) = inner.sdpa.get_mut(&key) else { return Ok(false) };
+        // SAFETY: a live handle; the stream belongs to the current context.
+        check(unsafe { sys::cudnnSetStream(main, stream as sys::cudaStream_t) }, "cudnnSetStream")?;
+        inner.workspace.reserve(plan.workspace, stream)?;
+        plan.run(main, ptrs, inner.workspace.ptr)?;
+        SDPA_CALLS.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Why cuDNN declined attention shapes so far (one line per shape), and the engines of the
+    /// ones it took.
+    pub fn sdpa_report(&self) -> Vec<String> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.sdpa.values().map(|r| match r {
+            Ok(p) => format!("cuDNN SDPA: {} ({:.1} ms to build, workspace {} bytes)", p.tag, p.choose_ms, p.workspace),
+            Err(e) => format!("cuDNN SDPA declined: {e}"),
+        }).collect()
     }
 
     /// Whether `prepare` builds anything (more than one thread, heuristic search); callers skip
@@ -554,7 +599,8 @@ impl Dnn {
 
     /// Distinct shapes prepared so far.
     pub fn shapes(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).shapes.len()
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.shapes.len() + inner.sdpa.len()
     }
 
     pub fn prepare_stats(&self) -> PrepareStats {
@@ -567,6 +613,7 @@ impl Drop for Dnn {
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
         inner.shapes.clear();
         inner.classes.clear();
+        inner.sdpa.clear();
         for h in inner.helpers.drain(..).map(|h| h.0).chain([inner.handle]).filter(|h| !h.is_null()) {
             // SAFETY: the plans built with it are dropped above; it is not used after this.
             let _ = unsafe { sys::cudnnDestroy(h) };
@@ -628,7 +675,7 @@ impl Drop for Workspace {
     }
 }
 
-pub(super) fn data_type(dtype: DType) -> sys::cudnnDataType_t {
+pub(crate) fn data_type(dtype: DType) -> sys::cudnnDataType_t {
     match dtype {
         DType::F16 => sys::cudnnDataType_t::CUDNN_DATA_HALF,
         DType::BF16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,

@@ -18,7 +18,7 @@
 //! are the same (rebuilding it is host work only, so repeat calls are legal in CUDA graph
 //! capture either way).
 
-use std::ffi::{c_char, c_void};
+use std::ffi::c_void;
 use std::time::Instant;
 
 use cudarc::cudnn::sys;
@@ -28,6 +28,8 @@ use sys::cudnnBackendAttributeType_t as T;
 use sys::cudnnBackendDescriptorType_t as D;
 
 use quilt_rewrites::DType;
+
+use crate::cuda::cudnn_backend::{self as be, check, Binding, Desc};
 
 use super::cudnn::{data_type, AlgoSearch, ConvCall, ConvChoice, ConvLayout, Workspace, WORKSPACE_CAP};
 use super::legacy::Epilogue;
@@ -44,82 +46,6 @@ const UID_R: i64 = 4;
 const UID_Y: i64 = 5;
 const UID_CONV_OUT: i64 = 10;
 const UID_BIAS_OUT: i64 = 11;
-
-/// A status as an error naming the call, with cuDNN's own last message when it has one.
-pub(super) fn check(status: sys::cudnnStatus_t, what: &dyn Fn() -> String) -> Result<(), String> {
-    if status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-        return Ok(());
-    }
-    let mut buf = [0 as c_char; 512];
-    // SAFETY: writes at most `buf.len()` bytes, NUL-terminated.
-    unsafe { sys::cudnnGetLastErrorString(buf.as_mut_ptr(), buf.len()) };
-    // SAFETY: NUL-terminated above (the buffer was zeroed and cuDNN terminates its message).
-    let msg = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().trim().to_string();
-    Err(if msg.is_empty() { format!("{}: {status:?}", what()) } else { format!("{}: {status:?} ({msg})", what()) })
-}
-
-/// One backend descriptor, destroyed on drop.
-struct Desc(sys::cudnnBackendDescriptor_t);
-
-impl Drop for Desc {
-    fn drop(&mut self) {
-        if !self.0.is_null() {
-            // SAFETY: created by cudnnBackendCreateDescriptor and destroyed once.
-            let _ = unsafe { sys::cudnnBackendDestroyDescriptor(self.0) };
-        }
-    }
-}
-
-impl Desc {
-    fn new(kind: D) -> Result<Desc, String> {
-        let mut d = std::ptr::null_mut();
-        // SAFETY: creates a descriptor of a valid kind.
-        check(unsafe { sys::cudnnBackendCreateDescriptor(kind, &mut d) }, &|| format!("cudnnBackendCreateDescriptor({kind:?})"))?;
-        Ok(Desc(d))
-    }
-
-    /// Sets `name` to `values`, whose element type must be the C type that `ty` names.
-    fn set<V: Copy>(&self, name: A, ty: T, values: &[V]) -> Result<(), String> {
-        // SAFETY: `values` holds `len` elements of the type `ty` names (the callers below).
-        check(unsafe { sys::cudnnBackendSetAttribute(self.0, name, ty, values.len() as i64, values.as_ptr() as *const c_void) }, &|| format!("cudnnBackendSetAttribute({name:?})"))
-    }
-
-    fn set_i64s(&self, name: A, values: &[i64]) -> Result<(), String> {
-        self.set(name, T::CUDNN_TYPE_INT64, values)
-    }
-
-    fn set_descs(&self, name: A, descs: &[&Desc]) -> Result<(), String> {
-        let raw: Vec<sys::cudnnBackendDescriptor_t> = descs.iter().map(|d| d.0).collect();
-        self.set(name, T::CUDNN_TYPE_BACKEND_DESCRIPTOR, &raw)
-    }
-
-    fn finalize(&self, what: &str) -> Result<(), String> {
-        // SAFETY: a live descriptor.
-        check(unsafe { sys::cudnnBackendFinalize(self.0) }, &|| format!("finalizing the {what}"))
-    }
-
-    /// Reads up to `out.len()` elements of `name`; returns how many cuDNN has.
-    fn get<V: Copy>(&self, name: A, ty: T, out: &mut [V]) -> Result<usize, String> {
-        let mut n = 0i64;
-        // SAFETY: `out` has room for the requested count of `ty`'s C type.
-        check(unsafe { sys::cudnnBackendGetAttribute(self.0, name, ty, out.len() as i64, &mut n, out.as_mut_ptr() as *mut c_void) }, &|| format!("cudnnBackendGetAttribute({name:?})"))?;
-        Ok(n.max(0) as usize)
-    }
-
-    fn get_i64(&self, name: A) -> Result<i64, String> {
-        let mut v = [0i64];
-        self.get(name, T::CUDNN_TYPE_INT64, &mut v)?;
-        Ok(v[0])
-    }
-
-    /// Reads descriptor-valued `name` into `count` fresh descriptors of `kind`.
-    fn get_descs(&self, name: A, kind: D, count: usize) -> Result<Vec<Desc>, String> {
-        let descs = (0..count).map(|_| Desc::new(kind)).collect::<Result<Vec<_>, _>>()?;
-        let mut raw: Vec<sys::cudnnBackendDescriptor_t> = descs.iter().map(|d| d.0).collect();
-        let got = self.get(name, T::CUDNN_TYPE_BACKEND_DESCRIPTOR, &mut raw)?;
-        Ok(descs.into_iter().take(got).collect())
-    }
-}
 
 /// Dimensions (NCHW order) and strides of one tensor.
 #[derive(Clone, Copy, Debug)]
@@ -141,17 +67,7 @@ impl Shape4 {
 }
 
 fn tensor(uid: i64, dtype: sys::cudnnDataType_t, s: Shape4, is_virtual: bool, align: i64) -> Result<Desc, String> {
-    let t = Desc::new(D::CUDNN_BACKEND_TENSOR_DESCRIPTOR)?;
-    t.set(A::CUDNN_ATTR_TENSOR_DATA_TYPE, T::CUDNN_TYPE_DATA_TYPE, &[dtype])?;
-    t.set_i64s(A::CUDNN_ATTR_TENSOR_DIMENSIONS, &s.dims)?;
-    t.set_i64s(A::CUDNN_ATTR_TENSOR_STRIDES, &s.strides)?;
-    t.set_i64s(A::CUDNN_ATTR_TENSOR_UNIQUE_ID, &[uid])?;
-    t.set_i64s(A::CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, &[align])?;
-    if is_virtual {
-        t.set(A::CUDNN_ATTR_TENSOR_IS_VIRTUAL, T::CUDNN_TYPE_BOOLEAN, &[true])?;
-    }
-    t.finalize(&format!("tensor {uid} {:?}", s.dims))?;
-    Ok(t)
+    be::tensor(uid, dtype, &s.dims, &s.strides, if is_virtual { Binding::Virtual } else { Binding::Device }, align)
 }
 
 /// The engine configuration behind a plan, as a tag like cudnn-frontend's (`eng12_k2=3_k13=1`),
@@ -324,13 +240,7 @@ fn build_graph(handle: sys::cudnnHandle_t, call: &ConvCall, align: i64, fused: b
         }
         parts.push(add);
     }
-    let op_graph = Desc::new(D::CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR)?;
-    op_graph.set(A::CUDNN_ATTR_OPERATIONGRAPH_HANDLE, T::CUDNN_TYPE_HANDLE, &[handle])?;
-    op_graph.set_descs(A::CUDNN_ATTR_OPERATIONGRAPH_OPS, &ops.iter().collect::<Vec<_>>())?;
-    if dynamic {
-        op_graph.set(A::CUDNN_ATTR_OPERATIONGRAPH_IS_DYNAMIC_SHAPE_ENABLED, T::CUDNN_TYPE_BOOLEAN, &[true])?;
-    }
-    op_graph.finalize("operation graph")?;
+    let op_graph = be::operation_graph(handle, &ops.iter().collect::<Vec<_>>(), dynamic)?;
     parts.extend([x, w, y, conv]);
     parts.extend(ops);
     Ok(Graph { _parts: parts, op_graph, fused: epilogue || (call.bias.is_none() && call.residual.is_none()), uids })
@@ -349,14 +259,7 @@ struct Candidate {
 /// graph's runtime-compiled kernel is then compiled once per cache, not once per shape), or why
 /// it cannot be used: it fails to finalize or wants more than `WORKSPACE_CAP`.
 fn finalize_plan(handle: sys::cudnnHandle_t, cfg: Vec<Desc>, info: EngineInfo, kernel_cache: Option<&Desc>) -> Result<Candidate, String> {
-    let plan = Desc::new(D::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
-    plan.set(A::CUDNN_ATTR_EXECUTION_PLAN_HANDLE, T::CUDNN_TYPE_HANDLE, &[handle])?;
-    plan.set_descs(A::CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, &[&cfg[0]])?;
-    if let Some(cache) = kernel_cache {
-        plan.set_descs(A::CUDNN_ATTR_EXECUTION_PLAN_KERNEL_CACHE, &[cache])?;
-    }
-    plan.finalize(&format!("execution plan of {}", info.tag))?;
-    let workspace = plan.get_i64(A::CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE)?.max(0) as usize;
+    let (plan, workspace) = be::execution_plan(handle, &cfg[0], kernel_cache, &info.tag)?;
     if workspace > WORKSPACE_CAP {
         return Err(format!("{}: workspace {workspace} bytes over the {WORKSPACE_CAP}-byte cap", info.tag));
     }
@@ -399,20 +302,13 @@ fn candidates(handle: sys::cudnnHandle_t, graph: &Graph, dtype: DType, want: usi
     let mut found: Vec<Candidate> = Vec::new();
     let mut seen: Vec<String> = Vec::new();
     for mode in [CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_B, CUDNN_HEUR_MODE_FALLBACK] {
-        let heur = Desc::new(D::CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR)?;
-        heur.set_descs(A::CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, &[&graph.op_graph])?;
-        heur.set(A::CUDNN_ATTR_ENGINEHEUR_MODE, T::CUDNN_TYPE_HEUR_MODE, &[mode])?;
-        if let Err(e) = heur.finalize(&format!("{mode:?} heuristics")) {
-            skipped.push(e);
-            continue;
-        }
-        let mut count = 0i64;
-        // SAFETY: asks for the number of results only (no output array).
-        check(
-            unsafe { sys::cudnnBackendGetAttribute(heur.0, A::CUDNN_ATTR_ENGINEHEUR_RESULTS, T::CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &mut count, std::ptr::null_mut()) },
-            &|| "counting heuristic results".into(),
-        )?;
-        let cfgs = heur.get_descs(A::CUDNN_ATTR_ENGINEHEUR_RESULTS, D::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, count.max(0) as usize)?;
+        let cfgs = match be::engine_configs(&graph.op_graph, mode) {
+            Ok(c) => c,
+            Err(e) => {
+                skipped.push(e);
+                continue;
+            }
+        };
         for cfg in cfgs {
             let info = match engine_info(&cfg, graph.fused) {
                 Ok(i) => i,
@@ -601,11 +497,7 @@ fn variant(graph: &Graph, p: &Pointers, workspace: u64) -> Result<Variant, Strin
         }
     };
     let ptrs: Vec<*mut c_void> = graph.uids.iter().map(|&u| ptr_of(u) as *mut c_void).collect();
-    let pack = Desc::new(D::CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR)?;
-    pack.set_i64s(A::CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, &graph.uids)?;
-    pack.set(A::CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, T::CUDNN_TYPE_VOID_PTR, &ptrs)?;
-    pack.set(A::CUDNN_ATTR_VARIANT_PACK_WORKSPACE, T::CUDNN_TYPE_VOID_PTR, &[workspace as *mut c_void])?;
-    pack.finalize("variant pack")?;
+    let pack = be::variant_pack(&graph.uids, &ptrs, workspace)?;
     Ok(Variant { pack, ptrs: *p, workspace })
 }
 

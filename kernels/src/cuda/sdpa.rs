@@ -1,0 +1,371 @@
+//! Fused attention through cuDNN's SDPA forward engines (graph API): `O = softmax(scale·Q·Kᵀ)·V`
+//! over [batch, heads, rows, head dim] views of the step's buffers, no mask, 16-bit data with
+//! f32 softmax statistics. An alternative to the flash-attention kernel
+//! (`codegen::flash_attention`) for the shapes it takes (`SdpaCall::eligible`); the attention step
+//! carries its own kernel launch as the fallback, which runs when cuDNN has no engine for a shape
+//! (decided once per shape, at its first call).
+//!
+//! Two graphs describe the same computation (facts in docs/research/cudnn-sdpa-backend.md):
+//! - **unified** (cuDNN ≥ 9.13.1): one `OPERATION_SDPA_FWD` node over Q, K, V, O and a by-value
+//!   scale;
+//! - **composite** (all of cuDNN 9): the ten-node chain cuDNN's fused attention engines match —
+//!   S = Q·Kᵀ (K as a transposed view, no copy), S·scale, the row max, exp(S − max), the row sum,
+//!   the log-sum-exp statistics (kept virtual: inference needs none, but the pattern has them),
+//!   P = E / sum in the data's 16-bit type, O = P·V.
+//!
+//! The unified graph is tried first where the library has it, the composite one after (or first,
+//! with `QUILT_SDPA_GRAPH=composite`). The engine is the first configuration of cuDNN's
+//! heuristics (mode A, then the fallback list) whose plan finalizes within `WORKSPACE_CAP`. A
+//! repeat call is one `cudnnBackendExecute` with the variant pack kept while the pointers stay.
+
+use std::ffi::c_void;
+use std::time::Instant;
+
+use cudarc::cudnn::sys;
+use sys::cudnnBackendAttributeName_t as A;
+use sys::cudnnBackendAttributeType_t as T;
+use sys::cudnnBackendDescriptorType_t as D;
+
+use quilt_rewrites::DType;
+
+use super::codegen::{Action, Arg};
+use super::conv::cudnn::{data_type, WORKSPACE_CAP};
+use super::cudnn_backend::{self as be, check, Binding, Desc};
+
+/// The largest head dim cuDNN's Hopper SDPA forward engines take.
+pub const MAX_HEAD_DIM: usize = 256;
+
+const UID_Q: i64 = 1;
+const UID_K: i64 = 2;
+const UID_V: i64 = 3;
+const UID_O: i64 = 4;
+const UID_SCALE: i64 = 5;
+
+/// One attention step for cuDNN: `b` batch entries × `h` heads of an `n`×`m` problem.
+#[derive(Clone, Debug)]
+pub struct SdpaCall {
+    pub dtype: DType,
+    pub b: usize,
+    pub h: usize,
+    pub n: usize,
+    pub m: usize,
+    pub d: usize,
+    pub dv: usize,
+    /// Element strides (batch, head, row) of q, k, v and the output; the last dim is contiguous.
+    pub strides: [[usize; 3]; 4],
+    pub scale: f32,
+    /// q, k, v and the output.
+    pub args: [Arg; 4],
+    /// What runs instead when cuDNN has no engine for this shape (the step's own kernel).
+    pub fallback: Box<Action>,
+}
+
+/// Everything a plan depends on: the call without its arguments, and the pointers' alignment.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SdpaKey {
+    dtype: DType,
+    dims: [usize; 6],
+    strides: [[usize; 3]; 4],
+    scale_bits: u32,
+    align: u8,
+}
+
+impl SdpaCall {
+    /// Whether cuDNN's engines may take attention of this kind: q, k, v and the output of one
+    /// 16-bit float dtype, head dims multiples of 8 up to `MAX_HEAD_DIM` (cuDNN's rule), and
+    /// every stride and column offset a multiple of 8 elements (16-byte rows and heads).
+    pub fn eligible(dtype: DType, d: usize, dv: usize, strides: &[[usize; 3]; 4], bases: &[usize]) -> bool {
+        matches!(dtype, DType::F16 | DType::BF16)
+            && [d, dv].iter().all(|&x| x > 0 && x % 8 == 0 && x <= MAX_HEAD_DIM)
+            && strides.iter().flatten().chain(bases).all(|&s| s % 8 == 0)
+    }
+
+    pub fn key(&self, align: u8) -> SdpaKey {
+        SdpaKey { dtype: self.dtype, dims: [self.b, self.h, self.n, self.m, self.d, self.dv], strides: self.strides, scale_bits: self.scale.to_bits(), align }
+    }
+
+    /// [b, h, rows, width] and the strides of tensor `i` (0 q, 1 k, 2 v, 3 output).
+    fn view(&self, i: usize) -> ([i64; 4], [i64; 4]) {
+        let (rows, width) = match i {
+            0 => (self.n, self.d),
+            1 => (self.m, self.d),
+            2 => (self.m, self.dv),
+            _ => (self.n, self.dv),
+        };
+        let [sb, sh, sr] = self.strides[i];
+        ([self.b, self.h, rows, width].map(|x| x as i64), [sb, sh, sr, 1].map(|x| x as i64))
+    }
+}
+
+/// The largest power of two up to 16 dividing every pointer (the tensors declare it).
+pub fn alignment(ptrs: &[u64; 4]) -> u8 {
+    1 << ptrs.iter().map(|p| p.trailing_zeros()).min().unwrap_or(4).min(4)
+}
+
+/// Which graph describes the attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SdpaGraph {
+    Unified,
+    Composite,
+}
+
+/// The graphs to try, in order, for cuDNN `version`: `QUILT_SDPA_GRAPH=unified|composite` puts
+/// one first; the unified node needs 9.13.1.
+fn graph_order(version: usize) -> Vec<SdpaGraph> {
+    let unified = version >= 91301;
+    match std::env::var("QUILT_SDPA_GRAPH").as_deref() {
+        Ok("composite") => vec![SdpaGraph::Composite],
+        Ok("unified") if unified => vec![SdpaGraph::Unified],
+        _ if unified => vec![SdpaGraph::Unified, SdpaGraph::Composite],
+        _ => vec![SdpaGraph::Composite],
+    }
+}
+
+/// A finalized plan for one shape, and the descriptors it refers to.
+pub struct SdpaPlan {
+    _parts: Vec<Desc>,
+    _op_graph: Desc,
+    _cfg: Desc,
+    plan: Desc,
+    pub workspace: usize,
+    /// The scale, at a stable host address (the variant pack points at it).
+    scale: Box<f32>,
+    /// The pack for the last pointers and workspace.
+    variant: Option<(Desc, [u64; 4], u64)>,
+    /// Which graph and engine, e.g. `unified eng5`.
+    pub tag: String,
+    pub choose_ms: f64,
+}
+
+// SAFETY: descriptors are plain cuDNN objects, used only under the `Dnn` mutex.
+unsafe impl Send for SdpaPlan {}
+
+impl SdpaPlan {
+    /// Builds the plan for `call` on `handle` (cuDNN `version`), or says why no engine takes it.
+    pub fn build(handle: sys::cudnnHandle_t, version: usize, call: &SdpaCall, align: u8) -> Result<SdpaPlan, String> {
+        let started = Instant::now();
+        let mut why = Vec::new();
+        for kind in graph_order(version) {
+            let built = build_graph(handle, call, align as i64, kind).and_then(|(parts, op_graph)| {
+                let (cfg, plan, workspace, engine) = first_engine(handle, &op_graph)?;
+                Ok(SdpaPlan {
+                    _parts: parts,
+                    _op_graph: op_graph,
+                    _cfg: cfg,
+                    plan,
+                    workspace,
+                    scale: Box::new(call.scale),
+                    variant: None,
+                    tag: format!("{} eng{engine}", if kind == SdpaGraph::Unified { "unified" } else { "composite" }),
+                    choose_ms: 0.0,
+                })
+            });
+            match built {
+                Ok(mut p) => {
+                    p.choose_ms = started.elapsed().as_secs_f64() * 1e3;
+                    return Ok(p);
+                }
+                Err(e) => why.push(format!("{kind:?}: {e}")),
+            }
+        }
+        Err(format!("cuDNN SDPA (version {version}) has no engine for b={} h={} n={} m={} d={} dv={}: {}", call.b, call.h, call.n, call.m, call.d, call.dv, why.join("; ")))
+    }
+
+    /// Queues the attention on the handle's stream (`ptrs`: q, k, v, output).
+    pub fn run(&mut self, handle: sys::cudnnHandle_t, ptrs: [u64; 4], workspace: u64) -> Result<(), String> {
+        if self.variant.as_ref().is_none_or(|(_, p, w)| *p != ptrs || *w != workspace) {
+            let scale: *const f32 = &*self.scale;
+            let data = [ptrs[0], ptrs[1], ptrs[2], ptrs[3]].map(|p| p as *mut c_void);
+            let all = [data[0], data[1], data[2], data[3], scale as *mut c_void];
+            let pack = be::variant_pack(&[UID_Q, UID_K, UID_V, UID_O, UID_SCALE], &all, workspace)?;
+            self.variant = Some((pack, ptrs, workspace));
+        }
+        let (pack, _, _) = self.variant.as_ref().expect("built above");
+        // SAFETY: a finalized plan; the pack's pointers are live device buffers and the scale's
+        // host word, owned by this plan.
+        check(unsafe { sys::cudnnBackendExecute(handle, self.plan.0, pack.0) }, &|| format!("cudnnBackendExecute (SDPA, {})", self.tag))
+    }
+}
+
+/// The first engine configuration of the heuristics (mode A, then the fallback list) whose plan
+/// finalizes within `WORKSPACE_CAP`: (configuration, plan, workspace bytes, global engine index).
+fn first_engine(handle: sys::cudnnHandle_t, op_graph: &Desc) -> Result<(Desc, Desc, usize, i64), String> {
+    use sys::cudnnBackendHeurMode_t::*;
+    let mut why = Vec::new();
+    for mode in [CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK] {
+        let cfgs = match be::engine_configs(op_graph, mode) {
+            Ok(c) => c,
+            Err(e) => {
+                why.push(e);
+                continue;
+            }
+        };
+        for cfg in cfgs {
+            let engine = cfg.get_descs(A::CUDNN_ATTR_ENGINECFG_ENGINE, D::CUDNN_BACKEND_ENGINE_DESCRIPTOR, 1)?;
+            let index = engine.first().map(|e| e.get_i64(A::CUDNN_ATTR_ENGINE_GLOBAL_INDEX)).transpose()?.unwrap_or(-1);
+            match be::execution_plan(handle, &cfg, None, &format!("SDPA engine {index}")) {
+                Ok((_, ws)) if ws > WORKSPACE_CAP => why.push(format!("engine {index}: workspace {ws} bytes over the cap")),
+                Ok((plan, ws)) => return Ok((cfg, plan, ws, index)),
+                Err(e) => why.push(e),
+            }
+        }
+    }
+    Err(if why.is_empty() { "the heuristics proposed no engine".into() } else { why.join("; ") })
+}
+
+/// The operation graph of `kind` for `call`, and the descriptors it refers to.
+fn build_graph(handle: sys::cudnnHandle_t, call: &SdpaCall, align: i64, kind: SdpaGraph) -> Result<(Vec<Desc>, Desc), String> {
+    let dt = data_type(call.dtype);
+    let io = |uid: i64, i: usize, transposed: bool| {
+        let (mut dims, mut strides) = call.view(i);
+        if transposed {
+            // Kᵀ for Q·Kᵀ: the same memory with the last two dims (and strides) swapped.
+            dims.swap(2, 3);
+            strides.swap(2, 3);
+        }
+        be::tensor(uid, dt, &dims, &strides, Binding::Device, align)
+    };
+    let scale = be::tensor(UID_SCALE, sys::cudnnDataType_t::CUDNN_DATA_FLOAT, &[1; 4], &[1; 4], Binding::ByValue, 16)?;
+    let (q, v, o) = (io(UID_Q, 0, false)?, io(UID_V, 2, false)?, io(UID_O, 3, false)?);
+    match kind {
+        SdpaGraph::Unified => {
+            let k = io(UID_K, 1, false)?;
+            let op = Desc::new(D::CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR)?;
+            op.set_descs(A::CUDNN_ATTR_OPERATION_SDPA_FWD_QDESC, &[&q])?;
+            op.set_descs(A::CUDNN_ATTR_OPERATION_SDPA_FWD_KDESC, &[&k])?;
+            op.set_descs(A::CUDNN_ATTR_OPERATION_SDPA_FWD_VDESC, &[&v])?;
+            op.set_descs(A::CUDNN_ATTR_OPERATION_SDPA_FWD_ODESC, &[&o])?;
+            op.set_descs(A::CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC, &[&scale])?;
+            op.finalize("SDPA forward operation")?;
+            let graph = be::operation_graph(handle, &[&op], false)?;
+            Ok((vec![q, k, v, o, scale, op], graph))
+        }
+        SdpaGraph::Composite => {
+            let kt = io(UID_K, 1, true)?;
+            let mut c = Composite { parts: Vec::new(), ops: Vec::new(), next_uid: 100 };
+            let f32t = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
+            let (b, h, n, m) = (call.b as i64, call.h as i64, call.n as i64, call.m as i64);
+            let scores = ([b, h, n, m], [h * n * m, n * m, m, 1]);
+            let rows = ([b, h, n, 1], [h * n, n, 1, 1]);
+            let s = c.virtual_tensor(f32t, scores)?;
+            c.matmul(&q, &kt, &s)?;
+            let s1 = c.virtual_tensor(f32t, scores)?;
+            c.pointwise(sys::cudnnPointwiseMode_t::CUDNN_POINTWISE_MUL, &s, Some(&scale), &s1)?;
+            let max = c.virtual_tensor(f32t, rows)?;
+            c.reduction(sys::cudnnReduceTensorOp_t::CUDNN_REDUCE_TENSOR_MAX, &s1, &max)?;
+            let s2 = c.virtual_tensor(f32t, scores)?;
+            c.pointwise(sys::cudnnPointwiseMode_t::CUDNN_POINTWISE_SUB, &s1, Some(&max), &s2)?;
+            let e = c.virtual_tensor(f32t, scores)?;
+            c.pointwise(sys::cudnnPointwiseMode_t::CUDNN_POINTWISE_EXP, &s2, None, &e)?;
+            let sum = c.virtual_tensor(f32t, rows)?;
+            c.reduction(sys::cudnnReduceTensorOp_t::CUDNN_REDUCE_TENSOR_ADD, &e, &sum)?;
+            // The log-sum-exp statistics: unused in inference, but part of the pattern the fused
+            // engines recognise.
+            let log = c.virtual_tensor(f32t, rows)?;
+            c.pointwise(sys::cudnnPointwiseMode_t::CUDNN_POINTWISE_LOG, &sum, None, &log)?;
+            let stats = c.virtual_tensor(f32t, rows)?;
+            c.pointwise(sys::cudnnPointwiseMode_t::CUDNN_POINTWISE_ADD, &max, Some(&log), &stats)?;
+            // P in the data's 16-bit type: the second product's A operand has the i/o type.
+            let p = c.virtual_tensor(dt, scores)?;
+            c.pointwise(sys::cudnnPointwiseMode_t::CUDNN_POINTWISE_DIV, &e, Some(&sum), &p)?;
+            c.matmul(&p, &v, &o)?;
+            let graph = be::operation_graph(handle, &c.ops.iter().collect::<Vec<_>>(), false)?;
+            let mut parts = vec![q, kt, v, o, scale, s, s1, max, s2, e, sum, log, stats, p];
+            parts.extend(c.parts);
+            parts.extend(c.ops);
+            Ok((parts, graph))
+        }
+    }
+}
+
+/// The composite graph as it is built: its operations and the descriptors they use.
+struct Composite {
+    parts: Vec<Desc>,
+    ops: Vec<Desc>,
+    next_uid: i64,
+}
+
+impl Composite {
+    fn virtual_tensor(&mut self, dtype: sys::cudnnDataType_t, (dims, strides): ([i64; 4], [i64; 4])) -> Result<Desc, String> {
+        self.next_uid += 1;
+        be::tensor(self.next_uid, dtype, &dims, &strides, Binding::Virtual, 16)
+    }
+
+    fn matmul(&mut self, a: &Desc, b: &Desc, c: &Desc) -> Result<(), String> {
+        let desc = Desc::new(D::CUDNN_BACKEND_MATMUL_DESCRIPTOR)?;
+        desc.set(A::CUDNN_ATTR_MATMUL_COMP_TYPE, T::CUDNN_TYPE_DATA_TYPE, &[sys::cudnnDataType_t::CUDNN_DATA_FLOAT])?;
+        desc.finalize("matmul descriptor")?;
+        let op = Desc::new(D::CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR)?;
+        op.set_descs(A::CUDNN_ATTR_OPERATION_MATMUL_ADESC, &[a])?;
+        op.set_descs(A::CUDNN_ATTR_OPERATION_MATMUL_BDESC, &[b])?;
+        op.set_descs(A::CUDNN_ATTR_OPERATION_MATMUL_CDESC, &[c])?;
+        op.set_descs(A::CUDNN_ATTR_OPERATION_MATMUL_DESC, &[&desc])?;
+        op.finalize("matmul operation")?;
+        self.parts.push(desc);
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn pointwise(&mut self, mode: sys::cudnnPointwiseMode_t, x: &Desc, b: Option<&Desc>, y: &Desc) -> Result<(), String> {
+        let desc = Desc::new(D::CUDNN_BACKEND_POINTWISE_DESCRIPTOR)?;
+        desc.set(A::CUDNN_ATTR_POINTWISE_MODE, T::CUDNN_TYPE_POINTWISE_MODE, &[mode])?;
+        desc.set(A::CUDNN_ATTR_POINTWISE_MATH_PREC, T::CUDNN_TYPE_DATA_TYPE, &[sys::cudnnDataType_t::CUDNN_DATA_FLOAT])?;
+        desc.finalize(&format!("pointwise {mode:?} descriptor"))?;
+        let op = Desc::new(D::CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR)?;
+        op.set_descs(A::CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, &[&desc])?;
+        op.set_descs(A::CUDNN_ATTR_OPERATION_POINTWISE_XDESC, &[x])?;
+        if let Some(b) = b {
+            op.set_descs(A::CUDNN_ATTR_OPERATION_POINTWISE_BDESC, &[b])?;
+        }
+        op.set_descs(A::CUDNN_ATTR_OPERATION_POINTWISE_YDESC, &[y])?;
+        op.finalize(&format!("pointwise {mode:?} operation"))?;
+        self.parts.push(desc);
+        self.ops.push(op);
+        Ok(())
+    }
+
+    fn reduction(&mut self, operator: sys::cudnnReduceTensorOp_t, x: &Desc, y: &Desc) -> Result<(), String> {
+        let desc = Desc::new(D::CUDNN_BACKEND_REDUCTION_DESCRIPTOR)?;
+        desc.set(A::CUDNN_ATTR_REDUCTION_COMP_TYPE, T::CUDNN_TYPE_DATA_TYPE, &[sys::cudnnDataType_t::CUDNN_DATA_FLOAT])?;
+        desc.set(A::CUDNN_ATTR_REDUCTION_OPERATOR, T::CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, &[operator])?;
+        desc.finalize(&format!("reduction {operator:?} descriptor"))?;
+        let op = Desc::new(D::CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR)?;
+        op.set_descs(A::CUDNN_ATTR_OPERATION_REDUCTION_DESC, &[&desc])?;
+        op.set_descs(A::CUDNN_ATTR_OPERATION_REDUCTION_XDESC, &[x])?;
+        op.set_descs(A::CUDNN_ATTR_OPERATION_REDUCTION_YDESC, &[y])?;
+        op.finalize(&format!("reduction {operator:?} operation"))?;
+        self.parts.push(desc);
+        self.ops.push(op);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eligibility_follows_cudnns_head_dim_and_alignment_rules() {
+        let strides = [[4096 * 960, 40, 960]; 4];
+        assert!(SdpaCall::eligible(DType::F16, 40, 40, &strides, &[0, 320, 640]));
+        assert!(SdpaCall::eligible(DType::BF16, 160, 160, &strides, &[0, 0, 0]));
+        // f32, head dims off the 8-grid or past 256, strides or column offsets off the 8-grid.
+        assert!(!SdpaCall::eligible(DType::F32, 40, 40, &strides, &[0, 0, 0]));
+        assert!(!SdpaCall::eligible(DType::F16, 20, 20, &strides, &[0, 0, 0]));
+        assert!(!SdpaCall::eligible(DType::F16, 264, 264, &strides, &[0, 0, 0]));
+        assert!(!SdpaCall::eligible(DType::F16, 40, 40, &[[4096 * 90, 36, 90]; 4], &[0, 0, 0]));
+        assert!(!SdpaCall::eligible(DType::F16, 40, 40, &strides, &[0, 44, 3]));
+    }
+
+    #[test]
+    fn views_and_pointer_alignment() {
+        let fallback = Box::new(Action::Zero { arg: Arg::Out(0), bytes: 0 });
+        let call = SdpaCall { dtype: DType::F16, b: 2, h: 8, n: 4096, m: 77, d: 40, dv: 40, strides: [[4096 * 960, 40, 960], [77 * 640, 40, 640], [77 * 640, 40, 640], [4096 * 320, 40, 320]], scale: 0.158, args: [Arg::In(0), Arg::In(1), Arg::InAt(1, 640), Arg::Out(0)], fallback };
+        assert_eq!(call.view(0), ([2, 8, 4096, 40], [4096 * 960, 40, 960, 1]));
+        assert_eq!(call.view(1), ([2, 8, 77, 40], [77 * 640, 40, 640, 1]));
+        assert_eq!(call.view(3), ([2, 8, 4096, 40], [4096 * 320, 40, 320, 1]));
+        assert_eq!(alignment(&[0x1000, 0x2000, 0x1280, 0x3000]), 16);
+        assert_eq!(alignment(&[0x1000, 0x1004, 0x1280, 0x3000]), 4);
+        assert_ne!(call.key(16), call.key(4));
+    }
+}
