@@ -65,7 +65,7 @@
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -275,6 +275,37 @@ case "$PART" in
             done
         done
         QUILT_ATTN_CUDNN=1 TRACE_TAG=_sdpa bash "$0" "$BIN" "$OUT" trace >> "$S" 2>&1
+        cat "$S"
+        ;;
+    defaults9)
+        # Session 9's defaults (slab GroupNorm, fast SiLU, cuDNN SDPA for ≥ 2048² scores): the
+        # attention tests (flash kernel alone, cuDNN), every fixture, cuDNN's composite graph per
+        # shape, the UNet b2 64² alternating default / composite graph / no cuDNN attention, and a
+        # new shape's first call with and without dynamic-shape SDPA graphs (QUILT_SDPA_DYNAMIC=1).
+        S="$OUT/summary.txt"
+        echo "== cuda_attention flash + cudnn" >> "$S"
+        for t in flash_attention_matches_the_cpu_reference cudnn_sdpa_matches_the_cpu_reference; do
+            timeout 150 /tmp/qbin/cuda_attention --exact $t > "$OUT/$t.log" 2>&1; echo "$t rc=$?" >> "$S"; grep -E "test result|failed" "$OUT/$t.log" | head -8 >> "$S"
+        done
+        test_binary cuda_fixtures >> "$S"
+        echo "== cudnn_sdpa_timing, QUILT_SDPA_GRAPH=composite" >> "$S"
+        QUILT_SDPA_GRAPH=composite timeout 150 /tmp/qbin/cuda_attention --ignored --exact cudnn_sdpa_timing --nocapture > "$OUT/sdpa_timing_composite.log" 2>&1; grep -E '^\{|test result' "$OUT/sdpa_timing_composite.log" >> "$S"
+        export_unet
+        for round in 1 2; do
+            for v in 'X=1' 'QUILT_SDPA_GRAPH=composite' 'QUILT_ATTN_CUDNN=0'; do
+                echo "== UNet b2 64², $v (round $round)" >> "$S"
+                ref=$([ "$v" = QUILT_ATTN_CUDNN=0 ] && echo "--save-output /tmp/unet_ref.f32" || echo "")
+                [ "$round" = 2 ] && [ "$v" != QUILT_ATTN_CUDNN=0 ] && ref="--reference /tmp/unet_ref.f32"
+                env $v timeout 100 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last $ref 2>/dev/null | grep -oE '"median_ms":[0-9.]+|"(max_rel|l2_rel)_err":[-0-9.e+a-z]+|"cudnn_attention":.{0,200}' >> "$S"
+            done
+        done
+        for dyn in 0 1; do
+            for c in b1 96; do
+                d=$([ $c = b1 ] && echo $D1 || echo $D96)
+                echo "== new shape b2 -> $c, QUILT_SDPA_DYNAMIC=$dyn" >> "$S"
+                QUILT_SDPA_DYNAMIC=$dyn bench newshape_dyn${dyn}_b2_to_$c "$W/model.onnx" --dims $D2 $BO --new-shape $d | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}|"cudnn_attention":.{0,400}' >> "$S"
+            done
+        done
         cat "$S"
         ;;
     gemmlt)

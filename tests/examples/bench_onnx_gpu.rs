@@ -390,10 +390,6 @@ fn run() -> Result<String, String> {
         let bytes: Vec<u8> = got.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect();
         std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let attention = exe.cudnn_attention_report();
-    if !attention.is_empty() {
-        json += &format!(",\"cudnn_attention\":{attention:?}");
-    }
     if let Some(r) = &args.reference {
         let want = read_f32(r)?;
         if want.len() != got.len() {
@@ -418,6 +414,10 @@ fn run() -> Result<String, String> {
     }
     if args.profile {
         json += &format!(",\"profile_gpu_ms\":{:.2}", profile(&exe, &inputs, args.profile_json.as_deref())?);
+    }
+    let attention = exe.cudnn_attention_report();
+    if !attention.is_empty() {
+        json += &format!(",\"cudnn_attention\":{attention:?}");
     }
     json.push('}');
     Ok(json)

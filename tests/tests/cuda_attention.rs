@@ -99,9 +99,14 @@ impl Case {
     }
 
     /// A scratch cap of `rows` score rows (of M elements in the dtype).
-    /// Flash-kernel shapes through cuDNN's SDPA engines (`Overrides::cudnn`).
+    /// Every flash-kernel shape through cuDNN's SDPA engines (`Overrides::cudnn_min_scores`).
     fn cudnn(self) -> Case {
-        Case { overrides: Overrides { cudnn: true, ..self.overrides }, ..self }
+        Case { overrides: Overrides { cudnn_min_scores: 0, ..self.overrides }, ..self }
+    }
+
+    /// Never through cuDNN.
+    fn flash_only(self) -> Case {
+        Case { overrides: Overrides { cudnn_min_scores: usize::MAX, ..self.overrides }, ..self }
     }
 
     fn cap_rows(self, rows: usize) -> Case {
@@ -135,8 +140,8 @@ impl Case {
         let o = self.overrides;
         let route = if o == Overrides::default() {
             String::new()
-        } else if o.cudnn && o.route == Route::Auto && o.scratch_cap == Overrides::default().scratch_cap {
-            " cudnn".to_string()
+        } else if o.route == Route::Auto && o.scratch_cap == Overrides::default().scratch_cap {
+            format!(" cudnn≥{}", o.cudnn_min_scores)
         } else if o.scratch_cap == Overrides::default().scratch_cap {
             format!(" {:?}", o.route)
         } else {
@@ -380,7 +385,9 @@ fn check_cases(device: &Arc<CudaDevice>, cases: &[Case], seed: u64) {
 #[test]
 fn flash_attention_matches_the_cpu_reference() {
     let Some(device) = support::gpu_or_skip() else { return };
-    check_cases(&device, &cases(), 100);
+    // The kernel itself: large problems would otherwise go to cuDNN by default.
+    let cases: Vec<Case> = cases().into_iter().map(Case::flash_only).collect();
+    check_cases(&device, &cases, 100);
 }
 
 #[test]
@@ -425,7 +432,7 @@ fn cudnn_sdpa_timing() {
     for (si, (shape, n, m, d)) in shapes.into_iter().enumerate() {
         for cudnn in [false, true] {
             let case = Case::packed(DType::F16, 2, 8, n, m, d);
-            let case = if cudnn { case.cudnn() } else { case };
+            let case = if cudnn { case.cudnn() } else { case.flash_only() };
             let inputs = case.inputs(800 + si as u64);
             let want = case.reference(&inputs).unwrap_or_else(|e| panic!("{shape}: cpu: {e}"));
             let timed = (|| -> Result<(f64, f64, Vec<String>), String> {
@@ -613,14 +620,14 @@ fn flash_variant_timing() {
     let mut table = Vec::new();
     let mut failures = Vec::new();
     for (si, (shape, n, m, d)) in shapes.into_iter().enumerate() {
-        let case = Case::packed(DType::F16, 2, 8, n, m, d);
+        let case = Case::packed(DType::F16, 2, 8, n, m, d).flash_only();
         let inputs = case.inputs(700 + si as u64);
         let want = case.reference(&inputs).unwrap_or_else(|e| panic!("{shape}: cpu: {e}"));
         let bucket = flash::bucket(d).unwrap();
         let default = flash::default_config(bucket);
         for (name, cfg) in flash_variants(bucket) {
             let timed = flash::with_config(cfg, bucket, || -> Result<(f64, f64, f64, f64), String> {
-                let exe = CudaExecutable::with_device(case.plan(), device.clone()).map_err(|e| e.to_string())?;
+                let exe = with_overrides(case.overrides, || CudaExecutable::with_device(case.plan(), device.clone())).map_err(|e| e.to_string())?;
                 let got = exe.run(&inputs).map_err(|e| e.to_string())?;
                 let err = support::compare(&got[0], &want, NonFinite::Reject)?;
                 let (max_tol, l2_tol) = case.tolerance();

@@ -164,3 +164,12 @@ pub(crate) fn variant_pack(uids: &[i64], ptrs: &[*mut c_void], workspace: u64) -
     pack.finalize("variant pack")?;
     Ok(pack)
 }
+
+/// A kernel cache for dynamic-shape graphs like `op_graph`: plans finalized through it share the
+/// kernels cuDNN compiles at run time, so a new shape of the class compiles nothing.
+pub(crate) fn kernel_cache(op_graph: &Desc) -> Result<Desc, String> {
+    let cache = Desc::new(D::CUDNN_BACKEND_KERNEL_CACHE_DESCRIPTOR)?;
+    cache.set_descs(A::CUDNN_ATTR_KERNEL_CACHE_OPERATION_GRAPH, &[op_graph])?;
+    cache.finalize("kernel cache")?;
+    Ok(cache)
+}

@@ -17,6 +17,11 @@
 //! with `QUILT_SDPA_GRAPH=composite`). The engine is the first configuration of cuDNN's
 //! heuristics (mode A, then the fallback list) whose plan finalizes within `WORKSPACE_CAP`. A
 //! repeat call is one `cudnnBackendExecute` with the variant pack kept while the pointers stay.
+//!
+//! Building a plan costs 25-56 ms (H200; cuDNN compiles the engine's kernel at run time), which a
+//! new batch or image size pays at its first call. `QUILT_SDPA_DYNAMIC=1` (opt-in until measured)
+//! builds dynamic-shape graphs whose plans share one kernel cache per class (dtype, heads, head
+//! dims), so later shapes of a class reuse the compiled kernel.
 
 use std::ffi::c_void;
 use std::time::Instant;
@@ -80,6 +85,11 @@ impl SdpaCall {
             && strides.iter().flatten().chain(bases).all(|&s| s % 8 == 0)
     }
 
+    /// The class a plan's kernel cache is shared in: (dtype, heads, head dims).
+    pub fn class(&self) -> (DType, usize, usize, usize) {
+        (self.dtype, self.h, self.d, self.dv)
+    }
+
     pub fn key(&self, align: u8) -> SdpaKey {
         SdpaKey { dtype: self.dtype, dims: [self.b, self.h, self.n, self.m, self.d, self.dv], strides: self.strides, scale_bits: self.scale.to_bits(), align }
     }
@@ -134,7 +144,24 @@ pub struct SdpaPlan {
     variant: Option<(Desc, [u64; 4], u64)>,
     /// Which graph and engine, e.g. `unified eng5`.
     pub tag: String,
-    pub choose_ms: f64,
+    /// Time to build the graph and query the heuristics, and to finalize the plan.
+    pub graph_ms: f64,
+    pub finalize_ms: f64,
+}
+
+/// What the shapes of one class (dtype, heads, head dims) share: with dynamic shapes, the kernel
+/// cache their plans are finalized through.
+#[derive(Default)]
+pub struct SdpaClass {
+    kernel_cache: Option<Desc>,
+}
+
+// SAFETY: as `SdpaPlan`.
+unsafe impl Send for SdpaClass {}
+
+/// `QUILT_SDPA_DYNAMIC=1`: dynamic-shape graphs sharing a kernel cache per class.
+pub fn dynamic_shapes() -> bool {
+    std::env::var("QUILT_SDPA_DYNAMIC").is_ok_and(|v| v == "1")
 }
 
 // SAFETY: descriptors are plain cuDNN objects, used only under the `Dnn` mutex.
@@ -142,12 +169,17 @@ unsafe impl Send for SdpaPlan {}
 
 impl SdpaPlan {
     /// Builds the plan for `call` on `handle` (cuDNN `version`), or says why no engine takes it.
-    pub fn build(handle: sys::cudnnHandle_t, version: usize, call: &SdpaCall, align: u8) -> Result<SdpaPlan, String> {
-        let started = Instant::now();
+    /// `class` is what earlier shapes of the class left (the kernel cache, with `dynamic`).
+    pub fn build(handle: sys::cudnnHandle_t, version: usize, call: &SdpaCall, align: u8, class: &mut SdpaClass, dynamic: bool) -> Result<SdpaPlan, String> {
         let mut why = Vec::new();
         for kind in graph_order(version) {
-            let built = build_graph(handle, call, align as i64, kind).and_then(|(parts, op_graph)| {
-                let (cfg, plan, workspace, engine) = first_engine(handle, &op_graph)?;
+            let started = Instant::now();
+            let built = build_graph(handle, call, align as i64, kind, dynamic).and_then(|(parts, op_graph)| {
+                if dynamic && class.kernel_cache.is_none() {
+                    class.kernel_cache = Some(be::kernel_cache(&op_graph)?);
+                }
+                let (cfg, plan, workspace, engine, finalize_ms) = first_engine(handle, &op_graph, class.kernel_cache.as_ref())?;
+                let total_ms = started.elapsed().as_secs_f64() * 1e3;
                 Ok(SdpaPlan {
                     _parts: parts,
                     _op_graph: op_graph,
@@ -156,15 +188,13 @@ impl SdpaPlan {
                     workspace,
                     scale: Box::new(call.scale),
                     variant: None,
-                    tag: format!("{} eng{engine}", if kind == SdpaGraph::Unified { "unified" } else { "composite" }),
-                    choose_ms: 0.0,
+                    tag: format!("{} eng{engine}{}", if kind == SdpaGraph::Unified { "unified" } else { "composite" }, if dynamic { " dynamic" } else { "" }),
+                    graph_ms: total_ms - finalize_ms,
+                    finalize_ms,
                 })
             });
             match built {
-                Ok(mut p) => {
-                    p.choose_ms = started.elapsed().as_secs_f64() * 1e3;
-                    return Ok(p);
-                }
+                Ok(p) => return Ok(p),
                 Err(e) => why.push(format!("{kind:?}: {e}")),
             }
         }
@@ -188,8 +218,9 @@ impl SdpaPlan {
 }
 
 /// The first engine configuration of the heuristics (mode A, then the fallback list) whose plan
-/// finalizes within `WORKSPACE_CAP`: (configuration, plan, workspace bytes, global engine index).
-fn first_engine(handle: sys::cudnnHandle_t, op_graph: &Desc) -> Result<(Desc, Desc, usize, i64), String> {
+/// finalizes (through `kernel_cache` when given) within `WORKSPACE_CAP`: (configuration, plan,
+/// workspace bytes, global engine index, ms spent finalizing).
+fn first_engine(handle: sys::cudnnHandle_t, op_graph: &Desc, kernel_cache: Option<&Desc>) -> Result<(Desc, Desc, usize, i64, f64), String> {
     use sys::cudnnBackendHeurMode_t::*;
     let mut why = Vec::new();
     for mode in [CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK] {
@@ -203,9 +234,10 @@ fn first_engine(handle: sys::cudnnHandle_t, op_graph: &Desc) -> Result<(Desc, De
         for cfg in cfgs {
             let engine = cfg.get_descs(A::CUDNN_ATTR_ENGINECFG_ENGINE, D::CUDNN_BACKEND_ENGINE_DESCRIPTOR, 1)?;
             let index = engine.first().map(|e| e.get_i64(A::CUDNN_ATTR_ENGINE_GLOBAL_INDEX)).transpose()?.unwrap_or(-1);
-            match be::execution_plan(handle, &cfg, None, &format!("SDPA engine {index}")) {
+            let started = Instant::now();
+            match be::execution_plan(handle, &cfg, kernel_cache, &format!("SDPA engine {index}")) {
                 Ok((_, ws)) if ws > WORKSPACE_CAP => why.push(format!("engine {index}: workspace {ws} bytes over the cap")),
-                Ok((plan, ws)) => return Ok((cfg, plan, ws, index)),
+                Ok((plan, ws)) => return Ok((cfg, plan, ws, index, started.elapsed().as_secs_f64() * 1e3)),
                 Err(e) => why.push(e),
             }
         }
@@ -214,7 +246,7 @@ fn first_engine(handle: sys::cudnnHandle_t, op_graph: &Desc) -> Result<(Desc, De
 }
 
 /// The operation graph of `kind` for `call`, and the descriptors it refers to.
-fn build_graph(handle: sys::cudnnHandle_t, call: &SdpaCall, align: i64, kind: SdpaGraph) -> Result<(Vec<Desc>, Desc), String> {
+fn build_graph(handle: sys::cudnnHandle_t, call: &SdpaCall, align: i64, kind: SdpaGraph, dynamic: bool) -> Result<(Vec<Desc>, Desc), String> {
     let dt = data_type(call.dtype);
     let io = |uid: i64, i: usize, transposed: bool| {
         let (mut dims, mut strides) = call.view(i);
@@ -237,7 +269,7 @@ fn build_graph(handle: sys::cudnnHandle_t, call: &SdpaCall, align: i64, kind: Sd
             op.set_descs(A::CUDNN_ATTR_OPERATION_SDPA_FWD_ODESC, &[&o])?;
             op.set_descs(A::CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC, &[&scale])?;
             op.finalize("SDPA forward operation")?;
-            let graph = be::operation_graph(handle, &[&op], false)?;
+            let graph = be::operation_graph(handle, &[&op], dynamic)?;
             Ok((vec![q, k, v, o, scale, op], graph))
         }
         SdpaGraph::Composite => {
@@ -269,7 +301,7 @@ fn build_graph(handle: sys::cudnnHandle_t, call: &SdpaCall, align: i64, kind: Sd
             let p = c.virtual_tensor(dt, scores)?;
             c.pointwise(sys::cudnnPointwiseMode_t::CUDNN_POINTWISE_DIV, &e, Some(&sum), &p)?;
             c.matmul(&p, &v, &o)?;
-            let graph = be::operation_graph(handle, &c.ops.iter().collect::<Vec<_>>(), false)?;
+            let graph = be::operation_graph(handle, &c.ops.iter().collect::<Vec<_>>(), dynamic)?;
             let mut parts = vec![q, kt, v, o, scale, s, s1, max, s2, e, sum, log, stats, p];
             parts.extend(c.parts);
             parts.extend(c.ops);

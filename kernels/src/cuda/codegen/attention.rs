@@ -75,8 +75,9 @@ pub struct AttentionCode {
     in_bytes: [usize; 3],
     /// q, k, v and the output's one dtype when they share one (cuDNN's SDPA needs that).
     same_dtype: Option<DType>,
-    /// Whether flash-kernel shapes go to cuDNN's SDPA engines first (`Overrides::cudnn`).
-    cudnn: bool,
+    /// Flash-kernel shapes with at least this many scores per head go to cuDNN's SDPA engines
+    /// first (`Overrides::cudnn_min_scores`).
+    cudnn_min_scores: usize,
     has_mask: bool,
     /// The fused route, when compiled.
     fused: Option<Fused>,
@@ -160,7 +161,7 @@ impl AttentionCode {
         });
         let in_bytes = std::array::from_fn(|i| cts[i].dtype.size_bytes());
         let same_dtype = cts.iter().all(|c| c.dtype == out.dtype).then_some(out.dtype);
-        Ok(AttentionCode { kernels, scale: *scale, heads: *heads, columns: *columns, in_bytes, same_dtype, cudnn: overrides.cudnn, has_mask: mask.is_some(), fused, gemm })
+        Ok(AttentionCode { kernels, scale: *scale, heads: *heads, columns: *columns, in_bytes, same_dtype, cudnn_min_scores: overrides.cudnn_min_scores, has_mask: mask.is_some(), fused, gemm })
     }
 
     /// The flash variants (f16/bf16 up to `MAX_HEAD_DIM`) or the plain kernel (wide tiles for
@@ -459,11 +460,11 @@ impl StepCode for AttentionCode {
 
 impl AttentionCode {
     /// The step as a cuDNN SDPA call with `launch` (the flash kernel) as its fallback, when
-    /// cuDNN is asked for and may take it: the flash route, no mask, one 16-bit dtype, head dims
-    /// and strides cuDNN allows (`SdpaCall::eligible`).
+    /// cuDNN is asked for at this size (`cudnn_min_scores`) and may take it: the flash route, no
+    /// mask, one 16-bit dtype, head dims and strides cuDNN allows (`SdpaCall::eligible`).
     fn sdpa_call(&self, g: &Geometry, fused: &Fused, launch: Action) -> Option<SdpaCall> {
         let dtype = self.same_dtype?;
-        if !self.cudnn || self.has_mask || fused.flash_buckets.is_none() {
+        if g.n.saturating_mul(g.m) < self.cudnn_min_scores || self.has_mask || fused.flash_buckets.is_none() {
             return None;
         }
         // Without packed heads every problem is a batch entry of one head.
@@ -543,7 +544,7 @@ mod tests {
     #[test]
     fn cudnn_route_describes_the_views_and_keeps_the_kernel_as_fallback() {
         let bindings = crate::bind::Bindings::default();
-        let on = Overrides { cudnn: true, ..Overrides::default() };
+        let on = Overrides { cudnn_min_scores: 0, ..Overrides::default() };
         let cols = AttentionColumns { offset: [0, 320, 640], width: [320; 3] };
         let op = Op::Attention { scale: 0.158, heads: Some(8), columns: Some(cols) };
         let qkv = [2usize, 4096, 960];
@@ -557,9 +558,9 @@ mod tests {
         assert_eq!(call.args, [Arg::In(0), Arg::InAt(1, 640), Arg::InAt(2, 1280), Arg::Out(0)]);
         assert!((call.scale - 0.158).abs() < 1e-7);
         assert!(matches!(*call.fallback, Action::Launch { kernel: 0, .. }));
-        // Off by default; a mask or a head dim off the 8-grid keeps the kernel.
-        let off = Overrides { cudnn: false, ..Overrides::default() };
-        let code = with_overrides(off, || AttentionCode::with_head_dims(&op, &types(DType::F16, None, 3), Some((40, 40)))).unwrap();
+        // Below the size threshold, a mask or a head dim off the 8-grid keeps the kernel.
+        let above = Overrides { cudnn_min_scores: 4096 * 4096 + 1, ..Overrides::default() };
+        let code = with_overrides(above, || AttentionCode::with_head_dims(&op, &types(DType::F16, None, 3), Some((40, 40)))).unwrap();
         assert!(matches!(code.plan(&s).unwrap().actions[..], [Action::Launch { .. }]));
         let plain = Op::Attention { scale: 0.2, heads: None, columns: None };
         let (q, mask) = ([2usize, 100, 20], [100usize, 100]);

@@ -54,21 +54,33 @@ pub struct Overrides {
     pub route: Route,
     /// Bytes of score scratch a GEMM-route step may use before it runs in chunks.
     pub scratch_cap: usize,
-    /// Steps on the flash kernel run through cuDNN's fused SDPA engines where those take the
-    /// shape (`sdpa`; the flash kernel stays as the fallback). Default: `QUILT_ATTN_CUDNN=1`.
-    pub cudnn: bool,
+    /// Flash-kernel shapes with at least this many scores per head (N·M) run through cuDNN's
+    /// fused SDPA engines where those take the shape (`sdpa`; the flash kernel stays as the
+    /// fallback). 0: every shape; `usize::MAX`: none. Default `CUDNN_MIN_SCORES`;
+    /// `QUILT_ATTN_CUDNN=1` every shape, `=0` none.
+    pub cudnn_min_scores: usize,
 }
+
+/// Attention problems from 2048×2048 scores up go to cuDNN by default. Measured per step on an
+/// H200 (session 9, b2 × 8 heads, f16): cuDNN's engine beat the flash kernel at SD's 64² self-
+/// attention (4096², d 40: 170 vs 243 µs) and lost or tied below (1024², d 80: 46.9 vs 44.4 µs;
+/// 256², d 160: 31.5 vs 31.1 µs; cross-attention over 77 keys: 31-50 vs 21-33 µs).
+pub const CUDNN_MIN_SCORES: usize = 2048 * 2048;
 
 impl Default for Overrides {
     fn default() -> Overrides {
-        Overrides { route: Route::Auto, scratch_cap: DEFAULT_SCRATCH_CAP, cudnn: cudnn_from_env() }
+        Overrides { route: Route::Auto, scratch_cap: DEFAULT_SCRATCH_CAP, cudnn_min_scores: cudnn_min_scores_from_env() }
     }
 }
 
-/// `QUILT_ATTN_CUDNN=1`: attention on cuDNN's SDPA engines (opt-in until measured in the UNet).
-fn cudnn_from_env() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("QUILT_ATTN_CUDNN").is_ok_and(|v| v == "1"))
+/// `QUILT_ATTN_CUDNN`: `1` every eligible shape on cuDNN, `0` none, else `CUDNN_MIN_SCORES`.
+fn cudnn_min_scores_from_env() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| match std::env::var("QUILT_ATTN_CUDNN").as_deref() {
+        Ok("1") => 0,
+        Ok("0") => usize::MAX,
+        _ => CUDNN_MIN_SCORES,
+    })
 }
 
 thread_local! {
@@ -357,7 +369,7 @@ mod tests {
 
     #[test]
     fn overrides_are_scoped_to_the_call() {
-        let o = Overrides { route: Route::Gemm, scratch_cap: 1234, cudnn: true };
+        let o = Overrides { route: Route::Gemm, scratch_cap: 1234, cudnn_min_scores: 0 };
         assert_eq!(with_overrides(o, overrides), o);
         assert_eq!(overrides(), Overrides::default());
         let r = std::panic::catch_unwind(|| with_overrides(o, || panic!("inside")));

@@ -48,7 +48,7 @@ pub use super::graph_api::Pointers;
 use super::legacy::LegacyPlan;
 use super::ConvGeometry;
 use crate::cuda::codegen::Arg;
-use crate::cuda::sdpa::{self, SdpaCall, SdpaKey, SdpaPlan};
+use crate::cuda::sdpa::{self, SdpaCall, SdpaClass, SdpaKey, SdpaPlan};
 
 /// Largest workspace a convolution may use (engines and algorithms wanting more are skipped):
 /// the memory target is a few hundred MB over the weights for the whole UNet, and the workspace
@@ -351,6 +351,7 @@ struct Inner {
     stats: PrepareStats,
     /// Fused attention plans per shape, or why cuDNN has none (the step's kernel runs then).
     sdpa: HashMap<SdpaKey, Result<SdpaPlan, String>>,
+    sdpa_classes: HashMap<(DType, usize, usize, usize), SdpaClass>,
 }
 
 impl Inner {
@@ -409,7 +410,7 @@ impl Default for Dnn {
 
 impl Dnn {
     pub fn new(search: AlgoSearch) -> Dnn {
-        let inner = Inner { handle: std::ptr::null_mut(), helpers: Vec::new(), shapes: HashMap::new(), classes: HashMap::new(), workspace: Workspace::default(), stats: PrepareStats::default(), sdpa: HashMap::new() };
+        let inner = Inner { handle: std::ptr::null_mut(), helpers: Vec::new(), shapes: HashMap::new(), classes: HashMap::new(), workspace: Workspace::default(), stats: PrepareStats::default(), sdpa: HashMap::new(), sdpa_classes: HashMap::new() };
         Dnn { search, threads: prepare_threads(), inner: Mutex::new(inner) }
     }
 
@@ -470,7 +471,8 @@ impl Dnn {
         let key = call.key(align);
         if !inner.sdpa.contains_key(&key) {
             let started = Instant::now();
-            let plan = SdpaPlan::build(main, version, call, align);
+            let class = inner.sdpa_classes.entry(call.class()).or_default();
+            let plan = SdpaPlan::build(main, version, call, align, class, sdpa::dynamic_shapes());
             inner.stats.wall_ms += started.elapsed().as_secs_f64() * 1e3;
             inner.sdpa.insert(key.clone(), plan);
         }
@@ -488,7 +490,7 @@ impl Dnn {
     pub fn sdpa_report(&self) -> Vec<String> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.sdpa.values().map(|r| match r {
-            Ok(p) => format!("cuDNN SDPA: {} ({:.1} ms to build, workspace {} bytes)", p.tag, p.choose_ms, p.workspace),
+            Ok(p) => format!("cuDNN SDPA: {} ({:.1} ms graph and heuristics, {:.1} ms finalize, workspace {} bytes)", p.tag, p.graph_ms, p.finalize_ms, p.workspace),
             Err(e) => format!("cuDNN SDPA declined: {e}"),
         }).collect()
     }
@@ -614,6 +616,7 @@ impl Drop for Dnn {
         inner.shapes.clear();
         inner.classes.clear();
         inner.sdpa.clear();
+        inner.sdpa_classes.clear();
         for h in inner.helpers.drain(..).map(|h| h.0).chain([inner.handle]).filter(|h| !h.is_null()) {
             // SAFETY: the plans built with it are dropped above; it is not used after this.
             let _ = unsafe { sys::cudnnDestroy(h) };

@@ -372,10 +372,7 @@ unsafe impl Send for ClassState {}
 
 /// A kernel cache for the dynamic-shape graphs of `graph`'s class.
 fn kernel_cache(graph: &Graph) -> Result<Desc, String> {
-    let cache = Desc::new(D::CUDNN_BACKEND_KERNEL_CACHE_DESCRIPTOR)?;
-    cache.set_descs(A::CUDNN_ATTR_KERNEL_CACHE_OPERATION_GRAPH, &[&graph.op_graph])?;
-    cache.finalize("kernel cache")?;
-    Ok(cache)
+    be::kernel_cache(&graph.op_graph)
 }
 
 /// A prepared shape on the graph API.

@@ -144,6 +144,11 @@ pub fn env_on(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| v == "1")
 }
 
+/// A default-on switch: on unless the environment's `name` is `0`.
+pub fn env_default_on(name: &str) -> bool {
+    std::env::var_os(name).is_none_or(|v| v != "0")
+}
+
 /// A tuning knob: the environment's `name` when it parses as a positive integer, else `default`
 /// (experiments on the GPU machine set these; the defaults are the measured best).
 pub fn env_usize(name: &str, default: usize) -> usize {

