@@ -279,20 +279,26 @@ case "$PART" in
         ;;
     defaults9)
         # Session 9's defaults (slab GroupNorm, fast SiLU, cuDNN SDPA for ≥ 2048² scores): the
-        # attention tests (flash kernel alone, cuDNN), every fixture, cuDNN's composite graph per
-        # shape, the UNet b2 64² alternating default / composite graph / no cuDNN attention, and a
-        # new shape's first call with and without dynamic-shape SDPA graphs (QUILT_SDPA_DYNAMIC=1).
+        # attention tests (flash kernel alone, cuDNN), every fixture (also with small channels-last
+        # GroupNorm rows on one block per row, QUILT_CL_SINGLE_MAX=16384, and its microbenchmark),
+        # cuDNN's composite graph per shape, the UNet b2 64² alternating default / composite graph
+        # / no cuDNN attention / single-block small GroupNorms, and a new shape's first call with
+        # and without dynamic-shape SDPA graphs (QUILT_SDPA_DYNAMIC=1).
         S="$OUT/summary.txt"
         echo "== cuda_attention flash + cudnn" >> "$S"
         for t in flash_attention_matches_the_cpu_reference cudnn_sdpa_matches_the_cpu_reference; do
             timeout 150 /tmp/qbin/cuda_attention --exact $t > "$OUT/$t.log" 2>&1; echo "$t rc=$?" >> "$S"; grep -E "test result|failed" "$OUT/$t.log" | head -8 >> "$S"
         done
         test_binary cuda_fixtures >> "$S"
+        echo "== cuda_fixtures, QUILT_CL_SINGLE_MAX=16384" >> "$S"
+        mkdir -p "$OUT/single"; OUT="$OUT/single" QUILT_CL_SINGLE_MAX=16384 test_binary cuda_fixtures >> "$S"
+        echo "== bench_regions_gpu, QUILT_CL_SINGLE_MAX" >> "$S"
+        timeout 90 /tmp/qbin/bench_regions_gpu --iters 30 --only gn --env ';QUILT_CL_SINGLE_MAX=16384' >> "$S" 2>&1
         echo "== cudnn_sdpa_timing, QUILT_SDPA_GRAPH=composite" >> "$S"
         QUILT_SDPA_GRAPH=composite timeout 150 /tmp/qbin/cuda_attention --ignored --exact cudnn_sdpa_timing --nocapture > "$OUT/sdpa_timing_composite.log" 2>&1; grep -E '^\{|test result' "$OUT/sdpa_timing_composite.log" >> "$S"
         export_unet
         for round in 1 2; do
-            for v in 'X=1' 'QUILT_SDPA_GRAPH=composite' 'QUILT_ATTN_CUDNN=0'; do
+            for v in 'X=1' 'QUILT_SDPA_GRAPH=composite' 'QUILT_ATTN_CUDNN=0' 'QUILT_CL_SINGLE_MAX=16384'; do
                 echo "== UNet b2 64², $v (round $round)" >> "$S"
                 ref=$([ "$v" = QUILT_ATTN_CUDNN=0 ] && echo "--save-output /tmp/unet_ref.f32" || echo "")
                 [ "$round" = 2 ] && [ "$v" != QUILT_ATTN_CUDNN=0 ] && ref="--reference /tmp/unet_ref.f32"
@@ -300,7 +306,7 @@ case "$PART" in
             done
         done
         for dyn in 0 1; do
-            for c in b1 96; do
+            for c in $([ $dyn = 0 ] && echo b1) 96; do
                 d=$([ $c = b1 ] && echo $D1 || echo $D96)
                 echo "== new shape b2 -> $c, QUILT_SDPA_DYNAMIC=$dyn" >> "$S"
                 QUILT_SDPA_DYNAMIC=$dyn bench newshape_dyn${dyn}_b2_to_$c "$W/model.onnx" --dims $D2 $BO --new-shape $d | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}|"cudnn_attention":.{0,400}' >> "$S"
