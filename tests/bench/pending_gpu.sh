@@ -65,7 +65,7 @@
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|final9}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -311,6 +311,24 @@ case "$PART" in
                 echo "== new shape b2 -> $c, QUILT_SDPA_DYNAMIC=$dyn" >> "$S"
                 QUILT_SDPA_DYNAMIC=$dyn bench newshape_dyn${dyn}_b2_to_$c "$W/model.onnx" --dims $D2 $BO --new-shape $d | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}|"cudnn_attention":.{0,400}' >> "$S"
             done
+        done
+        cat "$S"
+        ;;
+    final9)
+        # One call at session 9's defaults: issue 4's benchmark (eager, torch.compile
+        # reduce-overhead, ORT + quilt, UNet b2 64², same run), a new shape's first call, every
+        # fixture, then the UNet alternating the default with cuDNN attention off and with small
+        # channels-last GroupNorms on one block per row, as long as time is left (~9.5 min).
+        S="$OUT/summary.txt"
+        BENCH_MODES=${BENCH_MODES:-eager,compile_ro,quilt} BENCH_BUDGET_S=${BENCH_BUDGET_S:-300} timeout 400 bash "$0" "$BIN" "$OUT/bench" bench >> "$S" 2>&1
+        before() { [ $SECONDS -lt $1 ]; }
+        before 430 && bench newshape_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96 | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}|"cudnn_attention":.{0,300}' >> "$S"
+        before 460 && bench newshape_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1 | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}' >> "$S"
+        before 470 && test_binary cuda_fixtures >> "$S"
+        for v in 'X=1' 'QUILT_ATTN_CUDNN=0' 'QUILT_CL_SINGLE_MAX=16384' 'X=1'; do
+            before 540 || break
+            echo "== UNet b2 64², $v" >> "$S"
+            env $v timeout 40 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last 2>/dev/null | grep -oE '"median_ms":[0-9.]+' >> "$S"
         done
         cat "$S"
         ;;
