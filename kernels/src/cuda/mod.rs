@@ -4,7 +4,10 @@
 //! - `device`: context, stream, memory, launches (cudarc; libcuda loaded at run time)
 //! - `codegen`: CUDA C per step with symbolic sizes as kernel arguments, and its launch plan
 //! - `nvrtc`: CUDA C → cubin for the device's own architecture, cached by source
-//! - `gemm`, `conv`: MatMul/Gemm through cuBLAS; Conv as im2col + cuBLAS
+//! - `gemm`, `conv`: MatMul/Gemm through cuBLAS/cuBLASLt; Conv through cuDNN (im2col + cuBLAS
+//!   without it)
+//! - `sdpa`: large attention problems through cuDNN's fused SDPA engines (the flash kernel as
+//!   the fallback); `cudnn_backend`: the cuDNN graph-API pieces `conv` and `sdpa` share
 //! - `executor`: `CudaExecutable`, the GPU counterpart of `cpu::CpuExecutable`; `run_device`
 //!   runs on caller-owned device tensors on the caller's stream (the EP's GPU device); per
 //!   shape signature a prepared schedule, no allocation or host sync inside a run

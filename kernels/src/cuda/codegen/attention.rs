@@ -12,6 +12,10 @@
 //!   dim (cuBLAS f32 products are far faster than the plain kernel's shared-memory dot products).
 //!   A head dim the plan leaves symbolic compiles the fused kernels and the GEMM route's softmax,
 //!   and takes the GEMMs at run time when the head is wider than the fused kernels.
+//! - **cuDNN** (`crate::cuda::sdpa`): a flash-route step whose problems have at least
+//!   `gemm::CUDNN_MIN_SCORES` scores per head (SD's 64² self-attention; measured faster there,
+//!   slower below) and no mask runs on cuDNN's fused SDPA engines, with the flash launch kept as
+//!   the fallback for shapes cuDNN has no engine for (`Overrides::cudnn_min_scores`).
 //!
 //! The plain kernel: one thread block per (problem, tile of `TQ` query rows), where a problem is
 //! one batch entry (and head, for packed heads). The block keeps its query tile, a `TQ`×`Dv` f32

@@ -1,5 +1,7 @@
 //! cuDNN for convolutions: the library probe, the call the executor queues (`ConvCall`), and
-//! `Dnn`, which owns the handle, the per-shape plans and the workspace.
+//! `Dnn`, which owns the handle, the per-shape plans and the workspace. `Dnn` also runs the
+//! attention steps that go to cuDNN's fused SDPA engines (`Dnn::sdpa`, plans in `crate::cuda::sdpa`)
+//! on the same handle and workspace.
 //!
 //! - Layout: NCHW tensors with KCRS filters (the ONNX layout) or NHWC with KRSC
 //!   (`ConvLayout::Nhwc`, channels-last Conv steps): cuDNN's fast tensor-core kernels are NHWC.
