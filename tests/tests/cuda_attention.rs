@@ -396,6 +396,27 @@ fn wide_and_f32_attention_as_gemms_matches_the_cpu_reference() {
     check_cases(&device, &gemm_cases(), 500);
 }
 
+/// Runs `case` once against `want` within its tolerances, then times its step 30 times after a
+/// warm-up (CUDA events around the step, `run_profiled`): the times in µs sorted, the relative
+/// L2 error, and the executable's cuDNN attention report.
+fn checked_step_us(device: &Arc<CudaDevice>, case: &Case, inputs: &[Tensor], want: &Tensor) -> Result<(Vec<f64>, f64, Vec<String>), String> {
+    let exe = with_overrides(case.overrides, || CudaExecutable::with_device(case.plan(), device.clone())).map_err(|e| e.to_string())?;
+    let got = exe.run(inputs).map_err(|e| e.to_string())?;
+    let err = support::compare(&got[0], want, NonFinite::Reject)?;
+    let (max_tol, l2_tol) = case.tolerance();
+    if err.max_abs > max_tol * err.max_ref || err.l2_rel > l2_tol {
+        return Err(format!("out of tolerance: max_abs {:.3e} (max_ref {:.3e}), l2_rel {:.3e}", err.max_abs, err.max_ref, err.l2_rel));
+    }
+    let mut t = Vec::new();
+    for _ in 0..=30 {
+        let (_, steps) = exe.run_profiled(inputs).map_err(|e| e.to_string())?;
+        t.push(steps.iter().map(|s| s.gpu_ms).sum::<f64>() * 1e3);
+    }
+    let mut t = t[1..].to_vec();
+    t.sort_by(f64::total_cmp);
+    Ok((t, err.l2_rel, exe.cudnn_attention_report()))
+}
+
 /// SD's attention shapes through cuDNN's fused SDPA engines (`QUILT_ATTN_CUDNN`), same inputs
 /// and tolerances as the flash kernel: head dims 40/64/80/160, self and cross, packed heads and
 /// q|k|v column ranges, bf16. Every case must have run on cuDNN (the counter of SDPA calls), so
@@ -435,23 +456,7 @@ fn cudnn_sdpa_timing() {
             let case = if cudnn { case.cudnn() } else { case.flash_only() };
             let inputs = case.inputs(800 + si as u64);
             let want = case.reference(&inputs).unwrap_or_else(|e| panic!("{shape}: cpu: {e}"));
-            let timed = (|| -> Result<(f64, f64, Vec<String>), String> {
-                let exe = with_overrides(case.overrides, || CudaExecutable::with_device(case.plan(), device.clone())).map_err(|e| e.to_string())?;
-                let got = exe.run(&inputs).map_err(|e| e.to_string())?;
-                let err = support::compare(&got[0], &want, NonFinite::Reject)?;
-                let (max_tol, l2_tol) = case.tolerance();
-                if err.max_abs > max_tol * err.max_ref || err.l2_rel > l2_tol {
-                    return Err(format!("out of tolerance: max_abs {:.3e} (max_ref {:.3e}), l2_rel {:.3e}", err.max_abs, err.max_ref, err.l2_rel));
-                }
-                let mut t = Vec::new();
-                for _ in 0..=30 {
-                    let (_, steps) = exe.run_profiled(&inputs).map_err(|e| e.to_string())?;
-                    t.push(steps.iter().map(|s| s.gpu_ms).sum::<f64>() * 1e3);
-                }
-                let mut t = t[1..].to_vec();
-                t.sort_by(f64::total_cmp);
-                Ok((t[t.len() / 2], err.l2_rel, exe.cudnn_attention_report()))
-            })();
+            let timed = checked_step_us(&device, &case, &inputs, &want).map(|(t, l2, report)| (t[t.len() / 2], l2, report));
             let route = if cudnn { "cudnn" } else { "flash" };
             match timed {
                 Ok((us, l2, report)) => println!("{{\"case\":\"{shape}\",\"route\":\"{route}\",\"gpu_us\":{us:.1},\"l2_rel\":{l2:.2e},\"cudnn\":{report:?}}}"),
@@ -626,23 +631,7 @@ fn flash_variant_timing() {
         let bucket = flash::bucket(d).unwrap();
         let default = flash::default_config(bucket);
         for (name, cfg) in flash_variants(bucket) {
-            let timed = flash::with_config(cfg, bucket, || -> Result<(f64, f64, f64, f64), String> {
-                let exe = with_overrides(case.overrides, || CudaExecutable::with_device(case.plan(), device.clone())).map_err(|e| e.to_string())?;
-                let got = exe.run(&inputs).map_err(|e| e.to_string())?;
-                let err = support::compare(&got[0], &want, NonFinite::Reject)?;
-                let (max_tol, l2_tol) = case.tolerance();
-                if err.max_abs > max_tol * err.max_ref || err.l2_rel > l2_tol {
-                    return Err(format!("out of tolerance: max_abs {:.3e} (max_ref {:.3e}), l2_rel {:.3e}", err.max_abs, err.max_ref, err.l2_rel));
-                }
-                let mut t = Vec::new();
-                for _ in 0..=30 {
-                    let (_, steps) = exe.run_profiled(&inputs).map_err(|e| e.to_string())?;
-                    t.push(steps.iter().map(|s| s.gpu_ms).sum::<f64>() * 1e3);
-                }
-                let mut t = t[1..].to_vec();
-                t.sort_by(f64::total_cmp);
-                Ok((t[t.len() / 2], t[0], t[t.len() - 1], err.l2_rel))
-            });
+            let timed = flash::with_config(cfg, bucket, || checked_step_us(&device, &case, &inputs, &want).map(|(t, l2, _)| (t[t.len() / 2], t[0], t[t.len() - 1], l2)));
             match timed.and_then(|r| r) {
                 Ok((us, min, max, l2)) => {
                     let tflops = 4.0 * (16 * n * m * d) as f64 / (us * 1e-6) / 1e12;
