@@ -279,10 +279,9 @@ case "$PART" in
         ;;
     defaults9)
         # Session 9's defaults (slab GroupNorm, fast SiLU, cuDNN SDPA for ≥ 2048² scores): the
-        # attention tests (flash kernel alone, cuDNN), every fixture (also with small channels-last
-        # GroupNorm rows on one block per row, QUILT_CL_SINGLE_MAX=16384, and its microbenchmark),
-        # cuDNN's composite graph per shape, the UNet b2 64² alternating default / composite graph
-        # / no cuDNN attention / single-block small GroupNorms, and a new shape's first call with
+        # attention tests (flash kernel alone, cuDNN), every fixture, cuDNN's composite graph per
+        # shape, the UNet b2 64² alternating default / composite graph / no cuDNN attention, and a
+        # new shape's first call with
         # and without dynamic-shape SDPA graphs (QUILT_SDPA_DYNAMIC=1).
         S="$OUT/summary.txt"
         echo "== cuda_attention flash + cudnn" >> "$S"
@@ -290,15 +289,11 @@ case "$PART" in
             timeout 150 /tmp/qbin/cuda_attention --exact $t > "$OUT/$t.log" 2>&1; echo "$t rc=$?" >> "$S"; grep -E "test result|failed" "$OUT/$t.log" | head -8 >> "$S"
         done
         test_binary cuda_fixtures >> "$S"
-        echo "== cuda_fixtures, QUILT_CL_SINGLE_MAX=16384" >> "$S"
-        mkdir -p "$OUT/single"; OUT="$OUT/single" QUILT_CL_SINGLE_MAX=16384 test_binary cuda_fixtures >> "$S"
-        echo "== bench_regions_gpu, QUILT_CL_SINGLE_MAX" >> "$S"
-        timeout 90 /tmp/qbin/bench_regions_gpu --iters 30 --only gn --env ';QUILT_CL_SINGLE_MAX=16384' >> "$S" 2>&1
         echo "== cudnn_sdpa_timing, QUILT_SDPA_GRAPH=composite" >> "$S"
         QUILT_SDPA_GRAPH=composite timeout 150 /tmp/qbin/cuda_attention --ignored --exact cudnn_sdpa_timing --nocapture > "$OUT/sdpa_timing_composite.log" 2>&1; grep -E '^\{|test result' "$OUT/sdpa_timing_composite.log" >> "$S"
         export_unet
         for round in 1 2; do
-            for v in 'X=1' 'QUILT_SDPA_GRAPH=composite' 'QUILT_ATTN_CUDNN=0' 'QUILT_CL_SINGLE_MAX=16384'; do
+            for v in 'X=1' 'QUILT_SDPA_GRAPH=composite' 'QUILT_ATTN_CUDNN=0'; do
                 echo "== UNet b2 64², $v (round $round)" >> "$S"
                 ref=$([ "$v" = QUILT_ATTN_CUDNN=0 ] && echo "--save-output /tmp/unet_ref.f32" || echo "")
                 [ "$round" = 2 ] && [ "$v" != QUILT_ATTN_CUDNN=0 ] && ref="--reference /tmp/unet_ref.f32"
@@ -317,15 +312,15 @@ case "$PART" in
     final9)
         # One call at session 9's defaults: issue 4's benchmark (eager, torch.compile
         # reduce-overhead, ORT + quilt, UNet b2 64², same run), a new shape's first call, every
-        # fixture, then the UNet alternating the default with cuDNN attention off and with small
-        # channels-last GroupNorms on one block per row, as long as time is left (~9.5 min).
+        # fixture, then the UNet alternating the default with cuDNN attention off, as long as time
+        # is left (~9.5 min).
         S="$OUT/summary.txt"
         BENCH_MODES=${BENCH_MODES:-eager,compile_ro,quilt} BENCH_BUDGET_S=${BENCH_BUDGET_S:-300} timeout 400 bash "$0" "$BIN" "$OUT/bench" bench >> "$S" 2>&1
         before() { [ $SECONDS -lt $1 ]; }
         before 430 && bench newshape_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96 | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}|"cudnn_attention":.{0,300}' >> "$S"
         before 460 && bench newshape_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1 | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}' >> "$S"
         before 470 && test_binary cuda_fixtures >> "$S"
-        for v in 'X=1' 'QUILT_ATTN_CUDNN=0' 'QUILT_CL_SINGLE_MAX=16384' 'X=1'; do
+        for v in 'X=1' 'QUILT_ATTN_CUDNN=0' 'X=1'; do
             before 540 || break
             echo "== UNet b2 64², $v" >> "$S"
             env $v timeout 40 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last 2>/dev/null | grep -oE '"median_ms":[0-9.]+' >> "$S"

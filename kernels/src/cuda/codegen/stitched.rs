@@ -40,11 +40,6 @@ use super::BLOCK;
 /// Channels-last slabs: blocks worth aiming for, and the fewest vectors each thread should read.
 const CL_TARGET_BLOCKS: usize = 1024;
 const CL_VECTORS_PER_THREAD: usize = 4;
-/// Channels-last GroupNorm rows of at most this many elements (SD's 8² and 16² feature maps:
-/// 2560-10240) take the one-block-per-row kernel instead of the three slab kernels, whose
-/// launches cost more than such rows' work. 0 (the default until measured): never;
-/// `QUILT_CL_SINGLE_MAX` sets it.
-const CL_SINGLE_MAX: usize = 0;
 /// Rows of at most this many elements, when there are at least `WARP_ROWS_MIN` of them, take one
 /// warp each (8 rows per block, shuffle reductions) instead of one 256-thread block each.
 const WARP_ROW_MAX: usize = 2048;
@@ -278,8 +273,7 @@ impl StepCode for StitchedCode {
                     let allowed = !env_on("QUILT_NO_VECTOR");
                     vector = allowed && self.vlen > 1 && vectorizable(&collapsed, self.vlen) && len.is_none_or(|l| l % self.vlen == 0);
                     let (v, c) = (self.cl_vlen, domain[rank - 1]);
-                    let single = len.is_some_and(|l| l <= index::env_usize("QUILT_CL_SINGLE_MAX", CL_SINGLE_MAX));
-                    channels_last_vector = allowed && !single && v > 1 && c % v == 0 && c / v <= BLOCK as usize && vectorizable(&collapsed, v);
+                    channels_last_vector = allowed && v > 1 && c % v == 0 && c / v <= BLOCK as usize && vectorizable(&collapsed, v);
                     // Short rows, many of them (LayerNorm over 320–1280 channels): a warp per row.
                     warp_rows = vector && len.is_some_and(|l| l <= WARP_ROW_MAX && n / l >= WARP_ROWS_MIN && (split::chunks(n / l, l).is_none() || !self.split));
                     tail.extend(data);
