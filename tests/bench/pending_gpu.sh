@@ -65,7 +65,7 @@
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|final9}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|final9|check9}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -325,6 +325,21 @@ case "$PART" in
             echo "== UNet b2 64², $v" >> "$S"
             env $v timeout 40 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last 2>/dev/null | grep -oE '"median_ms":[0-9.]+' >> "$S"
         done
+        cat "$S"
+        ;;
+    check9)
+        # After final9: cuDNN attention plans of later shapes built in the background (the test,
+        # then a new shape's first call on the UNet), every attention test and fixture.
+        S="$OUT/summary.txt"
+        for t in cudnn_sdpa_builds_later_shapes_in_the_background cudnn_sdpa_matches_the_cpu_reference flash_attention_matches_the_cpu_reference; do
+            timeout 150 /tmp/qbin/cuda_attention --exact $t --nocapture > "$OUT/$t.log" 2>&1; echo "$t rc=$?" >> "$S"; grep -E "test result|panicked|background" "$OUT/$t.log" | cut -c1-600 | head -6 >> "$S"
+        done
+        export_unet
+        for c in 96 b1; do
+            d=$([ $c = b1 ] && echo $D1 || echo $D96)
+            bench newshape_b2_to_$c "$W/model.onnx" --dims $D2 $BO --new-shape $d | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}|"cudnn_attention":.{0,400}' >> "$S"
+        done
+        test_binary cuda_fixtures >> "$S"
         cat "$S"
         ;;
     gemmlt)

@@ -396,6 +396,53 @@ fn wide_and_f32_attention_as_gemms_matches_the_cpu_reference() {
     check_cases(&device, &gemm_cases(), 500);
 }
 
+/// One executable over batch and sequence length as symbols (q, k, v, out `[B, N, 320]`, 8 heads
+/// of 40, self-attention as at SD's 64² latent): its first shape (b2, 4096) builds the cuDNN plan
+/// inside the first call; a later shape (b1, 4096: a new plan key) runs the flash kernel while its
+/// plan is built on a worker thread, then cuDNN once the plan is ready (the CUDA graph is captured
+/// again). Every run's output is checked against the CPU reference.
+#[test]
+fn cudnn_sdpa_builds_later_shapes_in_the_background() {
+    let Some(device) = support::gpu_or_skip() else { return };
+    let case = |b: usize| Case::packed(DType::F16, b, 8, 4096, 4096, 40).cudnn();
+    let mut plan = case(2).plan();
+    plan.symbols = vec!["B".into(), "N".into()];
+    for buf in &mut plan.buffers {
+        buf.ty.shape[0] = SymDim::sym("B");
+        buf.ty.shape[1] = SymDim::sym("N");
+    }
+    let exe = with_overrides(case(2).overrides, || CudaExecutable::with_device(plan, device.clone())).expect("executable");
+    let check = |b: usize, seed: u64, runs: usize| {
+        let c = case(b);
+        let inputs = c.inputs(seed);
+        let want = c.reference(&inputs).expect("cpu reference");
+        let (max_tol, l2_tol) = c.tolerance();
+        for r in 0..runs {
+            let got = exe.run(&inputs).unwrap_or_else(|e| panic!("b{b} run {r}: {e}"));
+            let err = support::compare(&got[0], &want, NonFinite::Reject).unwrap_or_else(|e| panic!("b{b} run {r}: {e}"));
+            assert!(err.max_abs <= max_tol * err.max_ref && err.l2_rel <= l2_tol, "b{b} run {r}: max_abs {:.3e} (max_ref {:.3e}), l2_rel {:.3e}", err.max_abs, err.max_ref, err.l2_rel);
+            if r == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    };
+    check(2, 31, 2);
+    let first = exe.cudnn_attention_report();
+    assert!(first.len() == 1 && !first[0].contains("background"), "{first:?}");
+    let before = quilt_kernels::cuda::conv::cudnn::sdpa_calls();
+    // Wait for the worker between runs (a 96² plan took ~0.8 s to build on an H100).
+    let started = Instant::now();
+    check(1, 32, 1);
+    while exe.cudnn_attention_report().iter().any(|r| r.contains("being built")) && started.elapsed().as_secs() < 20 {
+        check(1, 32, 1);
+    }
+    check(1, 32, 3);
+    let report = exe.cudnn_attention_report();
+    println!("{report:?}");
+    assert!(report.iter().any(|r| r.contains("built in the background")), "{report:?}");
+    assert!(quilt_kernels::cuda::conv::cudnn::sdpa_calls() > before, "the b1 shape never ran on cuDNN: {report:?}");
+}
+
 /// Runs `case` once against `want` within its tolerances, then times its step 30 times after a
 /// warm-up (CUDA events around the step, `run_profiled`): the times in µs sorted, the relative
 /// L2 error, and the executable's cuDNN attention report.

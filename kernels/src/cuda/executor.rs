@@ -495,6 +495,11 @@ impl CudaExecutable {
             dev.copy_d2d(destinations[j], bases.at(src), bytes)?;
         }
         errors.queue_copy()?;
+        if sr.runs == 0 {
+            // The first shape built its cuDNN attention plans inside its first call; later new
+            // shapes build theirs in the background (their first call waits for no compilation).
+            self.dnn.build_sdpa_in_background();
+        }
         sr.runs += 1;
         Ok(())
     }

@@ -18,12 +18,18 @@
 //! heuristics (mode A, then the fallback list) whose plan finalizes within `WORKSPACE_CAP`. A
 //! repeat call is one `cudnnBackendExecute` with the variant pack kept while the pointers stay.
 //!
-//! Building a plan costs 25-56 ms (H200; cuDNN compiles the engine's kernel at run time), which a
-//! new batch or image size pays at its first call. `QUILT_SDPA_DYNAMIC=1` (opt-in until measured)
-//! builds dynamic-shape graphs whose plans share one kernel cache per class (dtype, heads, head
-//! dims), so later shapes of a class reuse the compiled kernel.
+//! Building a plan costs 25-56 ms at SD's 64² shapes and ~790 ms at 96² (H200/H100; cuDNN compiles
+//! the engine's kernel at run time). The first shape an executable runs builds its plans at once,
+//! as part of that first call; later shapes (a new batch or image size) build theirs on a worker
+//! thread with its own cuDNN handle and run the flash kernel until the plan is ready, so a first
+//! call at a new shape waits for no compilation (`SdpaPlans`). The executor recaptures its CUDA
+//! graph when a plan becomes ready (`SdpaPlans::settled` changes). `QUILT_SDPA_DYNAMIC=1` (opt-in,
+//! not measured) builds dynamic-shape graphs whose plans share one kernel cache per class (dtype,
+//! heads, head dims) among the plans built on the calling thread.
 
+use std::collections::HashMap;
 use std::ffi::c_void;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use cudarc::cudnn::sys;
@@ -34,7 +40,8 @@ use sys::cudnnBackendDescriptorType_t as D;
 use quilt_rewrites::DType;
 
 use super::codegen::{Action, Arg};
-use super::conv::cudnn::{data_type, WORKSPACE_CAP};
+use super::conv::cudnn::{data_type, Workspace, WORKSPACE_CAP};
+use cudarc::driver::{result as drv, sys as dsys};
 use super::cudnn_backend::{self as be, check, Binding, Desc};
 
 /// The largest head dim cuDNN's Hopper SDPA forward engines take.
@@ -214,6 +221,195 @@ impl SdpaPlan {
         // SAFETY: a finalized plan; the pack's pointers are live device buffers and the scale's
         // host word, owned by this plan.
         check(unsafe { sys::cudnnBackendExecute(handle, self.plan.0, pack.0) }, &|| format!("cudnnBackendExecute (SDPA, {})", self.tag))
+    }
+}
+
+/// A cuDNN handle that moves to the thread owning the plan it built.
+struct WorkerHandle(sys::cudnnHandle_t);
+
+// SAFETY: used by one thread at a time: the worker while it builds, then the `Dnn` mutex holder.
+unsafe impl Send for WorkerHandle {}
+
+/// A context pointer handed to a worker thread.
+struct Context(dsys::CUcontext);
+
+// SAFETY: a CUDA context may be made current on any thread.
+unsafe impl Send for Context {}
+
+/// One shape's plan: built (on `handle` when a worker built it), declined, or being built.
+enum Entry {
+    Ready { plan: SdpaPlan, handle: Option<sys::cudnnHandle_t> },
+    Declined(String),
+    Building(JoinHandle<(Result<SdpaPlan, String>, WorkerHandle)>),
+}
+
+/// The SDPA plans of one `Dnn`: per shape key, with the classes' shared state. Shapes met after
+/// `background` is set build on worker threads (module doc).
+#[derive(Default)]
+pub struct SdpaPlans {
+    entries: HashMap<SdpaKey, Entry>,
+    classes: HashMap<(DType, usize, usize, usize), SdpaClass>,
+    background: bool,
+}
+
+// SAFETY: descriptors and handles are plain cuDNN objects, used only under the `Dnn` mutex.
+unsafe impl Send for SdpaPlans {}
+
+impl SdpaPlans {
+    /// Later new shapes build their plans on worker threads.
+    pub fn build_in_background(&mut self) {
+        self.background = true;
+    }
+
+    /// Queues `call` on `stream` through its plan (`main`: the `Dnn`'s handle, cuDNN `version`),
+    /// building or starting to build it at the shape's first call. `Ok(false)`: no plan (yet),
+    /// the caller runs `call.fallback`.
+    pub(crate) fn run(&mut self, main: sys::cudnnHandle_t, version: usize, call: &SdpaCall, ptrs: [u64; 4], ws: &mut Workspace, stream: dsys::CUstream) -> Result<bool, String> {
+        let align = alignment(&ptrs);
+        let key = call.key(align);
+        self.settle(Some(&key));
+        if !self.entries.contains_key(&key) {
+            let entry = if self.background {
+                let ctx = Context(drv::ctx::get_current().map_err(|e| format!("reading the current context: {e}"))?.ok_or("no current CUDA context")?);
+                let call = call.clone();
+                Entry::Building(std::thread::spawn(move || build_on_worker(ctx, version, &call, align)))
+            } else {
+                let class = self.classes.entry(call.class()).or_default();
+                match SdpaPlan::build(main, version, call, align, class, dynamic_shapes()) {
+                    Ok(plan) => Entry::Ready { plan, handle: None },
+                    Err(e) => Entry::Declined(e),
+                }
+            };
+            self.entries.insert(key.clone(), entry);
+        }
+        let Some(Entry::Ready { plan, handle }) = self.entries.get_mut(&key) else { return Ok(false) };
+        let handle = handle.unwrap_or(main);
+        // SAFETY: a live handle; the stream belongs to the current context.
+        check(unsafe { sys::cudnnSetStream(handle, stream as sys::cudaStream_t) }, &|| "cudnnSetStream".into())?;
+        ws.reserve(plan.workspace, stream)?;
+        plan.run(handle, ptrs, ws.ptr)?;
+        Ok(true)
+    }
+
+    /// Takes in the finished background builds (only `key`'s when given); returns how many
+    /// shapes have a settled outcome (a plan or a refusal). A change means a CUDA graph captured
+    /// before it may have run the fallback where cuDNN would run now.
+    pub fn settle(&mut self, key: Option<&SdpaKey>) -> usize {
+        let done: Vec<SdpaKey> = self.entries.iter().filter(|(k, e)| key.is_none_or(|want| want == *k) && matches!(e, Entry::Building(h) if h.is_finished())).map(|(k, _)| k.clone()).collect();
+        for k in done {
+            let Some(Entry::Building(h)) = self.entries.remove(&k) else { continue };
+            let entry = match h.join() {
+                Ok((Ok(plan), handle)) => Entry::Ready { plan, handle: Some(handle.0) },
+                Ok((Err(e), handle)) => {
+                    destroy(handle.0);
+                    Entry::Declined(e)
+                }
+                Err(_) => Entry::Declined("the worker building the plan panicked".into()),
+            };
+            self.entries.insert(k, entry);
+        }
+        self.entries.values().filter(|e| !matches!(e, Entry::Building(_))).count()
+    }
+
+    /// One line per shape: its engine, or why cuDNN declined it, or that it is being built.
+    pub fn report(&self) -> Vec<String> {
+        self.entries
+            .values()
+            .map(|e| match e {
+                Entry::Ready { plan: p, handle } => format!("cuDNN SDPA: {} ({:.1} ms graph and heuristics, {:.1} ms finalize{}, workspace {} bytes)", p.tag, p.graph_ms, p.finalize_ms, if handle.is_some() { ", built in the background" } else { "" }, p.workspace),
+                Entry::Declined(e) => format!("cuDNN SDPA declined: {e}"),
+                Entry::Building(_) => "cuDNN SDPA: being built in the background".into(),
+            })
+            .collect()
+    }
+}
+
+impl Drop for SdpaPlans {
+    fn drop(&mut self) {
+        for (_, e) in self.entries.drain() {
+            match e {
+                Entry::Ready { plan, handle } => {
+                    drop(plan);
+                    if let Some(h) = handle {
+                        destroy(h);
+                    }
+                }
+                Entry::Building(h) => {
+                    if let Ok((plan, handle)) = h.join() {
+                        drop(plan);
+                        destroy(handle.0);
+                    }
+                }
+                Entry::Declined(_) => {}
+            }
+        }
+        self.classes.clear();
+    }
+}
+
+fn destroy(handle: sys::cudnnHandle_t) {
+    if !handle.is_null() {
+        // SAFETY: a handle created by `build_on_worker` whose plans are dropped; not used after.
+        let _ = unsafe { sys::cudnnDestroy(handle) };
+    }
+}
+
+/// A worker thread's build: `ctx` made current, a handle of its own, the plan on it.
+fn build_on_worker(ctx: Context, version: usize, call: &SdpaCall, align: u8) -> (Result<SdpaPlan, String>, WorkerHandle) {
+    let mut handle = WorkerHandle(std::ptr::null_mut());
+    // SAFETY: the context outlives the `Dnn` that joins this thread.
+    if let Err(e) = unsafe { drv::ctx::set_current(ctx.0) } {
+        return (Err(format!("making the context current on the SDPA worker: {e}")), handle);
+    }
+    // SAFETY: creates a handle on the current context.
+    if let Err(e) = check(unsafe { sys::cudnnCreate(&mut handle.0) }, &|| "cudnnCreate on the SDPA worker".into()) {
+        return (Err(e), handle);
+    }
+    let plan = SdpaPlan::build(handle.0, version, call, align, &mut SdpaClass::default(), dynamic_shapes());
+    let plan = plan.and_then(|mut p| warm_up(handle.0, &mut p, call).map(|()| p));
+    (plan, handle)
+}
+
+/// Runs a freshly built plan once on scratch buffers and a private stream, so that whatever cuDNN
+/// does at a plan's first execution happens here and not inside the executor's CUDA graph
+/// capture (the executor captures the plan's first real call). The inputs are uninitialised
+/// memory; only that the call completes matters.
+fn warm_up(handle: sys::cudnnHandle_t, plan: &mut SdpaPlan, call: &SdpaCall) -> Result<(), String> {
+    let elem = call.dtype.size_bytes();
+    // Bytes each of q, k, v, out spans, rounded up to 256 so each region stays aligned.
+    let extent: Vec<usize> = (0..4)
+        .map(|i| {
+            let (dims, strides) = call.view(i);
+            let last: i64 = dims.iter().zip(&strides).map(|(d, s)| (d - 1).max(0) * s).sum();
+            ((last as usize + 1) * elem).div_ceil(256) * 256
+        })
+        .collect();
+    let total: usize = extent.iter().sum::<usize>() + plan.workspace.div_ceil(256) * 256 + 256;
+    let err = |what: &str, e: drv::DriverError| format!("{what} for the SDPA warm-up: {e}");
+    // SAFETY: the worker's context is current; memory and stream are released below.
+    unsafe {
+        let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking).map_err(|e| err("creating a stream", e))?;
+        let base = match drv::malloc_sync(total) {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = drv::stream::destroy(stream);
+                return Err(err("allocating scratch", e));
+            }
+        };
+        let mut at = base;
+        let mut ptrs = [0u64; 4];
+        for (p, bytes) in ptrs.iter_mut().zip(&extent) {
+            *p = at;
+            at += *bytes as u64;
+        }
+        let ran = check(sys::cudnnSetStream(handle, stream as sys::cudaStream_t), &|| "cudnnSetStream".into())
+            .and_then(|()| plan.run(handle, ptrs, at))
+            .and_then(|()| drv::stream::synchronize(stream).map_err(|e| err("synchronising", e)));
+        // The pack points at the scratch: drop it so the first real call builds its own.
+        plan.variant = None;
+        let _ = drv::free_sync(base);
+        let _ = drv::stream::destroy(stream);
+        ran
     }
 }
 

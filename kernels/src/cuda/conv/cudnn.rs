@@ -50,7 +50,7 @@ pub use super::graph_api::Pointers;
 use super::legacy::LegacyPlan;
 use super::ConvGeometry;
 use crate::cuda::codegen::Arg;
-use crate::cuda::sdpa::{self, SdpaCall, SdpaClass, SdpaKey, SdpaPlan};
+use crate::cuda::sdpa::{SdpaCall, SdpaPlans};
 
 /// Largest workspace a convolution may use (engines and algorithms wanting more are skipped):
 /// the memory target is a few hundred MB over the weights for the whole UNet, and the workspace
@@ -352,8 +352,7 @@ struct Inner {
     workspace: Workspace,
     stats: PrepareStats,
     /// Fused attention plans per shape, or why cuDNN has none (the step's kernel runs then).
-    sdpa: HashMap<SdpaKey, Result<SdpaPlan, String>>,
-    sdpa_classes: HashMap<(DType, usize, usize, usize), SdpaClass>,
+    sdpa: SdpaPlans,
 }
 
 impl Inner {
@@ -412,7 +411,7 @@ impl Default for Dnn {
 
 impl Dnn {
     pub fn new(search: AlgoSearch) -> Dnn {
-        let inner = Inner { handle: std::ptr::null_mut(), helpers: Vec::new(), shapes: HashMap::new(), classes: HashMap::new(), workspace: Workspace::default(), stats: PrepareStats::default(), sdpa: HashMap::new(), sdpa_classes: HashMap::new() };
+        let inner = Inner { handle: std::ptr::null_mut(), helpers: Vec::new(), shapes: HashMap::new(), classes: HashMap::new(), workspace: Workspace::default(), stats: PrepareStats::default(), sdpa: SdpaPlans::default() };
         Dnn { search, threads: prepare_threads(), inner: Mutex::new(inner) }
     }
 
@@ -461,40 +460,31 @@ impl Dnn {
     }
 
     /// Runs `call` through cuDNN's SDPA engines on `stream`, building its plan at the shape's
-    /// first call; `Ok(false)` when cuDNN has no engine for the shape (or no cuDNN loads): the
-    /// caller runs `call.fallback` instead. The reason is kept (`sdpa_declined`).
+    /// first call (or starting to build it in the background, `build_sdpa_in_background`);
+    /// `Ok(false)` when there is no plan (yet) or no cuDNN: the caller runs `call.fallback`.
     pub fn sdpa(&self, call: &SdpaCall, stream: dsys::CUstream, ptr: &dyn Fn(Arg) -> u64) -> Result<bool, String> {
         let Ok(version) = library() else { return Ok(false) };
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let inner = &mut *guard;
         let main = inner.main_handle()?;
-        let ptrs = call.args.map(ptr);
-        let align = sdpa::alignment(&ptrs);
-        let key = call.key(align);
-        if !inner.sdpa.contains_key(&key) {
-            let started = Instant::now();
-            let class = inner.sdpa_classes.entry(call.class()).or_default();
-            let plan = SdpaPlan::build(main, version, call, align, class, sdpa::dynamic_shapes());
-            inner.stats.wall_ms += started.elapsed().as_secs_f64() * 1e3;
-            inner.sdpa.insert(key.clone(), plan);
+        let started = Instant::now();
+        let ran = inner.sdpa.run(main, version, call, call.args.map(ptr), &mut inner.workspace, stream)?;
+        inner.stats.wall_ms += started.elapsed().as_secs_f64() * 1e3;
+        if ran {
+            SDPA_CALLS.fetch_add(1, Ordering::Relaxed);
         }
-        let Some(Ok(plan)) = inner.sdpa.get_mut(&key) else { return Ok(false) };
-        // SAFETY: a live handle; the stream belongs to the current context.
-        check(unsafe { sys::cudnnSetStream(main, stream as sys::cudaStream_t) }, "cudnnSetStream")?;
-        inner.workspace.reserve(plan.workspace, stream)?;
-        plan.run(main, ptrs, inner.workspace.ptr)?;
-        SDPA_CALLS.fetch_add(1, Ordering::Relaxed);
-        Ok(true)
+        Ok(ran)
     }
 
-    /// Why cuDNN declined attention shapes so far (one line per shape), and the engines of the
-    /// ones it took.
+    /// From now on, attention shapes new to this `Dnn` build their cuDNN plans on worker threads
+    /// (the executor calls this after its first run).
+    pub fn build_sdpa_in_background(&self) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).sdpa.build_in_background();
+    }
+
+    /// cuDNN's SDPA plans so far: the engine per attention shape, or why it declined one.
     pub fn sdpa_report(&self) -> Vec<String> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.sdpa.values().map(|r| match r {
-            Ok(p) => format!("cuDNN SDPA: {} ({:.1} ms graph and heuristics, {:.1} ms finalize, workspace {} bytes)", p.tag, p.graph_ms, p.finalize_ms, p.workspace),
-            Err(e) => format!("cuDNN SDPA declined: {e}"),
-        }).collect()
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).sdpa.report()
     }
 
     /// Whether `prepare` builds anything (more than one thread, heuristic search); callers skip
@@ -603,8 +593,8 @@ impl Dnn {
 
     /// Distinct shapes prepared so far.
     pub fn shapes(&self) -> usize {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.shapes.len() + inner.sdpa.len()
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.shapes.len() + inner.sdpa.settle(None)
     }
 
     pub fn prepare_stats(&self) -> PrepareStats {
@@ -617,8 +607,7 @@ impl Drop for Dnn {
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
         inner.shapes.clear();
         inner.classes.clear();
-        inner.sdpa.clear();
-        inner.sdpa_classes.clear();
+        inner.sdpa = SdpaPlans::default();
         for h in inner.helpers.drain(..).map(|h| h.0).chain([inner.handle]).filter(|h| !h.is_null()) {
             // SAFETY: the plans built with it are dropped above; it is not used after this.
             let _ = unsafe { sys::cudnnDestroy(h) };
@@ -645,7 +634,7 @@ fn build(handle: sys::cudnnHandle_t, call: &ConvCall, p: &Pointers, search: Algo
 /// Device memory for cuDNN's workspace, grown on demand (plain allocation: it outlives any one
 /// stream's work, and growth waits for the stream before freeing the old block).
 #[derive(Default)]
-pub(super) struct Workspace {
+pub(crate) struct Workspace {
     pub ptr: u64,
     pub bytes: usize,
 }
