@@ -65,7 +65,7 @@
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|final9|check9}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|final9|check9|bg9}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -340,6 +340,16 @@ case "$PART" in
             bench newshape_b2_to_$c "$W/model.onnx" --dims $D2 $BO --new-shape $d | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}|"cudnn_attention":.{0,400}' >> "$S"
         done
         test_binary cuda_fixtures >> "$S"
+        cat "$S"
+        ;;
+    bg9)
+        # The shortest check of background cuDNN attention builds (~2 min): the test, then the
+        # UNet's first call at 96² after b2 64² (set EXPORT_ONLY=1).
+        S="$OUT/summary.txt"
+        t=cudnn_sdpa_builds_later_shapes_in_the_background
+        timeout 60 /tmp/qbin/cuda_attention --exact $t --nocapture > "$OUT/$t.log" 2>&1; echo "$t rc=$?" >> "$S"; grep -E "test result|panicked|background" "$OUT/$t.log" | cut -c1-600 | head -6 >> "$S"
+        export_unet
+        bench newshape_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96 | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}|"cudnn_attention":.{0,400}' >> "$S"
         cat "$S"
         ;;
     gemmlt)
