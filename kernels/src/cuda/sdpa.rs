@@ -18,14 +18,17 @@
 //! heuristics (mode A, then the fallback list) whose plan finalizes within `WORKSPACE_CAP`. A
 //! repeat call is one `cudnnBackendExecute` with the variant pack kept while the pointers stay.
 //!
-//! Building a plan costs 25-56 ms at SD's 64² shapes and ~790 ms at 96² (H200/H100; cuDNN compiles
-//! the engine's kernel at run time). The first shape an executable runs builds its plans at once,
-//! as part of that first call; later shapes (a new batch or image size) build theirs on a worker
-//! thread with its own cuDNN handle and run the flash kernel until the plan is ready, so a first
-//! call at a new shape waits for no compilation (`SdpaPlans`). The executor recaptures its CUDA
-//! graph when a plan becomes ready (`SdpaPlans::settled` changes). `QUILT_SDPA_DYNAMIC=1` (opt-in,
-//! not measured) builds dynamic-shape graphs whose plans share one kernel cache per class (dtype,
-//! heads, head dims) among the plans built on the calling thread.
+//! Building a plan costs 40-63 ms at SD's 64² shapes and 724 ms at 96² (H100, session 9; cuDNN
+//! compiles the engine's kernel when the plan is finalized). The first shape an executable runs
+//! builds its plans at once, as part of that first call; later shapes (a new batch or image size)
+//! build theirs on a worker thread with its own cuDNN handle and run the flash kernel until the
+//! plan is ready, so a first call at a new shape waits for no compilation (`SdpaPlans`; written
+//! after the H100 measured 74.6 and 851 ms over a repeat call with the builds inside the first call,
+//! not yet run on a GPU). The executor recaptures its CUDA graph when a plan becomes ready
+//! (`SdpaPlans::settle`'s count changes); `QUILT_SDPA_BACKGROUND=0` builds every shape's plans
+//! inside its first call instead. `QUILT_SDPA_DYNAMIC=1` (opt-in, not measured) builds
+//! dynamic-shape graphs whose plans share one kernel cache per class (dtype, heads, head dims)
+//! among the plans built on the calling thread.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -256,9 +259,10 @@ pub struct SdpaPlans {
 unsafe impl Send for SdpaPlans {}
 
 impl SdpaPlans {
-    /// Later new shapes build their plans on worker threads.
+    /// Later new shapes build their plans on worker threads (unless `QUILT_SDPA_BACKGROUND=0`:
+    /// inside their first call, as the first shape does).
     pub fn build_in_background(&mut self) {
-        self.background = true;
+        self.background = std::env::var("QUILT_SDPA_BACKGROUND").map_or(true, |v| v != "0");
     }
 
     /// Queues `call` on `stream` through its plan (`main`: the `Dnn`'s handle, cuDNN `version`),
