@@ -8,21 +8,20 @@
 #   bash tests/bench/pending_gpu.sh .gpu/p $OUT PART
 # Only 8 files come back from $OUT: write PARTs' outputs elsewhere and tar them into $OUT.
 #
-# Not yet run (after session 8; its runs are in tests/bench/results/2026-12-06-session8-gpu.md:
-# `trace`, `convsearch`, `gemmreuse` ran there):
-#   gnfast (first: session 8's GroupNorm path and fast SiLU are opt-in until their fixtures pass on
-#       a GPU; make them the default if the UNet is faster). With gemmlt it fits one call (~8.5 min
-#       on a fresh machine, the UNet exported once): `$P /tmp/o/a gnfast; $P /tmp/o/b gemmlt`, then
-#       `tar czf $OUT/o.tgz -C /tmp o`;
-#   sdpa (session 9: attention through cuDNN's fused SDPA engines, opt-in QUILT_ATTN_CUDNN=1: the
-#       test, flash vs cuDNN per shape, UNet A/B with output comparison, trace);
+# Not yet run (after session 9; its runs are in tests/bench/results/2026-12-06-session9-gpu.md:
+# `sdpa`, `gnfast` and `final9` ran there):
+#   check9 (first: session 9's background cuDNN attention builds were written after the last call
+#       and never ran on a GPU; ~4 min: the background test, every attention test, the UNet's first
+#       call at b1 and 96² after b2 64² (must be ≤ 50 ms over a repeat), every fixture). If the test
+#       fails, set QUILT_SDPA_BACKGROUND=0's behaviour as the default or route new shapes to flash;
+#   defaults9 minus what check9 covers: cuDNN's composite graph per shape (QUILT_SDPA_GRAPH=composite
+#       was 0.04-0.1 ms faster in the UNet with every shape on cuDNN), QUILT_SDPA_DYNAMIC=1;
 #   gemmlt (plain GEMMs through cuBLASLt with algorithm reuse, opt-in: tests, speed, new shapes);
-#   bench with BENCH_MODES=eager,compile,compile_ro,quilt (torch baselines since packing, GeGLU and
-#       Resize vector kernels, GEMM algorithm reuse);
-#   newshape reuse_b2_to_96 / reuse_b2_to_b1 on an H100 at the defaults (GEMM reuse is on since
-#       session 8: 32.7 / 35.5 ms over on an H200);
-#   regions; SD_MODES=quilt,eager,compile_ro ... sd; the VAE decoder under conv_residual=0
-#       (BENCH_CASES=vae_decoder BENCH_MODES=quilt ... bench: 7.18 ms with the epilogues).
+#   bench with BENCH_MODES=eager,compile,compile_ro,quilt and the b8 / 96² / VAE / CLIP cases
+#       (session 9 ran UNet b2 with eager and compile_ro only);
+#   regions; SD_MODES=quilt,eager,compile_ro ... sd; correct (full-size fp32 correctness at the new
+#       defaults: slab GroupNorm, fast SiLU and cuDNN attention are f16-only, so fp32 models are
+#       unaffected, but the fp16 pipelines were not rerun).
 #
 # PART
 #   tests     cuda_fixtures, cuda_graphs, cuda_gemm, cuda_conv (shapes A, B, A per Dnn: B reuses
