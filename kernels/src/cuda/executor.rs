@@ -255,12 +255,12 @@ impl CudaExecutable {
         RunStats { shapes: rt.shapes.len(), arena_bytes: rt.arena.bytes(), ..rt.stats.clone() }
     }
 
-    /// What preparing convolution shapes has cost (cuDNN engine choice and plan finalization).
     /// cuDNN's SDPA plans so far: the engine per attention shape, or why it declined one.
     pub fn cudnn_attention_report(&self) -> Vec<String> {
         self.dnn.sdpa_report()
     }
 
+    /// What preparing convolution shapes has cost (cuDNN engine choice and plan finalization).
     pub fn conv_prepare_stats(&self) -> super::conv::cudnn::PrepareStats {
         self.dnn.prepare_stats()
     }
