@@ -395,7 +395,8 @@ pub struct PrepareStats {
     pub runtime_compiled_ms: f64,
     /// The slowest single shape.
     pub slowest_ms: f64,
-    /// Wall time the callers spent preparing (`prepare` calls plus plans built at a first call).
+    /// Wall time the callers spent preparing (`prepare` calls plus plans built at a first call,
+    /// cuDNN attention plans included).
     pub wall_ms: f64,
 }
 
