@@ -374,21 +374,23 @@ fn build_on_worker(ctx: Context, version: usize, call: &SdpaCall, align: u8) -> 
     (plan, handle)
 }
 
-/// Runs a freshly built plan once on scratch buffers and a private stream, so that whatever cuDNN
+/// Runs a freshly built plan once on scratch memory and a private stream, so that whatever cuDNN
 /// does at a plan's first execution happens here and not inside the executor's CUDA graph
-/// capture (the executor captures the plan's first real call). The inputs are uninitialised
-/// memory; only that the call completes matters.
+/// capture (the executor captures the plan's first real call). q, k, v and the output share one
+/// uninitialised block as large as the widest of them (35 MB at SD's 96² self-attention): only
+/// that the call completes matters, not what it computes.
 fn warm_up(handle: sys::cudnnHandle_t, plan: &mut SdpaPlan, call: &SdpaCall) -> Result<(), String> {
     let elem = call.dtype.size_bytes();
-    // Bytes each of q, k, v, out spans, rounded up to 256 so each region stays aligned.
-    let extent: Vec<usize> = (0..4)
+    let extent = (0..4)
         .map(|i| {
             let (dims, strides) = call.view(i);
             let last: i64 = dims.iter().zip(&strides).map(|(d, s)| (d - 1).max(0) * s).sum();
-            ((last as usize + 1) * elem).div_ceil(256) * 256
+            (last as usize + 1) * elem
         })
-        .collect();
-    let total: usize = extent.iter().sum::<usize>() + plan.workspace.div_ceil(256) * 256 + 256;
+        .max()
+        .unwrap_or(0);
+    let data = extent.div_ceil(256) * 256;
+    let total = data + plan.workspace.div_ceil(256) * 256 + 256;
     let err = |what: &str, e: drv::DriverError| format!("{what} for the SDPA warm-up: {e}");
     // SAFETY: the worker's context is current; memory and stream are released below.
     unsafe {
@@ -400,14 +402,8 @@ fn warm_up(handle: sys::cudnnHandle_t, plan: &mut SdpaPlan, call: &SdpaCall) -> 
                 return Err(err("allocating scratch", e));
             }
         };
-        let mut at = base;
-        let mut ptrs = [0u64; 4];
-        for (p, bytes) in ptrs.iter_mut().zip(&extent) {
-            *p = at;
-            at += *bytes as u64;
-        }
         let ran = check(sys::cudnnSetStream(handle, stream as sys::cudaStream_t), &|| "cudnnSetStream".into())
-            .and_then(|()| plan.run(handle, ptrs, at))
+            .and_then(|()| plan.run(handle, [base; 4], base + data as u64))
             .and_then(|()| drv::stream::synchronize(stream).map_err(|e| err("synchronising", e)));
         // The pack points at the scratch: drop it so the first real call builds its own.
         plan.variant = None;
