@@ -11,11 +11,12 @@
 # Not yet run (after session 9; its runs are in tests/bench/results/2026-12-06-session9-gpu.md:
 # `sdpa`, `gnfast` and `final9` ran there):
 #   check9 (first: session 9's background cuDNN attention builds were written after the last call
-#       and never ran on a GPU; ~4 min: the background test, every attention test, the UNet's first
-#       call at b1 and 96² after b2 64² (must be ≤ 50 ms over a repeat), every fixture). If the test
-#       fails, set QUILT_SDPA_BACKGROUND=0's behaviour as the default or route new shapes to flash;
-#   defaults9 minus what check9 covers: cuDNN's composite graph per shape (QUILT_SDPA_GRAPH=composite
-#       was 0.04-0.1 ms faster in the UNet with every shape on cuDNN), QUILT_SDPA_DYNAMIC=1;
+#       and never ran on a GPU; ~5 min: the background test, every attention test, the UNet's first
+#       call at b1 and 96² after b2 64² (must be ≤ 50 ms over a repeat), every fixture, then the
+#       composite cuDNN graph against the unified one: make it the default if the UNet is faster).
+#       If the background test fails, QUILT_SDPA_BACKGROUND=0 is the switch (new shapes then pay
+#       the cuDNN compile in their first call);
+#   QUILT_SDPA_DYNAMIC=1 (defaults9 has the commands);
 #   gemmlt (plain GEMMs through cuBLASLt with algorithm reuse, opt-in: tests, speed, new shapes);
 #   bench with BENCH_MODES=eager,compile,compile_ro,quilt and the b8 / 96² / VAE / CLIP cases
 #       (session 9 ran UNet b2 with eager and compile_ro only);
@@ -328,7 +329,8 @@ case "$PART" in
         ;;
     check9)
         # After final9: cuDNN attention plans of later shapes built in the background (the test,
-        # then a new shape's first call on the UNet), every attention test and fixture.
+        # then a new shape's first call on the UNet), every attention test and fixture, and the
+        # composite cuDNN graph against the unified one.
         S="$OUT/summary.txt"
         for t in cudnn_sdpa_builds_later_shapes_in_the_background cudnn_sdpa_matches_the_cpu_reference flash_attention_matches_the_cpu_reference; do
             timeout 150 /tmp/qbin/cuda_attention --exact $t --nocapture > "$OUT/$t.log" 2>&1; echo "$t rc=$?" >> "$S"; grep -E "test result|panicked|background" "$OUT/$t.log" | cut -c1-600 | head -6 >> "$S"
@@ -339,6 +341,13 @@ case "$PART" in
             bench newshape_b2_to_$c "$W/model.onnx" --dims $D2 $BO --new-shape $d | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}|"cudnn_attention":.{0,400}' >> "$S"
         done
         test_binary cuda_fixtures >> "$S"
+        # Which cuDNN graph for the 64² self-attention: per step, then the UNet alternating.
+        echo "== cudnn_sdpa_timing, QUILT_SDPA_GRAPH=composite" >> "$S"
+        QUILT_SDPA_GRAPH=composite timeout 60 /tmp/qbin/cuda_attention --ignored --exact cudnn_sdpa_timing --nocapture > "$OUT/sdpa_timing_composite.log" 2>&1; grep -E '^\{"case":"sd15_64_self|test result' "$OUT/sdpa_timing_composite.log" >> "$S"
+        for v in 'X=1' 'QUILT_SDPA_GRAPH=composite' 'X=1' 'QUILT_SDPA_GRAPH=composite'; do
+            echo "== UNet b2 64², $v" >> "$S"
+            env $v timeout 40 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last 2>/dev/null | grep -oE '"median_ms":[0-9.]+' >> "$S"
+        done
         cat "$S"
         ;;
     bg9)
