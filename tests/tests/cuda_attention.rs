@@ -593,10 +593,11 @@ fn wide_attention_timing() {
 
 /// The flash-attention configurations compared on the GPU (`flash_variant_timing`) per head-dim
 /// bucket, named `r{row tiles}k{keys}s{stages}b{min blocks per SM}` plus `x` when the unused
-/// last 8 columns of the bucket are skipped (`Config::exact`) and `h` for f16 exponentials
-/// (`Config::half_exp`). The bucket's default is among them.
+/// last 8 columns of the bucket are skipped (`Config::exact`), `h` for f16 exponentials
+/// (`Config::half_exp`) and `w{warps}` for blocks of fewer than 8 warps (the default with 4 and
+/// 2: smaller blocks for SD's small attention problems). The bucket's default is among them.
 fn flash_variants(bucket: usize) -> Vec<(String, flash::Config)> {
-    let c = |row_tiles, keys, stages, min_blocks, exact| flash::Config { row_tiles, keys, stages, min_blocks, exact, half_exp: false };
+    let c = |row_tiles, keys, stages, min_blocks, exact| flash::Config { row_tiles, keys, stages, min_blocks, exact, half_exp: false, warps: 8 };
     let h = |c: flash::Config| flash::Config { half_exp: true, ..c };
     let mut out: Vec<flash::Config> = match bucket {
         48 => vec![c(2, 64, 2, 1, false), c(2, 64, 2, 1, true), c(2, 64, 3, 1, true), h(c(2, 64, 3, 1, true)), c(2, 32, 3, 1, true), c(1, 64, 3, 1, true), c(1, 32, 3, 2, true)],
@@ -608,8 +609,12 @@ fn flash_variants(bucket: usize) -> Vec<(String, flash::Config)> {
     if !out.contains(&default) {
         out.insert(0, default);
     }
+    out.extend([4, 2].map(|warps| flash::Config { warps, ..default }));
     out.into_iter()
-        .map(|c| (format!("r{}k{}s{}b{}{}{}", c.row_tiles, c.keys, c.stages, c.min_blocks, if c.exact { "x" } else { "" }, if c.half_exp { "h" } else { "" }), c))
+        .map(|c| {
+            let w = if c.warps == 8 { String::new() } else { format!("w{}", c.warps) };
+            (format!("r{}k{}s{}b{}{}{}{w}", c.row_tiles, c.keys, c.stages, c.min_blocks, if c.exact { "x" } else { "" }, if c.half_exp { "h" } else { "" }), c)
+        })
         .collect()
 }
 
@@ -668,7 +673,7 @@ fn flash_variants_compile_for_sm90_without_spills() {
 fn flash_variant_timing() {
     let Some(device) = support::gpu_or_skip() else { return };
     println!("device: {} (sm_{}{})", device.name, device.arch.0, device.arch.1);
-    let shapes = [("sd15_64_self", 4096, 4096, 40), ("sd15_64_cross", 4096, 77, 40), ("sd15_32_self", 1024, 1024, 80), ("sd15_32_cross", 1024, 77, 80), ("sd15_16_self", 256, 256, 160), ("d64_n4096_self", 4096, 4096, 64)];
+    let shapes = [("sd15_64_self", 4096, 4096, 40), ("sd15_64_cross", 4096, 77, 40), ("sd15_32_self", 1024, 1024, 80), ("sd15_32_cross", 1024, 77, 80), ("sd15_16_self", 256, 256, 160), ("sd15_16_cross", 256, 77, 160), ("d64_n4096_self", 4096, 4096, 64)];
     let mut table = Vec::new();
     let mut failures = Vec::new();
     for (si, (shape, n, m, d)) in shapes.into_iter().enumerate() {

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quilt_kernels::cpu::CpuExecutable;
-use quilt_kernels::cuda::codegen::{module_source, Action, Arg, LaunchPlan, StepCode, Types, Work, BLOCK};
+use quilt_kernels::cuda::codegen::{module_source, Action, Arg, LaunchPlan, StepCode, Types};
 use quilt_kernels::cuda::conv::cudnn::{self, AlgoSearch, ConvCall, ConvLayout, Dnn, Pointers};
 use quilt_kernels::cuda::conv::{policy, set_policy, ConvCode, ConvGeometry, ConvPolicy, CUDNN_DISPATCHED};
 use quilt_kernels::cuda::device::{DeviceBuffer, Function};
@@ -271,12 +271,9 @@ impl Bench {
         for a in &lp.actions {
             match a {
                 Action::Launch { kernel, work, params, args } => {
-                    let grid = match *work {
-                        Work::Elements(n) => n.div_ceil(BLOCK as u64).clamp(1, 1 << 16) as u32,
-                        Work::Rows(n) => n.clamp(1, 1 << 20) as u32,
-                    };
+                    let (grid, block) = work.launch_dims();
                     let ptrs: Vec<u64> = args.iter().map(|&a| self.ptr(a, scratch)).collect();
-                    self.device.launch(&functions[*kernel], grid, BLOCK, params, &ptrs).unwrap();
+                    self.device.launch(&functions[*kernel], grid, block, params, &ptrs).unwrap();
                 }
                 Action::Gemm(call) => blas.gemm(call, &|a| self.ptr(a, scratch)).unwrap(),
                 Action::Zero { arg, bytes } => self.device.memset_zero(self.ptr(*arg, scratch), *bytes).unwrap(),

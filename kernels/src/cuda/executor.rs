@@ -37,7 +37,7 @@ use quilt_rewrites::plan::{BufferId, BufferKind, OpStep, Step};
 use quilt_rewrites::{DType, Plan, Tensor, TensorData};
 
 use super::arena::{self, Arena, Lifetime};
-use super::codegen::{self, module_source, Action, Arg, StepKind, StepShapes, Work, BLOCK};
+use super::codegen::{self, module_source, Action, Arg, StepKind, StepShapes};
 use super::conv::cudnn::Pointers;
 use super::device::{CudaDevice, DeviceBuffer, Event, Function};
 use super::gemm::Blas;
@@ -573,10 +573,7 @@ impl CudaExecutable {
         match action {
             Action::Launch { kernel, work, params, args } => {
                 let f = prepared.functions.get(*kernel).ok_or_else(|| format!("kernel {kernel} was not compiled"))?;
-                let (grid, block) = match *work {
-                    Work::Elements(n) => (n.div_ceil(BLOCK as u64).clamp(1, 1 << 16) as u32, BLOCK),
-                    Work::Rows(n) => (n.clamp(1, 1 << 20) as u32, BLOCK),
-                };
+                let (grid, block) = work.launch_dims();
                 let ptrs: Vec<u64> = args.iter().map(|&a| ptr(a)).collect();
                 dev.launch(f, grid, block, params, &ptrs).map_err(|e| e.to_string())
             }

@@ -406,9 +406,9 @@ impl StepCode for AttentionCode {
             (Some(f), None) => return Err(format!("head dims {d}/{dv} exceed the CUDA attention kernel's {}", f.max_head_dim)),
             (None, None) => return Err("attention step compiled no kernels".into()),
         };
-        // The kernel to launch, its query rows per block and the scale it takes.
-        let (kernel, rows_per_block, scale) = match &fused.flash_buckets {
-            None => (0, fused.plain_rows, self.scale as f64),
+        // The kernel to launch, its query rows per block, the scale it takes and its bucket.
+        let (kernel, rows_per_block, scale, flash_bucket) = match &fused.flash_buckets {
+            None => (0, fused.plain_rows, self.scale as f64, None),
             Some(buckets) => {
                 let want = flash_attention::bucket(d.max(dv))
                     .ok_or_else(|| format!("head dims {d}/{dv} exceed the CUDA attention kernel's {MAX_HEAD_DIM}"))?;
@@ -417,7 +417,7 @@ impl StepCode for AttentionCode {
                     .position(|&b| b == want)
                     .ok_or_else(|| format!("head dims {d}/{dv} need the {want}-wide flash-attention variant, compiled only for {buckets:?}"))?;
                 // The flash kernel works in log2 units (exp2).
-                (k, flash_attention::block_rows(want), self.scale as f64 * std::f64::consts::LOG2_E)
+                (k, flash_attention::block_rows(want), self.scale as f64 * std::f64::consts::LOG2_E, Some(want))
             }
         };
         let problems = g.problems();
@@ -453,7 +453,8 @@ impl StepCode for AttentionCode {
             p.extend([0, 0, vector_copies as i64]);
             p.extend(lead_dims.iter().map(|&x| x as i64));
         }
-        let launch = Action::Launch { kernel, work: Work::Rows(blocks as u64), params: p.finish()?, args };
+        let work = flash_bucket.map_or(Work::Rows(blocks as u64), |b| flash_attention::work(b, blocks));
+        let launch = Action::Launch { kernel, work, params: p.finish()?, args };
         plan.actions.push(match self.sdpa_call(&g, fused, launch.clone()) {
             Some(call) => Action::Sdpa(call),
             None => launch,

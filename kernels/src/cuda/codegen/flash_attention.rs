@@ -27,7 +27,7 @@
 
 use quilt_rewrites::DType;
 
-use super::{CType, Kernel};
+use super::{CType, Kernel, Work, BLOCK};
 
 /// Head-dim buckets, ascending; a head dim runs in the smallest bucket that holds it.
 pub const BUCKETS: [usize; 8] = [16, 32, 48, 64, 80, 96, 128, 160];
@@ -64,6 +64,10 @@ pub struct Config {
     /// faster at SD's shapes (244.0 vs 240.4 µs at d=40) with ~1.7× the error, so the
     /// exponentials are not what bounds the kernel (tests/bench/results/2026-12-06-session5-h100.md).
     pub half_exp: bool,
+    /// Warps per block (8, 4 or 2): each warp owns `row_tiles` × 16 query rows and the block's
+    /// warps share the K/V tiles. Fewer warps make smaller blocks, so small problems (SD's 16²
+    /// self-attention: 2 blocks of 128 rows per head at 8 warps) spread over more SMs.
+    pub warps: usize,
 }
 
 impl Config {
@@ -78,9 +82,14 @@ impl Config {
         }
     }
 
-    /// Query rows per block: 8 warps (the executor's 256 threads) of `row_tiles` × 16 rows.
+    /// Query rows per block: `warps` warps of `row_tiles` × 16 rows.
     pub fn block_rows(&self) -> usize {
-        8 * 16 * self.row_tiles
+        self.warps * 16 * self.row_tiles
+    }
+
+    /// Threads per block.
+    pub fn threads(&self) -> usize {
+        32 * self.warps
     }
 
     /// Bytes of static shared memory: the query staging tile, or the K/V stages (they alias).
@@ -91,8 +100,8 @@ impl Config {
 
     /// Why this configuration cannot run `bucket`, if it cannot.
     pub fn check(&self, bucket: usize) -> Result<(), String> {
-        if !(1..=2).contains(&self.row_tiles) || self.keys == 0 || self.keys % 32 != 0 || !(2..=3).contains(&self.stages) || !(1..=2).contains(&self.min_blocks) {
-            return Err(format!("flash-attention config {self:?} is out of range (row_tiles 1-2, keys a multiple of 32, stages 2-3, min_blocks 1-2)"));
+        if !(1..=2).contains(&self.row_tiles) || self.keys == 0 || self.keys % 32 != 0 || !(2..=3).contains(&self.stages) || !(1..=2).contains(&self.min_blocks) || ![2, 4, 8].contains(&self.warps) {
+            return Err(format!("flash-attention config {self:?} is out of range (row_tiles 1-2, keys a multiple of 32, stages 2-3, min_blocks 1-2, warps 2/4/8)"));
         }
         let bytes = self.smem_bytes(bucket);
         if bytes > 48 * 1024 {
@@ -111,7 +120,7 @@ impl Config {
 /// row tiles (67 µs); above 80 two row tiles do not fit the registers. Caps of 128 registers for
 /// two blocks per SM spilled or ran slower (322 vs 246 µs at 48).
 pub fn default_config(bucket: usize) -> Config {
-    let c = |row_tiles, keys, stages| Config { row_tiles, keys, stages, min_blocks: 1, exact: true, half_exp: false };
+    let c = |row_tiles, keys, stages| Config { row_tiles, keys, stages, min_blocks: 1, exact: true, half_exp: false, warps: 8 };
     match bucket {
         0..=48 => c(2, 64, 3),
         49..=64 => c(2, 32, 3),
@@ -150,6 +159,14 @@ pub fn with_config<R>(config: Config, bucket: usize, f: impl FnOnce() -> R) -> R
 /// Query rows per block of `bucket`'s kernel on this thread.
 pub fn block_rows(bucket: usize) -> usize {
     config(bucket).block_rows()
+}
+
+/// How `blocks` blocks of `bucket`'s kernel on this thread launch.
+pub fn work(bucket: usize, blocks: usize) -> Work {
+    match config(bucket).threads() as u32 {
+        BLOCK => Work::Rows(blocks as u64),
+        threads => Work::RowsOf { rows: blocks as u64, threads },
+    }
 }
 
 /// Whether q, k, v of these dtypes run on this kernel (one 16-bit float dtype for all three).
@@ -260,7 +277,8 @@ impl FlashVariant {
         let name = format!("{prefix}_flash_attention_{}", self.bucket);
         let dp = self.bucket;
         let cfg = config(dp);
-        let Config { row_tiles: mt, keys: bn, stages, min_blocks, exact, half_exp } = cfg;
+        let Config { row_tiles: mt, keys: bn, stages, min_blocks, exact, half_exp, warps } = cfg;
+        let threads = cfg.threads();
         let ld = Config::row_len(dp);
         // Dropping the last 8 columns needs a bucket of whole 16-column steps with one left. Not
         // with a mask (SD's attention has none): its index arithmetic in the second body pushed
@@ -340,7 +358,7 @@ impl FlashVariant {
             r#"{HELPERS}// NARROW: the true head dims leave the bucket's last 8 columns unused, so they are skipped.
 template <bool NARROW>
 __device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
-  constexpr int DP = {dp}, LD = {ld}, BN = {bn}, MT = {mt}, ST = {stages}, BM = 8 * 16 * MT;
+  constexpr int DP = {dp}, LD = {ld}, BN = {bn}, MT = {mt}, ST = {stages}, BM = {warps} * 16 * MT;
   // Columns computed: KS steps of 16 (m16n8k16), then KT = 1 step of 8 (m16n8k8); NT output
   // tiles of 8 columns; C chunks of 8 elements copied per row.
   constexpr int KD = NARROW ? DP - 8 : DP, KS = KD / 16, NT = KD / 8, C = KD / 8;
@@ -559,7 +577,7 @@ __device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
     __syncthreads();
   }}
 }}
-extern "C" __global__ void __launch_bounds__(256, {min_blocks}) {name}({args}) {{
+extern "C" __global__ void __launch_bounds__({threads}, {min_blocks}) {name}({args}) {{
   // Declared here, not in the body: each instantiation of the body would get its own copy.
   __shared__ __align__(16) unsigned short smem[{smem_elems}];
 {dispatch}
@@ -595,7 +613,7 @@ mod tests {
 
     #[test]
     fn forced_configs_are_checked_scoped_and_reach_the_kernel() {
-        let forced = Config { row_tiles: 1, keys: 64, stages: 3, min_blocks: 2, exact: false, half_exp: false };
+        let forced = Config { row_tiles: 1, keys: 64, stages: 3, min_blocks: 2, exact: false, half_exp: false, warps: 8 };
         let v = FlashVariant { dtype: DType::F16, bucket: 48, mask: None, out: CType::of(DType::F16) };
         let src = with_config(forced, 48, || {
             assert_eq!(block_rows(48), 128);

@@ -54,6 +54,27 @@ pub enum Work {
     Elements(u64),
     /// One block per row.
     Rows(u64),
+    /// One block of `threads` threads per row (kernels tiled for another block size than
+    /// `BLOCK`, e.g. a flash-attention configuration with fewer warps).
+    RowsOf { rows: u64, threads: u32 },
+}
+
+impl Work {
+    /// The launch's grid and block sizes (grid-stride loops cover what the grid does not).
+    pub fn launch_dims(&self) -> (u32, u32) {
+        match *self {
+            Work::Elements(n) => (n.div_ceil(BLOCK as u64).clamp(1, 1 << 16) as u32, BLOCK),
+            Work::Rows(n) => (n.clamp(1, 1 << 20) as u32, BLOCK),
+            Work::RowsOf { rows, threads } => (rows.clamp(1, 1 << 20) as u32, threads),
+        }
+    }
+
+    /// Elements or rows to cover.
+    pub fn count(&self) -> u64 {
+        match *self {
+            Work::Elements(n) | Work::Rows(n) | Work::RowsOf { rows: n, .. } => n,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

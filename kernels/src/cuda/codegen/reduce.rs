@@ -211,10 +211,7 @@ impl StepCode for ReduceCode {
             }
         }
         let mut plan = LaunchPlan::default();
-        let count = match work {
-            Work::Rows(n) | Work::Elements(n) => n,
-        };
-        if count > 0 {
+        if work.count() > 0 {
             plan.actions.push(Action::Launch { kernel: 0, work, params: p.finish()?, args });
         }
         Ok(plan)
