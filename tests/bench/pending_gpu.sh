@@ -16,6 +16,9 @@
 #       composite cuDNN graph against the unified one: make it the default if the UNet is faster).
 #       If the background test fails, QUILT_SDPA_BACKGROUND=0 is the switch (new shapes then pay
 #       the cuDNN compile in their first call);
+#   flash (flash_variant_timing now has w4/w2 variants of each bucket's default: blocks of 4 or 2
+#       warps for SD's small attention problems, latency-bound at 8 warps: 16² self-attention runs
+#       32 blocks on 132 SMs; if one wins at a shape, choose the warps per launch by problem size);
 #   QUILT_SDPA_DYNAMIC=1 (defaults9 has the commands);
 #   gemmlt (plain GEMMs through cuBLASLt with algorithm reuse, opt-in: tests, speed, new shapes);
 #   bench with BENCH_MODES=eager,compile,compile_ro,quilt and the b8 / 96² / VAE / CLIP cases
