@@ -9,7 +9,7 @@
 # Only 8 files come back from $OUT: write PARTs' outputs elsewhere and tar them into $OUT.
 #
 # Not yet run (after session 9; its runs are in tests/bench/results/2026-12-06-session9-gpu.md:
-# `sdpa`, `gnfast` and `final9` ran there):
+# `sdpa`, `gnfast` and `final9` ran there; final9 was folded away after it ran):
 #   check9 (first: session 9's background cuDNN attention builds were written after the last call
 #       and never ran on a GPU; ~5 min: the background test, every attention test, the UNet's first
 #       call at b1 and 96² after b2 64² (must be ≤ 50 ms over a repeat), every fixture, then the
@@ -68,7 +68,7 @@
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|final9|check9|bg9}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|check9}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -90,6 +90,18 @@ BO="--iters 20 --precision fp16 --layout channels_last"
 bench() { local name=$1; shift; echo "== $name"; timeout 240 /tmp/qbin/bench_onnx_gpu "$@" > "$OUT/$name.json" 2> "$OUT/$name.log"; echo "rc=$?"; cat "$OUT/$name.json"; }
 # test_binary NAME: one GPU test binary, its log to OUT/NAME.log, its result lines to stdout.
 test_binary() { echo "== $1"; timeout 200 /tmp/qbin/$1 --test-threads 1 > "$OUT/$1.log" 2>&1; echo "rc=$?"; grep -E "test result|FAILED|panicked" "$OUT/$1.log" | head -5; }
+# unet_ab "VARS" ...: the UNet b2 64²'s median under each environment setting, into $S.
+unet_ab() {
+    for v in "$@"; do
+        echo "== UNet b2 64², $v" >> "$S"
+        env $v timeout 100 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last 2>/dev/null | grep -oE '"median_ms":[0-9.]+' >> "$S"
+    done
+}
+# new_shape NAME b1|96: the UNet's first call at b1 or b2 96² after b2 64², into $S.
+new_shape() {
+    local d=$([ "$2" = b1 ] && echo $D1 || echo $D96)
+    bench "$1" "$W/model.onnx" --dims $D2 $BO --new-shape $d | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}|"cudnn_attention":.{0,400}' >> "$S"
+}
 export_unet() {
     # bench_unet.py exports only for the quilt mode; its ORT + quilt run comes with it.
     [ -f "$W/model.onnx" ] || bash tests/bench/bench_gpu.sh /tmp/qbin "$OUT/export" --cases unet_b2 --modes "${EXPORT_MODES:-eager,quilt}" ${EXPORT_ONLY:+--export-only} --iters 5 > "$OUT/export.log" 2>&1
@@ -305,28 +317,9 @@ case "$PART" in
         done
         for dyn in 0 1; do
             for c in $([ $dyn = 0 ] && echo b1) 96; do
-                d=$([ $c = b1 ] && echo $D1 || echo $D96)
                 echo "== new shape b2 -> $c, QUILT_SDPA_DYNAMIC=$dyn" >> "$S"
-                QUILT_SDPA_DYNAMIC=$dyn bench newshape_dyn${dyn}_b2_to_$c "$W/model.onnx" --dims $D2 $BO --new-shape $d | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}|"cudnn_attention":.{0,400}' >> "$S"
+                QUILT_SDPA_DYNAMIC=$dyn new_shape newshape_dyn${dyn}_b2_to_$c $c
             done
-        done
-        cat "$S"
-        ;;
-    final9)
-        # One call at session 9's defaults: issue 4's benchmark (eager, torch.compile
-        # reduce-overhead, ORT + quilt, UNet b2 64², same run), a new shape's first call, every
-        # fixture, then the UNet alternating the default with cuDNN attention off, as long as time
-        # is left (~9.5 min).
-        S="$OUT/summary.txt"
-        BENCH_MODES=${BENCH_MODES:-eager,compile_ro,quilt} BENCH_BUDGET_S=${BENCH_BUDGET_S:-300} timeout 400 bash "$0" "$BIN" "$OUT/bench" bench >> "$S" 2>&1
-        before() { [ $SECONDS -lt $1 ]; }
-        before 430 && bench newshape_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96 | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}|"cudnn_attention":.{0,300}' >> "$S"
-        before 460 && bench newshape_b2_to_b1 "$W/model.onnx" --dims $D2 $BO --new-shape $D1 | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}' >> "$S"
-        before 470 && test_binary cuda_fixtures >> "$S"
-        for v in 'X=1' 'QUILT_ATTN_CUDNN=0' 'X=1'; do
-            before 540 || break
-            echo "== UNet b2 64², $v" >> "$S"
-            env $v timeout 40 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last 2>/dev/null | grep -oE '"median_ms":[0-9.]+' >> "$S"
         done
         cat "$S"
         ;;
@@ -339,28 +332,12 @@ case "$PART" in
             timeout 150 /tmp/qbin/cuda_attention --exact $t --nocapture > "$OUT/$t.log" 2>&1; echo "$t rc=$?" >> "$S"; grep -E "test result|panicked|background" "$OUT/$t.log" | cut -c1-600 | head -6 >> "$S"
         done
         export_unet
-        for c in 96 b1; do
-            d=$([ $c = b1 ] && echo $D1 || echo $D96)
-            bench newshape_b2_to_$c "$W/model.onnx" --dims $D2 $BO --new-shape $d | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}|"cudnn_attention":.{0,400}' >> "$S"
-        done
+        for c in 96 b1; do new_shape newshape_b2_to_$c $c; done
         test_binary cuda_fixtures >> "$S"
         # Which cuDNN graph for the 64² self-attention: per step, then the UNet alternating.
         echo "== cudnn_sdpa_timing, QUILT_SDPA_GRAPH=composite" >> "$S"
         QUILT_SDPA_GRAPH=composite timeout 60 /tmp/qbin/cuda_attention --ignored --exact cudnn_sdpa_timing --nocapture > "$OUT/sdpa_timing_composite.log" 2>&1; grep -E '^\{"case":"sd15_64_self|test result' "$OUT/sdpa_timing_composite.log" >> "$S"
-        for v in 'X=1' 'QUILT_SDPA_GRAPH=composite' 'X=1' 'QUILT_SDPA_GRAPH=composite'; do
-            echo "== UNet b2 64², $v" >> "$S"
-            env $v timeout 40 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last 2>/dev/null | grep -oE '"median_ms":[0-9.]+' >> "$S"
-        done
-        cat "$S"
-        ;;
-    bg9)
-        # The shortest check of background cuDNN attention builds (~2 min): the test, then the
-        # UNet's first call at 96² after b2 64² (set EXPORT_ONLY=1).
-        S="$OUT/summary.txt"
-        t=cudnn_sdpa_builds_later_shapes_in_the_background
-        timeout 60 /tmp/qbin/cuda_attention --exact $t --nocapture > "$OUT/$t.log" 2>&1; echo "$t rc=$?" >> "$S"; grep -E "test result|panicked|background" "$OUT/$t.log" | cut -c1-600 | head -6 >> "$S"
-        export_unet
-        bench newshape_b2_to_96 "$W/model.onnx" --dims $D2 $BO --new-shape $D96 | grep -oE '"median_ms":[0-9.]+|"first_ms.{0,420}|"cudnn_attention":.{0,400}' >> "$S"
+        unet_ab X=1 QUILT_SDPA_GRAPH=composite X=1 QUILT_SDPA_GRAPH=composite
         cat "$S"
         ;;
     gemmlt)
