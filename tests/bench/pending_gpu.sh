@@ -18,7 +18,8 @@
 #       the cuDNN compile in their first call);
 #   flash (flash_variant_timing now has w4/w2 variants of each bucket's default: blocks of 4 or 2
 #       warps for SD's small attention problems, latency-bound at 8 warps: 16² self-attention runs
-#       32 blocks on 132 SMs; if one wins at a shape, choose the warps per launch by problem size);
+#       32 blocks on 132 SMs). QUILT_FLASH_SMALL_WARPS=4|2 already routes launches of fewer than
+#       264 blocks to such a variant (check9 times it in the UNet): make it the default if faster;
 #   QUILT_SDPA_DYNAMIC=1 (defaults9 has the commands);
 #   gemmlt (plain GEMMs through cuBLASLt with algorithm reuse, opt-in: tests, speed, new shapes);
 #   bench with BENCH_MODES=eager,compile,compile_ro,quilt and the b8 / 96² / VAE / CLIP cases
@@ -325,8 +326,9 @@ case "$PART" in
         ;;
     check9)
         # After final9: cuDNN attention plans of later shapes built in the background (the test,
-        # then a new shape's first call on the UNet), every attention test and fixture, and the
-        # composite cuDNN graph against the unified one.
+        # then a new shape's first call on the UNet), every attention test (the flash test covers
+        # the small-block variants) and fixture, the composite cuDNN graph against the unified
+        # one, and the UNet with small attention launches on 4- or 2-warp blocks.
         S="$OUT/summary.txt"
         for t in cudnn_sdpa_builds_later_shapes_in_the_background cudnn_sdpa_matches_the_cpu_reference flash_attention_matches_the_cpu_reference; do
             timeout 150 /tmp/qbin/cuda_attention --exact $t --nocapture > "$OUT/$t.log" 2>&1; echo "$t rc=$?" >> "$S"; grep -E "test result|panicked|background" "$OUT/$t.log" | cut -c1-600 | head -6 >> "$S"
@@ -338,6 +340,8 @@ case "$PART" in
         echo "== cudnn_sdpa_timing, QUILT_SDPA_GRAPH=composite" >> "$S"
         QUILT_SDPA_GRAPH=composite timeout 60 /tmp/qbin/cuda_attention --ignored --exact cudnn_sdpa_timing --nocapture > "$OUT/sdpa_timing_composite.log" 2>&1; grep -E '^\{"case":"sd15_64_self|test result' "$OUT/sdpa_timing_composite.log" >> "$S"
         unet_ab X=1 QUILT_SDPA_GRAPH=composite X=1 QUILT_SDPA_GRAPH=composite
+        # Small attention launches on 4- or 2-warp blocks (QUILT_FLASH_SMALL_WARPS, opt-in).
+        unet_ab X=1 QUILT_FLASH_SMALL_WARPS=4 QUILT_FLASH_SMALL_WARPS=2 X=1 QUILT_FLASH_SMALL_WARPS=4
         cat "$S"
         ;;
     gemmlt)

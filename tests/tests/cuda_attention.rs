@@ -104,6 +104,11 @@ impl Case {
         Case { overrides: Overrides { cudnn_min_scores: 0, ..self.overrides }, ..self }
     }
 
+    /// Small launches on the flash variant with `warps` warps per block (`Overrides::small_warps`).
+    fn small(self, warps: usize) -> Case {
+        Case { overrides: Overrides { small_warps: Some(warps), ..self.overrides }, ..self }
+    }
+
     /// Never through cuDNN.
     fn flash_only(self) -> Case {
         Case { overrides: Overrides { cudnn_min_scores: usize::MAX, ..self.overrides }, ..self }
@@ -138,6 +143,7 @@ impl Case {
         let sym = if self.symbolic_width { " width=sym" } else { "" };
         let mdt = self.mask_dtype.map_or(String::new(), |d| format!(" ({d})"));
         let o = self.overrides;
+        let small = o.small_warps.map_or(String::new(), |w| format!(" small_warps={w}"));
         let route = if o == Overrides::default() {
             String::new()
         } else if o.route == Route::Auto && o.scratch_cap == Overrides::default().scratch_cap {
@@ -148,7 +154,7 @@ impl Case {
             format!(" {:?} cap={}", o.route, o.scratch_cap)
         };
         let cols = self.columns.map_or(String::new(), |c| format!(" columns {:?}+{:?}", c.offset, c.width));
-        format!("{} q{:?} k{:?} v{:?} heads={:?}{cols} mask={mask}{mdt}{sym}{route}", self.dtype, self.q, self.k, self.v, self.heads)
+        format!("{} q{:?} k{:?} v{:?} heads={:?}{cols} mask={mask}{mdt}{sym}{route}{small}", self.dtype, self.q, self.k, self.v, self.heads)
     }
 
     fn plan(&self) -> Plan {
@@ -281,6 +287,11 @@ fn cases() -> Vec<Case> {
     out.push(Case::packed(DType::F16, 2, 8, 4096, 4096, 40).columns([960; 3], [0, 320, 640], [320; 3]));
     out.push(Case::packed(DType::F16, 2, 8, 256, 77, 160).columns([1280, 2560, 2560], [0, 0, 1280], [1280; 3]).with_mask(&[2, 1, 1, 77], false));
     out.push(Case::packed(DType::BF16, 1, 2, 100, 60, 20).columns([90, 90, 90], [0, 44, 3], [40; 3]));
+    // Small problems on the variants with fewer warps per block: SD's 16² self-attention, 32²
+    // cross-attention (4 and 2 warps), a masked bf16 case.
+    out.push(Case::packed(DType::F16, 2, 8, 256, 256, 160).small(4));
+    out.push(Case::packed(DType::F16, 2, 8, 1024, 77, 80).small(2));
+    out.push(Case::sd(DType::BF16, 64, 1024, 77, true, false).small(4));
     // f32 runs as GEMMs; the plain kernel it replaced, forced.
     out.push(Case::sd(DType::F32, 40, 1024, 77, true, true));
     out.push(Case::sd(DType::F32, 40, 1024, 77, true, true).route(Route::Fused));

@@ -94,6 +94,8 @@ pub struct AttentionCode {
 struct Fused {
     /// The head-dim bucket of each kernel when they are flash-attention variants (f16/bf16).
     flash_buckets: Option<Vec<usize>>,
+    /// Warps per block of the small-problem variants compiled after them (`small_warps`).
+    small_warps: Option<usize>,
     /// The plain kernel's query rows per block (unused by the flash kernel).
     plain_rows: usize,
     /// The largest q/k and v head dim the compiled kernels take.
@@ -153,7 +155,7 @@ impl AttentionCode {
             Route::Auto => (true, gemm_ok && head_dims.is_none()),
         };
         let (mut kernels, fused) = if with_fused {
-            let (k, f) = Self::fused_kernels(&cts, out, mask, lead, head_dims, &t.prefix)?;
+            let (k, f) = Self::fused_kernels(&cts, out, mask, lead, head_dims, &t.prefix, overrides.small_warps)?;
             (k, Some(f))
         } else {
             (Vec::new(), None)
@@ -170,7 +172,7 @@ impl AttentionCode {
 
     /// The flash variants (f16/bf16 up to `MAX_HEAD_DIM`) or the plain kernel (wide tiles for
     /// static head dims above `MAX_HEAD_DIM`).
-    fn fused_kernels(cts: &[CType], out: CType, mask: Option<CType>, lead: usize, head_dims: Option<(usize, usize)>, prefix: &str) -> Result<(Vec<Kernel>, Fused), String> {
+    fn fused_kernels(cts: &[CType], out: CType, mask: Option<CType>, lead: usize, head_dims: Option<(usize, usize)>, prefix: &str, small_warps: Option<usize>) -> Result<(Vec<Kernel>, Fused), String> {
         // Static head dims past the flash and plain kernels' tiles take the wide plain kernel.
         let wide = head_dims.is_some_and(|(d, dv)| d.max(dv) > MAX_HEAD_DIM);
         if let Some((d, dv)) = head_dims.filter(|&(d, dv)| d.max(dv) > WIDE_MAX_HEAD_DIM) {
@@ -185,8 +187,13 @@ impl AttentionCode {
                 }
                 None => flash_attention::BUCKETS.to_vec(),
             };
-            let kernels: Vec<Kernel> = buckets.iter().map(|&bucket| FlashVariant { dtype: cts[0].dtype, bucket, mask, out }.kernel(prefix, lead)).collect();
-            let fused = Fused { flash_buckets: Some(buckets), plain_rows: TQ, max_head_dim: MAX_HEAD_DIM };
+            let variant = |bucket| FlashVariant { dtype: cts[0].dtype, bucket, mask, out };
+            let mut kernels: Vec<Kernel> = buckets.iter().map(|&bucket| variant(bucket).kernel(prefix, lead)).collect();
+            // The small-problem variants follow, in the same bucket order.
+            if let Some(w) = small_warps {
+                kernels.extend(buckets.iter().map(|&bucket| variant(bucket).kernel_with_warps(prefix, lead, Some(w))));
+            }
+            let fused = Fused { flash_buckets: Some(buckets), small_warps, plain_rows: TQ, max_head_dim: MAX_HEAD_DIM };
             return Ok((kernels, fused));
         }
         let (tq, tk, qd) = if wide { (WIDE_TQ, WIDE_TK, WIDE_MAX_HEAD_DIM) } else { (TQ, TK, MAX_HEAD_DIM) };
@@ -304,7 +311,7 @@ extern "C" __global__ void {name}({args}) {{
 #undef QD
 "#
         );
-        Ok((vec![Kernel { name, body }], Fused { flash_buckets: None, plain_rows: tq, max_head_dim: qd }))
+        Ok((vec![Kernel { name, body }], Fused { flash_buckets: None, small_warps: None, plain_rows: tq, max_head_dim: qd }))
     }
 }
 
@@ -406,8 +413,10 @@ impl StepCode for AttentionCode {
             (Some(f), None) => return Err(format!("head dims {d}/{dv} exceed the CUDA attention kernel's {}", f.max_head_dim)),
             (None, None) => return Err("attention step compiled no kernels".into()),
         };
-        // The kernel to launch, its query rows per block, the scale it takes and its bucket.
-        let (kernel, rows_per_block, scale, flash_bucket) = match &fused.flash_buckets {
+        // The kernel to launch, its query rows per block, the scale it takes, its bucket and
+        // warps per block when not the configuration's.
+        let problems = g.problems();
+        let (kernel, rows_per_block, scale, flash) = match &fused.flash_buckets {
             None => (0, fused.plain_rows, self.scale as f64, None),
             Some(buckets) => {
                 let want = flash_attention::bucket(d.max(dv))
@@ -417,10 +426,17 @@ impl StepCode for AttentionCode {
                     .position(|&b| b == want)
                     .ok_or_else(|| format!("head dims {d}/{dv} need the {want}-wide flash-attention variant, compiled only for {buckets:?}"))?;
                 // The flash kernel works in log2 units (exp2).
-                (k, flash_attention::block_rows(want), self.scale as f64 * std::f64::consts::LOG2_E, Some(want))
+                let scale = self.scale as f64 * std::f64::consts::LOG2_E;
+                let rows = flash_attention::block_rows(want);
+                match fused.small_warps {
+                    Some(w) if problems * n.div_ceil(rows) < flash_attention::SMALL_BELOW_BLOCKS => {
+                        let rows = flash_attention::with_warps(flash_attention::config(want), Some(w)).block_rows();
+                        (buckets.len() + k, rows, scale, Some((want, Some(w))))
+                    }
+                    _ => (k, rows, scale, Some((want, None))),
+                }
             }
         };
-        let problems = g.problems();
         let tiles = n.div_ceil(rows_per_block);
         let blocks = problems * tiles;
         let mut plan = LaunchPlan::default();
@@ -453,7 +469,7 @@ impl StepCode for AttentionCode {
             p.extend([0, 0, vector_copies as i64]);
             p.extend(lead_dims.iter().map(|&x| x as i64));
         }
-        let work = flash_bucket.map_or(Work::Rows(blocks as u64), |b| flash_attention::work(b, blocks));
+        let work = flash.map_or(Work::Rows(blocks as u64), |(b, w)| flash_attention::work(b, w, blocks));
         let launch = Action::Launch { kernel, work, params: p.finish()?, args };
         plan.actions.push(match self.sdpa_call(&g, fused, launch.clone()) {
             Some(call) => Action::Sdpa(call),
@@ -581,6 +597,36 @@ mod tests {
         let code = with_overrides(on, || AttentionCode::with_head_dims(&plain, &types(DType::BF16, None, 3), Some((64, 64)))).unwrap();
         let [Action::Sdpa(call)] = &code.plan(&s).unwrap().actions[..] else { panic!() };
         assert_eq!((call.b, call.h, call.strides[0]), (2, 1, [6400, 6400, 64]));
+    }
+
+    /// With `Overrides::small_warps`, every flash bucket also compiles a variant with fewer warps
+    /// per block, and launches that would fill fewer than `SMALL_BELOW_BLOCKS` blocks take it
+    /// (more, smaller blocks); larger ones keep the default kernel.
+    #[test]
+    fn small_problems_take_the_small_block_variant_when_asked() {
+        let bindings = crate::bind::Bindings::default();
+        let small = Overrides { small_warps: Some(4), cudnn_min_scores: usize::MAX, ..Overrides::default() };
+        let op = Op::Attention { scale: 0.08, heads: Some(8), columns: None };
+        let code = with_overrides(small, || AttentionCode::with_head_dims(&op, &types(DType::F16, None, 3), Some((160, 160)))).unwrap();
+        assert_eq!(code.kernels().iter().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["q_flash_attention_160", "q_flash_attention_160_w4"]);
+        assert!(code.kernels()[1].body.contains("__launch_bounds__(128,") && code.kernels()[1].body.contains("BM = 4 * 16 * MT"));
+        let launch = |n: usize| {
+            let q = [2usize, n, 1280];
+            let s = StepShapes { ins: vec![Some(&q[..]); 3], outs: vec![&q[..]], bindings: &bindings };
+            let plan = with_overrides(small, || code.plan(&s)).unwrap();
+            match &plan.actions[..] {
+                [Action::Launch { kernel, work, .. }] => (*kernel, work.launch_dims()),
+                other => panic!("{other:?}"),
+            }
+        };
+        // 16² self-attention: 2 × 8 problems × 2 tiles of 128 rows = 32 blocks at 8 warps; 64 of
+        // 64 rows at 4 warps.
+        assert_eq!(launch(256), (1, (64, 128)));
+        // 64 × 16 tiles of 128 rows = 2048 blocks: the default kernel.
+        assert_eq!(launch(16384), (0, (2048, 256)));
+        // Not asked: one kernel per bucket.
+        let plain = Overrides { small_warps: None, ..small };
+        assert_eq!(with_overrides(plain, || AttentionCode::with_head_dims(&op, &types(DType::F16, None, 3), Some((160, 160)))).unwrap().kernels().len(), 1);
     }
 
     /// The VAE's head at 96² latents in f32 (340 MB of scores) runs in two chunks of 4608 query

@@ -161,13 +161,28 @@ pub fn block_rows(bucket: usize) -> usize {
     config(bucket).block_rows()
 }
 
-/// How `blocks` blocks of `bucket`'s kernel on this thread launch.
-pub fn work(bucket: usize, blocks: usize) -> Work {
-    match config(bucket).threads() as u32 {
+/// How `blocks` blocks of `bucket`'s kernel on this thread (with `warps` per block instead of
+/// the configuration's, when given) launch.
+pub fn work(bucket: usize, warps: Option<usize>, blocks: usize) -> Work {
+    match with_warps(config(bucket), warps).threads() as u32 {
         BLOCK => Work::Rows(blocks as u64),
         threads => Work::RowsOf { rows: blocks as u64, threads },
     }
 }
+
+/// `cfg` with `warps` per block when given.
+pub fn with_warps(cfg: Config, warps: Option<usize>) -> Config {
+    Config { warps: warps.unwrap_or(cfg.warps), ..cfg }
+}
+
+/// `QUILT_FLASH_SMALL_WARPS=4` (or 2): the default of `Overrides::small_warps`.
+pub fn small_warps_from_env() -> Option<usize> {
+    std::env::var("QUILT_FLASH_SMALL_WARPS").ok().and_then(|v| v.parse().ok()).filter(|w| [2, 4].contains(w))
+}
+
+/// Launches of fewer blocks than this take the small variant (`Overrides::small_warps`): two
+/// blocks per SM of an H100 (132 SMs).
+pub const SMALL_BELOW_BLOCKS: usize = 264;
 
 /// Whether q, k, v of these dtypes run on this kernel (one 16-bit float dtype for all three).
 pub fn supports(q: DType, k: DType, v: DType) -> bool {
@@ -274,9 +289,15 @@ impl FlashVariant {
     /// rows (params 0 and 1 give the problem count), so a plan made for another block size stays
     /// correct, only less balanced.
     pub fn kernel(&self, prefix: &str, lead: usize) -> Kernel {
-        let name = format!("{prefix}_flash_attention_{}", self.bucket);
+        self.kernel_with_warps(prefix, lead, None)
+    }
+
+    /// The kernel with `warps` warps per block instead of the configuration's (named `..._w{warps}`).
+    pub fn kernel_with_warps(&self, prefix: &str, lead: usize, warps: Option<usize>) -> Kernel {
+        let suffix = warps.map_or(String::new(), |w| format!("_w{w}"));
+        let name = format!("{prefix}_flash_attention_{}{suffix}", self.bucket);
         let dp = self.bucket;
-        let cfg = config(dp);
+        let cfg = with_warps(config(dp), warps);
         let Config { row_tiles: mt, keys: bn, stages, min_blocks, exact, half_exp, warps } = cfg;
         let threads = cfg.threads();
         let ld = Config::row_len(dp);
