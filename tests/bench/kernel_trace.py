@@ -26,6 +26,8 @@ NVIDIA = 0x10DE
 
 # Coarse categories by kernel name, first match wins (cuDNN, cuBLAS/cuBLASLt and quilt's own).
 CATEGORIES = [
+    # cuDNN's fused SDPA kernels are named like "cudnn_generated_..._sdpa_..._flash_fprop_...".
+    ("attention (cuDNN SDPA)", r"sdpa"),
     ("flash attention (quilt)", r"flash|attention|attn"),
     ("conv (cuDNN)", r"fprop|conv|implicit_?gemm|xmma_fprop|cudnn"),
     ("gemm (cuBLAS/Lt)", r"gemm|cutlass|cublas|splitk|nvjet"),
