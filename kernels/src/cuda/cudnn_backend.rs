@@ -85,6 +85,12 @@ impl Desc {
     }
 }
 
+/// The largest power of two up to 16 dividing every pointer: the byte alignment a graph's
+/// tensors declare (cuDNN picks engines by it).
+pub(crate) fn byte_alignment(ptrs: impl IntoIterator<Item = u64>) -> u8 {
+    1 << ptrs.into_iter().map(|p| p.trailing_zeros()).min().unwrap_or(4).min(4)
+}
+
 /// How a tensor of an operation graph is bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Binding {

@@ -359,7 +359,7 @@ impl LtKey {
 /// spent most of its cuBLASLt time on). Session 8 (H200, UNet b2 64² then b1 / b2 96²): the
 /// first call's cuBLASLt time 20.0 → 1.2 ms and 38.7 → 1.3 ms, the repeat unchanged within ~2%.
 fn reuse_algos() -> bool {
-    std::env::var("QUILT_GEMM_REUSE").map_or(true, |v| v != "0")
+    super::env::default_on("QUILT_GEMM_REUSE")
 }
 
 /// What choosing cuBLASLt algorithms has cost so far (for benchmarks of a first call at a new
@@ -494,7 +494,7 @@ impl Blas {
         }
         let lt_handle = lt::create_handle().map_err(|e| Error::Device(format!("cublasLtCreate: {e:?}")))?;
         let lt = Lt { handle: lt_handle, workspace: (0, 0), plans: HashMap::new(), class_algos: HashMap::new(), reuse: reuse_algos(), stats: LtPlanStats::default() };
-        let plain_through_lt = std::env::var("QUILT_GEMM_LT").is_ok_and(|v| v == "1");
+        let plain_through_lt = super::env::on("QUILT_GEMM_LT");
         Ok(Blas { handle: Mutex::new(handle), lt: Mutex::new(lt), plain_through_lt, stream: device.cu_stream() as usize })
     }
 

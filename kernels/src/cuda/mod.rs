@@ -22,6 +22,7 @@ pub mod arena;
 pub mod codegen;
 pub mod conv;
 pub mod cudnn_backend;
+pub mod env;
 pub mod device;
 pub mod executor;
 pub mod gemm;

@@ -46,6 +46,7 @@ use super::codegen::{Action, Arg};
 use super::conv::cudnn::{data_type, Workspace, WORKSPACE_CAP};
 use cudarc::driver::{result as drv, sys as dsys};
 use super::cudnn_backend::{self as be, check, Binding, Desc};
+use super::env;
 
 /// The largest head dim cuDNN's Hopper SDPA forward engines take.
 pub const MAX_HEAD_DIM: usize = 256;
@@ -117,11 +118,6 @@ impl SdpaCall {
     }
 }
 
-/// The largest power of two up to 16 dividing every pointer (the tensors declare it).
-pub fn alignment(ptrs: &[u64; 4]) -> u8 {
-    1 << ptrs.iter().map(|p| p.trailing_zeros()).min().unwrap_or(4).min(4)
-}
-
 /// Which graph describes the attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SdpaGraph {
@@ -171,7 +167,7 @@ unsafe impl Send for SdpaClass {}
 
 /// `QUILT_SDPA_DYNAMIC=1`: dynamic-shape graphs sharing a kernel cache per class.
 pub fn dynamic_shapes() -> bool {
-    std::env::var("QUILT_SDPA_DYNAMIC").is_ok_and(|v| v == "1")
+    env::on("QUILT_SDPA_DYNAMIC")
 }
 
 // SAFETY: descriptors are plain cuDNN objects, used only under the `Dnn` mutex.
@@ -214,10 +210,10 @@ impl SdpaPlan {
     /// Queues the attention on the handle's stream (`ptrs`: q, k, v, output).
     pub fn run(&mut self, handle: sys::cudnnHandle_t, ptrs: [u64; 4], workspace: u64) -> Result<(), String> {
         if self.variant.as_ref().is_none_or(|(_, p, w)| *p != ptrs || *w != workspace) {
-            let scale: *const f32 = &*self.scale;
-            let data = [ptrs[0], ptrs[1], ptrs[2], ptrs[3]].map(|p| p as *mut c_void);
-            let all = [data[0], data[1], data[2], data[3], scale as *mut c_void];
-            let pack = be::variant_pack(&[UID_Q, UID_K, UID_V, UID_O, UID_SCALE], &all, workspace)?;
+            // The scale is by value: its entry is the host address of the plan's own copy.
+            let scale = &*self.scale as *const f32 as *mut c_void;
+            let [q, k, v, o] = ptrs.map(|p| p as *mut c_void);
+            let pack = be::variant_pack(&[UID_Q, UID_K, UID_V, UID_O, UID_SCALE], &[q, k, v, o, scale], workspace)?;
             self.variant = Some((pack, ptrs, workspace));
         }
         let (pack, _, _) = self.variant.as_ref().expect("built above");
@@ -262,14 +258,14 @@ impl SdpaPlans {
     /// Later new shapes build their plans on worker threads (unless `QUILT_SDPA_BACKGROUND=0`:
     /// inside their first call, as the first shape does).
     pub fn build_in_background(&mut self) {
-        self.background = std::env::var("QUILT_SDPA_BACKGROUND").map_or(true, |v| v != "0");
+        self.background = env::default_on("QUILT_SDPA_BACKGROUND");
     }
 
     /// Queues `call` on `stream` through its plan (`main`: the `Dnn`'s handle, cuDNN `version`),
     /// building or starting to build it at the shape's first call. `Ok(false)`: no plan (yet),
     /// the caller runs `call.fallback`.
     pub(crate) fn run(&mut self, main: sys::cudnnHandle_t, version: usize, call: &SdpaCall, ptrs: [u64; 4], ws: &mut Workspace, stream: dsys::CUstream) -> Result<bool, String> {
-        let align = alignment(&ptrs);
+        let align = be::byte_alignment(ptrs);
         let key = call.key(align);
         self.settle(Some(&key));
         if !self.entries.contains_key(&key) {
@@ -592,8 +588,8 @@ mod tests {
         assert_eq!(call.view(0), ([2, 8, 4096, 40], [4096 * 960, 40, 960, 1]));
         assert_eq!(call.view(1), ([2, 8, 77, 40], [77 * 640, 40, 640, 1]));
         assert_eq!(call.view(3), ([2, 8, 4096, 40], [4096 * 320, 40, 320, 1]));
-        assert_eq!(alignment(&[0x1000, 0x2000, 0x1280, 0x3000]), 16);
-        assert_eq!(alignment(&[0x1000, 0x1004, 0x1280, 0x3000]), 4);
+        assert_eq!(be::byte_alignment([0x1000, 0x2000, 0x1280, 0x3000]), 16);
+        assert_eq!(be::byte_alignment([0x1000, 0x1004, 0x1280, 0x3000]), 4);
         assert_ne!(call.key(16), call.key(4));
     }
 }

@@ -7,7 +7,8 @@
 use quilt_rewrites::ir::{BinaryOp, UnaryOp};
 use quilt_rewrites::{DType, Op};
 
-use super::stitched::index::{self, env_default_on, env_on, vectorizable};
+use super::stitched::index::{self, vectorizable};
+use crate::cuda::env;
 use super::{broadcast_strides, decompose, lit, numel, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
 use crate::cuda::device::PARAM_SLOTS;
 
@@ -174,7 +175,7 @@ pub fn sigmoid_gated(c: CType, x: &str, alpha: f64, fast: bool) -> String {
 /// few f32 ulp never reach it). On by default since session 9 (every fixture passed with it on an
 /// H200, UNet b2 64² 7.33 → 7.25 ms with the slab GroupNorm path); `QUILT_FAST_MATH=0` turns it off.
 pub fn fast_math(compute: CType, outs: &[CType]) -> bool {
-    compute.compute() == "float" && !outs.is_empty() && outs.iter().all(|o| matches!(o.dtype, DType::F16 | DType::BF16)) && env_default_on("QUILT_FAST_MATH")
+    compute.compute() == "float" && !outs.is_empty() && outs.iter().all(|o| matches!(o.dtype, DType::F16 | DType::BF16)) && env::default_on("QUILT_FAST_MATH")
 }
 
 /// A Clip bound in the operand's compute type (whole numbers for integer types).
@@ -288,9 +289,9 @@ impl StepCode for ElementwiseCode {
                 if self.narrow {
                     let dims = if out.is_empty() { vec![1] } else { out.to_vec() };
                     let strides: Vec<Vec<i64>> = strides.into_iter().map(|s| if s.is_empty() { vec![0] } else { s }).collect();
-                    match index::narrow(&dims, &strides).filter(|_| !env_on("QUILT_INDEX64")) {
+                    match index::narrow(&dims, &strides).filter(|_| !env::on("QUILT_INDEX64")) {
                         Some((data, collapsed)) => {
-                            vector = self.vlen > 1 && !env_on("QUILT_NO_VECTOR") && vectorizable(&collapsed, self.vlen);
+                            vector = self.vlen > 1 && !env::on("QUILT_NO_VECTOR") && vectorizable(&collapsed, self.vlen);
                             p.extend(data);
                         }
                         None => {

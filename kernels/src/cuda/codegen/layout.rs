@@ -69,11 +69,11 @@ fn copy_launch(dims: &[usize], in_strides: &[i64], out_strides: &[i64], in_base:
     let (d, st): (Vec<usize>, Vec<Vec<i64>>) = if dims.is_empty() { (vec![1], vec![vec![0], vec![0]]) } else { (dims.to_vec(), vec![in_strides.to_vec(), out_strides.to_vec()]) };
     let bases_fit = in_base >= 0 && out_base >= 0 && in_base + out_base <= index::NARROW_MAX as i64;
     let mut vector = false;
-    match index::narrow(&d, &st).filter(|(_, c)| bases_fit && c_fits(c, in_base.max(out_base)) && !index::env_on("QUILT_INDEX64")) {
+    match index::narrow(&d, &st).filter(|(_, c)| bases_fit && c_fits(c, in_base.max(out_base)) && !crate::cuda::env::on("QUILT_INDEX64")) {
         Some((data, c)) => {
             let v = vlen as i64;
             vector = vlen > 1
-                && !index::env_on("QUILT_NO_VECTOR")
+                && !crate::cuda::env::on("QUILT_NO_VECTOR")
                 && c.strides.iter().all(|s| s[0] == 1)
                 && index::vectorizable(&c, vlen)
                 && in_base % v == 0

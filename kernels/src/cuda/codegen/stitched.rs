@@ -34,7 +34,8 @@ use quilt_rewrites::{DType, Op};
 
 use super::elementwise::{gelu, sigmoid_gated, unary};
 use super::{broadcast_strides, lit, numel, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
-use index::{env_on, vectorizable};
+use index::vectorizable;
+use crate::cuda::env;
 use super::BLOCK;
 
 /// Channels-last slabs: blocks worth aiming for, and the fewest vectors each thread should read.
@@ -268,9 +269,9 @@ impl StepCode for StitchedCode {
         let mut channels_last_vector = false;
         let mut warp_rows = false;
         if self.layout.narrow {
-            match index::narrow(&domain, &strides).filter(|_| !env_on("QUILT_INDEX64")) {
+            match index::narrow(&domain, &strides).filter(|_| !env::on("QUILT_INDEX64")) {
                 Some((data, collapsed)) => {
-                    let allowed = !env_on("QUILT_NO_VECTOR");
+                    let allowed = !env::on("QUILT_NO_VECTOR");
                     vector = allowed && self.vlen > 1 && vectorizable(&collapsed, self.vlen) && len.is_none_or(|l| l % self.vlen == 0);
                     let (v, c) = (self.cl_vlen, domain[rank - 1]);
                     channels_last_vector = allowed && v > 1 && c % v == 0 && c / v <= BLOCK as usize && vectorizable(&collapsed, v);

@@ -50,6 +50,7 @@ pub use super::graph_api::Pointers;
 use super::legacy::LegacyPlan;
 use super::ConvGeometry;
 use crate::cuda::codegen::Arg;
+use crate::cuda::env;
 use crate::cuda::sdpa::{SdpaCall, SdpaPlans};
 
 /// Largest workspace a convolution may use (engines and algorithms wanting more are skipped):
@@ -218,14 +219,14 @@ impl ConvCall {
 /// Whether a new shape may take the engine configuration an earlier shape of its class got from
 /// the heuristics (`QUILT_CUDNN_REUSE=0` turns it off: every shape asks the heuristics).
 fn reuse_engines() -> bool {
-    std::env::var("QUILT_CUDNN_REUSE").map_or(true, |v| v != "0")
+    env::default_on("QUILT_CUDNN_REUSE")
 }
 
 /// `QUILT_CUDNN_DYNAMIC=1`: graph-API convolutions are built as dynamic-shape graphs sharing one
 /// kernel cache per convolution class, so an engine that compiles its kernel at run time
 /// compiles it once per class rather than once per shape.
 fn dynamic_shapes() -> bool {
-    std::env::var("QUILT_CUDNN_DYNAMIC").is_ok_and(|v| v == "1")
+    env::on("QUILT_CUDNN_DYNAMIC")
 }
 
 /// `QUILT_CUDNN_THREADS=n`: how many worker threads `Dnn::prepare` uses (default 1: each plan is
@@ -592,7 +593,9 @@ impl Dnn {
         inner.shapes.iter().find(|((k, _), _)| *k == key).map(|(_, s)| s.plan.choice().clone())
     }
 
-    /// Distinct shapes prepared so far.
+    /// Distinct shapes prepared so far: convolution plans, and attention shapes whose cuDNN plan
+    /// is settled (built or declined; background builds that finished are taken in here, so the
+    /// count changes when one does and the executor captures its graph again).
     pub fn shapes(&self) -> usize {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.shapes.len() + inner.sdpa.settle(None)

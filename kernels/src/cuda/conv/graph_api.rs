@@ -146,9 +146,7 @@ impl Pointers {
 
     /// The largest power of two up to 16 that divides every pointer (cuDNN's byte alignment).
     pub fn alignment(&self) -> u8 {
-        let all = [Some(self.x), Some(self.w), self.bias, self.residual, Some(self.y)];
-        let tz = all.iter().flatten().map(|p| p.trailing_zeros()).min().unwrap_or(4).min(4);
-        1 << tz
+        be::byte_alignment([Some(self.x), Some(self.w), self.bias, self.residual, Some(self.y)].into_iter().flatten())
     }
 }
 
@@ -370,11 +368,6 @@ impl ClassState {
 // SAFETY: descriptors are plain cuDNN objects, used only under the `Dnn` mutex.
 unsafe impl Send for ClassState {}
 
-/// A kernel cache for the dynamic-shape graphs of `graph`'s class.
-fn kernel_cache(graph: &Graph) -> Result<Desc, String> {
-    be::kernel_cache(&graph.op_graph)
-}
-
 /// A prepared shape on the graph API.
 pub(super) struct GraphPlan {
     graph: Graph,
@@ -424,7 +417,7 @@ impl GraphPlan {
                 }
             };
             if dynamic && class.kernel_cache.is_none() {
-                class.kernel_cache = Some(kernel_cache(&graph)?);
+                class.kernel_cache = Some(be::kernel_cache(&graph.op_graph)?);
             }
             let mut found = candidates(handle, &graph, call.dtype, want, class.kernel_cache.as_ref(), &mut skipped)?;
             if found.is_empty() {

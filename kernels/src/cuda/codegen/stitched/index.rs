@@ -138,23 +138,6 @@ pub fn vectorizable(c: &Collapsed, vlen: usize) -> bool {
     c.dims[0] % vlen == 0 && c.strides.iter().all(|s| s[0] == 0 || (s[0] == 1 && s[1..].iter().all(|&x| x % vlen as i64 == 0)))
 }
 
-/// Whether an environment switch is on (`1`): `QUILT_INDEX64=1` forces the 64-bit path (the
-/// code before 32-bit indexing, for comparisons), `QUILT_NO_VECTOR=1` the scalar 32-bit path.
-pub fn env_on(name: &str) -> bool {
-    std::env::var_os(name).is_some_and(|v| v == "1")
-}
-
-/// A default-on switch: on unless the environment's `name` is `0`.
-pub fn env_default_on(name: &str) -> bool {
-    std::env::var_os(name).is_none_or(|v| v != "0")
-}
-
-/// A tuning knob: the environment's `name` when it parses as a positive integer, else `default`
-/// (experiments on the GPU machine set these; the defaults are the measured best).
-pub fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&v| v > 0).unwrap_or(default)
-}
-
 /// The 64-bit path's marker (`nax_ == 0`) followed by unused slots.
 pub fn wide(rank: usize, operands: usize) -> Vec<i64> {
     vec![0; slots(rank, operands)]

@@ -386,7 +386,7 @@ impl Text<'_> {
         // On by default since session 9 (every fixture passed on an H200; UNet b2 64² 7.71 →
         // 7.41 and 7.58 → 7.33 ms); `QUILT_CL_SLAB=0`: every position takes the general
         // decomposition and the checked loop.
-        let on = index::env_default_on("QUILT_CL_SLAB");
+        let on = crate::cuda::env::default_on("QUILT_CL_SLAB");
         let mut s = format!("  bool slab_ = {on};\n");
         for k in 0..self.ins.len() {
             let st = |d: usize| format!("p.v[{}]", h + r + k * r + d);
@@ -501,7 +501,7 @@ impl Text<'_> {
 /// The pragma before the channels-last kernels' branch-free position loop: several positions'
 /// loads in flight per thread (`QUILT_CL_UNROLL`, 1 = none).
 fn cl_unroll() -> String {
-    match super::index::env_usize("QUILT_CL_UNROLL", CL_UNROLL) {
+    match crate::cuda::env::usize_or("QUILT_CL_UNROLL", CL_UNROLL) {
         1 => String::new(),
         u => format!("#pragma unroll {u}\n"),
     }
