@@ -104,9 +104,10 @@ impl Case {
         Case { overrides: Overrides { cudnn_min_scores: 0, ..self.overrides }, ..self }
     }
 
-    /// Small launches on the flash variant with `warps` warps per block (`Overrides::small_warps`).
-    fn small(self, warps: usize) -> Case {
-        Case { overrides: Overrides { small_warps: Some(warps), ..self.overrides }, ..self }
+    /// Small launches on the flash variant with `warps` warps per block in `splits` key groups
+    /// (`Overrides::small`).
+    fn small(self, warps: usize, splits: usize) -> Case {
+        Case { overrides: Overrides { small: Some(flash::BlockShape { warps, splits }), ..self.overrides }, ..self }
     }
 
     /// Never through cuDNN.
@@ -143,7 +144,7 @@ impl Case {
         let sym = if self.symbolic_width { " width=sym" } else { "" };
         let mdt = self.mask_dtype.map_or(String::new(), |d| format!(" ({d})"));
         let o = self.overrides;
-        let small = o.small_warps.map_or(String::new(), |w| format!(" small_warps={w}"));
+        let small = o.small.map_or(String::new(), |b| format!(" small=w{}g{}", b.warps, b.splits));
         let route = if o == Overrides::default() {
             String::new()
         } else if o.route == Route::Auto && o.scratch_cap == Overrides::default().scratch_cap {
@@ -289,9 +290,20 @@ fn cases() -> Vec<Case> {
     out.push(Case::packed(DType::BF16, 1, 2, 100, 60, 20).columns([90, 90, 90], [0, 44, 3], [40; 3]));
     // Small problems on the variants with fewer warps per block: SD's 16² self-attention, 32²
     // cross-attention (4 and 2 warps), a masked bf16 case.
-    out.push(Case::packed(DType::F16, 2, 8, 256, 256, 160).small(4));
-    out.push(Case::packed(DType::F16, 2, 8, 1024, 77, 80).small(2));
-    out.push(Case::sd(DType::BF16, 64, 1024, 77, true, false).small(4));
+    out.push(Case::packed(DType::F16, 2, 8, 256, 256, 160).small(4, 1));
+    out.push(Case::packed(DType::F16, 2, 8, 1024, 77, 80).small(2, 1));
+    out.push(Case::sd(DType::BF16, 64, 1024, 77, true, false).small(4, 1));
+    // ... and with key groups merged at the end: SD's 32² and 16² self-attention, 16² cross-
+    // attention (the second group's slice of the last tile lies past the 77 keys), 16 keys per
+    // warp with the 48 bucket's last 8 columns skipped (d 40), a masked bf16 case, fewer rows
+    // than one row group.
+    out.push(Case::packed(DType::F16, 2, 8, 1024, 1024, 80).small(8, 2));
+    out.push(Case::packed(DType::F16, 2, 8, 1024, 1024, 80).small(8, 4));
+    out.push(Case::packed(DType::F16, 2, 8, 256, 256, 160).small(8, 2));
+    out.push(Case::packed(DType::F16, 2, 8, 256, 77, 160).small(4, 2));
+    out.push(Case::packed(DType::F16, 1, 8, 1024, 300, 40).small(8, 4));
+    out.push(Case::sd(DType::BF16, 64, 1024, 77, true, false).small(8, 2));
+    out.push(Case { dtype: DType::F16, q: vec![3, 5, 80], k: vec![3, 150, 80], v: vec![3, 150, 80], mask: None, heads: None, neg_inf: false, symbolic_width: false, overrides: Overrides::default(), mask_dtype: None, columns: None }.small(2, 2));
     // f32 runs as GEMMs; the plain kernel it replaced, forced.
     out.push(Case::sd(DType::F32, 40, 1024, 77, true, true));
     out.push(Case::sd(DType::F32, 40, 1024, 77, true, true).route(Route::Fused));
@@ -610,10 +622,11 @@ fn wide_attention_timing() {
 /// The flash-attention configurations compared on the GPU (`flash_variant_timing`) per head-dim
 /// bucket, named `r{row tiles}k{keys}s{stages}b{min blocks per SM}` plus `x` when the unused
 /// last 8 columns of the bucket are skipped (`Config::exact`), `h` for f16 exponentials
-/// (`Config::half_exp`) and `w{warps}` for blocks of fewer than 8 warps (the default with 4 and
-/// 2: smaller blocks for SD's small attention problems). The bucket's default is among them.
+/// (`Config::half_exp`), `w{warps}` for blocks of fewer than 8 warps and `w{warps}g{splits}` for
+/// key groups (`Config::splits`): the default reshaped for SD's small attention problems. The
+/// bucket's default is among them.
 fn flash_variants(bucket: usize) -> Vec<(String, flash::Config)> {
-    let c = |row_tiles, keys, stages, min_blocks, exact| flash::Config { row_tiles, keys, stages, min_blocks, exact, half_exp: false, warps: 8 };
+    let c = |row_tiles, keys, stages, min_blocks, exact| flash::Config { row_tiles, keys, stages, min_blocks, exact, half_exp: false, warps: 8, splits: 1 };
     let h = |c: flash::Config| flash::Config { half_exp: true, ..c };
     let mut out: Vec<flash::Config> = match bucket {
         48 => vec![c(2, 64, 2, 1, false), c(2, 64, 2, 1, true), c(2, 64, 3, 1, true), h(c(2, 64, 3, 1, true)), c(2, 32, 3, 1, true), c(1, 64, 3, 1, true), c(1, 32, 3, 2, true)],
@@ -626,9 +639,11 @@ fn flash_variants(bucket: usize) -> Vec<(String, flash::Config)> {
         out.insert(0, default);
     }
     out.extend([4, 2].map(|warps| flash::Config { warps, ..default }));
+    // Key groups (8 warps in 2 or 4 groups; 4 warps in 2), where the bucket's tiles allow them.
+    out.extend([(8, 2), (8, 4), (4, 2)].map(|(warps, splits)| flash::Config { warps, splits, ..default }).into_iter().filter(|c| c.check(bucket).is_ok()));
     out.into_iter()
         .map(|c| {
-            let w = if c.warps == 8 { String::new() } else { format!("w{}", c.warps) };
+            let w = if c.warps == 8 && c.splits == 1 { String::new() } else if c.splits == 1 { format!("w{}", c.warps) } else { format!("w{}g{}", c.warps, c.splits) };
             (format!("r{}k{}s{}b{}{}{}{w}", c.row_tiles, c.keys, c.stages, c.min_blocks, if c.exact { "x" } else { "" }, if c.half_exp { "h" } else { "" }), c)
         })
         .collect()
@@ -692,7 +707,12 @@ fn flash_variant_timing() {
     let shapes = [("sd15_64_self", 4096, 4096, 40), ("sd15_64_cross", 4096, 77, 40), ("sd15_32_self", 1024, 1024, 80), ("sd15_32_cross", 1024, 77, 80), ("sd15_16_self", 256, 256, 160), ("sd15_16_cross", 256, 77, 160), ("d64_n4096_self", 4096, 4096, 64)];
     let mut table = Vec::new();
     let mut failures = Vec::new();
+    // FLASH_SHAPES=a,b: only those shapes (the GPU call's time is short).
+    let only = std::env::var("FLASH_SHAPES").ok();
     for (si, (shape, n, m, d)) in shapes.into_iter().enumerate() {
+        if only.as_ref().is_some_and(|o| !o.split(',').any(|x| x == shape)) {
+            continue;
+        }
         let case = Case::packed(DType::F16, 2, 8, n, m, d).flash_only();
         let inputs = case.inputs(700 + si as u64);
         let want = case.reference(&inputs).unwrap_or_else(|e| panic!("{shape}: cpu: {e}"));

@@ -94,8 +94,8 @@ pub struct AttentionCode {
 struct Fused {
     /// The head-dim bucket of each kernel when they are flash-attention variants (f16/bf16).
     flash_buckets: Option<Vec<usize>>,
-    /// Warps per block of the small-problem variants compiled after them (`small_warps`).
-    small_warps: Option<usize>,
+    /// The block shape of the small-problem variants compiled after them (`Overrides::small`).
+    small: Option<flash_attention::BlockShape>,
     /// The plain kernel's query rows per block (unused by the flash kernel).
     plain_rows: usize,
     /// The largest q/k and v head dim the compiled kernels take.
@@ -155,7 +155,7 @@ impl AttentionCode {
             Route::Auto => (true, gemm_ok && head_dims.is_none()),
         };
         let (mut kernels, fused) = if with_fused {
-            let (k, f) = Self::fused_kernels(&cts, out, mask, lead, head_dims, &t.prefix, overrides.small_warps)?;
+            let (k, f) = Self::fused_kernels(&cts, out, mask, lead, head_dims, &t.prefix, overrides.small)?;
             (k, Some(f))
         } else {
             (Vec::new(), None)
@@ -172,7 +172,7 @@ impl AttentionCode {
 
     /// The flash variants (f16/bf16 up to `MAX_HEAD_DIM`) or the plain kernel (wide tiles for
     /// static head dims above `MAX_HEAD_DIM`).
-    fn fused_kernels(cts: &[CType], out: CType, mask: Option<CType>, lead: usize, head_dims: Option<(usize, usize)>, prefix: &str, small_warps: Option<usize>) -> Result<(Vec<Kernel>, Fused), String> {
+    fn fused_kernels(cts: &[CType], out: CType, mask: Option<CType>, lead: usize, head_dims: Option<(usize, usize)>, prefix: &str, small: Option<flash_attention::BlockShape>) -> Result<(Vec<Kernel>, Fused), String> {
         // Static head dims past the flash and plain kernels' tiles take the wide plain kernel.
         let wide = head_dims.is_some_and(|(d, dv)| d.max(dv) > MAX_HEAD_DIM);
         if let Some((d, dv)) = head_dims.filter(|&(d, dv)| d.max(dv) > WIDE_MAX_HEAD_DIM) {
@@ -190,10 +190,10 @@ impl AttentionCode {
             let variant = |bucket| FlashVariant { dtype: cts[0].dtype, bucket, mask, out };
             let mut kernels: Vec<Kernel> = buckets.iter().map(|&bucket| variant(bucket).kernel(prefix, lead)).collect();
             // The small-problem variants follow, in the same bucket order.
-            if let Some(w) = small_warps {
-                kernels.extend(buckets.iter().map(|&bucket| variant(bucket).kernel_with_warps(prefix, lead, Some(w))));
+            if small.is_some() {
+                kernels.extend(buckets.iter().map(|&bucket| variant(bucket).kernel_shaped(prefix, lead, small)));
             }
-            let fused = Fused { flash_buckets: Some(buckets), small_warps, plain_rows: TQ, max_head_dim: MAX_HEAD_DIM };
+            let fused = Fused { flash_buckets: Some(buckets), small, plain_rows: TQ, max_head_dim: MAX_HEAD_DIM };
             return Ok((kernels, fused));
         }
         let (tq, tk, qd) = if wide { (WIDE_TQ, WIDE_TK, WIDE_MAX_HEAD_DIM) } else { (TQ, TK, MAX_HEAD_DIM) };
@@ -311,7 +311,7 @@ extern "C" __global__ void {name}({args}) {{
 #undef QD
 "#
         );
-        Ok((vec![Kernel { name, body }], Fused { flash_buckets: None, small_warps: None, plain_rows: tq, max_head_dim: qd }))
+        Ok((vec![Kernel { name, body }], Fused { flash_buckets: None, small: None, plain_rows: tq, max_head_dim: qd }))
     }
 }
 
@@ -428,10 +428,10 @@ impl StepCode for AttentionCode {
                 // The flash kernel works in log2 units (exp2).
                 let scale = self.scale as f64 * std::f64::consts::LOG2_E;
                 let rows = flash_attention::block_rows(want);
-                match fused.small_warps {
-                    Some(w) if problems * n.div_ceil(rows) < flash_attention::SMALL_BELOW_BLOCKS => {
-                        let rows = flash_attention::with_warps(flash_attention::config(want), Some(w)).block_rows();
-                        (buckets.len() + k, rows, scale, Some((want, Some(w))))
+                match fused.small {
+                    Some(shape) if problems * n.div_ceil(rows) < flash_attention::SMALL_BELOW_BLOCKS => {
+                        let rows = flash_attention::shaped_config(want, Some(shape)).block_rows();
+                        (buckets.len() + k, rows, scale, Some((want, Some(shape))))
                     }
                     _ => (k, rows, scale, Some((want, None))),
                 }
@@ -599,34 +599,48 @@ mod tests {
         assert_eq!((call.b, call.h, call.strides[0]), (2, 1, [6400, 6400, 64]));
     }
 
-    /// With `Overrides::small_warps`, every flash bucket also compiles a variant with fewer warps
-    /// per block, and launches that would fill fewer than `SMALL_BELOW_BLOCKS` blocks take it
-    /// (more, smaller blocks); larger ones keep the default kernel.
+    /// With `Overrides::small`, every flash bucket also compiles a variant with its block shaped
+    /// that way, and launches that would fill fewer than `SMALL_BELOW_BLOCKS` blocks take it
+    /// (more, smaller blocks, or more warps per query row); larger ones keep the default kernel.
     #[test]
     fn small_problems_take_the_small_block_variant_when_asked() {
+        use flash_attention::BlockShape;
         let bindings = crate::bind::Bindings::default();
-        let small = Overrides { small_warps: Some(4), cudnn_min_scores: usize::MAX, ..Overrides::default() };
         let op = Op::Attention { scale: 0.08, heads: Some(8), columns: None };
-        let code = with_overrides(small, || AttentionCode::with_head_dims(&op, &types(DType::F16, None, 3), Some((160, 160)))).unwrap();
-        assert_eq!(code.kernels().iter().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["q_flash_attention_160", "q_flash_attention_160_w4"]);
-        assert!(code.kernels()[1].body.contains("__launch_bounds__(128,") && code.kernels()[1].body.contains("BM = 4 * 16 * MT"));
-        let launch = |n: usize| {
+        let compile = |o: Overrides| with_overrides(o, || AttentionCode::with_head_dims(&op, &types(DType::F16, None, 3), Some((160, 160)))).unwrap();
+        let launch = |o: Overrides, code: &AttentionCode, n: usize| {
             let q = [2usize, n, 1280];
             let s = StepShapes { ins: vec![Some(&q[..]); 3], outs: vec![&q[..]], bindings: &bindings };
-            let plan = with_overrides(small, || code.plan(&s)).unwrap();
+            let plan = with_overrides(o, || code.plan(&s)).unwrap();
             match &plan.actions[..] {
                 [Action::Launch { kernel, work, .. }] => (*kernel, work.launch_dims()),
                 other => panic!("{other:?}"),
             }
         };
+        let small = Overrides { small: Some(BlockShape { warps: 4, splits: 1 }), cudnn_min_scores: usize::MAX, ..Overrides::default() };
+        let code = compile(small);
+        assert_eq!(code.kernels().iter().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["q_flash_attention_160", "q_flash_attention_160_w4"]);
+        assert!(code.kernels()[1].body.contains("__launch_bounds__(128,") && code.kernels()[1].body.contains("S = 1, R = 4 / S"));
         // 16² self-attention: 2 × 8 problems × 2 tiles of 128 rows = 32 blocks at 8 warps; 64 of
         // 64 rows at 4 warps.
-        assert_eq!(launch(256), (1, (64, 128)));
+        assert_eq!(launch(small, &code, 256), (1, (64, 128)));
         // 64 × 16 tiles of 128 rows = 2048 blocks: the default kernel.
-        assert_eq!(launch(16384), (0, (2048, 256)));
+        assert_eq!(launch(small, &code, 16384), (0, (2048, 256)));
+        // Two key groups of 8-warp blocks: 4 row groups of 16 rows, so 64 blocks of 256 threads,
+        // and the variant merges the groups' softmax states.
+        let split = Overrides { small: Some(BlockShape { warps: 8, splits: 2 }), ..small };
+        let code = compile(split);
+        assert_eq!(code.kernels()[1].name, "q_flash_attention_160_w8g2");
+        assert!(code.kernels()[1].body.contains("ks = warp / R") && code.kernels()[1].body.contains("SLOT"));
+        assert!(!code.kernels()[0].body.contains("SLOT"), "the default kernel has no merge");
+        assert_eq!(launch(split, &code, 256), (1, (64, 256)));
+        // Four key groups of the 160 bucket's 32-key tiles would leave 8 keys per warp: the
+        // variant keeps the configuration's shape.
+        let four = Overrides { small: Some(BlockShape { warps: 8, splits: 4 }), ..small };
+        assert!(!compile(four).kernels()[1].body.contains("SLOT"));
         // Not asked: one kernel per bucket.
-        let plain = Overrides { small_warps: None, ..small };
-        assert_eq!(with_overrides(plain, || AttentionCode::with_head_dims(&op, &types(DType::F16, None, 3), Some((160, 160)))).unwrap().kernels().len(), 1);
+        let plain = Overrides { small: None, ..small };
+        assert_eq!(compile(plain).kernels().len(), 1);
     }
 
     /// The VAE's head at 96² latents in f32 (340 MB of scores) runs in two chunks of 4608 query

@@ -60,10 +60,11 @@ pub struct Overrides {
     /// `QUILT_ATTN_CUDNN=1` every shape, `=0` none.
     pub cudnn_min_scores: usize,
     /// Flash launches that would fill fewer than `flash_attention::SMALL_BELOW_BLOCKS` blocks
-    /// run a variant with this many warps per block (4 or 2) instead: more, smaller blocks for
-    /// small problems. Opt-in until measured (`QUILT_FLASH_SMALL_WARPS`; written in session 9
+    /// run a variant with its block shaped like this instead: fewer warps per block (more,
+    /// smaller blocks) or key groups (more warps per query row) for small problems. Opt-in until
+    /// measured (`QUILT_FLASH_SMALL_WARPS`, `QUILT_FLASH_SMALL_SPLITS`; written in sessions 9-10
     /// without a GPU).
-    pub small_warps: Option<usize>,
+    pub small: Option<super::flash_attention::BlockShape>,
 }
 
 /// Attention problems from 2048×2048 scores up go to cuDNN by default. Measured per step on an
@@ -74,7 +75,7 @@ pub const CUDNN_MIN_SCORES: usize = 2048 * 2048;
 
 impl Default for Overrides {
     fn default() -> Overrides {
-        Overrides { route: Route::Auto, scratch_cap: DEFAULT_SCRATCH_CAP, cudnn_min_scores: cudnn_min_scores_from_env(), small_warps: super::flash_attention::small_warps_from_env() }
+        Overrides { route: Route::Auto, scratch_cap: DEFAULT_SCRATCH_CAP, cudnn_min_scores: cudnn_min_scores_from_env(), small: super::flash_attention::small_from_env() }
     }
 }
 
@@ -374,7 +375,7 @@ mod tests {
 
     #[test]
     fn overrides_are_scoped_to_the_call() {
-        let o = Overrides { route: Route::Gemm, scratch_cap: 1234, cudnn_min_scores: 0, small_warps: Some(4) };
+        let o = Overrides { route: Route::Gemm, scratch_cap: 1234, cudnn_min_scores: 0, small: Some(crate::cuda::codegen::flash_attention::BlockShape { warps: 4, splits: 1 }) };
         assert_eq!(with_overrides(o, overrides), o);
         assert_eq!(overrides(), Overrides::default());
         let r = std::panic::catch_unwind(|| with_overrides(o, || panic!("inside")));

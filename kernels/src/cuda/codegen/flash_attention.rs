@@ -68,6 +68,22 @@ pub struct Config {
     /// warps share the K/V tiles. Fewer warps make smaller blocks, so small problems (SD's 16²
     /// self-attention: 2 blocks of 128 rows per head at 8 warps) spread over more SMs.
     pub warps: usize,
+    /// Key groups per row group (1, 2 or 4): the block's warps form `warps / splits` row groups
+    /// of `splits` warps each; the warps of a group share its query rows and take disjoint
+    /// slices of `keys / splits` keys of every K/V tile, then merge their softmax states
+    /// (row max, row sum, unnormalised output) through shared memory at the end. More warps per
+    /// query row for small, latency-bound problems (SD's 32² self-attention fills the H100 with
+    /// one 8-warp block per SM and walks 16 key tiles one after another).
+    pub splits: usize,
+}
+
+/// How a flash kernel's block is shaped: warps per block and key groups (`Config::warps`,
+/// `Config::splits`). The small-problem variants (`Overrides::small`) differ from the
+/// configuration in force only in these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockShape {
+    pub warps: usize,
+    pub splits: usize,
 }
 
 impl Config {
@@ -82,9 +98,19 @@ impl Config {
         }
     }
 
-    /// Query rows per block: `warps` warps of `row_tiles` × 16 rows.
+    /// Query rows per block: `warps / splits` row groups of `row_tiles` × 16 rows.
     pub fn block_rows(&self) -> usize {
-        self.warps * 16 * self.row_tiles
+        self.warps / self.splits * 16 * self.row_tiles
+    }
+
+    /// Keys of each K/V tile one warp takes (`keys / splits`).
+    pub fn warp_keys(&self) -> usize {
+        self.keys / self.splits
+    }
+
+    /// This configuration with another block shape.
+    pub fn shaped(self, shape: BlockShape) -> Config {
+        Config { warps: shape.warps, splits: shape.splits, ..self }
     }
 
     /// Threads per block.
@@ -92,16 +118,26 @@ impl Config {
         32 * self.warps
     }
 
-    /// Bytes of static shared memory: the query staging tile, or the K/V stages (they alias).
+    /// Bytes of static shared memory: the query staging tile, the K/V stages, or the key
+    /// groups' merge area (they alias).
     pub fn smem_bytes(&self, bucket: usize) -> usize {
         let ld = Config::row_len(bucket);
-        (self.block_rows() * ld).max(2 * self.stages * self.keys * ld) * 2
+        let merge = (self.splits - 1) * (self.warps / self.splits) * self.merge_slot_floats(bucket) * 4;
+        ((self.block_rows() * ld).max(2 * self.stages * self.keys * ld) * 2).max(merge)
+    }
+
+    /// Floats one warp of a key group past the first leaves for the merge: per lane its
+    /// output fragments (`row_tiles` × bucket/8 tiles of 4) and a max and a sum per row (4 per
+    /// row tile).
+    fn merge_slot_floats(&self, bucket: usize) -> usize {
+        32 * self.row_tiles * (bucket / 8 * 4 + 4)
     }
 
     /// Why this configuration cannot run `bucket`, if it cannot.
     pub fn check(&self, bucket: usize) -> Result<(), String> {
-        if !(1..=2).contains(&self.row_tiles) || self.keys == 0 || self.keys % 32 != 0 || !(2..=3).contains(&self.stages) || !(1..=2).contains(&self.min_blocks) || ![2, 4, 8].contains(&self.warps) {
-            return Err(format!("flash-attention config {self:?} is out of range (row_tiles 1-2, keys a multiple of 32, stages 2-3, min_blocks 1-2, warps 2/4/8)"));
+        let splits_ok = [1, 2, 4].contains(&self.splits) && self.warps % self.splits == 0 && self.keys % (16 * self.splits) == 0;
+        if !(1..=2).contains(&self.row_tiles) || self.keys == 0 || self.keys % 32 != 0 || !(2..=3).contains(&self.stages) || !(1..=2).contains(&self.min_blocks) || ![2, 4, 8].contains(&self.warps) || !splits_ok {
+            return Err(format!("flash-attention config {self:?} is out of range (row_tiles 1-2, keys a multiple of 32, stages 2-3, min_blocks 1-2, warps 2/4/8, splits 1/2/4 dividing the warps and leaving each warp a multiple of 16 keys)"));
         }
         let bytes = self.smem_bytes(bucket);
         if bytes > 48 * 1024 {
@@ -120,7 +156,7 @@ impl Config {
 /// row tiles (67 µs); above 80 two row tiles do not fit the registers. Caps of 128 registers for
 /// two blocks per SM spilled or ran slower (322 vs 246 µs at 48).
 pub fn default_config(bucket: usize) -> Config {
-    let c = |row_tiles, keys, stages| Config { row_tiles, keys, stages, min_blocks: 1, exact: true, half_exp: false, warps: 8 };
+    let c = |row_tiles, keys, stages| Config { row_tiles, keys, stages, min_blocks: 1, exact: true, half_exp: false, warps: 8, splits: 1 };
     match bucket {
         0..=48 => c(2, 64, 3),
         49..=64 => c(2, 32, 3),
@@ -161,26 +197,33 @@ pub fn block_rows(bucket: usize) -> usize {
     config(bucket).block_rows()
 }
 
-/// How `blocks` blocks of `bucket`'s kernel on this thread (with `warps` per block instead of
-/// the configuration's, when given) launch.
-pub fn work(bucket: usize, warps: Option<usize>, blocks: usize) -> Work {
-    match with_warps(config(bucket), warps).threads() as u32 {
+/// How `blocks` blocks of `bucket`'s kernel on this thread (shaped as `shape` instead of the
+/// configuration's, when given) launch.
+pub fn work(bucket: usize, shape: Option<BlockShape>, blocks: usize) -> Work {
+    match shaped_config(bucket, shape).threads() as u32 {
         BLOCK => Work::Rows(blocks as u64),
         threads => Work::RowsOf { rows: blocks as u64, threads },
     }
 }
 
-/// `cfg` with `warps` per block when given.
-pub fn with_warps(cfg: Config, warps: Option<usize>) -> Config {
-    Config { warps: warps.unwrap_or(cfg.warps), ..cfg }
+/// The configuration in force for `bucket` shaped as `shape` when given and valid there (a
+/// shape the bucket cannot hold, such as four key groups of the 160 bucket's 32-key tiles,
+/// leaves the configuration as it is).
+pub fn shaped_config(bucket: usize, shape: Option<BlockShape>) -> Config {
+    let cfg = config(bucket);
+    shape.map(|s| cfg.shaped(s)).filter(|c| c.check(bucket).is_ok()).unwrap_or(cfg)
 }
 
-/// `QUILT_FLASH_SMALL_WARPS=4` (or 2): the default of `Overrides::small_warps`.
-pub fn small_warps_from_env() -> Option<usize> {
-    std::env::var("QUILT_FLASH_SMALL_WARPS").ok().and_then(|v| v.parse().ok()).filter(|w| [2, 4].contains(w))
+/// `QUILT_FLASH_SMALL_WARPS=4|2|8` and `QUILT_FLASH_SMALL_SPLITS=2|4`: the default of
+/// `Overrides::small` (8 warps when only the splits are given, one key group when only the
+/// warps are). None when neither is set.
+pub fn small_from_env() -> Option<BlockShape> {
+    let read = |name: &str, allowed: &[usize]| std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|x| allowed.contains(x));
+    let (warps, splits) = (read("QUILT_FLASH_SMALL_WARPS", &[2, 4, 8]), read("QUILT_FLASH_SMALL_SPLITS", &[1, 2, 4]));
+    (warps.is_some() || splits.is_some()).then(|| BlockShape { warps: warps.unwrap_or(8), splits: splits.unwrap_or(1) })
 }
 
-/// Launches of fewer blocks than this take the small variant (`Overrides::small_warps`): two
+/// Launches of fewer blocks than this take the small variant (`Overrides::small`): two
 /// blocks per SM of an H100 (132 SMs).
 pub const SMALL_BELOW_BLOCKS: usize = 264;
 
@@ -279,6 +322,68 @@ __device__ __forceinline__ void qfa_load_rows(unsigned short* dst, const unsigne
 #endif
 "#;
 
+/// The key groups' merge (`Config::splits` > 1), after the last tile: each warp of a group past
+/// the first leaves its per-lane output fragments, row maxima and partial row sums in shared
+/// memory (over the K/V stages, which every warp is done with after the barrier), and the
+/// group's first warp rescales everything to the common maximum and adds it up. The sums stay
+/// per lane (the quad reduction that follows is linear).
+const MERGE: &str = r#"    {
+      constexpr int SLOT = 32 * MT * (NT * 4 + 4), LM = MT * NT * 4;
+      float* mb = reinterpret_cast<float*>(smem);
+      __syncthreads();
+      if (ks > 0) {
+        float* w = mb + ((ks - 1) * R + rg) * SLOT + lane;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+          for (int dt = 0; dt < NT; ++dt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) w[((mt * NT + dt) * 4 + e) * 32] = o[mt][dt][e];
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            w[(LM + mt * 4 + r) * 32] = mr[mt][r];
+            w[(LM + mt * 4 + 2 + r) * 32] = lr[mt][r];
+          }
+        }
+      }
+      __syncthreads();
+      if (ks == 0) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          float c[2];
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            float m = mr[mt][r];
+#pragma unroll
+            for (int x = 1; x < S; ++x) m = fmaxf(m, mb[((x - 1) * R + rg) * SLOT + lane + (LM + mt * 4 + r) * 32]);
+            // Rows with no keys anywhere keep base 0 (exp2(-inf) = 0, not NaN).
+            const float base = m == ninf ? 0.0f : m;
+            c[r] = qfa_exp2(mr[mt][r] - base);
+            lr[mt][r] *= c[r];
+            mr[mt][r] = base;
+          }
+#pragma unroll
+          for (int dt = 0; dt < NT; ++dt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[mt][dt][e] *= c[e >> 1];
+#pragma unroll
+          for (int x = 1; x < S; ++x) {
+            const float* w = mb + ((x - 1) * R + rg) * SLOT + lane;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+              c[r] = qfa_exp2(w[(LM + mt * 4 + r) * 32] - mr[mt][r]);
+              lr[mt][r] += w[(LM + mt * 4 + 2 + r) * 32] * c[r];
+            }
+#pragma unroll
+            for (int dt = 0; dt < NT; ++dt)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) o[mt][dt][e] += w[((mt * NT + dt) * 4 + e) * 32] * c[e >> 1];
+          }
+        }
+      }
+    }
+"#;
+
 impl FlashVariant {
     /// The kernel, named `{prefix}_flash_attention_{bucket}`, in the configuration in force
     /// (`config`). Params (shared with the plain kernel, see `attention.rs`): 0 blocks, 1 query
@@ -289,16 +394,17 @@ impl FlashVariant {
     /// rows (params 0 and 1 give the problem count), so a plan made for another block size stays
     /// correct, only less balanced.
     pub fn kernel(&self, prefix: &str, lead: usize) -> Kernel {
-        self.kernel_with_warps(prefix, lead, None)
+        self.kernel_shaped(prefix, lead, None)
     }
 
-    /// The kernel with `warps` warps per block instead of the configuration's (named `..._w{warps}`).
-    pub fn kernel_with_warps(&self, prefix: &str, lead: usize, warps: Option<usize>) -> Kernel {
-        let suffix = warps.map_or(String::new(), |w| format!("_w{w}"));
+    /// The kernel with its block shaped as `shape` instead of the configuration's (see
+    /// `shaped_config`), named `..._w{warps}` or `..._w{warps}g{splits}`.
+    pub fn kernel_shaped(&self, prefix: &str, lead: usize, shape: Option<BlockShape>) -> Kernel {
+        let suffix = shape.map_or(String::new(), |b| if b.splits == 1 { format!("_w{}", b.warps) } else { format!("_w{}g{}", b.warps, b.splits) });
         let name = format!("{prefix}_flash_attention_{}{suffix}", self.bucket);
         let dp = self.bucket;
-        let cfg = with_warps(config(dp), warps);
-        let Config { row_tiles: mt, keys: bn, stages, min_blocks, exact, half_exp, warps } = cfg;
+        let cfg = shaped_config(dp, shape);
+        let Config { row_tiles: mt, keys: bn, stages, min_blocks, exact, half_exp, warps, splits } = cfg;
         let threads = cfg.threads();
         let ld = Config::row_len(dp);
         // Dropping the last 8 columns needs a bucket of whole 16-column steps with one left. Not
@@ -319,7 +425,7 @@ impl FlashVariant {
           for (int h = 0; h < 2; ++h) {
             unsigned acc = 0u;
 #pragma unroll
-            for (int nt = 0; nt < BN / 8; ++nt) {
+            for (int nt = 0; nt < BW / 8; ++nt) {
               const unsigned x2 = qfa_pack_f16(fmaf(s[mt][nt][2 * h], factor, -base[h]), fmaf(s[mt][nt][2 * h + 1], factor, -base[h]));
               const unsigned p2 = qfa_exp2_h2(x2);
               s[mt][nt][2 * h] = __uint_as_float(p2);
@@ -332,7 +438,7 @@ impl FlashVariant {
         } else {
             (
                 r#"#pragma unroll
-          for (int nt = 0; nt < BN / 8; ++nt) {
+          for (int nt = 0; nt < BW / 8; ++nt) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
               s[mt][nt][e] = qfa_exp2(fmaf(s[mt][nt][e], factor, -base[e >> 1]));
@@ -375,11 +481,31 @@ impl FlashVariant {
         } else {
             format!("  {name}_body<false>(smem, {call});")
         };
+        // Key groups: which warps share a row group, and the merge of their softmax states.
+        let groups = if splits == 1 { "const int rg = warp, ks = 0;" } else { "const int rg = warp % R, ks = warp / R;" };
+        let merge = if splits == 1 { String::new() } else { MERGE.to_string() };
+        // A warp's key slice of 16 (not a multiple of 32) leaves one ldmatrix of 2 key tiles for
+        // the last 8 columns.
+        let kt_rest = if cfg.warp_keys() % 32 == 0 {
+            ""
+        } else {
+            r#"          {
+            unsigned kf[2];
+            qfa_ldsm2(kf, qfa_saddr(sk + (BW / 32 * 32 + (lane & 15)) * LD + KS * 16));
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+              for (int x = 0; x < 2; ++x) MMA8(s[mt][BW / 32 * 4 + x], qt[mt], kf[x]);
+          }
+"#
+        }
+        .replace("MMA8", mma8);
         let body = format!(
             r#"{HELPERS}// NARROW: the true head dims leave the bucket's last 8 columns unused, so they are skipped.
 template <bool NARROW>
 __device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
-  constexpr int DP = {dp}, LD = {ld}, BN = {bn}, MT = {mt}, ST = {stages}, BM = {warps} * 16 * MT;
+  // S key groups of R warps; each warp takes BW keys of every tile.
+  constexpr int DP = {dp}, LD = {ld}, BN = {bn}, MT = {mt}, ST = {stages}, S = {splits}, R = {warps} / S, BW = BN / S, BM = R * 16 * MT;
   // Columns computed: KS steps of 16 (m16n8k16), then KT = 1 step of 8 (m16n8k8); NT output
   // tiles of 8 columns; C chunks of 8 elements copied per row.
   constexpr int KD = NARROW ? DP - 8 : DP, KS = KD / 16, NT = KD / 8, C = KD / 8;
@@ -392,6 +518,7 @@ __device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
   const float factor = {factor};
   const bool vec = p.v[22] != 0;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+  {groups}
   const long long ntiles = (M + BN - 1) / BN;
   const long long qtiles = (N + BM - 1) / BM, total = (p.v[0] / p.v[1]) * qtiles;
   for (long long blk = blockIdx.x; blk < total; blk += gridDim.x) {{
@@ -402,7 +529,7 @@ __device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
     const unsigned short* vb = v + b * p.v[9] + h * p.v[13];
     const long long o0 = b * p.v[10] + h * p.v[14];
 {mask_offset}    // This warp's MT tiles of 16 query rows.
-    const long long wrow = i0 + warp * 16 * MT;
+    const long long wrow = i0 + rg * 16 * MT;
     // Warps whose rows all lie past N only help load tiles.
     const bool active = wrow < N;
     qfa_load_rows<C, LD>(smem, qb, i0, BM, N, p.v[15], D, vec);
@@ -414,8 +541,8 @@ __device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
     for (int mt = 0; mt < MT; ++mt) {{
 #pragma unroll
       for (int kk = 0; kk < KS; ++kk)
-        qfa_ldsm(qf[mt][kk], qfa_saddr(smem + ((warp * MT + mt) * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8));
-      if (KT) qfa_ldsm2(qt[mt], qfa_saddr(smem + ((warp * MT + mt) * 16 + (lane & 15)) * LD + KS * 16));
+        qfa_ldsm(qf[mt][kk], qfa_saddr(smem + ((rg * MT + mt) * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 + (lane >> 4) * 8));
+      if (KT) qfa_ldsm2(qt[mt], qfa_saddr(smem + ((rg * MT + mt) * 16 + (lane & 15)) * LD + KS * 16));
     }}
     __syncthreads();
     float o[MT][NT][4];
@@ -440,7 +567,7 @@ __device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
     }}
     int stage = 0;
     for (long long jt = 0; jt < ntiles; ++jt) {{
-      const long long j0 = jt * BN;
+      const long long j0 = jt * BN + ks * BW;
       // Tile jt has landed (at most ST - 2 younger groups pending), and after the barrier every
       // warp is done with tile jt - 1, whose stage the load of tile jt + ST - 1 reuses.
       qfa_wait<ST - 2>();
@@ -455,20 +582,21 @@ __device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
         }}
         qfa_commit();
       }}
-      const unsigned short* sk = smem + stage * 2 * BN * LD;
+      // This warp's key slice of the tile's K and V.
+      const unsigned short* sk = smem + stage * 2 * BN * LD + ks * BW * LD;
       const unsigned short* sv = sk + BN * LD;
       stage = stage + 1 == ST ? 0 : stage + 1;
       if (active) {{
-        float s[MT][BN / 8][4];
+        float s[MT][BW / 8][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-          for (int nt = 0; nt < BN / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
+          for (int nt = 0; nt < BW / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
         // Each K fragment feeds the MT row tiles.
 #pragma unroll
         for (int kk = 0; kk < KS; ++kk) {{
 #pragma unroll
-          for (int n2 = 0; n2 < BN / 16; ++n2) {{
+          for (int n2 = 0; n2 < BW / 16; ++n2) {{
             unsigned kf[4];
             qfa_ldsm(kf, qfa_saddr(sk + (n2 * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8));
 #pragma unroll
@@ -481,7 +609,7 @@ __device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
         if (KT) {{
           // The last 8 columns: one ldmatrix gives the B fragments of 4 key tiles.
 #pragma unroll
-          for (int n4 = 0; n4 < BN / 32; ++n4) {{
+          for (int n4 = 0; n4 < BW / 32; ++n4) {{
             unsigned kf[4];
             qfa_ldsm(kf, qfa_saddr(sk + (n4 * 32 + lane) * LD + KS * 16));
 #pragma unroll
@@ -489,14 +617,14 @@ __device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
 #pragma unroll
               for (int x = 0; x < 4; ++x) {mma8}(s[mt][4 * n4 + x], qt[mt], kf[x]);
           }}
-        }}
-        const bool tail = j0 + BN > M;
+{kt_rest}        }}
+        const bool tail = j0 + BW > M;
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {{
           if (prescale || tail) {{
             // Scores in log2 units plus the mask (prescale), and -inf for keys past M.
 #pragma unroll
-            for (int nt = 0; nt < BN / 8; ++nt) {{
+            for (int nt = 0; nt < BW / 8; ++nt) {{
 #pragma unroll
               for (int e = 0; e < 4; ++e) {{
                 const long long i = wrow + mt * 16 + g + (e >> 1) * 8, j = j0 + nt * 8 + 2 * t4 + (e & 1);
@@ -512,7 +640,7 @@ __device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
           }}
           float mx[2] = {{ninf, ninf}};
 #pragma unroll
-          for (int nt = 0; nt < BN / 8; ++nt) {{
+          for (int nt = 0; nt < BW / 8; ++nt) {{
             mx[0] = fmaxf(mx[0], fmaxf(s[mt][nt][0], s[mt][nt][1]));
             mx[1] = fmaxf(mx[1], fmaxf(s[mt][nt][2], s[mt][nt][3]));
           }}
@@ -540,7 +668,7 @@ __device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
         // O += P·V: two adjacent 8-key score tiles form one 16-key A fragment; each V
         // fragment feeds the MT row tiles.
 #pragma unroll
-        for (int kc = 0; kc < BN / 16; ++kc) {{
+        for (int kc = 0; kc < BW / 16; ++kc) {{
           unsigned a[MT][4];
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt) {{
@@ -569,7 +697,7 @@ __device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
         }}
       }}
     }}
-    float inv[MT][2];
+{merge}    float inv[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {{
 #pragma unroll
@@ -580,7 +708,7 @@ __device__ __forceinline__ void {name}_body(unsigned short* smem, {args}) {{
         inv[mt][r] = M == 0 ? 0.0f : 1.0f / l;
       }}
     }}
-    if (active) {{
+    if (active && ks == 0) {{
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {{
 #pragma unroll
@@ -634,7 +762,7 @@ mod tests {
 
     #[test]
     fn forced_configs_are_checked_scoped_and_reach_the_kernel() {
-        let forced = Config { row_tiles: 1, keys: 64, stages: 3, min_blocks: 2, exact: false, half_exp: false, warps: 8 };
+        let forced = Config { row_tiles: 1, keys: 64, stages: 3, min_blocks: 2, exact: false, half_exp: false, warps: 8, splits: 1 };
         let v = FlashVariant { dtype: DType::F16, bucket: 48, mask: None, out: CType::of(DType::F16) };
         let src = with_config(forced, 48, || {
             assert_eq!(block_rows(48), 128);
