@@ -69,7 +69,7 @@
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|check9|check10|final10}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|check9|final10}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -342,25 +342,6 @@ case "$PART" in
         unet_ab X=1 QUILT_SDPA_GRAPH=composite X=1 QUILT_SDPA_GRAPH=composite
         # Small attention launches on 4- or 2-warp blocks (QUILT_FLASH_SMALL_WARPS, opt-in).
         unet_ab X=1 QUILT_FLASH_SMALL_WARPS=4 QUILT_FLASH_SMALL_WARPS=2 X=1 QUILT_FLASH_SMALL_WARPS=4
-        cat "$S"
-        ;;
-    check10)
-        # check9 plus session 10's key groups (QUILT_FLASH_SMALL_SPLITS): the attention tests
-        # (the flash test has the split cases), the background cuDNN builds and a new shape's first
-        # call, every fixture, the UNet alternating the default with small-launch variants (fewer
-        # warps, key groups) and the composite cuDNN graph, then the flash variants per small shape.
-        S="$OUT/summary.txt"
-        for t in flash_attention_matches_the_cpu_reference cudnn_sdpa_builds_later_shapes_in_the_background cudnn_sdpa_matches_the_cpu_reference; do
-            timeout 150 /tmp/qbin/cuda_attention --exact $t --nocapture > "$OUT/$t.log" 2>&1; echo "$t rc=$?" >> "$S"; grep -E "test result|panicked|background|FAIL|error" "$OUT/$t.log" | cut -c1-600 | head -8 >> "$S"
-        done
-        export_unet
-        unet_ab X=1 QUILT_FLASH_SMALL_SPLITS=2 QUILT_FLASH_SMALL_SPLITS=4 QUILT_FLASH_SMALL_WARPS=4 "QUILT_FLASH_SMALL_WARPS=4 QUILT_FLASH_SMALL_SPLITS=2" QUILT_SDPA_GRAPH=composite
-        for c in 96 b1; do echo "== new shape b2 -> $c" >> "$S"; new_shape newshape_b2_to_$c $c; done
-        test_binary cuda_fixtures >> "$S"
-        unet_ab X=1 QUILT_FLASH_SMALL_SPLITS=2 QUILT_FLASH_SMALL_SPLITS=4 QUILT_FLASH_SMALL_WARPS=4 "QUILT_FLASH_SMALL_WARPS=4 QUILT_FLASH_SMALL_SPLITS=2" QUILT_SDPA_GRAPH=composite
-        echo "== flash variants (small shapes)" >> "$S"
-        FLASH_SHAPES=sd15_32_self,sd15_16_self,sd15_16_cross,sd15_32_cross,sd15_64_cross timeout ${FLASH_S:-200} /tmp/qbin/cuda_attention --ignored --exact flash_variant_timing --nocapture > "$OUT/flash.log" 2>&1
-        grep -A 60 "^case " "$OUT/flash.log" >> "$S"
         cat "$S"
         ;;
     final10)
