@@ -69,7 +69,7 @@
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|check9|final10}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|check9|final10|confirm10}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -374,6 +374,20 @@ case "$PART" in
         echo "== flash variants (small shapes)" >> "$S"
         FLASH_SHAPES=sd15_32_self,sd15_16_self,sd15_16_cross,sd15_32_cross,sd15_64_cross timeout ${FLASH_S:-150} /tmp/qbin/cuda_attention --ignored --exact flash_variant_timing --nocapture > "$OUT/flash.log" 2>&1
         grep -A 60 "^case " "$OUT/flash.log" >> "$S"
+        cat "$S"
+        ;;
+    confirm10)
+        # After final10: the 160 bucket's small launches on two key groups by default. The flash
+        # test, the UNet b2 64² alternating with QUILT_FLASH_SMALL=0 (session 10's first default),
+        # then issue 4's benchmark.
+        S="$OUT/summary.txt"
+        timeout 150 /tmp/qbin/cuda_attention --exact flash_attention_matches_the_cpu_reference > "$OUT/flash_test.log" 2>&1; echo "flash test rc=$?" >> "$S"; grep -E "test result|panicked" "$OUT/flash_test.log" | head -4 >> "$S"
+        export_unet
+        unet_ab X=1 QUILT_FLASH_SMALL=0 X=1 QUILT_FLASH_SMALL=0
+        echo "== bench" >> "$S"
+        bash tests/bench/bench_gpu.sh /tmp/qbin "$OUT/bench" --cases unet_b2 --modes "${BENCH_MODES:-eager,compile_ro,quilt}" \
+            --iters 20 --reuse-export --budget-s "${BENCH_BUDGET_S:-240}" --quilt-options precision=fp16,log_level=info > "$OUT/bench_stdout.log" 2>&1
+        echo "rc=$?" >> "$S"; tail -3 "$OUT/bench/bench.log" >> "$S" 2>/dev/null
         cat "$S"
         ;;
     gemmlt)

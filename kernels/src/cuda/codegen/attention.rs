@@ -32,7 +32,7 @@ use quilt_rewrites::plan::OpStep;
 use quilt_rewrites::ir::AttentionColumns;
 use quilt_rewrites::{DType, Op, Plan};
 
-use self::gemm::{GemmAttention, Route};
+use self::gemm::{GemmAttention, Overrides, Route};
 use crate::cuda::sdpa::SdpaCall;
 use super::flash_attention::{self, FlashVariant};
 use super::{broadcast_strides, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
@@ -94,8 +94,9 @@ pub struct AttentionCode {
 struct Fused {
     /// The head-dim bucket of each kernel when they are flash-attention variants (f16/bf16).
     flash_buckets: Option<Vec<usize>>,
-    /// The block shape of the small-problem variants compiled after them (`Overrides::small`).
-    small: Option<flash_attention::BlockShape>,
+    /// Per bucket (same order), the block shape of its small-problem variant and that kernel's
+    /// index, when it has one (`Overrides::small`, `default_small`).
+    small: Vec<Option<(flash_attention::BlockShape, usize)>>,
     /// The plain kernel's query rows per block (unused by the flash kernel).
     plain_rows: usize,
     /// The largest q/k and v head dim the compiled kernels take.
@@ -155,7 +156,7 @@ impl AttentionCode {
             Route::Auto => (true, gemm_ok && head_dims.is_none()),
         };
         let (mut kernels, fused) = if with_fused {
-            let (k, f) = Self::fused_kernels(&cts, out, mask, lead, head_dims, &t.prefix, overrides.small)?;
+            let (k, f) = Self::fused_kernels(&cts, out, mask, lead, head_dims, &t.prefix, overrides)?;
             (k, Some(f))
         } else {
             (Vec::new(), None)
@@ -172,7 +173,7 @@ impl AttentionCode {
 
     /// The flash variants (f16/bf16 up to `MAX_HEAD_DIM`) or the plain kernel (wide tiles for
     /// static head dims above `MAX_HEAD_DIM`).
-    fn fused_kernels(cts: &[CType], out: CType, mask: Option<CType>, lead: usize, head_dims: Option<(usize, usize)>, prefix: &str, small: Option<flash_attention::BlockShape>) -> Result<(Vec<Kernel>, Fused), String> {
+    fn fused_kernels(cts: &[CType], out: CType, mask: Option<CType>, lead: usize, head_dims: Option<(usize, usize)>, prefix: &str, overrides: Overrides) -> Result<(Vec<Kernel>, Fused), String> {
         // Static head dims past the flash and plain kernels' tiles take the wide plain kernel.
         let wide = head_dims.is_some_and(|(d, dv)| d.max(dv) > MAX_HEAD_DIM);
         if let Some((d, dv)) = head_dims.filter(|&(d, dv)| d.max(dv) > WIDE_MAX_HEAD_DIM) {
@@ -190,8 +191,13 @@ impl AttentionCode {
             let variant = |bucket| FlashVariant { dtype: cts[0].dtype, bucket, mask, out };
             let mut kernels: Vec<Kernel> = buckets.iter().map(|&bucket| variant(bucket).kernel(prefix, lead)).collect();
             // The small-problem variants follow, in the same bucket order.
-            if small.is_some() {
-                kernels.extend(buckets.iter().map(|&bucket| variant(bucket).kernel_shaped(prefix, lead, small)));
+            let mut small = Vec::new();
+            for &bucket in &buckets {
+                let shape = overrides.small.or(if overrides.small_defaults { flash_attention::default_small(bucket) } else { None });
+                small.push(shape.map(|s| (s, kernels.len())));
+                if shape.is_some() {
+                    kernels.push(variant(bucket).kernel_shaped(prefix, lead, shape));
+                }
             }
             let fused = Fused { flash_buckets: Some(buckets), small, plain_rows: TQ, max_head_dim: MAX_HEAD_DIM };
             return Ok((kernels, fused));
@@ -311,7 +317,7 @@ extern "C" __global__ void {name}({args}) {{
 #undef QD
 "#
         );
-        Ok((vec![Kernel { name, body }], Fused { flash_buckets: None, small: None, plain_rows: tq, max_head_dim: qd }))
+        Ok((vec![Kernel { name, body }], Fused { flash_buckets: None, small: Vec::new(), plain_rows: tq, max_head_dim: qd }))
     }
 }
 
@@ -428,10 +434,10 @@ impl StepCode for AttentionCode {
                 // The flash kernel works in log2 units (exp2).
                 let scale = self.scale as f64 * std::f64::consts::LOG2_E;
                 let rows = flash_attention::block_rows(want);
-                match fused.small {
-                    Some(shape) if problems * n.div_ceil(rows) < flash_attention::SMALL_BELOW_BLOCKS => {
+                match fused.small[k] {
+                    Some((shape, kernel)) if problems * n.div_ceil(rows) < flash_attention::SMALL_BELOW_BLOCKS => {
                         let rows = flash_attention::shaped_config(want, Some(shape)).block_rows();
-                        (buckets.len() + k, rows, scale, Some((want, Some(shape))))
+                        (kernel, rows, scale, Some((want, Some(shape))))
                     }
                     _ => (k, rows, scale, Some((want, None))),
                 }
@@ -530,9 +536,11 @@ mod tests {
         // f32 at flash widths too; f16 keeps flash there.
         assert_eq!(names(&op, &types(DType::F32, Some(DType::F32), 3), Some((40, 40))), softmax);
         assert_eq!(names(&op, &types(DType::F16, None, 3), Some((40, 40))), ["q_flash_attention_48"]);
-        // Symbolic head dims: every flash bucket plus the softmax for wide heads at run time.
+        // Symbolic head dims: every flash bucket, the small-launch variants the buckets have by
+        // default, then the softmax for wide heads at run time.
         let sym = names(&op, &types(DType::F16, None, 3), None);
-        assert_eq!(sym.len(), flash_attention::BUCKETS.len() + 1);
+        let small = flash_attention::BUCKETS.iter().filter(|&&b| flash_attention::default_small(b).is_some()).count();
+        assert_eq!(sym.len(), flash_attention::BUCKETS.len() + small + 1);
         assert_eq!(sym.last().unwrap(), "q_attention_softmax");
         // Mixed dtypes cannot be one cuBLAS call: the wide plain kernel, and its width limit.
         let mut mixed = types(DType::F16, None, 3);
@@ -617,7 +625,7 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         };
-        let small = Overrides { small: Some(BlockShape { warps: 4, splits: 1 }), cudnn_min_scores: usize::MAX, ..Overrides::default() };
+        let small = Overrides { small: Some(BlockShape { warps: 4, splits: 1 }), small_defaults: false, cudnn_min_scores: usize::MAX, ..Overrides::default() };
         let code = compile(small);
         assert_eq!(code.kernels().iter().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["q_flash_attention_160", "q_flash_attention_160_w4"]);
         assert!(code.kernels()[1].body.contains("__launch_bounds__(128,") && code.kernels()[1].body.contains("S = 1, R = 4 / S"));
@@ -641,6 +649,13 @@ mod tests {
         // Not asked: one kernel per bucket.
         let plain = Overrides { small: None, ..small };
         assert_eq!(compile(plain).kernels().len(), 1);
+        // By default the 160 bucket's small launches run two key groups; other buckets have no
+        // small variant (d 80 here).
+        let defaults = Overrides { small: None, small_defaults: true, ..small };
+        assert_eq!(compile(defaults).kernels()[1].name, "q_flash_attention_160_w8g2");
+        assert_eq!(launch(defaults, &compile(defaults), 256), (1, (64, 256)));
+        let d80 = with_overrides(defaults, || AttentionCode::with_head_dims(&op, &types(DType::F16, None, 3), Some((80, 80)))).unwrap();
+        assert_eq!(d80.kernels().len(), 1);
     }
 
     /// The VAE's head at 96² latents in f32 (340 MB of scores) runs in two chunks of 4608 query

@@ -65,6 +65,9 @@ pub struct Overrides {
     /// measured (`QUILT_FLASH_SMALL_WARPS`, `QUILT_FLASH_SMALL_SPLITS`; written in sessions 9-10
     /// without a GPU).
     pub small: Option<super::flash_attention::BlockShape>,
+    /// Without `small`: buckets with a measured small-launch shape (`default_small`) take it
+    /// (`QUILT_FLASH_SMALL=0` turns them off).
+    pub small_defaults: bool,
 }
 
 /// Attention problems from 2048×2048 scores up go to cuDNN by default. Measured per step on an
@@ -75,7 +78,7 @@ pub const CUDNN_MIN_SCORES: usize = 2048 * 2048;
 
 impl Default for Overrides {
     fn default() -> Overrides {
-        Overrides { route: Route::Auto, scratch_cap: DEFAULT_SCRATCH_CAP, cudnn_min_scores: cudnn_min_scores_from_env(), small: super::flash_attention::small_from_env() }
+        Overrides { route: Route::Auto, scratch_cap: DEFAULT_SCRATCH_CAP, cudnn_min_scores: cudnn_min_scores_from_env(), small: super::flash_attention::small_from_env(), small_defaults: super::flash_attention::small_defaults_from_env() }
     }
 }
 
@@ -375,7 +378,7 @@ mod tests {
 
     #[test]
     fn overrides_are_scoped_to_the_call() {
-        let o = Overrides { route: Route::Gemm, scratch_cap: 1234, cudnn_min_scores: 0, small: Some(crate::cuda::codegen::flash_attention::BlockShape { warps: 4, splits: 1 }) };
+        let o = Overrides { route: Route::Gemm, scratch_cap: 1234, cudnn_min_scores: 0, small: Some(crate::cuda::codegen::flash_attention::BlockShape { warps: 4, splits: 1 }), small_defaults: false };
         assert_eq!(with_overrides(o, overrides), o);
         assert_eq!(overrides(), Overrides::default());
         let r = std::panic::catch_unwind(|| with_overrides(o, || panic!("inside")));

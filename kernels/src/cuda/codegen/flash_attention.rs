@@ -214,9 +214,24 @@ pub fn shaped_config(bucket: usize, shape: Option<BlockShape>) -> Config {
     shape.map(|s| cfg.shaped(s)).filter(|c| c.check(bucket).is_ok()).unwrap_or(cfg)
 }
 
+/// The small-launch block shape of `bucket` by default (`Overrides::small_defaults`). Measured
+/// per step on an H100 (session 10, b2 × 8 heads, f16): two key groups of the 8-warp block took
+/// SD's 16² self-attention (256², d 160) from 31.8 to 26.0 µs and its cross-attention from 23.3
+/// to 21.0 µs; at 32² (d 80) they were slower (46.1 → 63.0 µs self), as were 4- and 2-warp
+/// blocks, and at 64² cross-attention (d 40) 4-warp blocks gained 2 µs of 36: the 160 bucket
+/// alone takes a small variant.
+pub fn default_small(bucket: usize) -> Option<BlockShape> {
+    (bucket == 160).then_some(BlockShape { warps: 8, splits: 2 })
+}
+
+/// `QUILT_FLASH_SMALL=0`: no small-launch variants by default (`Overrides::small_defaults`).
+pub fn small_defaults_from_env() -> bool {
+    crate::cuda::env::default_on("QUILT_FLASH_SMALL")
+}
+
 /// `QUILT_FLASH_SMALL_WARPS=4|2|8` and `QUILT_FLASH_SMALL_SPLITS=2|4`: the default of
-/// `Overrides::small` (8 warps when only the splits are given, one key group when only the
-/// warps are). None when neither is set.
+/// `Overrides::small`, every bucket's small-launch shape (8 warps when only the splits are
+/// given, one key group when only the warps are). None when neither is set.
 pub fn small_from_env() -> Option<BlockShape> {
     let read = |name: &str, allowed: &[usize]| std::env::var(name).ok().and_then(|v| v.parse().ok()).filter(|x| allowed.contains(x));
     let (warps, splits) = (read("QUILT_FLASH_SMALL_WARPS", &[2, 4, 8]), read("QUILT_FLASH_SMALL_SPLITS", &[1, 2, 4]));
