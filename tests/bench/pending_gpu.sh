@@ -381,7 +381,10 @@ case "$PART" in
         # test, the UNet b2 64² alternating with QUILT_FLASH_SMALL=0 (session 10's first default),
         # then issue 4's benchmark.
         S="$OUT/summary.txt"
-        timeout 150 /tmp/qbin/cuda_attention --exact flash_attention_matches_the_cpu_reference > "$OUT/flash_test.log" 2>&1; echo "flash test rc=$?" >> "$S"; grep -E "test result|panicked" "$OUT/flash_test.log" | head -4 >> "$S"
+        # SKIP_FLASH_TEST=1 when device time is short (call 1 ran it with the key-group cases).
+        if [ -z "${SKIP_FLASH_TEST:-}" ]; then
+            timeout 150 /tmp/qbin/cuda_attention --exact flash_attention_matches_the_cpu_reference > "$OUT/flash_test.log" 2>&1; echo "flash test rc=$?" >> "$S"; grep -E "test result|panicked" "$OUT/flash_test.log" | head -4 >> "$S"
+        fi
         export_unet
         unet_ab X=1 QUILT_FLASH_SMALL=0 X=1 QUILT_FLASH_SMALL=0
         echo "== bench" >> "$S"
