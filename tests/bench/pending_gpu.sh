@@ -8,25 +8,19 @@
 #   bash tests/bench/pending_gpu.sh .gpu/p $OUT PART
 # Only 8 files come back from $OUT: write PARTs' outputs elsewhere and tar them into $OUT.
 #
-# Not yet run (after session 9; its runs are in tests/bench/results/2026-12-06-session9-gpu.md:
-# `sdpa`, `gnfast` and `final9` ran there; final9 was folded away after it ran):
-#   check9 (first: session 9's background cuDNN attention builds were written after the last call
-#       and never ran on a GPU; ~5 min: the background test, every attention test, the UNet's first
-#       call at b1 and 96² after b2 64² (must be ≤ 50 ms over a repeat), every fixture, then the
-#       composite cuDNN graph against the unified one: make it the default if the UNet is faster).
-#       If the background test fails, QUILT_SDPA_BACKGROUND=0 is the switch (new shapes then pay
-#       the cuDNN compile in their first call);
-#   flash (flash_variant_timing now has w4/w2 variants of each bucket's default: blocks of 4 or 2
-#       warps for SD's small attention problems, latency-bound at 8 warps: 16² self-attention runs
-#       32 blocks on 132 SMs). QUILT_FLASH_SMALL_WARPS=4|2 already routes launches of fewer than
-#       264 blocks to such a variant (check9 times it in the UNet): make it the default if faster;
+# Not yet run (after session 10; its runs are in tests/bench/results/2026-12-07-session10-gpu.md:
+# its `final10` part ran there and was folded away, with session 9's `check9`, which it covered
+# except for cuda_fixtures and the cuDNN SDPA test):
+#   confirm10 (first: the 160 bucket's small launches on two key groups became the default after
+#       the last call, from per-step timings; ~5 min: the flash test, every fixture, the UNet b2 64²
+#       against QUILT_FLASH_SMALL=0, issue 4's benchmark; keep the default if the UNet is no slower);
 #   QUILT_SDPA_DYNAMIC=1 (defaults9 has the commands);
 #   gemmlt (plain GEMMs through cuBLASLt with algorithm reuse, opt-in: tests, speed, new shapes);
 #   bench with BENCH_MODES=eager,compile,compile_ro,quilt and the b8 / 96² / VAE / CLIP cases
-#       (session 9 ran UNet b2 with eager and compile_ro only);
+#       (sessions 9 and 10 ran UNet b2 with eager and compile_ro only);
 #   regions; SD_MODES=quilt,eager,compile_ro ... sd; correct (full-size fp32 correctness at the new
-#       defaults: slab GroupNorm, fast SiLU and cuDNN attention are f16-only, so fp32 models are
-#       unaffected, but the fp16 pipelines were not rerun).
+#       defaults: slab GroupNorm, fast SiLU, cuDNN attention and key groups are f16-only, so fp32
+#       models are unaffected, but the fp16 pipelines were not rerun).
 #
 # PART
 #   tests     cuda_fixtures, cuda_graphs, cuda_gemm, cuda_conv (shapes A, B, A per Dnn: B reuses
@@ -64,12 +58,16 @@
 #   gemmlt    plain GEMMs through cuBLASLt (QUILT_GEMM_LT=1, session 8): tests, UNet A/B, new shapes.
 #   sdpa      attention on cuDNN's fused SDPA engines (QUILT_ATTN_CUDNN=1, session 9): test, per-shape
 #             timing against the flash kernel, UNet A/B (outputs compared), trace.
+#   defaults9 session 9's defaults: attention tests, fixtures, composite cuDNN graph, UNet A/B,
+#             new shapes with and without QUILT_SDPA_DYNAMIC=1.
+#   confirm10 session 10's default key groups at head dim 160: flash test, fixtures (skipped with
+#             SKIP_FLASH_TEST=1), UNet A/B against QUILT_FLASH_SMALL=0, issue 4's benchmark.
 #   sd        issue 5: every pipeline kind (txt2img, img2img, inpaint, AltDiffusion) 512², 50 steps,
 #             against diffusers eager and compile reduce-overhead (not AltDiffusion), the UNet on IO
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|check9|final10|confirm10}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|confirm10}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -324,67 +322,17 @@ case "$PART" in
         done
         cat "$S"
         ;;
-    check9)
-        # After final9: cuDNN attention plans of later shapes built in the background (the test,
-        # then a new shape's first call on the UNet), every attention test (the flash test covers
-        # the small-block variants) and fixture, the composite cuDNN graph against the unified
-        # one, and the UNet with small attention launches on 4- or 2-warp blocks.
-        S="$OUT/summary.txt"
-        for t in cudnn_sdpa_builds_later_shapes_in_the_background cudnn_sdpa_matches_the_cpu_reference flash_attention_matches_the_cpu_reference; do
-            timeout 150 /tmp/qbin/cuda_attention --exact $t --nocapture > "$OUT/$t.log" 2>&1; echo "$t rc=$?" >> "$S"; grep -E "test result|panicked|background" "$OUT/$t.log" | cut -c1-600 | head -6 >> "$S"
-        done
-        export_unet
-        for c in 96 b1; do new_shape newshape_b2_to_$c $c; done
-        test_binary cuda_fixtures >> "$S"
-        # Which cuDNN graph for the 64² self-attention: per step, then the UNet alternating.
-        echo "== cudnn_sdpa_timing, QUILT_SDPA_GRAPH=composite" >> "$S"
-        QUILT_SDPA_GRAPH=composite timeout 60 /tmp/qbin/cuda_attention --ignored --exact cudnn_sdpa_timing --nocapture > "$OUT/sdpa_timing_composite.log" 2>&1; grep -E '^\{"case":"sd15_64_self|test result' "$OUT/sdpa_timing_composite.log" >> "$S"
-        unet_ab X=1 QUILT_SDPA_GRAPH=composite X=1 QUILT_SDPA_GRAPH=composite
-        # Small attention launches on 4- or 2-warp blocks (QUILT_FLASH_SMALL_WARPS, opt-in).
-        unet_ab X=1 QUILT_FLASH_SMALL_WARPS=4 QUILT_FLASH_SMALL_WARPS=2 X=1 QUILT_FLASH_SMALL_WARPS=4
-        cat "$S"
-        ;;
-    final10)
-        # One call for session 10 (starts were scarce): the flash test (key-group cases) and the
-        # background cuDNN builds, the UNet b2 64² under each small-launch variant and the
-        # composite cuDNN graph, then with the fastest combination (env in $OUT/best_env): a new
-        # shape's first call and issue 4's benchmark (eager, compile reduce-overhead, ORT + quilt),
-        # then the flash variants per small shape with what time is left.
-        S="$OUT/summary.txt"
-        for t in flash_attention_matches_the_cpu_reference cudnn_sdpa_builds_later_shapes_in_the_background; do
-            timeout 150 /tmp/qbin/cuda_attention --exact $t --nocapture > "$OUT/$t.log" 2>&1; echo "$t rc=$?" >> "$S"; grep -E "test result|panicked|background|FAIL|error" "$OUT/$t.log" | cut -c1-600 | head -8 >> "$S"
-        done
-        export_unet
-        median() { env $1 timeout 100 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last 2>/dev/null | grep -oE '"median_ms":[0-9.]+' | cut -d: -f2; }
-        best=X=1; best_ms=999
-        for v in X=1 QUILT_FLASH_SMALL_SPLITS=2 QUILT_FLASH_SMALL_SPLITS=4 QUILT_FLASH_SMALL_WARPS=4 "QUILT_FLASH_SMALL_WARPS=4 QUILT_FLASH_SMALL_SPLITS=2" X=1; do
-            ms=$(median "$v"); echo "== UNet b2 64², $v: ${ms:-failed}" >> "$S"
-            [ -n "$ms" ] && python3 -c "import sys; sys.exit(0 if $ms < $best_ms * 0.995 else 1)" && { best="$v"; best_ms=$ms; }
-            [ "$v" = X=1 ] && [ -n "$ms" ] && python3 -c "import sys; sys.exit(0 if $ms < $best_ms else 1)" && best_ms=$ms
-        done
-        comp=$(median "$best QUILT_SDPA_GRAPH=composite"); echo "== UNet b2 64², $best QUILT_SDPA_GRAPH=composite: ${comp:-failed}" >> "$S"
-        [ -n "$comp" ] && python3 -c "import sys; sys.exit(0 if $comp < $best_ms * 0.995 else 1)" && best="$best QUILT_SDPA_GRAPH=composite"
-        echo "$best" > "$OUT/best_env"; echo "== best: $best" >> "$S"
-        for v in X=1 "$best"; do echo "== UNet b2 64², $v (again): $(median "$v")" >> "$S"; done
-        for c in 96 b1; do echo "== new shape b2 -> $c ($best)" >> "$S"; ( export $best; new_shape newshape_b2_to_$c $c ); done
-        echo "== bench ($best)" >> "$S"
-        env $best bash tests/bench/bench_gpu.sh /tmp/qbin "$OUT/bench" --cases unet_b2 --modes "${BENCH_MODES:-eager,compile_ro,quilt}" \
-            --iters 20 --reuse-export --budget-s "${BENCH_BUDGET_S:-240}" --quilt-options precision=fp16,log_level=info > "$OUT/bench_stdout.log" 2>&1
-        echo "rc=$?" >> "$S"; tail -12 "$OUT/bench/bench.log" >> "$S" 2>/dev/null
-        echo "== flash variants (small shapes)" >> "$S"
-        FLASH_SHAPES=sd15_32_self,sd15_16_self,sd15_16_cross,sd15_32_cross,sd15_64_cross timeout ${FLASH_S:-150} /tmp/qbin/cuda_attention --ignored --exact flash_variant_timing --nocapture > "$OUT/flash.log" 2>&1
-        grep -A 60 "^case " "$OUT/flash.log" >> "$S"
-        cat "$S"
-        ;;
     confirm10)
-        # After final10: the 160 bucket's small launches on two key groups by default. The flash
-        # test, the UNet b2 64² alternating with QUILT_FLASH_SMALL=0 (session 10's first default),
-        # then issue 4's benchmark.
+        # After session 10's call 1: the 160 bucket's small launches on two key groups by default.
+        # The flash test and every fixture, the UNet b2 64² alternating with QUILT_FLASH_SMALL=0
+        # (the kernel before), then issue 4's benchmark.
         S="$OUT/summary.txt"
-        # SKIP_FLASH_TEST=1 when device time is short (call 1 ran it with the key-group cases).
+        # SKIP_FLASH_TEST=1 when device time is short (session 10's call 1 ran it with the key-group
+        # cases; it skips cuda_fixtures too).
         if [ -z "${SKIP_FLASH_TEST:-}" ]; then
             timeout 150 /tmp/qbin/cuda_attention --exact flash_attention_matches_the_cpu_reference > "$OUT/flash_test.log" 2>&1; echo "flash test rc=$?" >> "$S"; grep -E "test result|panicked" "$OUT/flash_test.log" | head -4 >> "$S"
         fi
+        [ -z "${SKIP_FLASH_TEST:-}" ] && test_binary cuda_fixtures >> "$S"
         export_unet
         unet_ab X=1 QUILT_FLASH_SMALL=0 X=1 QUILT_FLASH_SMALL=0
         echo "== bench" >> "$S"
