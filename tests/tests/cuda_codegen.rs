@@ -186,7 +186,7 @@ fn attention_plan(dtype: quilt_rewrites::DType, shapes: &[&[usize]], heads: Opti
 /// as two cuBLAS GEMMs around a row softmax (`codegen::attention::gemm`).
 #[test]
 fn attention_picks_the_flash_kernel_by_dtype_and_head_dim() {
-    use quilt_kernels::cuda::codegen::flash_attention::BUCKETS;
+    use quilt_kernels::cuda::codegen::flash_attention::{default_small, BUCKETS};
     use quilt_rewrites::DType;
     let names = |src: &str| -> Vec<String> {
         src.lines().filter_map(|l| l.split("__launch_bounds__(256, 1) ").nth(1)).map(|r| r.split('(').next().unwrap().to_string()).collect()
@@ -195,12 +195,14 @@ fn attention_picks_the_flash_kernel_by_dtype_and_head_dim() {
         let src = codegen::step_source(&attention_plan(dtype, &[&[2, 77, 40], &[2, 77, 40], &[2, 77, 40]], None), 0).unwrap().unwrap();
         assert!(src.contains("mma.sync.aligned.m16n8k16"), "{dtype}: no tensor-core mma");
         assert_eq!(names(&src), ["q_flash_attention_48"], "{dtype}: head dim 40 runs in the 48 bucket");
-        // Packed heads: 8 heads of 160 in a 1280-wide row.
+        // Packed heads: 8 heads of 160 in a 1280-wide row; the bucket's small launches take two
+        // key groups (`default_small`).
         let src = codegen::step_source(&attention_plan(dtype, &[&[2, 0, 1280], &[2, 77, 1280], &[2, 77, 1280]], Some(8)), 0).unwrap().unwrap();
-        assert_eq!(names(&src), ["q_flash_attention_160"]);
-        // A symbolic head dim compiles every bucket into the module.
+        assert_eq!(names(&src), ["q_flash_attention_160", "q_flash_attention_160_w8g2"]);
+        // A symbolic head dim compiles every bucket into the module, then the small-launch variants.
         let src = codegen::step_source(&attention_plan(dtype, &[&[2, 77, 0], &[2, 77, 0], &[2, 77, 0]], None), 0).unwrap().unwrap();
-        assert_eq!(names(&src), BUCKETS.iter().map(|b| format!("q_flash_attention_{b}")).collect::<Vec<_>>());
+        let small = BUCKETS.iter().filter(|&&b| default_small(b).is_some()).map(|b| format!("q_flash_attention_{b}_w8g2"));
+        assert_eq!(names(&src), BUCKETS.iter().map(|b| format!("q_flash_attention_{b}")).chain(small).collect::<Vec<_>>());
     }
     // f32, and heads wider than the largest flash bucket (the SD VAE's 512; no upper limit),
     // run as two cuBLAS GEMMs around a row-softmax kernel.
@@ -219,7 +221,7 @@ fn attention_picks_the_flash_kernel_by_dtype_and_head_dim() {
 /// NVRTC for sm_90 with no register spills and no stack frame (its fragments stay in registers).
 #[test]
 fn every_flash_attention_variant_compiles_for_sm90_without_spills() {
-    use quilt_kernels::cuda::codegen::flash_attention::{bucket, BUCKETS};
+    use quilt_kernels::cuda::codegen::flash_attention::{bucket, default_small, BUCKETS};
     use quilt_rewrites::DType;
     if !support::nvrtc_or_skip() {
         return;
@@ -239,11 +241,13 @@ fn every_flash_attention_variant_compiles_for_sm90_without_spills() {
                 let origin = format!("{dtype} d={d} (bucket {b}) mask={masked}");
                 let compiled = nvrtc::compile(&src, "flash.cu", (9, 0)).unwrap_or_else(|e| panic!("{origin}: {e}"));
                 let stats = nvrtc::kernel_stats(&compiled.log);
-                assert_eq!(stats.len(), 1, "{origin}: {}", compiled.log);
-                let k = &stats[0];
-                report.push(format!("{origin}: {} registers, {} bytes stack", k.registers, k.stack_bytes));
-                if k.spill_store_bytes > 0 || k.spill_load_bytes > 0 || k.stack_bytes > 0 {
-                    bad.push(format!("{origin}: {k:?}"));
+                // The bucket's kernel, and its small-launch variant where it has one.
+                assert_eq!(stats.len(), 1 + default_small(b).is_some() as usize, "{origin}: {}", compiled.log);
+                for k in &stats {
+                    report.push(format!("{origin} {}: {} registers, {} bytes stack", k.name, k.registers, k.stack_bytes));
+                    if k.spill_store_bytes > 0 || k.spill_load_bytes > 0 || k.stack_bytes > 0 {
+                        bad.push(format!("{origin}: {k:?}"));
+                    }
                 }
             }
         }
