@@ -336,9 +336,7 @@ case "$PART" in
         export_unet
         unet_ab X=1 QUILT_FLASH_SMALL=0 X=1 QUILT_FLASH_SMALL=0
         echo "== bench" >> "$S"
-        bash tests/bench/bench_gpu.sh /tmp/qbin "$OUT/bench" --cases unet_b2 --modes "${BENCH_MODES:-eager,compile_ro,quilt}" \
-            --iters 20 --reuse-export --budget-s "${BENCH_BUDGET_S:-240}" --quilt-options precision=fp16,log_level=info > "$OUT/bench_stdout.log" 2>&1
-        echo "rc=$?" >> "$S"; tail -3 "$OUT/bench/bench.log" >> "$S" 2>/dev/null
+        BENCH_BUDGET_S=${BENCH_BUDGET_S:-240} bash "$0" "$BIN" "$OUT/bench" bench >> "$S" 2>&1
         cat "$S"
         ;;
     gemmlt)

@@ -60,10 +60,10 @@ pub struct Overrides {
     /// `QUILT_ATTN_CUDNN=1` every shape, `=0` none.
     pub cudnn_min_scores: usize,
     /// Flash launches that would fill fewer than `flash_attention::SMALL_BELOW_BLOCKS` blocks
-    /// run a variant with its block shaped like this instead: fewer warps per block (more,
-    /// smaller blocks) or key groups (more warps per query row) for small problems. Opt-in until
-    /// measured (`QUILT_FLASH_SMALL_WARPS`, `QUILT_FLASH_SMALL_SPLITS`; written in sessions 9-10
-    /// without a GPU).
+    /// run a variant with its block shaped like this instead, in every bucket: fewer warps per
+    /// block (more, smaller blocks) or key groups (more warps per query row). For experiments
+    /// (`QUILT_FLASH_SMALL_WARPS`, `QUILT_FLASH_SMALL_SPLITS`): on the H100 (session 10) no shape
+    /// made the UNet faster in every bucket, see `flash_attention::default_small`.
     pub small: Option<super::flash_attention::BlockShape>,
     /// Without `small`: buckets with a measured small-launch shape (`default_small`) take it
     /// (`QUILT_FLASH_SMALL=0` turns them off).

@@ -414,12 +414,16 @@ impl FlashVariant {
     }
 
     /// The kernel with its block shaped as `shape` instead of the configuration's (see
-    /// `shaped_config`), named `..._w{warps}` or `..._w{warps}g{splits}`.
+    /// `shaped_config`), named after the shape it got: `..._w{warps}` or `..._w{warps}g{splits}`.
     pub fn kernel_shaped(&self, prefix: &str, lead: usize, shape: Option<BlockShape>) -> Kernel {
-        let suffix = shape.map_or(String::new(), |b| if b.splits == 1 { format!("_w{}", b.warps) } else { format!("_w{}g{}", b.warps, b.splits) });
-        let name = format!("{prefix}_flash_attention_{}{suffix}", self.bucket);
         let dp = self.bucket;
         let cfg = shaped_config(dp, shape);
+        let suffix = match shape.map(|_| cfg.splits) {
+            None => String::new(),
+            Some(1) => format!("_w{}", cfg.warps),
+            Some(g) => format!("_w{}g{g}", cfg.warps),
+        };
+        let name = format!("{prefix}_flash_attention_{dp}{suffix}");
         let Config { row_tiles: mt, keys: bn, stages, min_blocks, exact, half_exp, warps, splits } = cfg;
         let threads = cfg.threads();
         let ld = Config::row_len(dp);
