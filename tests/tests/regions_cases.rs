@@ -140,6 +140,9 @@ pub fn test_cases() -> Vec<Case> {
         norm_case("gn_nhwc_f32_split", &[1, 96, 96, 64], cl32.clone(), F32),
         norm_case("gn_nhwc_f16_c320", &[2, 16, 16, 320], cl32.clone(), F16),
         norm_case("gn_nhwc_f16_split_c320", &[1, 64, 64, 320], RowSpec::GroupsChannelsLast { groups: 16 }, F16),
+        // Three batch entries (one last-block counter each), groups of 10 channels straddling
+        // the threads' 8-channel vectors.
+        norm_case("gn_nhwc_f16_split_b3_c320", &[3, 48, 48, 320], cl32.clone(), F16),
         // SD's 8² feature maps at static shapes (rows of 2560 and 5120): one block per row.
         norm_case("gn_nhwc_f16_c1280_8", &[2, 8, 8, 1280], cl32.clone(), F16),
         norm_case("gn_nhwc_f16_c2560_8", &[2, 8, 8, 2560], cl32.clone(), F16),

@@ -669,7 +669,7 @@ impl CudaExecutable {
         for (index, step) in plan.steps.iter().enumerate() {
             let Step::Op(s) = step;
             let fail = |msg: String| Error::Step { node: s.node.clone(), op: s.op.name(), msg };
-            let mut st = StepRun { index, ins: Vec::new(), outs: Vec::new(), scratch: Vec::new(), tables: Vec::new(), actions: Vec::new() };
+            let mut st = StepRun { index, ins: Vec::new(), outs: Vec::new(), scratch: Vec::new(), tables: Vec::new(), counters: Loc::Null, actions: Vec::new() };
             let mut mine = Vec::new();
             if let StepKind::Code(code) = &self.steps[index].kind {
                 for (k, b) in s.inputs.iter().enumerate() {
@@ -690,6 +690,10 @@ impl CudaExecutable {
                     lives.push(Lifetime { first: index, last: index, bytes });
                 }
                 st.tables = lp.tables.iter().map(|t| consts.push(t)).collect();
+                if lp.counters > 0 {
+                    // Uploaded as zeros with the constants; the kernels leave them zero.
+                    st.counters = consts.push(&vec![0u8; 4 * lp.counters]);
+                }
                 st.actions = lp.actions;
             }
             scratch_lives.push(mine);
@@ -795,11 +799,13 @@ impl Bases<'_> {
             Arg::Scratch(k) => st.scratch.get(k).map_or(0, |&l| self.at(l)),
             Arg::Table(k) => st.tables.get(k).map_or(0, |&l| self.at(l)),
             Arg::ErrFlag => self.errors + 4 * st.index as u64,
+            Arg::Counters => self.at(st.counters),
         }
     }
 }
 
-/// Host-computed bytes of one shape, uploaded once.
+/// Host-computed bytes of one shape, uploaded once (with the steps' zeroed counter words, the only
+/// part kernels write; see `LaunchPlan::counters`).
 #[derive(Default)]
 struct ConstBlob {
     bytes: Vec<u8>,
@@ -821,6 +827,8 @@ struct StepRun {
     outs: Vec<Loc>,
     scratch: Vec<Loc>,
     tables: Vec<Loc>,
+    /// `LaunchPlan::counters` (in the constants buffer, which only these words are written in).
+    counters: Loc,
     actions: Vec<Action>,
 }
 

@@ -45,6 +45,8 @@ pub enum Arg {
     Table(usize),
     /// A 4-byte device word the kernel sets when it meets invalid data (an index out of range).
     ErrFlag,
+    /// The step's `LaunchPlan::counters` words (null where it has none).
+    Counters,
 }
 
 /// How many threads a launch needs.
@@ -98,6 +100,10 @@ pub enum Action {
 pub struct LaunchPlan {
     pub scratch: Vec<usize>,
     pub tables: Vec<Vec<u8>>,
+    /// 4-byte device words, zero when the step starts, that its kernels count in and leave at
+    /// zero again (the last block of a grid finding itself last). One set per shape, so runs of
+    /// that shape, serialized by the executable, reuse them without clearing.
+    pub counters: usize,
     pub actions: Vec<Action>,
 }
 

@@ -191,9 +191,9 @@ impl StitchedCode {
                     kernels.push(Kernel { name: format!("{name}_apply"), body: apply });
                     if cl_vlen > 1 {
                         // Channels-last rows in memory order (kernels 3–5; `text::cl_*`).
-                        let args = format!("{args}, {cc}* __restrict__ part, {cc}* __restrict__ stats");
+                        let args = format!("{args}, {cc}* __restrict__ part, {cc}* __restrict__ stats, unsigned* __restrict__ count");
                         let open = |k: &str| format!("extern \"C\" __global__ void {name}_{k}({args}) {{\n{}", text.prologue(head));
-                        kernels.push(Kernel { name: format!("{name}_clpart"), body: format!("{}{}}}\n", open("clpart"), text.cl_partials_body(head, cl_vlen, k, &x)?) });
+                        kernels.push(Kernel { name: format!("{name}_clpart"), body: format!("{}{}}}\n", open("clpart"), text.cl_partials_body(head, cl_vlen, k, &x, eps)?) });
                         kernels.push(Kernel { name: format!("{name}_clstats"), body: format!("{}{}}}\n", open("clstats"), text.cl_finalize_body(cl_vlen, eps)) });
                         kernels.push(Kernel { name: format!("{name}_clapply"), body: format!("{}{}}}\n", open("clapply"), text.cl_apply_body(head, cl_vlen)?) });
                     }
@@ -306,19 +306,28 @@ impl StepCode for StitchedCode {
                 plan.actions.push(Action::Launch { kernel: 0, work: Work::Elements(threads as u64), params: params(&[n as i64])?, args })
             }
             Some(len) if channels_last_vector => {
-                // Kernels 3–5: slab partials, per-row statistics, slab apply.
+                // Kernels 3–5: slab partials, per-row statistics, slab apply. With the last-block
+                // merge (default), the partials kernel also writes the statistics and kernel 4 is
+                // not launched (`QUILT_GN_LAST_BLOCK=0` launches it).
                 let (rows, v, c) = (n / len, self.cl_vlen, domain[rank - 1]);
                 let positions = len / (c / (rows / domain[0]));
                 let lanes = BLOCK as usize / (c / v);
                 let chunks = CL_TARGET_BLOCKS.div_ceil(domain[0]).clamp(1, (positions / (CL_VECTORS_PER_THREAD * lanes)).max(1));
                 let chunks = positions.div_ceil(positions.div_ceil(chunks));
-                plan.scratch.push(2 * rows * chunks * self.compute_bytes);
+                let last_block = env::default_on("QUILT_GN_LAST_BLOCK");
+                plan.scratch.push(3 * rows * chunks * self.compute_bytes);
                 plan.scratch.push(2 * rows * self.compute_bytes);
-                args.extend([Arg::Scratch(0), Arg::Scratch(1)]);
+                if last_block {
+                    plan.counters = domain[0];
+                }
+                args.extend([Arg::Scratch(0), Arg::Scratch(1), Arg::Counters]);
                 let p = params(&[rows as i64, len as i64, chunks as i64])?;
                 let slabs = Work::Rows((domain[0] * chunks) as u64);
                 plan.actions.push(Action::Launch { kernel: 3, work: slabs, params: p, args: args.clone() });
-                plan.actions.push(Action::Launch { kernel: 4, work: Work::Rows(rows as u64), params: p, args: args.clone() });
+                if !last_block {
+                    let warps = (BLOCK / 32) as usize;
+                    plan.actions.push(Action::Launch { kernel: 4, work: Work::Rows(rows.div_ceil(warps) as u64), params: p, args: args.clone() });
+                }
                 plan.actions.push(Action::Launch { kernel: 5, work: slabs, params: p, args });
             }
             Some(len) => {

@@ -451,35 +451,72 @@ impl Text<'_> {
         "  for (unsigned blk = blockIdx.x; blk < N * CH; blk += gridDim.x) {\n    const unsigned n = blk / CH, ch = blk - n * CH, s0 = ch * cs, s1 = s0 + cs < S ? s0 + cs : S;\n"
     }
 
-    pub fn cl_partials_body(&self, h: usize, v: usize, k: usize, x: &str) -> Result<String, String> {
+    /// Per (batch entry, chunk) block: every group's partial `(K, S, Q)` into `part[3 · (row · CH +
+    /// ch)]`: a shift K (the group's first channel at the chunk's first position), `S = Σ(x − K)`
+    /// and `Q = Σ(x − K)²` over the group's elements in the chunk. Each thread sums its lanes
+    /// shifted by its own first values; moving a thread's sums to the block's shift, and later a
+    /// chunk's to the row's, is exact algebra (`cl_shift`) without a division, so the block and
+    /// row merges are plain sums. With the shifts drawn from the data, `S/n` stays of the order of
+    /// the spread, and `Q − S²/n` loses nothing that matters (the shifted-data algorithm).
+    ///
+    /// With a `count` array (one zeroed word per batch entry), the block that finishes a batch
+    /// entry's last chunk also merges its rows into `stats` (`cl_row_stats`) and puts the word
+    /// back to zero, so the separate statistics kernel is not launched.
+    pub fn cl_partials_body(&self, h: usize, v: usize, k: usize, x: &str, eps: f32) -> Result<String, String> {
         let cc = self.c.compute();
         let mut s = self.cl_sizes(v);
         s += &self.cl_slab_strides(h);
-        s += &format!("  __shared__ {cc} sh_n[{b} * {v}], sh_m[{b} * {v}], sh_v[{b} * {v}];\n", b = super::super::BLOCK);
+        s += &format!("  __shared__ {cc} sh_k[{b} * {v}], sh_s[{b} * {v}], sh_q[{b} * {v}];\n  __shared__ bool last_;\n", b = super::super::BLOCK);
+        s += "  const unsigned lane_ = threadIdx.x % 32u, warps_ = blockDim.x / 32u;\n";
         s += Self::cl_block_loop();
         // Every lane of a thread sees the same positions, so one count serves all of them.
         s += &format!("    {cc} wn = 0, wk[{v}], ws[{v}], wq[{v}];\n#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{ wk[e_] = 0; ws[e_] = 0; wq[e_] = 0; }}\n");
         let inner = format!("          const {cc} x_ = {x}; if (wn == ({cc})0) wk[e_] = x_; const {cc} d_ = x_ - wk[e_]; ws[e_] += d_; wq[e_] = fma(d_, d_, wq[e_]);\n");
         s += &self.cl_loops(h, v, k, None, false, &inner, &format!("        wn += ({cc})1;\n"))?;
+        // The block's shifts: the first position's values (lane group rl = 0 holds position s0,
+        // and every chunk is non-empty).
+        s += &format!("    if (active_ && rl == 0u) {{\n#pragma unroll\n      for (int e_ = 0; e_ < {v}; ++e_) sh_k[col * {v}u + e_] = wk[e_];\n    }}\n    __syncthreads();\n");
         s += &format!(
-            "#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{\n      {cc} m_, v_;\n      {}\n      sh_n[threadIdx.x * {v} + e_] = wn; sh_m[threadIdx.x * {v} + e_] = m_; sh_v[threadIdx.x * {v} + e_] = v_;\n    }}\n",
-            shifted_sums(cc, "wn", "wk[e_]", "ws[e_]", "wq[e_]", "m_", "v_")
+            "#pragma unroll\n    for (int e_ = 0; e_ < {v}; ++e_) {{\n      const unsigned c = col * {v}u + e_;\n      {cc} s_ = ws[e_], q_ = wq[e_];\n      {}\n      sh_s[threadIdx.x * {v} + e_] = s_; sh_q[threadIdx.x * {v} + e_] = q_;\n    }}\n",
+            cl_shift(cc, "wn", "wk[e_] - sh_k[c / cpg * cpg]", "s_", "q_")
         );
         s += "    __syncthreads();\n";
-        s += &format!("    for (unsigned g = threadIdx.x / 32u; g < G; g += blockDim.x / 32u) {{\n      {cc} n_ = 0, m_ = 0, v_ = 0;\n");
-        s += &format!("      for (unsigned j = threadIdx.x % 32u; j < cpg * lanes_; j += 32u) {{\n        const unsigned c = g * cpg + j % cpg, at = (j / cpg * cols + c / {v}u) * {v}u + c % {v}u;\n        q_wf_add(n_, m_, v_, sh_n[at], sh_m[at], sh_v[at]);\n      }}\n");
-        s += "      q_wf_warp(n_, m_, v_);\n      if (threadIdx.x % 32u == 0u) { part[2u * ((n * G + g) * CH + ch)] = m_; part[2u * ((n * G + g) * CH + ch) + 1u] = v_; }\n    }\n    __syncthreads();\n  }\n";
+        s += &format!("    for (unsigned g = threadIdx.x / 32u; g < G; g += warps_) {{\n      {cc} s_ = 0, q_ = 0;\n");
+        s += &format!("      for (unsigned j = lane_; j < cpg * lanes_; j += 32u) {{\n        const unsigned c = g * cpg + j % cpg, at = (j / cpg * cols + c / {v}u) * {v}u + c % {v}u;\n        s_ += sh_s[at]; q_ += sh_q[at];\n      }}\n");
+        s += "      s_ = q_warp_sum(s_); q_ = q_warp_sum(q_);\n      if (lane_ == 0u) { const unsigned o_ = 3u * ((n * G + g) * CH + ch); part[o_] = sh_k[g * cpg]; part[o_ + 1u] = s_; part[o_ + 2u] = q_; }\n    }\n";
+        // The last block of batch entry n: every other block's partials were written and fenced
+        // before its increment (the threadFenceReduction pattern); they are read through L2
+        // (`__ldcg`).
+        s += "    if (count != nullptr) {\n      __threadfence();\n      __syncthreads();\n      if (threadIdx.x == 0u) { last_ = atomicAdd(&count[n], 1u) == CH - 1u; if (last_) count[n] = 0u; }\n      __syncthreads();\n      if (last_) {\n";
+        s += "        for (unsigned g = threadIdx.x / 32u; g < G; g += warps_) {\n          const unsigned row = n * G + g;\n";
+        s += &self.cl_row_stats(eps, "          ");
+        s += "        }\n      }\n    }\n    __syncthreads();\n  }\n";
         Ok(s)
     }
 
-    /// One block per row: merge the row's chunk partials (counts from the chunk bounds) into
-    /// `stats[2 · row] = mean`, `stats[2 · row + 1] = 1 / sqrt(var + ε)`.
-    pub fn cl_finalize_body(&self, v: usize, eps: f32) -> String {
+    /// One warp (lane `lane_`) merges row `row`'s chunk partials into `stats[2 · row] = mean`,
+    /// `stats[2 · row + 1] = 1 / sqrt(var + ε)`: every chunk's sums moved to chunk 0's shift
+    /// (counts from the chunk bounds), summed, then one division per row.
+    fn cl_row_stats(&self, eps: f32, ind: &str) -> String {
         let cc = self.c.compute();
+        let mut s = format!("{ind}const {cc} k0_ = __ldcg(&part[3u * row * CH]);\n{ind}{cc} s_ = 0, q_ = 0;\n");
+        s += &format!("{ind}for (unsigned k_ = lane_; k_ < CH; k_ += 32u) {{\n{ind}  const unsigned b_ = k_ * cs, o_ = 3u * (row * CH + k_);\n{ind}  const {cc} n_ = ({cc})(b_ >= S ? 0u : (b_ + cs < S ? cs : S - b_) * cpg);\n{ind}  {cc} ks_ = __ldcg(&part[o_ + 1u]), kq_ = __ldcg(&part[o_ + 2u]);\n");
+        s += &format!("{ind}  {}\n{ind}  s_ += ks_; q_ += kq_;\n{ind}}}\n", cl_shift(cc, "n_", "__ldcg(&part[o_]) - k0_", "ks_", "kq_"));
+        s += &format!(
+            "{ind}s_ = q_warp_sum(s_); q_ = q_warp_sum(q_);\n{ind}if (lane_ == 0u) {{ const {cc} m_ = s_ / ({cc})L; {cc} v_ = q_ - s_ * m_; if (v_ < ({cc})0) v_ = 0; stats[2u * row] = k0_ + m_; stats[2u * row + 1u] = ({cc})1 / {}(v_ / ({cc})L + {}); }}\n",
+            self.c.math("sqrt"),
+            lit(eps as f64, cc)
+        );
+        s
+    }
+
+    /// The statistics kernel (when the partials kernel has no `count`): one warp per row.
+    pub fn cl_finalize_body(&self, v: usize, eps: f32) -> String {
         let mut s = self.cl_sizes(v);
-        s += &format!("  (void)N; (void)col; (void)rl; (void)active_;\n  for (unsigned row = blockIdx.x; row < rows; row += gridDim.x) {{\n    {cc} n_ = 0, m_ = 0, v_ = 0;\n");
-        s += &format!("    for (unsigned k_ = threadIdx.x; k_ < CH; k_ += blockDim.x) {{\n      const unsigned b_ = k_ * cs, cnt_ = b_ >= S ? 0u : (b_ + cs < S ? cs : S - b_) * cpg;\n      q_wf_add(n_, m_, v_, ({cc})cnt_, part[2u * (row * CH + k_)], part[2u * (row * CH + k_) + 1u]);\n    }}\n");
-        s += &format!("    q_wf_block(n_, m_, v_);\n    if (threadIdx.x == 0) {{ stats[2u * row] = m_; stats[2u * row + 1u] = ({cc})1 / {}(v_ / ({cc})L + {}); }}\n  }}\n", self.c.math("sqrt"), lit(eps as f64, cc));
+        s += "  (void)N; (void)col; (void)rl; (void)active_; (void)count;\n  const unsigned lane_ = threadIdx.x % 32u, warps_ = blockDim.x / 32u;\n";
+        s += "  for (unsigned row = blockIdx.x * warps_ + threadIdx.x / 32u; row < rows; row += gridDim.x * warps_) {\n";
+        s += &self.cl_row_stats(eps, "    ");
+        s += "  }\n";
         s
     }
 
@@ -509,6 +546,13 @@ fn cl_unroll() -> String {
 
 /// Positions per unrolled step of the channels-last position loops.
 const CL_UNROLL: usize = 4;
+
+/// Statements moving sums over `n` values shifted by k, `s = Σ(x − k)` and `q = Σ(x − k)²`, to
+/// the shift k − d (`d` = k minus the new shift): `s' = s + n·d`, `q' = q + d·(2s + n·d)`. Exact
+/// algebra, no division; n = 0 gives (0, 0), which merges as nothing.
+fn cl_shift(cc: &str, n: &str, d: &str, s: &str, q: &str) -> String {
+    format!("{{ const {cc} d_ = {d}; {q} += d_ * (({cc})2 * {s} + {n} * d_); {s} += {n} * d_; }}")
+}
 
 /// Statements turning one thread's shifted sums into a Welford triple's mean and M2: over `n`
 /// values x with shift `k` (the thread's first value), `s = Σ(x − k)` and `q = Σ(x − k)²`, so
