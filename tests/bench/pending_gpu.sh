@@ -67,7 +67,7 @@
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|confirm10}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|confirm10|gnlast}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -335,6 +335,25 @@ case "$PART" in
         [ -z "${SKIP_FLASH_TEST:-}" ] && test_binary cuda_fixtures >> "$S"
         export_unet
         unet_ab X=1 QUILT_FLASH_SMALL=0 X=1 QUILT_FLASH_SMALL=0
+        echo "== bench" >> "$S"
+        BENCH_BUDGET_S=${BENCH_BUDGET_S:-240} bash "$0" "$BIN" "$OUT/bench" bench >> "$S" 2>&1
+        cat "$S"
+        ;;
+    gnlast)
+        # Session 11: the channels-last GroupNorm's divisionless partials and last-block row
+        # merge (default; QUILT_GN_LAST_BLOCK=0 launches the statistics kernel instead). Every
+        # fixture, the memory-bound cases under QUILT_GN_LAST_BLOCK=0, the GroupNorm steps both
+        # ways, the UNet b2 64² alternating, then issue 4's benchmark (BENCH_BUDGET_S, default 240).
+        # Keep the default if the fixtures pass and the UNet is no slower.
+        S="$OUT/summary.txt"
+        test_binary cuda_fixtures >> "$S"
+        echo "== QUILT_GN_LAST_BLOCK=0: memory-bound cases" >> "$S"
+        QUILT_GN_LAST_BLOCK=0 timeout 120 /tmp/qbin/cuda_fixtures --exact memory_bound_steps_match_the_cpu_backend_on_the_gpu --nocapture > "$OUT/fixtures_stats_kernel.log" 2>&1
+        echo "rc=$?" >> "$S"; grep -E "test result|panicked" "$OUT/fixtures_stats_kernel.log" | head -4 >> "$S"
+        echo "== bench_regions_gpu --only gn" >> "$S"
+        timeout 90 /tmp/qbin/bench_regions_gpu --iters 30 --only gn --env ';QUILT_GN_LAST_BLOCK=0' >> "$S" 2>&1
+        export_unet
+        unet_ab X=1 QUILT_GN_LAST_BLOCK=0 X=1 QUILT_GN_LAST_BLOCK=0
         echo "== bench" >> "$S"
         BENCH_BUDGET_S=${BENCH_BUDGET_S:-240} bash "$0" "$BIN" "$OUT/bench" bench >> "$S" 2>&1
         cat "$S"
