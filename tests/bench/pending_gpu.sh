@@ -343,7 +343,8 @@ case "$PART" in
         # Session 11: the channels-last GroupNorm's divisionless partials and last-block row
         # merge (default; QUILT_GN_LAST_BLOCK=0 launches the statistics kernel instead). Every
         # fixture, the memory-bound cases under QUILT_GN_LAST_BLOCK=0, the GroupNorm steps both
-        # ways, the UNet b2 64² alternating, then issue 4's benchmark (BENCH_BUDGET_S, default 240).
+        # ways, the UNet b2 64² alternating (and against session 10's QUILT_FLASH_SMALL=0), then
+        # issue 4's benchmark (BENCH_BUDGET_S, default 240).
         # Keep the default if the fixtures pass and the UNet is no slower.
         S="$OUT/summary.txt"
         test_binary cuda_fixtures >> "$S"
@@ -353,7 +354,7 @@ case "$PART" in
         echo "== bench_regions_gpu --only gn" >> "$S"
         timeout 90 /tmp/qbin/bench_regions_gpu --iters 30 --only gn --env ';QUILT_GN_LAST_BLOCK=0' >> "$S" 2>&1
         export_unet
-        unet_ab X=1 QUILT_GN_LAST_BLOCK=0 X=1 QUILT_GN_LAST_BLOCK=0
+        unet_ab X=1 QUILT_GN_LAST_BLOCK=0 QUILT_FLASH_SMALL=0 X=1 QUILT_GN_LAST_BLOCK=0 QUILT_FLASH_SMALL=0
         echo "== bench" >> "$S"
         BENCH_BUDGET_S=${BENCH_BUDGET_S:-240} bash "$0" "$BIN" "$OUT/bench" bench >> "$S" 2>&1
         cat "$S"
