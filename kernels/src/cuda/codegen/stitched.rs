@@ -307,14 +307,15 @@ impl StepCode for StitchedCode {
             }
             Some(len) if channels_last_vector => {
                 // Kernels 3–5: slab partials, per-row statistics, slab apply. With the last-block
-                // merge (default), the partials kernel also writes the statistics and kernel 4 is
-                // not launched (`QUILT_GN_LAST_BLOCK=0` launches it).
+                // merge (`QUILT_GN_LAST_BLOCK=1`, opt-in: session 11 measured it slower on an
+                // H200, UNet b2 64² 6.84 / 6.79 against 6.63 / 6.72 ms), the partials kernel also
+                // writes the statistics and kernel 4 is not launched.
                 let (rows, v, c) = (n / len, self.cl_vlen, domain[rank - 1]);
                 let positions = len / (c / (rows / domain[0]));
                 let lanes = BLOCK as usize / (c / v);
                 let chunks = CL_TARGET_BLOCKS.div_ceil(domain[0]).clamp(1, (positions / (CL_VECTORS_PER_THREAD * lanes)).max(1));
                 let chunks = positions.div_ceil(positions.div_ceil(chunks));
-                let last_block = env::default_on("QUILT_GN_LAST_BLOCK");
+                let last_block = env::on("QUILT_GN_LAST_BLOCK");
                 plan.scratch.push(3 * rows * chunks * self.compute_bytes);
                 plan.scratch.push(2 * rows * self.compute_bytes);
                 if last_block {
