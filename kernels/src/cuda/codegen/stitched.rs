@@ -41,6 +41,11 @@ use super::BLOCK;
 /// Channels-last slabs: blocks worth aiming for, and the fewest vectors each thread should read.
 const CL_TARGET_BLOCKS: usize = 1024;
 const CL_VECTORS_PER_THREAD: usize = 4;
+/// With the last-block row merge: chunks per batch entry at most (each row's merge reads one
+/// 16-byte partial per chunk, `ROW_TEAM` lanes per row), unless fewer than `CL_MIN_BLOCKS`
+/// blocks would be left (two per SM of an H100).
+const CL_LAST_BLOCK_CHUNKS: usize = 128;
+const CL_MIN_BLOCKS: usize = 264;
 /// Rows of at most this many elements, when there are at least `WARP_ROWS_MIN` of them, take one
 /// warp each (8 rows per block, shuffle reductions) instead of one 256-thread block each.
 const WARP_ROW_MAX: usize = 2048;
@@ -314,9 +319,12 @@ impl StepCode for StitchedCode {
                 let positions = len / (c / (rows / domain[0]));
                 let lanes = BLOCK as usize / (c / v);
                 let chunks = CL_TARGET_BLOCKS.div_ceil(domain[0]).clamp(1, (positions / (CL_VECTORS_PER_THREAD * lanes)).max(1));
-                let chunks = positions.div_ceil(positions.div_ceil(chunks));
                 let last_block = env::on("QUILT_GN_LAST_BLOCK");
-                plan.scratch.push(3 * rows * chunks * self.compute_bytes);
+                // The last block reads every chunk's partials of its batch entry alone: fewer,
+                // longer chunks, as long as the grid still fills the device.
+                let chunks = if last_block { chunks.min(CL_LAST_BLOCK_CHUNKS.max(CL_MIN_BLOCKS.div_ceil(domain[0]))) } else { chunks };
+                let chunks = positions.div_ceil(positions.div_ceil(chunks));
+                plan.scratch.push(4 * rows * chunks * self.compute_bytes);
                 plan.scratch.push(2 * rows * self.compute_bytes);
                 if last_block {
                     plan.counters = domain[0];
@@ -326,8 +334,8 @@ impl StepCode for StitchedCode {
                 let slabs = Work::Rows((domain[0] * chunks) as u64);
                 plan.actions.push(Action::Launch { kernel: 3, work: slabs, params: p, args: args.clone() });
                 if !last_block {
-                    let warps = (BLOCK / 32) as usize;
-                    plan.actions.push(Action::Launch { kernel: 4, work: Work::Rows(rows.div_ceil(warps) as u64), params: p, args: args.clone() });
+                    let rows_per_block = BLOCK as usize / text::ROW_TEAM;
+                    plan.actions.push(Action::Launch { kernel: 4, work: Work::Rows(rows.div_ceil(rows_per_block) as u64), params: p, args: args.clone() });
                 }
                 plan.actions.push(Action::Launch { kernel: 5, work: slabs, params: p, args });
             }

@@ -360,10 +360,9 @@ impl Text<'_> {
 /// Channels-last GroupNorm statistics that read memory in order: a block per (batch entry,
 /// chunk of spatial positions) walks its `[positions, C]` slab with `V`-channel vectors, each
 /// thread at one fixed vector column (so its `V` lanes always hold the same channels, hence the
-/// same groups), shifted sums per lane (one count per thread), turned into one Welford triple
-/// per lane; the block then merges the triples of each group's
-/// channels in shared memory (a warp per group) and stores one (mean, M2) per (row, chunk),
-/// `part[2 · (row · chunks + chunk)]`. Params: `rows, L, chunks` (rows = N·G, L = S·C/G).
+/// same groups), shifted sums per lane (one count per thread); the block then sums each group's
+/// channels in shared memory (a warp per group) and stores one `(K, S, Q)` quad per (row, chunk)
+/// (`cl_partials_body`). Params: `rows, L, chunks` (rows = N·G, L = S·C/G).
 impl Text<'_> {
     /// Shared opening of the channels-last kernels: sizes, the thread's column and row lane.
     fn cl_sizes(&self, v: usize) -> String {
@@ -451,8 +450,8 @@ impl Text<'_> {
         "  for (unsigned blk = blockIdx.x; blk < N * CH; blk += gridDim.x) {\n    const unsigned n = blk / CH, ch = blk - n * CH, s0 = ch * cs, s1 = s0 + cs < S ? s0 + cs : S;\n"
     }
 
-    /// Per (batch entry, chunk) block: every group's partial `(K, S, Q)` into `part[3 · (row · CH +
-    /// ch)]`: a shift K (the group's first channel at the chunk's first position), `S = Σ(x − K)`
+    /// Per (batch entry, chunk) block: every group's partial `(K, S, Q)` into quad `row · CH + ch`
+    /// of `part`: a shift K (the group's first channel at the chunk's first position), `S = Σ(x − K)`
     /// and `Q = Σ(x − K)²` over the group's elements in the chunk. Each thread sums its lanes
     /// shifted by its own first values; moving a thread's sums to the block's shift, and later a
     /// chunk's to the row's, is exact algebra (`cl_shift`) without a division, so the block and
@@ -483,38 +482,44 @@ impl Text<'_> {
         s += "    __syncthreads();\n";
         s += &format!("    for (unsigned g = threadIdx.x / 32u; g < G; g += warps_) {{\n      {cc} s_ = 0, q_ = 0;\n");
         s += &format!("      for (unsigned j = lane_; j < cpg * lanes_; j += 32u) {{\n        const unsigned c = g * cpg + j % cpg, at = (j / cpg * cols + c / {v}u) * {v}u + c % {v}u;\n        s_ += sh_s[at]; q_ += sh_q[at];\n      }}\n");
-        s += "      s_ = q_warp_sum(s_); q_ = q_warp_sum(q_);\n      if (lane_ == 0u) { const unsigned o_ = 3u * ((n * G + g) * CH + ch); part[o_] = sh_k[g * cpg]; part[o_ + 1u] = s_; part[o_ + 2u] = q_; }\n    }\n";
+        s += &format!("      s_ = q_warp_sum(s_); q_ = q_warp_sum(q_);\n      if (lane_ == 0u) {{ {} }}\n    }}\n", quad_store(cc, "(n * G + g) * CH + ch", "sh_k[g * cpg]", "s_", "q_"));
         // The last block of batch entry n: every other block's partials were written and fenced
         // before its increment (the threadFenceReduction pattern); they are read through L2
         // (`__ldcg`).
         s += "    if (count != nullptr) {\n      __threadfence();\n      __syncthreads();\n      if (threadIdx.x == 0u) { last_ = atomicAdd(&count[n], 1u) == CH - 1u; if (last_) count[n] = 0u; }\n      __syncthreads();\n      if (last_) {\n";
-        s += "        for (unsigned g = threadIdx.x / 32u; g < G; g += warps_) {\n          const unsigned row = n * G + g;\n";
+        s += &format!("        for (unsigned g0_ = threadIdx.x / 32u * {t}u; g0_ < G; g0_ += warps_ * {t}u) {{\n          const unsigned g = g0_ + lane_ / {team}u, row = n * G + g;\n          const bool live_ = g < G;\n", t = 32 / ROW_TEAM, team = ROW_TEAM);
         s += &self.cl_row_stats(eps, "          ");
         s += "        }\n      }\n    }\n    __syncthreads();\n  }\n";
         Ok(s)
     }
 
-    /// One warp (lane `lane_`) merges row `row`'s chunk partials into `stats[2 · row] = mean`,
-    /// `stats[2 · row + 1] = 1 / sqrt(var + ε)`: every chunk's sums moved to chunk 0's shift
-    /// (counts from the chunk bounds), summed, then one division per row.
+    /// A team of `ROW_TEAM` lanes (`lane_ % ROW_TEAM`, four rows per warp) merges row `row`'s chunk
+    /// partials into `stats[2 · row] = mean`, `stats[2 · row + 1] = 1 / sqrt(var + ε)`: every
+    /// chunk's sums moved to chunk 0's shift (counts from the chunk bounds), summed, then one
+    /// division per row. The whole warp runs it (shuffles); lanes whose `live_` is false (a row
+    /// past the end) add nothing and store nothing.
     fn cl_row_stats(&self, eps: f32, ind: &str) -> String {
         let cc = self.c.compute();
-        let mut s = format!("{ind}const {cc} k0_ = __ldcg(&part[3u * row * CH]);\n{ind}{cc} s_ = 0, q_ = 0;\n");
-        s += &format!("{ind}for (unsigned k_ = lane_; k_ < CH; k_ += 32u) {{\n{ind}  const unsigned b_ = k_ * cs, o_ = 3u * (row * CH + k_);\n{ind}  const {cc} n_ = ({cc})(b_ >= S ? 0u : (b_ + cs < S ? cs : S - b_) * cpg);\n{ind}  {cc} ks_ = __ldcg(&part[o_ + 1u]), kq_ = __ldcg(&part[o_ + 2u]);\n");
-        s += &format!("{ind}  {}\n{ind}  s_ += ks_; q_ += kq_;\n{ind}}}\n", cl_shift(cc, "n_", "__ldcg(&part[o_]) - k0_", "ks_", "kq_"));
+        let t = ROW_TEAM;
+        let mut s = format!("{ind}{cc} k0_ = 0, s_ = 0, q_ = 0;\n{ind}if (live_) {{\n{ind}  {cc} ks_, kq_;\n{ind}  {}\n", quad_load(cc, "row * CH", "k0_", "ks_", "kq_"));
+        s += &format!("{ind}  for (unsigned k_ = lane_ % {t}u; k_ < CH; k_ += {t}u) {{\n{ind}    const unsigned b_ = k_ * cs;\n{ind}    const {cc} n_ = ({cc})(b_ >= S ? 0u : (b_ + cs < S ? cs : S - b_) * cpg);\n{ind}    {cc} kk_;\n{ind}    {}\n", quad_load(cc, "row * CH + k_", "kk_", "ks_", "kq_"));
+        s += &format!("{ind}    {}\n{ind}    s_ += ks_; q_ += kq_;\n{ind}  }}\n{ind}}}\n", cl_shift(cc, "n_", "kk_ - k0_", "ks_", "kq_"));
+        s += &format!("{ind}for (int o_ = {}; o_ > 0; o_ >>= 1) {{ s_ += __shfl_xor_sync(0xffffffffu, s_, o_); q_ += __shfl_xor_sync(0xffffffffu, q_, o_); }}\n", t / 2);
         s += &format!(
-            "{ind}s_ = q_warp_sum(s_); q_ = q_warp_sum(q_);\n{ind}if (lane_ == 0u) {{ const {cc} m_ = s_ / ({cc})L; {cc} v_ = q_ - s_ * m_; if (v_ < ({cc})0) v_ = 0; stats[2u * row] = k0_ + m_; stats[2u * row + 1u] = ({cc})1 / {}(v_ / ({cc})L + {}); }}\n",
+            "{ind}if (live_ && lane_ % {t}u == 0u) {{ const {cc} m_ = s_ / ({cc})L; {cc} v_ = q_ - s_ * m_; if (v_ < ({cc})0) v_ = 0; stats[2u * row] = k0_ + m_; stats[2u * row + 1u] = ({cc})1 / {}(v_ / ({cc})L + {}); }}\n",
             self.c.math("sqrt"),
             lit(eps as f64, cc)
         );
         s
     }
 
-    /// The statistics kernel (when the partials kernel has no `count`): one warp per row.
+    /// The statistics kernel (when the partials kernel has no `count`): `32 / ROW_TEAM` rows per
+    /// warp.
     pub fn cl_finalize_body(&self, v: usize, eps: f32) -> String {
         let mut s = self.cl_sizes(v);
+        let per_warp = 32 / ROW_TEAM;
         s += "  (void)N; (void)col; (void)rl; (void)active_; (void)count;\n  const unsigned lane_ = threadIdx.x % 32u, warps_ = blockDim.x / 32u;\n";
-        s += "  for (unsigned row = blockIdx.x * warps_ + threadIdx.x / 32u; row < rows; row += gridDim.x * warps_) {\n";
+        s += &format!("  for (unsigned r0_ = (blockIdx.x * warps_ + threadIdx.x / 32u) * {per_warp}u; r0_ < rows; r0_ += gridDim.x * warps_ * {per_warp}u) {{\n    const unsigned row = r0_ + lane_ / {ROW_TEAM}u;\n    const bool live_ = row < rows;\n");
         s += &self.cl_row_stats(eps, "    ");
         s += "  }\n";
         s
@@ -546,6 +551,26 @@ fn cl_unroll() -> String {
 
 /// Positions per unrolled step of the channels-last position loops.
 const CL_UNROLL: usize = 4;
+
+/// Lanes that merge one row's chunk partials (`cl_row_stats`).
+pub const ROW_TEAM: usize = 8;
+
+/// One channels-last chunk partial `(K, S, Q)` at quad `i` of `part` (four values per quad, so
+/// that a row merge reads each with one 16-byte load in f32, two in f64).
+fn quad_store(cc: &str, i: &str, k: &str, s: &str, q: &str) -> String {
+    match cc {
+        "double" => format!("double2* p_ = reinterpret_cast<double2*>(part) + 2u * ({i}); p_[0] = make_double2({k}, {s}); p_[1] = make_double2({q}, 0.0);"),
+        _ => format!("reinterpret_cast<float4*>(part)[{i}] = make_float4({k}, {s}, {q}, 0.f);"),
+    }
+}
+
+/// Loads quad `i` of `part` through L2 (`__ldcg`: other blocks wrote it) into `k`, `s`, `q`.
+fn quad_load(cc: &str, i: &str, k: &str, s: &str, q: &str) -> String {
+    match cc {
+        "double" => format!("{{ const double2* p_ = reinterpret_cast<const double2*>(part) + 2u * ({i}); const double2 a_ = __ldcg(p_), b_ = __ldcg(p_ + 1); {k} = a_.x; {s} = a_.y; {q} = b_.x; }}"),
+        _ => format!("{{ const float4 a_ = __ldcg(reinterpret_cast<const float4*>(part) + ({i})); {k} = a_.x; {s} = a_.y; {q} = a_.z; }}"),
+    }
+}
 
 /// Statements moving sums over `n` values shifted by k, `s = Σ(x − k)` and `q = Σ(x − k)²`, to
 /// the shift k − d (`d` = k minus the new shift): `s' = s + n·d`, `q' = q + d·(2s + n·d)`. Exact
