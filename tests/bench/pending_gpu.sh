@@ -67,7 +67,7 @@
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|confirm10|gnlast}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|confirm10|gnlast|gnv2}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -357,6 +357,23 @@ case "$PART" in
         unet_ab X=1 QUILT_GN_LAST_BLOCK=0 QUILT_FLASH_SMALL=0 X=1 QUILT_GN_LAST_BLOCK=0 QUILT_FLASH_SMALL=0
         echo "== bench" >> "$S"
         BENCH_BUDGET_S=${BENCH_BUDGET_S:-240} bash "$0" "$BIN" "$OUT/bench" bench >> "$S" 2>&1
+        cat "$S"
+        ;;
+    gnv2)
+        # Session 11, after gnlast: the row merges read (K, S, Q) quads, 8 lanes per row, in the
+        # statistics kernel (default) and under QUILT_GN_LAST_BLOCK=1 (at most 128 chunks per batch
+        # entry). Every fixture, the memory-bound cases under QUILT_GN_LAST_BLOCK=1, the GroupNorm
+        # steps both ways, the UNet b2 64² alternating (~4 min). Make the last block the default
+        # if the fixtures pass and the UNet is faster with it.
+        S="$OUT/summary.txt"
+        test_binary cuda_fixtures >> "$S"
+        echo "== QUILT_GN_LAST_BLOCK=1: memory-bound cases" >> "$S"
+        QUILT_GN_LAST_BLOCK=1 timeout 120 /tmp/qbin/cuda_fixtures --exact memory_bound_steps_match_the_cpu_backend_on_the_gpu --nocapture > "$OUT/fixtures_last_block.log" 2>&1
+        echo "rc=$?" >> "$S"; grep -E "test result|panicked" "$OUT/fixtures_last_block.log" | head -4 >> "$S"
+        echo "== bench_regions_gpu --only gn" >> "$S"
+        timeout 90 /tmp/qbin/bench_regions_gpu --iters 30 --only gn --env ';QUILT_GN_LAST_BLOCK=1' >> "$S" 2>&1
+        export_unet
+        unet_ab X=1 QUILT_GN_LAST_BLOCK=1 X=1 QUILT_GN_LAST_BLOCK=1
         cat "$S"
         ;;
     gemmlt)
