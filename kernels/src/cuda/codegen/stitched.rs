@@ -13,7 +13,9 @@
 //! - Channels-last GroupNorm rows (`RowSpec::GroupsChannelsLast`), when the channel count
 //!   divides into 16-byte vectors: kernels 3–5 walk each batch entry's `[spatial, C]` slab in
 //!   memory order (`text::cl_*`): slab partials per (row, chunk), one (mean, rstd) per row, then
-//!   the slab apply. Otherwise the row kernels above with a strided row → element mapping.
+//!   the slab apply. By default the partials kernel's last block per batch entry computes the
+//!   (mean, rstd) of its rows, and kernel 4 is not launched. Otherwise the row kernels above with
+//!   a strided row → element mapping.
 //!
 //! Every kernel has up to three index paths picked per launch (`text`, `index`): 64-bit
 //! coordinates, 32-bit coordinates over collapsed axes, and 16-byte vectors.
@@ -312,14 +314,14 @@ impl StepCode for StitchedCode {
             }
             Some(len) if channels_last_vector => {
                 // Kernels 3–5: slab partials, per-row statistics, slab apply. With the last-block
-                // merge (`QUILT_GN_LAST_BLOCK=1`, opt-in: session 11 measured it slower on an
-                // H200, UNet b2 64² 6.84 / 6.79 against 6.63 / 6.72 ms), the partials kernel also
+                // merge (default since session 11: UNet b2 64² 6.94 / 7.05 against 7.26 / 7.07 ms
+                // on an H100; `QUILT_GN_LAST_BLOCK=0` turns it off), the partials kernel also
                 // writes the statistics and kernel 4 is not launched.
                 let (rows, v, c) = (n / len, self.cl_vlen, domain[rank - 1]);
                 let positions = len / (c / (rows / domain[0]));
                 let lanes = BLOCK as usize / (c / v);
                 let chunks = CL_TARGET_BLOCKS.div_ceil(domain[0]).clamp(1, (positions / (CL_VECTORS_PER_THREAD * lanes)).max(1));
-                let last_block = env::on("QUILT_GN_LAST_BLOCK");
+                let last_block = env::default_on("QUILT_GN_LAST_BLOCK");
                 // The last block reads every chunk's partials of its batch entry alone: fewer,
                 // longer chunks, as long as the grid still fills the device.
                 let chunks = if last_block { chunks.min(CL_LAST_BLOCK_CHUNKS.max(CL_MIN_BLOCKS.div_ceil(domain[0]))) } else { chunks };
