@@ -129,7 +129,7 @@ pub fn random_inputs(case: &Case, seed: u64) -> Vec<Tensor> {
 /// and channels-last GroupNorm rows, short and split; f32 and f16 (vector widths 4 and 8);
 /// innermost extents that do and do not divide the vector width; copies and a broadcast Add.
 pub fn test_cases() -> Vec<Case> {
-    use DType::{F16, F32};
+    use DType::{F16, F32, F64};
     let g32 = RowSpec::Groups { groups: 32 };
     let cl32 = RowSpec::GroupsChannelsLast { groups: 32 };
     vec![
@@ -143,6 +143,8 @@ pub fn test_cases() -> Vec<Case> {
         // Three batch entries (one last-block counter each), groups of 10 channels straddling
         // the threads' 8-channel vectors.
         norm_case("gn_nhwc_f16_split_b3_c320", &[3, 48, 48, 320], cl32.clone(), F16),
+        // f64 statistics: the partials as two 16-byte halves.
+        norm_case("gn_nhwc_f64_split", &[2, 96, 96, 64], cl32.clone(), F64),
         // SD's 8² feature maps at static shapes (rows of 2560 and 5120): one block per row.
         norm_case("gn_nhwc_f16_c1280_8", &[2, 8, 8, 1280], cl32.clone(), F16),
         norm_case("gn_nhwc_f16_c2560_8", &[2, 8, 8, 2560], cl32.clone(), F16),
