@@ -239,9 +239,8 @@ pub fn small_from_env() -> Option<BlockShape> {
     (warps.is_some() || splits.is_some()).then(|| BlockShape { warps: warps.unwrap_or(8), splits: splits.unwrap_or(1) })
 }
 
-/// Launches of fewer blocks than this take the small variant (`Overrides::small`): two
-/// blocks per SM of an H100 (132 SMs).
-pub const SMALL_BELOW_BLOCKS: usize = 264;
+/// Launches of fewer blocks than this take the small variant (`Overrides::small`).
+pub const SMALL_BELOW_BLOCKS: usize = super::FILL_BLOCKS;
 
 /// Whether q, k, v of these dtypes run on this kernel (one 16-bit float dtype for all three).
 pub fn supports(q: DType, k: DType, v: DType) -> bool {

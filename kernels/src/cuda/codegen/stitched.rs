@@ -35,7 +35,7 @@ use quilt_rewrites::ir::{BinaryOp, Operand, RowSpec, StitchedRegion};
 use quilt_rewrites::{DType, Op};
 
 use super::elementwise::{gelu, sigmoid_gated, unary};
-use super::{broadcast_strides, lit, numel, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work};
+use super::{broadcast_strides, lit, numel, Action, Arg, CType, Kernel, LaunchPlan, ParamList, StepCode, StepShapes, Types, Work, FILL_BLOCKS};
 use index::vectorizable;
 use crate::cuda::env;
 use super::BLOCK;
@@ -44,10 +44,9 @@ use super::BLOCK;
 const CL_TARGET_BLOCKS: usize = 1024;
 const CL_VECTORS_PER_THREAD: usize = 4;
 /// With the last-block row merge: chunks per batch entry at most (each row's merge reads one
-/// 16-byte partial per chunk, `ROW_TEAM` lanes per row), unless fewer than `CL_MIN_BLOCKS`
-/// blocks would be left (two per SM of an H100).
+/// 16-byte partial per chunk, `ROW_TEAM` lanes per row), unless fewer than `FILL_BLOCKS` blocks
+/// would be left.
 const CL_LAST_BLOCK_CHUNKS: usize = 128;
-const CL_MIN_BLOCKS: usize = 264;
 /// Rows of at most this many elements, when there are at least `WARP_ROWS_MIN` of them, take one
 /// warp each (8 rows per block, shuffle reductions) instead of one 256-thread block each.
 const WARP_ROW_MAX: usize = 2048;
@@ -324,7 +323,7 @@ impl StepCode for StitchedCode {
                 let last_block = env::default_on("QUILT_GN_LAST_BLOCK");
                 // The last block reads every chunk's partials of its batch entry alone: fewer,
                 // longer chunks, as long as the grid still fills the device.
-                let chunks = if last_block { chunks.min(CL_LAST_BLOCK_CHUNKS.max(CL_MIN_BLOCKS.div_ceil(domain[0]))) } else { chunks };
+                let chunks = if last_block { chunks.min(CL_LAST_BLOCK_CHUNKS.max(FILL_BLOCKS.div_ceil(domain[0]))) } else { chunks };
                 let chunks = positions.div_ceil(positions.div_ceil(chunks));
                 plan.scratch.push(4 * rows * chunks * self.compute_bytes);
                 plan.scratch.push(2 * rows * self.compute_bytes);
