@@ -504,7 +504,7 @@ impl Text<'_> {
         let mut s = format!("{ind}{cc} k0_ = 0, s_ = 0, q_ = 0;\n{ind}if (live_) {{\n{ind}  {cc} ks_, kq_;\n{ind}  {}\n", quad_load(cc, "row * CH", "k0_", "ks_", "kq_"));
         s += &format!("{ind}  for (unsigned k_ = lane_ % {t}u; k_ < CH; k_ += {t}u) {{\n{ind}    const unsigned b_ = k_ * cs;\n{ind}    const {cc} n_ = ({cc})(b_ >= S ? 0u : (b_ + cs < S ? cs : S - b_) * cpg);\n{ind}    {cc} kk_;\n{ind}    {}\n", quad_load(cc, "row * CH + k_", "kk_", "ks_", "kq_"));
         s += &format!("{ind}    {}\n{ind}    s_ += ks_; q_ += kq_;\n{ind}  }}\n{ind}}}\n", cl_shift(cc, "n_", "kk_ - k0_", "ks_", "kq_"));
-        s += &format!("{ind}for (int o_ = {}; o_ > 0; o_ >>= 1) {{ s_ += __shfl_xor_sync(0xffffffffu, s_, o_); q_ += __shfl_xor_sync(0xffffffffu, q_, o_); }}\n", t / 2);
+        s += &format!("{ind}s_ = q_lanes_sum(s_, {t}); q_ = q_lanes_sum(q_, {t});\n");
         s += &format!(
             "{ind}if (live_ && lane_ % {t}u == 0u) {{ const {cc} m_ = s_ / ({cc})L; {cc} v_ = q_ - s_ * m_; if (v_ < ({cc})0) v_ = 0; stats[2u * row] = k0_ + m_; stats[2u * row + 1u] = ({cc})1 / {}(v_ / ({cc})L + {}); }}\n",
             self.c.math("sqrt"),
@@ -591,11 +591,13 @@ fn shifted_sums(cc: &str, n: &str, k: &str, s: &str, q: &str, mean: &str, m2: &s
     )
 }
 
-/// Module-level helpers of every stitched module: 32-bit division and the vector type.
+/// Module-level helpers of every stitched module: 32-bit division, the vector type, and sums over
+/// aligned groups of `lanes` lanes of a warp (`q_lanes_sum`; the whole warp calls it).
 pub fn helpers() -> String {
     format!(
         "{}template <class T, int V> struct alignas(sizeof(T) * V) QVec {{ T x[V]; }};\n\
-template <class T> __device__ __forceinline__ T q_warp_sum(T v) {{ for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o); return v; }}\n\
+template <class T> __device__ __forceinline__ T q_lanes_sum(T v, int lanes) {{ for (int o = lanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o); return v; }}\n\
+template <class T> __device__ __forceinline__ T q_warp_sum(T v) {{ return q_lanes_sum(v, 32); }}\n\
 template <class T> __device__ __forceinline__ T q_block_sum(T v) {{ return q_block_reduce(v, QSum()); }}\n",
         index::DEVICE
     )
