@@ -382,7 +382,7 @@ fn attention_graph(dynamo: bool, masked: bool, self_attention: bool) -> Graph {
         let r = g.op(Op::Reshape, &[kp], "B,M,2,4");
         g.op(Op::Transpose { perm: vec![0, 2, 3, 1] }, &[r], "B,2,4,M")
     };
-    let s = g.scalar(0.7071);
+    let s = g.scalar(std::f32::consts::FRAC_1_SQRT_2);
     let qs = g.bin(BinaryOp::Mul, q4, s);
     let ks = g.bin(BinaryOp::Mul, kt, s);
     let mut scores = g.op(Op::MatMul, &[qs, ks], "B,2,N,M");

@@ -176,7 +176,7 @@ unsafe impl Send for SdpaPlan {}
 impl SdpaPlan {
     /// Builds the plan for `call` on `handle` (cuDNN `version`), or says why no engine takes it.
     /// `class` is what earlier shapes of the class left (the kernel cache, with `dynamic`).
-    pub fn build(handle: sys::cudnnHandle_t, version: usize, call: &SdpaCall, align: u8, class: &mut SdpaClass, dynamic: bool) -> Result<SdpaPlan, String> {
+    pub(crate) fn build(handle: sys::cudnnHandle_t, version: usize, call: &SdpaCall, align: u8, class: &mut SdpaClass, dynamic: bool) -> Result<SdpaPlan, String> {
         let mut why = Vec::new();
         for kind in graph_order(version) {
             let started = Instant::now();
@@ -208,7 +208,7 @@ impl SdpaPlan {
     }
 
     /// Queues the attention on the handle's stream (`ptrs`: q, k, v, output).
-    pub fn run(&mut self, handle: sys::cudnnHandle_t, ptrs: [u64; 4], workspace: u64) -> Result<(), String> {
+    pub(crate) fn run(&mut self, handle: sys::cudnnHandle_t, ptrs: [u64; 4], workspace: u64) -> Result<(), String> {
         if self.variant.as_ref().is_none_or(|(_, p, w)| *p != ptrs || *w != workspace) {
             // The scale is by value: its entry is the host address of the plan's own copy.
             let scale = &*self.scale as *const f32 as *mut c_void;
