@@ -22,6 +22,7 @@ use crate::ort_call;
 use crate::ort_graph::{convert, GraphIo, WeightCopy};
 
 /// A plan prepared for the session's backend.
+#[allow(clippy::large_enum_variant)] // one per fused node
 pub enum Executable {
     Cpu(CpuExecutable),
     Cuda(CudaExecutable),

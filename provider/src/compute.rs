@@ -25,6 +25,9 @@ use crate::ort_call;
 use crate::tensor_io::{read_tensor, sizes, value_type_and_dims};
 
 /// No per-session state: the executable is immutable and its `run` is re-entrant.
+///
+/// # Safety
+/// Called by ORT: `state` is null or points to a writable pointer.
 pub unsafe extern "C" fn create_state(
     _this: *mut OrtNodeComputeInfo,
     _context: *mut OrtNodeComputeContext,
@@ -36,8 +39,14 @@ pub unsafe extern "C" fn create_state(
     OrtStatusPtr(ptr::null_mut())
 }
 
+/// # Safety
+/// Called by ORT; touches nothing.
 pub unsafe extern "C" fn release_state(_this: *mut OrtNodeComputeInfo, _state: *mut c_void) {}
 
+/// Runs the fused node's executable on the kernel context's inputs and outputs.
+///
+/// # Safety
+/// Called by ORT: `this` is the `ComputeInfo` quilt created for this node, `context` a live kernel context.
 pub unsafe extern "C" fn compute(this: *mut OrtNodeComputeInfo, _state: *mut c_void, context: *mut OrtKernelContext) -> OrtStatusPtr {
     let info = &*(this as *const ComputeInfo);
     guard::status(info.api, "Compute", || run(info.api, &info.kernel, context).map_err(|e| e.in_fused_node(&info.kernel.name)))

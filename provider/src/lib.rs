@@ -5,6 +5,10 @@
 //! (`options`). `quilt-capi` exports [`create_ep_factories`] and [`release_ep_factory`] as the
 //! library's two C symbols.
 
+// `ort_call!`'s arguments are the raw pointers of the OrtApi call it wraps: they belong inside
+// its unsafe block.
+#![allow(clippy::macro_metavars_in_unsafe)]
+
 pub mod abi;
 pub mod api;
 pub mod capability;

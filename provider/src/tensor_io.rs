@@ -11,6 +11,9 @@ use crate::error::{Error, Result};
 use crate::ort_call;
 
 /// Element type code (read as an integer) and dims of a tensor type-and-shape info.
+///
+/// # Safety
+/// `info` is a live `OrtTensorTypeAndShapeInfo` of `api`'s ORT.
 pub unsafe fn element_type_and_dims(api: Api, info: *const OrtTensorTypeAndShapeInfo) -> Result<(i32, Vec<i64>)> {
     let mut code: i32 = 0;
     ort_call!(api, GetTensorElementType(info, &mut code as *mut i32 as *mut _))?;
@@ -24,6 +27,9 @@ pub unsafe fn element_type_and_dims(api: Api, info: *const OrtTensorTypeAndShape
 }
 
 /// Element type code and dims of a tensor `OrtValue`.
+///
+/// # Safety
+/// `value` is a live tensor `OrtValue` of `api`'s ORT.
 pub unsafe fn value_type_and_dims(api: Api, value: *const OrtValue) -> Result<(i32, Vec<i64>)> {
     let mut info: *mut OrtTensorTypeAndShapeInfo = ptr::null_mut();
     ort_call!(api, GetTensorTypeAndShape(value, &mut info))?;
@@ -39,6 +45,9 @@ pub fn sizes(dims: &[i64], what: impl Fn() -> Error) -> Result<Vec<usize>> {
 
 /// Copies a CPU tensor `OrtValue` into a `Tensor`. Errors (wrong element type, unreadable data)
 /// name the value through `name` and become `Error::Input` or `Error::Graph` via `err`.
+///
+/// # Safety
+/// `value` is a live tensor `OrtValue` of `api`'s ORT whose data is in CPU memory.
 pub unsafe fn read_tensor(api: Api, value: *const OrtValue, err: &dyn Fn(String) -> Error) -> Result<Tensor> {
     let (code, dims) = value_type_and_dims(api, value)?;
     let dtype = DType::from_onnx(code).ok_or_else(|| err(format!("element type {code} is not supported by quilt")))?;

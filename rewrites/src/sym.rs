@@ -182,13 +182,7 @@ impl SymDim {
             SymDim::Const(c) => *c,
             SymDim::Sym(_) => 1,
             SymDim::Add(ts) => ts.iter().map(|t| t.lower_bound()).fold(0i64, |a, b| a.saturating_add(b)),
-            SymDim::Mul(fs) => {
-                if fs.iter().all(|f| f.lower_bound() >= 0) {
-                    fs.iter().map(|f| f.lower_bound()).fold(1i64, |a, b| a.saturating_mul(b))
-                } else {
-                    i64::MIN
-                }
-            }
+            SymDim::Mul(fs) if fs.iter().all(|f| f.lower_bound() >= 0) => fs.iter().map(|f| f.lower_bound()).fold(1i64, |a, b| a.saturating_mul(b)),
             SymDim::FloorDiv(ab) | SymDim::Max(ab) if ab.0.lower_bound() >= 0 && ab.1.lower_bound() > 0 => 0,
             SymDim::Mod(_) => 0,
             SymDim::Min(ab) => ab.0.lower_bound().min(ab.1.lower_bound()),

@@ -75,7 +75,7 @@ impl TensorData {
     /// Decodes little-endian raw bytes (ONNX `raw_data`, an ORT tensor buffer).
     pub fn from_le_bytes(dtype: DType, bytes: &[u8]) -> Option<TensorData> {
         let n = dtype.size_bytes();
-        if bytes.len() % n != 0 {
+        if !bytes.len().is_multiple_of(n) {
             return None;
         }
         Some(match dtype {

@@ -43,6 +43,9 @@ const F16_L2: f64 = 2e-3;
 /// (im2col's GEMM, a few NCHW graph engines with a residual) round an intermediate to bf16.
 const BF16_L2: f64 = 5e-3;
 
+/// (name, N, C, M, k, stride, pad, H=W) of a timed convolution.
+type ConvShape = (&'static str, usize, usize, usize, usize, usize, usize, usize);
+
 /// One conv: channels, kernel, attributes, bias, and two (N, H, W) shapes to run at.
 struct Case {
     name: &'static str,
@@ -149,6 +152,7 @@ fn errors(gpu: &Tensor, cpu: &Tensor) -> (bool, f64, f64) {
     let (mut within, mut max_abs, mut num, mut den) = (true, 0f64, 0f64, 0f64);
     for (x, y) in a.iter().zip(&b) {
         let d = (x - y).abs();
+        #[allow(clippy::neg_cmp_op_on_partial_ord)] // a NaN difference must fail
         if !(d <= F32_ATOL + F32_RTOL * y.abs()) {
             within = false;
         }
@@ -612,7 +616,7 @@ fn conv_timing() {
     let blas = Blas::new(&device).unwrap();
     // (name, N, C, M, k, stride, pad, H=W): the SD 1.5 UNet's convolutions at batch 2, 64²
     // latent, and the VAE decoder's at batch 1, 64² → 512².
-    let shapes: &[(&str, usize, usize, usize, usize, usize, usize, usize)] = &[
+    let shapes: &[ConvShape] = &[
         ("unet conv_in 4->320 @64", 2, 4, 320, 3, 1, 1, 64),
         ("unet 320->320 @64", 2, 320, 320, 3, 1, 1, 64),
         ("unet 640->640 @32", 2, 640, 640, 3, 1, 1, 32),

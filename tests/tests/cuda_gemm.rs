@@ -275,7 +275,7 @@ fn linear_graph(k: usize, n: usize, seed: u64) -> Graph {
         let node = g.add_node(Node { name: format!("w{}", g.node_count()), op: Op::Constant(Arc::new(t)), inputs: vec![], outputs: vec![ty] });
         ValueRef { node, output: 0 }
     };
-    let lead = vec![SymDim::sym("B"), SymDim::sym("S")];
+    let lead = [SymDim::sym("B"), SymDim::sym("S")];
     let with_last = |d: usize| TensorType::new(F32, lead.iter().cloned().chain([SymDim::from(d)]).collect());
     let x = g.add_node(Node { name: "x".into(), op: Op::Input { name: "x".into() }, inputs: vec![], outputs: vec![with_last(k)] });
     let w = konst(&mut g, vec![k, n]);
@@ -361,8 +361,7 @@ fn replay_ms(gpu: &CudaExecutable, plan: &Plan, bind: &BTreeMap<&str, i64>, iter
 /// One MatMul step `[M, K] x [K, N]`, optionally followed by a bias Add step (today's plan of a
 /// biased projection before the linear-bias rule).
 fn matmul_plan(k: usize, n: usize, add: bool) -> Plan {
-    let mut plan = Plan::default();
-    plan.symbols = vec!["M".into()];
+    let mut plan = Plan { symbols: vec!["M".into()], ..Default::default() };
     let ty = |s: Vec<SymDim>| TensorType::new(F16, s);
     let (m, k, n) = (SymDim::sym("M"), SymDim::from(k), SymDim::from(n));
     plan.buffers.push(Buffer { ty: ty(vec![m.clone(), k.clone()]), kind: BufferKind::Input(0) });

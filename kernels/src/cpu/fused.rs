@@ -244,6 +244,7 @@ mod tests {
     use quilt_rewrites::{DType, Op, Tensor};
 
     /// softmax(scale·q·kᵀ + mask)·v for one [N, D] × [M, D] × [M, Dv] problem, plainly.
+    #[allow(clippy::too_many_arguments)]
     fn naive(q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>, n: usize, m: usize, d: usize, dv: usize, scale: f32) -> Vec<f32> {
         let mut out = vec![0.0f32; n * dv];
         for i in 0..n {

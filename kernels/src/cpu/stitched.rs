@@ -164,7 +164,7 @@ pub(crate) fn stitched(cx: &StepCtx, r: &StitchedRegion) -> Result<Vec<Tensor>, 
                 let x = arg(&node.args[0]);
                 let len = cx.eval(&rows.row_len(&r.domain))? as usize;
                 let row_of = row_mapping(rows, &domain, len).map_err(|e| format!("node {j}: {e}"))?;
-                if len == 0 || n % len != 0 {
+                if len == 0 || !n.is_multiple_of(len) {
                     return Err(format!("node {j}: rows of {len} elements do not tile the domain {domain:?}"));
                 }
                 // Per row: the mean, then the mean squared deviation from it (two passes, f64).

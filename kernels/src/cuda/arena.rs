@@ -172,7 +172,7 @@ mod tests {
                 .map(|_| {
                     let first = (lcg(&mut s) % 100) as usize;
                     let len = (lcg(&mut s) % 10) as usize;
-                    let bytes = if lcg(&mut s) % 10 == 0 { 0 } else { 1 + (lcg(&mut s) % 100_000) as usize };
+                    let bytes = if lcg(&mut s).is_multiple_of(10) { 0 } else { 1 + (lcg(&mut s) % 100_000) as usize };
                     Lifetime { first, last: first + len, bytes }
                 })
                 .collect();

@@ -80,7 +80,7 @@ impl ElementwiseCode {
             args += &format!(", const {}* __restrict__ in{k}", ct.storage());
         }
         let narrow_at = 1 + r + r * cts.len();
-        let narrow = fill.is_none() && narrow_at + index::slots(r, cts.len()) + 1 <= PARAM_SLOTS;
+        let narrow = fill.is_none() && narrow_at + index::slots(r, cts.len()) < PARAM_SLOTS;
         let widest = cts.iter().chain([&out]).map(|ct| ct.dtype.size_bytes()).max().unwrap_or(16);
         let vlen = if narrow { 16 / widest } else { 1 };
         let mut body = String::new();

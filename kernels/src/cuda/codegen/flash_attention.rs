@@ -136,8 +136,8 @@ impl Config {
 
     /// Why this configuration cannot run `bucket`, if it cannot.
     pub fn check(&self, bucket: usize) -> Result<(), String> {
-        let splits_ok = [1, 2, 4].contains(&self.splits) && self.warps % self.splits == 0 && self.keys % (16 * self.splits) == 0;
-        if !(1..=2).contains(&self.row_tiles) || self.keys == 0 || self.keys % 32 != 0 || !(2..=3).contains(&self.stages) || !(1..=2).contains(&self.min_blocks) || ![2, 4, 8].contains(&self.warps) || !splits_ok {
+        let splits_ok = [1, 2, 4].contains(&self.splits) && self.warps.is_multiple_of(self.splits) && self.keys.is_multiple_of(16 * self.splits);
+        if !(1..=2).contains(&self.row_tiles) || self.keys == 0 || !self.keys.is_multiple_of(32) || !(2..=3).contains(&self.stages) || !(1..=2).contains(&self.min_blocks) || ![2, 4, 8].contains(&self.warps) || !splits_ok {
             return Err(format!("flash-attention config {self:?} is out of range (row_tiles 1-2, keys a multiple of 32, stages 2-3, min_blocks 1-2, warps 2/4/8, splits 1/2/4 dividing the warps and leaving each warp a multiple of 16 keys)"));
         }
         let bytes = self.smem_bytes(bucket);
@@ -429,7 +429,7 @@ impl FlashVariant {
         // Dropping the last 8 columns needs a bucket of whole 16-column steps with one left. Not
         // with a mask (SD's attention has none): its index arithmetic in the second body pushed
         // the 48 bucket's two-row-tile variant past 255 registers into spills.
-        let narrow = exact && self.mask.is_none() && dp % 16 == 0 && dp >= 32;
+        let narrow = exact && self.mask.is_none() && dp.is_multiple_of(16) && dp >= 32;
         let (mma, mma8, pack) = match self.dtype {
             DType::BF16 => ("qfa_mma_bf16", "qfa_mma8_bf16", "qfa_pack_bf16"),
             _ => ("qfa_mma_f16", "qfa_mma8_f16", "qfa_pack_f16"),
@@ -505,7 +505,7 @@ impl FlashVariant {
         let merge = if splits == 1 { String::new() } else { MERGE.to_string() };
         // A warp's key slice of 16 (not a multiple of 32) leaves one ldmatrix of 2 key tiles for
         // the last 8 columns.
-        let kt_rest = if cfg.warp_keys() % 32 == 0 {
+        let kt_rest = if cfg.warp_keys().is_multiple_of(32) {
             ""
         } else {
             r#"          {

@@ -54,6 +54,7 @@ fn copy_vlen(dtype: DType) -> usize {
     (16 / dtype.size_bytes()).max(1)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn copy_launch(dims: &[usize], in_strides: &[i64], out_strides: &[i64], in_base: i64, out_base: i64, vlen: usize, out: Arg, input: Arg) -> Result<Option<Action>, String> {
     let n = numel(dims);
     if n == 0 {
@@ -492,7 +493,7 @@ impl StepCode for IndexCode {
         }
         // Nearest with the last axis copied whole: kernel 1, one 16-byte vector per thread.
         let v = self.vector;
-        let vector = v > 0 && last_axis_copied && out[r - 1] % v == 0 && n < (1usize << 31) && numel(x) < (1usize << 31);
+        let vector = v > 0 && last_axis_copied && out[r - 1].is_multiple_of(v) && n < (1usize << 31) && numel(x) < (1usize << 31);
         if n > 0 {
             let (kernel, threads) = if vector { (1, n / v) } else { (0, n) };
             plan.actions.push(Action::Launch { kernel, work: Work::Elements(threads as u64), params: p.finish()?, args });

@@ -256,11 +256,11 @@ impl StepCode for StitchedCode {
                 let len = s.bindings.eval(&rows.row_len(&self.region.domain))? as usize;
                 if let RowSpec::GroupsChannelsLast { groups } = rows {
                     let c = domain[rank - 1];
-                    if c % groups != 0 {
+                    if !c.is_multiple_of(*groups) {
                         return Err(format!("{c} channels do not split into {groups} groups"));
                     }
                 }
-                if len == 0 || n % len != 0 {
+                if len == 0 || !n.is_multiple_of(len) {
                     return Err(format!("rows of {len} elements do not tile the domain {domain:?}"));
                 }
                 Some(len)

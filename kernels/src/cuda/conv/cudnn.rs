@@ -296,6 +296,7 @@ type ShapeKey = (CallKey, u8);
 type ClassKey = ShapeKey;
 
 /// A prepared shape on one of the two APIs.
+#[allow(clippy::large_enum_variant)] // one per shape, built once, never moved in bulk
 enum ShapePlan {
     Graph(GraphPlan),
     Legacy(LegacyPlan),

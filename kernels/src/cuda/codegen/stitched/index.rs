@@ -135,7 +135,7 @@ pub fn narrow(dims: &[usize], strides: &[Vec<i64>]) -> Option<(Vec<i64>, Collaps
 /// the innermost collapsed axis, and every operand either walks that run contiguously from a
 /// `vlen`-aligned offset or is constant along it (then one scalar load serves the vector).
 pub fn vectorizable(c: &Collapsed, vlen: usize) -> bool {
-    c.dims[0] % vlen == 0 && c.strides.iter().all(|s| s[0] == 0 || (s[0] == 1 && s[1..].iter().all(|&x| x % vlen as i64 == 0)))
+    c.dims[0].is_multiple_of(vlen) && c.strides.iter().all(|s| s[0] == 0 || (s[0] == 1 && s[1..].iter().all(|&x| x % vlen as i64 == 0)))
 }
 
 /// The 64-bit path's marker (`nax_ == 0`) followed by unused slots.
