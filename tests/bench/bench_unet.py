@@ -23,6 +23,8 @@ Timing: PyTorch with CUDA events, median of `--iters` after 3 warm-ups (compiled
 their compile and warm-up calls). ORT + quilt: host wall clock of `run_with_iobinding` with
 inputs and outputs bound on quilt's device (falling back to `session.run` on numpy arrays,
 labelled), each run followed by `synchronize_outputs`, median of `--iters` after 3 warm-ups.
+`eager_device_busy_ms`: the device time of one eager call (its kernels summed, CUPTI): where it
+is well under `eager_ms` the host's launches bound eager, and eager ratios follow the host's CPU.
 
 quilt runs in a child process that never imports torch (so PyTorch's caching allocator holds
 nothing on the GPU meanwhile). It registers `--ep-lib` with ORT and asks `ort.get_ep_devices()`
@@ -240,6 +242,23 @@ def time_cuda(fn, iters: int, warmup: int = WARMUP) -> list[float]:
     return times
 
 
+def device_busy_ms(fn, iters: int = 5) -> float:
+    """Device time per call of `fn` (kernels, memsets and copies summed, CUPTI through torch's
+    profiler). Against the CUDA-event median it says whether the host's launches or the device
+    bound a mode: eager at b2 64² is launch-bound on slow hosts, so its ratio follows the host."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from kernel_trace import device_events
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    return sum(d for _, d, _ in device_events(prof)) / iters / 1e3
+
+
 def torch_case(model, inputs: dict, modes: list[str], iters: int, deadline: float, result: dict, ref_path: str) -> None:
     """Eager, compile default, compile reduce-overhead for one case, into `result`."""
     import torch
@@ -261,6 +280,10 @@ def torch_case(model, inputs: dict, modes: list[str], iters: int, deadline: floa
             out.float().cpu().numpy().astype("<f4").tofile(ref_path)
             t = time_cuda(lambda: model(*args), iters)
             result["eager_ms"], result["eager_min_ms"] = round(median(t), 3), round(min(t), 3)
+            try:
+                result["eager_device_busy_ms"] = round(device_busy_ms(lambda: model(*args)), 3)
+            except Exception as e:  # noqa: BLE001 - a diagnostic: recorded, the timing stands
+                result.setdefault("errors", {})["eager_device_busy"] = f"{type(e).__name__}: {e}"[:300]
         for mode, key in (("compile", "compile"), ("compile_ro", "compile_ro")):
             if mode not in modes:
                 continue

@@ -46,6 +46,18 @@ def category(name: str) -> str:
     return OTHER
 
 
+def device_events(prof) -> list[tuple[float, float, str]]:
+    """(start µs, duration µs, name) of every kernel, memset and copy the device ran while `prof`
+    (a finished torch.profiler run with CUDA activity) recorded, in start order. The chrome trace
+    lists device activity whether or not a host op of torch's launched it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    return sorted((float(e["ts"]), float(e.get("dur", 0)), e.get("name", "?")) for e in events if e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy"))
+
+
 def parse_dims(s: str) -> dict[str, int]:
     return {k: int(v) for k, v in (kv.split("=") for kv in s.split(",") if kv)}
 
@@ -127,14 +139,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             run()
             walls.append((time.perf_counter() - t0) * 1e3)
-    # The chrome trace lists device activity whether or not a host op of torch's launched it.
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            events = json.load(f)["traceEvents"]
-    kernels = [(float(e["ts"]), float(e.get("dur", 0)), e.get("name", "?")) for e in events if e.get("cat") in ("kernel", "gpu_memset", "gpu_memcpy")]
-    kernels.sort()
+    kernels = device_events(prof)
     if not kernels:
         raise SystemExit("the profiler saw no kernel (CUPTI not available?)")
     # Split into runs at the largest gaps (the host's synchronisation between runs).
