@@ -8,19 +8,11 @@
 #   bash tests/bench/pending_gpu.sh .gpu/p $OUT PART
 # Only 8 files come back from $OUT: write PARTs' outputs elsewhere and tar them into $OUT.
 #
-# Not yet run (after session 11; its runs are in tests/bench/results/2026-12-07-session11-gpu.md:
-# its `gnlast` and `gnv2` parts ran there and were folded away, with session 10's `confirm10`,
-# which `gnlast` covered except for the flash test, run in session 10):
-#   confirm11 (first, ~5 min: every fixture at the last-block GroupNorm default, issue 4's benchmark
-#       on an H100);
+# Not yet run at the current defaults (after session 12, which ran confirm11, the whole benchmark
+# matrix in every mode, correct and trace: tests/bench/results/2026-12-07-session12-gpu.md):
 #   QUILT_SDPA_DYNAMIC=1 (defaults9 has the commands);
 #   gemmlt (plain GEMMs through cuBLASLt with algorithm reuse, opt-in: tests, speed, new shapes);
-#   bench with BENCH_MODES=eager,compile,compile_ro,quilt and the b8 / 96² / VAE / CLIP cases
-#       (sessions 9 and 10 ran UNet b2 with eager and compile_ro only);
-#   regions; SD_MODES=quilt,eager,compile_ro ... sd; correct (full-size fp32 correctness at the new
-#       defaults: fast SiLU, cuDNN attention and key groups are f16-only, but session 11's
-#       channels-last GroupNorm merges serve every dtype (the f32 fixtures passed); the fp16
-#       pipelines were not rerun).
+#   regions; SD_MODES=quilt,eager,compile_ro ... sd (the fp16 pipelines, last run in session 10).
 #
 # PART
 #   tests     cuda_fixtures, cuda_graphs, cuda_gemm, cuda_conv (shapes A, B, A per Dnn: B reuses
