@@ -10,6 +10,8 @@
 #
 # Not yet run at the current defaults (after session 12, which ran confirm11, the whole benchmark
 # matrix in every mode, correct and trace: tests/bench/results/2026-12-07-session12-gpu.md):
+#   gnmerge (first, ~4 min: session 12's batched row merge of the channels-last GroupNorm, default
+#       without a GPU measurement);
 #   QUILT_SDPA_DYNAMIC=1 (defaults9 has the commands);
 #   gemmlt (plain GEMMs through cuBLASLt with algorithm reuse, opt-in: tests, speed, new shapes);
 #   regions; SD_MODES=quilt,eager,compile_ro ... sd (the fp16 pipelines, last run in session 10).
@@ -53,12 +55,14 @@
 #   defaults9 session 9's defaults: attention tests, fixtures, composite cuDNN graph, UNet A/B,
 #             new shapes with and without QUILT_SDPA_DYNAMIC=1.
 #   confirm11 every fixture, the memory-bound cases under QUILT_GN_LAST_BLOCK=0, issue 4's benchmark.
+#   gnmerge   every fixture, the memory-bound cases with QUILT_GN_MERGE_BATCH=1, the GroupNorm steps and
+#             the UNet b2 64² both ways.
 #   sd        issue 5: every pipeline kind (txt2img, img2img, inpaint, AltDiffusion) 512², 50 steps,
 #             against diffusers eager and compile reduce-overhead (not AltDiffusion), the UNet on IO
 #             binding (default); then txt2img again on host tensors (--quilt-unet-io host), same seed:
 #             the images must match and the `unet io` line must say "device binding".
 set -uo pipefail
-BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|confirm11}"
+BIN="$(readlink -f "${1:?bin dir}")"; OUT="${2:?out dir}"; PART="${3:?part: tests|fixtures|regions|newshape|flash|bench|correct|profile|sd|memory|packing|gemmreuse|trace|convsearch|gnfast|gemmlt|sdpa|defaults9|confirm11|gnmerge}"
 mkdir -p "$OUT" /tmp/qbin
 for f in "$BIN"/*; do
     name=$(basename "$f" .xz)
@@ -324,6 +328,23 @@ case "$PART" in
         echo "rc=$?" >> "$S"; grep -E "test result|panicked" "$OUT/fixtures_stats_kernel.log" | head -4 >> "$S"
         echo "== bench" >> "$S"
         BENCH_BUDGET_S=${BENCH_BUDGET_S:-240} bash "$0" "$BIN" "$OUT/bench" bench >> "$S" 2>&1
+        cat "$S"
+        ;;
+    gnmerge)
+        # Session 12: the channels-last GroupNorm's last block loads 8 chunk partials per lane
+        # before merging them (QUILT_GN_MERGE_BATCH, default 8; 1 = one at a time, session 11).
+        # Session 12's trace showed the partials kernel at 6.9-11.5 us whatever the tensor size
+        # (a serial tail: ~17 dependent L2 round trips per lane). Keep 8 if the fixtures pass and
+        # the GroupNorm steps and the UNet are no slower; else set ROW_MERGE_BATCH to 1.
+        S="$OUT/summary.txt"
+        test_binary cuda_fixtures >> "$S"
+        echo "== QUILT_GN_MERGE_BATCH=1: memory-bound cases" >> "$S"
+        QUILT_GN_MERGE_BATCH=1 timeout 120 /tmp/qbin/cuda_fixtures --exact memory_bound_steps_match_the_cpu_backend_on_the_gpu > "$OUT/fixtures_batch1.log" 2>&1
+        echo "rc=$?" >> "$S"; grep -E "test result|panicked" "$OUT/fixtures_batch1.log" | head -4 >> "$S"
+        echo "== bench_regions_gpu --only gn" >> "$S"
+        timeout 90 /tmp/qbin/bench_regions_gpu --iters 30 --only gn --env ';QUILT_GN_MERGE_BATCH=1' >> "$S" 2>&1
+        export_unet
+        unet_ab X=1 QUILT_GN_MERGE_BATCH=1 X=1 QUILT_GN_MERGE_BATCH=1
         cat "$S"
         ;;
     gemmlt)

@@ -501,9 +501,16 @@ impl Text<'_> {
     fn cl_row_stats(&self, eps: f32, ind: &str) -> String {
         let cc = self.c.compute();
         let t = ROW_TEAM;
+        let u = crate::cuda::env::usize_or("QUILT_GN_MERGE_BATCH", ROW_MERGE_BATCH);
         let mut s = format!("{ind}{cc} k0_ = 0, s_ = 0, q_ = 0;\n{ind}if (live_) {{\n{ind}  {cc} ks_, kq_;\n{ind}  {}\n", quad_load(cc, "row * CH", "k0_", "ks_", "kq_"));
-        s += &format!("{ind}  for (unsigned k_ = lane_ % {t}u; k_ < CH; k_ += {t}u) {{\n{ind}    const unsigned b_ = k_ * cs;\n{ind}    const {cc} n_ = ({cc})(b_ >= S ? 0u : (b_ + cs < S ? cs : S - b_) * cpg);\n{ind}    {cc} kk_;\n{ind}    {}\n", quad_load(cc, "row * CH + k_", "kk_", "ks_", "kq_"));
-        s += &format!("{ind}    {}\n{ind}    s_ += ks_; q_ += kq_;\n{ind}  }}\n{ind}}}\n", cl_shift(cc, "n_", "kk_ - k0_", "ks_", "kq_"));
+        // A lane's chunks are k, k + t, k + 2t, ...: `u` of them are loaded before any is merged,
+        // so that their L2 round trips overlap (one after another, the ~130 chunks of a batch
+        // entry cost 17 round trips per lane at the end of every GroupNorm). Chunks past the end
+        // load as zeros and merge as nothing; the live ones are summed in the same order as one by one.
+        s += &format!("{ind}  for (unsigned k_ = lane_ % {t}u; k_ < CH; k_ += {}u) {{\n{ind}    {cc} bk_[{u}], bs_[{u}], bq_[{u}];\n", t * u);
+        s += &format!("#pragma unroll\n{ind}    for (int u_ = 0; u_ < {u}; ++u_) {{\n{ind}      bk_[u_] = 0; bs_[u_] = 0; bq_[u_] = 0;\n{ind}      if (k_ + {t}u * u_ < CH) {}\n{ind}    }}\n", quad_load(cc, &format!("row * CH + k_ + {t}u * u_"), "bk_[u_]", "bs_[u_]", "bq_[u_]"));
+        s += &format!("#pragma unroll\n{ind}    for (int u_ = 0; u_ < {u}; ++u_) {{\n{ind}      const unsigned b_ = (k_ + {t}u * u_) * cs;\n{ind}      const {cc} n_ = ({cc})(k_ + {t}u * u_ >= CH || b_ >= S ? 0u : (b_ + cs < S ? cs : S - b_) * cpg);\n");
+        s += &format!("{ind}      {}\n{ind}      s_ += bs_[u_]; q_ += bq_[u_];\n{ind}    }}\n{ind}  }}\n{ind}}}\n", cl_shift(cc, "n_", "bk_[u_] - k0_", "bs_[u_]", "bq_[u_]"));
         s += &format!("{ind}s_ = q_lanes_sum(s_, {t}); q_ = q_lanes_sum(q_, {t});\n");
         s += &format!(
             "{ind}if (live_ && lane_ % {t}u == 0u) {{ const {cc} m_ = s_ / ({cc})L; {cc} v_ = q_ - s_ * m_; if (v_ < ({cc})0) v_ = 0; stats[2u * row] = k0_ + m_; stats[2u * row + 1u] = ({cc})1 / {}(v_ / ({cc})L + {}); }}\n",
@@ -554,6 +561,11 @@ const CL_UNROLL: usize = 4;
 
 /// Lanes that merge one row's chunk partials (`cl_row_stats`).
 pub const ROW_TEAM: usize = 8;
+
+/// Chunk partials a row-merge lane loads before it merges them (`cl_row_stats`;
+/// `QUILT_GN_MERGE_BATCH=1` loads one at a time, as before session 12). Not yet measured on a GPU:
+/// `tests/bench/pending_gpu.sh`'s `gnmerge` part compares the two.
+const ROW_MERGE_BATCH: usize = 8;
 
 /// One channels-last chunk partial `(K, S, Q)` at quad `i` of `part` (four values per quad, so
 /// that a row merge reads each with one 16-byte load in f32, two in f64).
