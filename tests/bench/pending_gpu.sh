@@ -91,6 +91,14 @@ unet_ab() {
         env $v timeout 100 /tmp/qbin/bench_onnx_gpu "$W/model.onnx" --dims $D2 --iters 50 --precision fp16 --layout channels_last 2>/dev/null | grep -oE '"median_ms":[0-9.]+' >> "$S"
     done
 }
+# fixtures_and_memory_bound VAR=VALUE: every fixture at the defaults, then the memory-bound cases
+# under VAR=VALUE (the other side of an A/B), into $S.
+fixtures_and_memory_bound() {
+    test_binary cuda_fixtures >> "$S"
+    echo "== $1: memory-bound cases" >> "$S"
+    env "$1" timeout 120 /tmp/qbin/cuda_fixtures --exact memory_bound_steps_match_the_cpu_backend_on_the_gpu > "$OUT/fixtures_${1%%=*}.log" 2>&1
+    echo "rc=$?" >> "$S"; grep -E "test result|panicked" "$OUT/fixtures_${1%%=*}.log" | head -4 >> "$S"
+}
 # new_shape NAME b1|96: the UNet's first call at b1 or b2 96² after b2 64², into $S.
 new_shape() {
     local d=$([ "$2" = b1 ] && echo $D1 || echo $D96)
@@ -322,10 +330,7 @@ case "$PART" in
         # UNet A/B; its benchmark ran on an H200 with the first form) and every fixture, then issue
         # 4's benchmark on the UNet b2 64² (BENCH_BUDGET_S, default 240): the 3.5× target on an H100.
         S="$OUT/summary.txt"
-        test_binary cuda_fixtures >> "$S"
-        echo "== QUILT_GN_LAST_BLOCK=0: memory-bound cases" >> "$S"
-        QUILT_GN_LAST_BLOCK=0 timeout 120 /tmp/qbin/cuda_fixtures --exact memory_bound_steps_match_the_cpu_backend_on_the_gpu > "$OUT/fixtures_stats_kernel.log" 2>&1
-        echo "rc=$?" >> "$S"; grep -E "test result|panicked" "$OUT/fixtures_stats_kernel.log" | head -4 >> "$S"
+        fixtures_and_memory_bound QUILT_GN_LAST_BLOCK=0
         echo "== bench" >> "$S"
         BENCH_BUDGET_S=${BENCH_BUDGET_S:-240} bash "$0" "$BIN" "$OUT/bench" bench >> "$S" 2>&1
         cat "$S"
@@ -337,10 +342,7 @@ case "$PART" in
         # (a serial tail: ~17 dependent L2 round trips per lane). Keep 8 if the fixtures pass and
         # the GroupNorm steps and the UNet are no slower; else set ROW_MERGE_BATCH to 1.
         S="$OUT/summary.txt"
-        test_binary cuda_fixtures >> "$S"
-        echo "== QUILT_GN_MERGE_BATCH=1: memory-bound cases" >> "$S"
-        QUILT_GN_MERGE_BATCH=1 timeout 120 /tmp/qbin/cuda_fixtures --exact memory_bound_steps_match_the_cpu_backend_on_the_gpu > "$OUT/fixtures_batch1.log" 2>&1
-        echo "rc=$?" >> "$S"; grep -E "test result|panicked" "$OUT/fixtures_batch1.log" | head -4 >> "$S"
+        fixtures_and_memory_bound QUILT_GN_MERGE_BATCH=1
         echo "== bench_regions_gpu --only gn" >> "$S"
         timeout 90 /tmp/qbin/bench_regions_gpu --iters 30 --only gn --env ';QUILT_GN_MERGE_BATCH=1' >> "$S" 2>&1
         export_unet
